@@ -1,0 +1,74 @@
+"""inkq API: `create_app(config=None)` builds the Flask app (flaskr-style factory).
+
+Redis, the job store, admission (limits and credits), signed links and metrics are built here and
+hung on `app.extensions["inkq"]`. The API enqueues jobs by dotted name (`tasks.jobs.*`) and never
+imports image or provider code.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Mapping
+
+from flask import Flask
+from redis import Redis
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .settings import ConfigError, Settings
+
+__all__ = ["create_app", "ConfigError"]
+
+
+@dataclass
+class Inkq:
+    """What the views share: settings and the objects built from them."""
+
+    settings: Settings
+    redis: Redis
+    store: object
+    admission: object
+    limiter: object
+    links: object
+    metrics: object
+    auth: object
+
+
+def create_app(config: Mapping[str, str] | None = None) -> Flask:
+    """Build the app from the environment, with `config` layered on top (tests pass a mapping)."""
+    from . import admin, errors, health, jobs, logs, web
+    from .admission import Admission
+    from .auth import Authenticator
+    from .limits import SubmissionLimiter
+    from .links import ResultLinks
+    from .metrics import Metrics
+    from .store import JobStore
+
+    settings = Settings.load(config)
+    auth = Authenticator.from_env(settings.env)
+    if not auth.configured and not settings.dev:
+        raise ConfigError("no authentication is configured: set API_KEYS, JWT_SECRET or JWT_JWKS_URL "
+                          "(INKQ_DEV=1 allows running without, for `make run` only)")
+    logs.configure(settings.log_format)
+    app = Flask(__name__)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + 64 * 1024
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10,
+                           health_check_interval=30)
+    metrics = Metrics()
+    app.extensions["inkq.auth"] = auth
+    app.extensions["inkq"] = Inkq(
+        settings=settings, redis=redis,
+        store=JobStore(redis, settings.result_ttl_s, settings.failure_ttl_s),
+        admission=Admission(redis, settings),
+        limiter=SubmissionLimiter(settings.redis_url, settings.rate_limit),
+        links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
+        metrics=metrics, auth=auth)
+    errors.init_app(app)
+    metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env))
+    for blueprint in (jobs.bp, admin.bp, health.bp, web.bp):
+        app.register_blueprint(blueprint)
+    admin.mount_dashboard(app, settings.redis_url)
+    logging.getLogger("inkq.api").info("inkq api ready (redis %s)", settings.redis_url.split("@")[-1])
+    return app

@@ -1,0 +1,93 @@
+"""Admin surfaces: queue statistics, credits, and rq-dashboard mounted at /admin/rq/.
+
+rq-dashboard leaves authentication to its host app (its own docstring says so): every request
+under /admin/rq/ needs the admin token, as a Bearer token or as the HTTP Basic password
+(browsers). Its state-changing actions are accepted only as POST.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from pydantic import ValidationError
+from rq import Queue, Worker
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from tasks.queues import QUEUES
+
+from .errors import ApiError, bad_request
+from .guard import check_admin, require_admin
+from .schemas import CreditChange
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+DASHBOARD_PREFIX = "/admin/rq"
+
+
+def _count(redis, key: str, kind: str) -> int:
+    return int(redis.zcard(key) if kind == "zset" else redis.llen(key))
+
+
+def queue_stats(redis, env) -> dict:
+    """Counts per queue, read straight from the registries' keys (no clean-up is triggered)."""
+    workers = Worker.all(connection=redis, serializer=JSONSerializer)
+    stats = {}
+    pipe = redis.pipeline()
+    for spec in QUEUES.values():
+        queue = Queue(spec.name, connection=redis, serializer=JSONSerializer)
+        pipe.llen(queue.key)
+        for registry_class in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry, ScheduledJobRegistry):
+            pipe.zcard(registry_class(spec.name, connection=redis, serializer=JSONSerializer).key)
+    counts = pipe.execute()
+    for i, spec in enumerate(QUEUES.values()):
+        waiting, active, completed, failed, scheduled = counts[i * 5:(i + 1) * 5]
+        stats[spec.name] = {
+            "waiting": waiting, "active": active, "completed": completed, "failed": failed,
+            "scheduled": scheduled,
+            "workers": sum(1 for w in workers if spec.name in w.queue_names()),
+            "concurrency": spec.concurrency(env),
+        }
+    return stats
+
+
+@bp.get("/queue-stats")
+@require_admin
+def stats():
+    """Waiting, active, completed, failed, scheduled, workers and concurrency per queue."""
+    ctx = current_app.extensions["inkq"]
+    return jsonify(queue_stats(ctx.redis, ctx.settings.env))
+
+
+@bp.post("/credits/<user_id>")
+@require_admin
+def change_credits(user_id: str):
+    """Add to or set a user's balance."""
+    if not 0 < len(user_id) <= 200:
+        raise bad_request("Bad user id.")
+    try:
+        change = CreditChange.model_validate(request.get_json(force=True, silent=True))
+    except ValidationError:
+        raise bad_request("Send {\"add\": n} or {\"set\": n} with an integer n.") from None
+    if (change.add is None) == (change.set is None):
+        raise bad_request("Send exactly one of `add` or `set`.")
+    balance = current_app.extensions["inkq"].admission.change(user_id, add=change.add, set_to=change.set)
+    return jsonify({"balance": balance})
+
+
+def mount_dashboard(app: Flask, redis_url: str) -> None:
+    """Mount rq-dashboard at /admin/rq/ behind the admin check, with the JSON serializer."""
+    import rq_dashboard
+    from rq_dashboard import web as dashboard
+
+    app.config.from_object(rq_dashboard.default_settings)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = [redis_url]
+    dashboard.config.serializer = JSONSerializer
+    app.register_blueprint(dashboard.blueprint, url_prefix=DASHBOARD_PREFIX)
+    dashboard.setup_rq_connection(app)
+
+    @app.before_request
+    def _dashboard_admin_only():
+        if request.path != DASHBOARD_PREFIX and not request.path.startswith(DASHBOARD_PREFIX + "/"):
+            return None
+        check_admin(allow_basic=True)
+        if request.method in ("GET", "HEAD") and (request.endpoint or "").endswith(".requeue_all"):
+            raise ApiError(405, "method_not_allowed", "This action needs POST.")
+        return None

@@ -1,0 +1,109 @@
+"""Admission of a submission: jobs in flight per user, queue depth and credits, in one atomic step.
+
+Checked in this order, before anything is queued: in-flight jobs (429 `too_many_jobs`), the
+queue's waiting depth (503 `queue_full`), then credits (403 `insufficient_credits`), which are
+reserved in the same Lua script. A refused submission is never charged. The request rate per
+user is limited separately by Flask-Limiter (see `limits.py`).
+"""
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from tasks import credits
+from tasks.queues import QUEUES
+
+from .errors import ApiError
+from .status import TERMINAL, status_word
+from .store import queue_for
+
+log = logging.getLogger("inkq.api")
+
+_ADMIT = """
+local inflight, qkey, bkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local max_inflight, max_depth = tonumber(ARGV[1]), tonumber(ARGV[2])
+local use_credits, cost, initial = ARGV[3] == '1', tonumber(ARGV[4]), tonumber(ARGV[5])
+local job_id, user_id, ttl = ARGV[6], ARGV[7], tonumber(ARGV[8])
+if redis.call('SCARD', inflight) >= max_inflight then return {'too_many_jobs', 0} end
+if redis.call('LLEN', qkey) >= max_depth then return {'queue_full', 0} end
+local balance = 0
+if use_credits then
+  redis.call('SET', bkey, initial, 'NX')
+  balance = tonumber(redis.call('GET', bkey))
+  if balance < cost then return {'insufficient_credits', balance} end
+  balance = redis.call('DECRBY', bkey, cost)
+  redis.call('SET', ckey, cjson.encode({user_id, cost}), 'EX', ttl)
+end
+redis.call('SADD', inflight, job_id)
+redis.call('EXPIRE', inflight, ttl)
+return {'ok', balance}
+"""
+
+
+class Admission:
+    """Limits and credits for submissions."""
+
+    def __init__(self, redis: Redis, settings):
+        self.redis = redis
+        self.settings = settings
+        self._admit = redis.register_script(_ADMIT)
+
+    def prune(self, user_id: str) -> None:
+        """Settle the user's in-flight jobs that have ended (refunding failures and cancellations)."""
+        ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.smembers(credits.inflight_key(user_id))]
+        if not ids:
+            return
+        for job_id, job in zip(ids, Job.fetch_many(ids, connection=self.redis, serializer=JSONSerializer)):
+            if job is None:
+                credits.settle(self.redis, job_id, user_id, refund=True)
+            else:
+                self.settle(job, status_word(job.get_status(refresh=False)))
+
+    def admit(self, user_id: str, operation: str, job_id: str) -> None:
+        """Reserve a place (and credits) for a job, or raise the contract's refusal."""
+        self.prune(user_id)
+        s = self.settings
+        spec = QUEUES[operation]
+        verdict, value = self._admit(
+            keys=[credits.inflight_key(user_id), queue_for(self.redis, spec).key,
+                  credits.balance_key(user_id), credits.charge_key(job_id)],
+            args=[s.max_inflight_per_user, s.queue_max_depth, "1" if s.credits_enabled else "0",
+                  s.credit_costs[operation], s.credits_initial, job_id, user_id, credits.CHARGE_TTL_S])
+        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+        if verdict == "too_many_jobs":
+            raise ApiError(429, "too_many_jobs",
+                           f"You already have {s.max_inflight_per_user} jobs waiting or running; "
+                           "wait for one to finish.", retry_after=5)
+        if verdict == "queue_full":
+            log.warning("queue full: %s has %d waiting jobs; refusing a submission", spec.name, s.queue_max_depth)
+            raise ApiError(503, "queue_full", f"The {spec.name} queue is full; try again shortly.", retry_after=30)
+        if verdict == "insufficient_credits":
+            raise ApiError(403, "insufficient_credits",
+                           f"{operation} costs {s.credit_costs[operation]} credits and your balance is {value}.")
+
+    def release(self, user_id: str, operation: str, job_id: str) -> None:
+        """Undo an admission whose job was not queued (refunds its charge)."""
+        credits.settle(self.redis, job_id, user_id, refund=True)
+
+    def settle(self, job: Job, word: str) -> None:
+        """Settle an ended job's charge: refund failed and canceled jobs, commit completed ones."""
+        if word in TERMINAL:
+            credits.settle(self.redis, job.id, job.meta.get("user"), refund=word != "completed")
+
+    def balance(self, user_id: str) -> int:
+        """The user's balance after settling their ended jobs."""
+        self.prune(user_id)
+        self.redis.set(credits.balance_key(user_id), self.settings.credits_initial, nx=True)
+        return int(self.redis.get(credits.balance_key(user_id)))
+
+    def change(self, user_id: str, add: int | None = None, set_to: int | None = None) -> int:
+        """Admin: add to or set a user's balance."""
+        key = credits.balance_key(user_id)
+        if set_to is not None:
+            self.redis.set(key, set_to)
+            return set_to
+        self.redis.set(key, self.settings.credits_initial, nx=True)
+        return int(self.redis.incrby(key, add or 0))

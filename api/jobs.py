@@ -1,0 +1,182 @@
+"""Job endpoints: submit, status (polling and server-sent events), result, list, cancel."""
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+
+from tasks import blobs
+from tasks.queues import QUEUES
+
+from . import idempotency
+from .errors import ApiError, bad_request, not_found
+from .guard import require_user
+from .schemas import JobsQuery
+from .status import COMPLETED, TERMINAL, describe, status_word
+from .store import new_job_id
+from .submission import parse
+
+bp = Blueprint("jobs", __name__)
+
+
+def _ctx():
+    return current_app.extensions["inkq"]
+
+
+def _url_maker(base: str | None = None):
+    """A function giving a job's signed result URL, absolute on this request's host."""
+    base = (base or request.host_url).rstrip("/")
+    links = _ctx().links
+    return lambda job: f"{base}/files/{links.token(job.id)}"
+
+
+def _owned(job_id: str):
+    job = _ctx().store.fetch(job_id, g.principal.user_id)
+    if job is None:
+        raise not_found()
+    return job
+
+
+def _engine_for(operation: str, asked: str | None) -> str:
+    settings = _ctx().settings
+    engine = asked or settings.engine
+    if engine == "auto":
+        engine = "gemini" if settings.gemini_configured else "local"
+    if operation == "ia-gen" and engine != "gemini":
+        engine = "gemini"
+    if engine == "gemini" and not settings.gemini_configured:
+        raise ApiError(503, "provider_unavailable",
+                       f"No generative provider is configured, so {operation} with engine gemini is unavailable.",
+                       retry_after=3600)
+    return engine
+
+
+@bp.post("/generate")
+@require_user
+def generate():
+    """Validate, store and queue a job; answer at once with its id."""
+    ctx = _ctx()
+    ctx.limiter.hit(g.principal.user_id)
+    key = idempotency.check_key(request.headers.get("Idempotency-Key"))
+    submission = parse(request, ctx.settings.max_pixels, ctx.settings.max_upload_bytes)
+    operation = submission.fields.operation
+    params = submission.params
+    params["engine"] = _engine_for(operation, submission.fields.engine)
+    user_id = g.principal.user_id
+    job_id = new_job_id()
+    answer = {"jobId": job_id, "queue": QUEUES[operation].name, "operation": operation,
+              "status": "waiting", "statusUrl": f"/status/{job_id}"}
+    if key is not None:
+        earlier = idempotency.claim(ctx.redis, user_id, key, submission.fingerprint(), answer)
+        if earlier is not None:
+            return jsonify(earlier), 200, {"Location": earlier["statusUrl"]}
+    try:
+        ctx.admission.admit(user_id, operation, job_id)
+        ctx.store.enqueue(job_id, user_id, operation, params, submission.image, submission.mime_type)
+    except Exception:
+        ctx.admission.release(user_id, operation, job_id)
+        if key is not None:
+            idempotency.release(ctx.redis, user_id, key)
+        raise
+    ctx.metrics.submitted(operation)
+    return jsonify(answer), 202, {"Location": answer["statusUrl"]}
+
+
+@bp.get("/status/<job_id>")
+@require_user
+def status(job_id: str):
+    """The job's status object; `?queue=` is accepted and ignored."""
+    job = _owned(job_id)
+    body = describe(job, _url_maker())
+    _ctx().admission.settle(job, body["status"])
+    return jsonify(body)
+
+
+@bp.get("/status/<job_id>/events")
+@require_user
+def events(job_id: str):
+    """A text/event-stream of status objects as they change, ending after the terminal one."""
+    job = _owned(job_id)
+    ctx = _ctx()
+    interval = float(ctx.settings.env.get("EVENTS_POLL_S") or 0.5)
+    limit_s = float(ctx.settings.env.get("EVENTS_MAX_S") or 600)
+
+    result_url = _url_maker()
+
+    def stream():
+        last = None
+        deadline = time.monotonic() + limit_s
+        yield "retry: 2000\n\n"
+        while True:
+            job.refresh()
+            body = describe(job, result_url)
+            if body != last:
+                yield f"event: status\ndata: {json.dumps(body)}\n\n"
+                last = body
+            if body["status"] in TERMINAL or time.monotonic() > deadline:
+                return
+            time.sleep(interval)
+
+    return Response(stream_with_context(stream()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _png(job) -> Response:
+    value = job.return_value() or {}
+    data = blobs.get(_ctx().redis, value.get("outputKey", "")) if value else None
+    if data is None:
+        raise not_found("The result has expired.")
+    return Response(data, mimetype="image/png", headers={
+        "Cache-Control": "private, max-age=3600",
+        "Content-Disposition": f'inline; filename="inkq-{job.id}.png"'})
+
+
+@bp.get("/result/<job_id>")
+@require_user
+def result(job_id: str):
+    """The output PNG for its owner; 404 until completed."""
+    job = _owned(job_id)
+    if status_word(job.get_status()) != COMPLETED:
+        raise not_found("The job has no result yet.")
+    return _png(job)
+
+
+@bp.get("/files/<token>")
+def file(token: str):
+    """The output PNG behind a signed, expiring URL (no Authorization needed)."""
+    job_id = _ctx().links.verify(token)
+    job = _ctx().store.fetch_any(job_id) if job_id else None
+    if job is None or status_word(job.get_status()) != COMPLETED:
+        raise not_found("This result link is invalid or has expired.")
+    return _png(job)
+
+
+@bp.get("/jobs")
+@require_user
+def list_jobs():
+    """The caller's jobs, newest first."""
+    unknown = set(request.args) - {"limit", "status"}
+    if unknown:
+        raise bad_request(f"Unknown query parameter `{sorted(unknown)[0]}`.")
+    try:
+        query = JobsQuery.model_validate(request.args.to_dict())
+    except ValueError:
+        raise bad_request("`limit` must be 1-100 and `status` one of waiting, active, completed, failed, canceled.")
+    jobs = _ctx().store.list(g.principal.user_id, query.limit, query.status)
+    result_url = _url_maker()
+    bodies = [describe(job, result_url) for job in jobs]
+    for job, body in zip(jobs, bodies):
+        _ctx().admission.settle(job, body["status"])
+    return jsonify({"jobs": bodies})
+
+
+@bp.delete("/jobs/<job_id>")
+@require_user
+def cancel(job_id: str):
+    """Cancel: a waiting job never runs, an active one is stopped; 409 once it has ended."""
+    job = _owned(job_id)
+    if not _ctx().store.cancel(job):
+        raise ApiError(409, "conflict", f"The job has already ended ({status_word(job.get_status())}).")
+    _ctx().admission.settle(job, "canceled")
+    return jsonify({"jobId": job.id, "status": "canceled"})

@@ -1,0 +1,132 @@
+"""Request and response schemas. They validate requests and generate `/openapi.json`: one source."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Operation = Literal["stencil", "enhance", "ia-gen", "color-match"]
+StatusWord = Literal["waiting", "active", "completed", "failed", "canceled"]
+MAX_PROMPT = 2000
+
+
+class GenerateRequest(BaseModel):
+    """Body of `POST /generate` (JSON, or the same fields as multipart form parts)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    operation: Operation = Field("stencil", description="What to do; `stencil` when absent.")
+    image: Optional[str] = Field(
+        None, description="Base64 (standard or URL-safe) or a data: URL of a JPEG, PNG or WebP. "
+        "Required except for ia-gen.", max_length=200_000_000)
+    style: Optional[Literal["standard", "fine", "bold", "topographic"]] = Field(
+        None, description="Stencil style: `standard` (default), `fine`/`bold` line weights, `topographic` contour lines.")
+    prompt: Optional[str] = Field(None, max_length=MAX_PROMPT, description="Extra instructions; required for ia-gen.")
+    engine: Optional[Literal["auto", "local", "gemini"]] = Field(
+        None, description="`auto` (default): gemini when configured, else local.")
+    webhookUrl: Optional[str] = Field(None, max_length=2048, description="Called when the job ends.")
+    lineWeight: Optional[float] = Field(None, ge=0.5, le=3.0, description="Stencil line weight, 1.0 = standard.")
+    transparent: Optional[bool] = Field(None, description="Stencil on a transparent background.")
+    colors: Optional[int] = Field(None, ge=2, le=12, description="color-match: how many dominant colours.")
+
+
+class JobAccepted(BaseModel):
+    """Answer to an accepted submission (202) or a repeated Idempotency-Key (200)."""
+
+    jobId: str
+    queue: str
+    operation: Operation
+    status: StatusWord
+    statusUrl: str
+
+
+class PaletteEntry(BaseModel):
+    """One matched ink of a color-match result."""
+
+    name: str
+    hex: str
+    coverage: float
+    deltaE: float
+    sourceHex: Optional[str] = None
+
+
+class JobResult(BaseModel):
+    """A completed job's result: the signed image URL and operation-specific fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    image: Optional[str] = Field(None, description="Signed URL, valid without Authorization for RESULT_URL_TTL_S.")
+    palette: Optional[list[PaletteEntry]] = None
+
+
+class JobStatusBody(BaseModel):
+    """Body of `GET /status/<jobId>`."""
+
+    jobId: str
+    queue: str
+    operation: Optional[Operation]
+    status: StatusWord
+    progress: int = Field(ge=0, le=100)
+    stage: str
+    result: Optional[JobResult]
+    error: Optional[str]
+    attempts: int = Field(ge=0)
+    createdAt: Optional[str]
+    startedAt: Optional[str]
+    endedAt: Optional[str]
+
+
+class JobList(BaseModel):
+    """Body of `GET /jobs`."""
+
+    jobs: list[JobStatusBody]
+
+
+class JobsQuery(BaseModel):
+    """Query of `GET /jobs`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(20, ge=1, le=100)
+    status: Optional[StatusWord] = None
+
+
+class Canceled(BaseModel):
+    """Body of `DELETE /jobs/<jobId>`."""
+
+    jobId: str
+    status: Literal["canceled"]
+
+
+class Error(BaseModel):
+    """Every error."""
+
+    error: str
+    code: str
+
+
+class Balance(BaseModel):
+    """Body of `GET /credits` and `POST /admin/credits/<userId>`."""
+
+    balance: int
+
+
+class CreditChange(BaseModel):
+    """Body of `POST /admin/credits/<userId>`: exactly one of add or set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add: Optional[int] = Field(None, ge=-1_000_000, le=1_000_000)
+    set: Optional[int] = Field(None, ge=0, le=1_000_000_000)
+
+
+class QueueStats(BaseModel):
+    """One queue in `GET /admin/queue-stats`."""
+
+    waiting: int
+    active: int
+    completed: int
+    failed: int
+    scheduled: int
+    workers: int
+    concurrency: int

@@ -1,0 +1,96 @@
+"""API settings: one object read from the environment (names fixed by API.md).
+
+Tests pass a mapping to `create_app(config)`; it is layered over the process environment,
+so nothing is patched. Secrets have no defaults; `SECRET_KEY` falls back to a random key per
+process only in development (`INKQ_DEV=1`), since signed result URLs must verify on every API
+process of a deployment.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from tasks.queues import QUEUES
+from tasks.settings import env_bool, env_int
+
+DEFAULT_CREDIT_COSTS = "stencil=1,enhance=1,ia-gen=2,color-match=1"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot run the service."""
+
+
+def parse_costs(value: str) -> dict[str, int]:
+    """Parse `op=n,op=n` into a dict, every operation present (missing ones default)."""
+    costs = {op: 1 for op in QUEUES}
+    costs["ia-gen"] = 2
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        op, _, n = part.partition("=")
+        op = op.strip()
+        if op not in QUEUES or not n.strip().isdigit():
+            raise ConfigError(f"CREDIT_COSTS: bad entry {part!r}")
+        costs[op] = int(n)
+    return costs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the API process reads from its environment."""
+
+    env: Mapping[str, str] = field(repr=False)
+    redis_url: str
+    secret_key: str
+    dev: bool
+    engine: str
+    gemini_configured: bool
+    result_ttl_s: int
+    failure_ttl_s: int
+    result_url_ttl_s: int
+    max_upload_bytes: int
+    max_pixels: int
+    max_inflight_per_user: int
+    rate_limit: str
+    queue_max_depth: int
+    credits_enabled: bool
+    credits_initial: int
+    credit_costs: dict
+    metrics_token: str
+    log_format: str
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, str] | None = None) -> "Settings":
+        """Read settings from the environment with `overrides` layered on top."""
+        env = dict(os.environ)
+        env.update({k: str(v) for k, v in (overrides or {}).items()})
+        dev = env_bool(env, "INKQ_DEV", False)
+        secret = env.get("SECRET_KEY", "")
+        if not secret:
+            if not dev:
+                raise ConfigError("SECRET_KEY is required (it signs result URLs); set INKQ_DEV=1 for development")
+            secret = secrets.token_hex(32)
+        engine = (env.get("ENGINE") or "auto").lower()
+        if engine not in ("auto", "local", "gemini"):
+            raise ConfigError(f"ENGINE must be auto, local or gemini, not {engine!r}")
+        return cls(
+            env=env,
+            redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            secret_key=secret,
+            dev=dev,
+            engine=engine,
+            gemini_configured=bool(env.get("GEMINI_API_KEY")),
+            result_ttl_s=env_int(env, "RESULT_TTL_S", 86400),
+            failure_ttl_s=env_int(env, "FAILURE_TTL_S", 604800),
+            result_url_ttl_s=env_int(env, "RESULT_URL_TTL_S", 3600),
+            max_upload_bytes=int(float(env.get("MAX_UPLOAD_MB") or 10) * 1024 * 1024),
+            max_pixels=env_int(env, "MAX_PIXELS", 40_000_000),
+            max_inflight_per_user=env_int(env, "MAX_INFLIGHT_PER_USER", 10),
+            rate_limit=env.get("RATE_LIMIT") or "120/minute",
+            queue_max_depth=env_int(env, "QUEUE_MAX_DEPTH", 1000),
+            credits_enabled=env_bool(env, "CREDITS_ENABLED", False),
+            credits_initial=env_int(env, "CREDITS_INITIAL", 0),
+            credit_costs=parse_costs(env.get("CREDIT_COSTS") or DEFAULT_CREDIT_COSTS),
+            metrics_token=env.get("METRICS_TOKEN", ""),
+            log_format=(env.get("LOG_FORMAT") or "json").lower(),
+        )

@@ -1,0 +1,135 @@
+"""Jobs as the API sees them: enqueue by dotted name, fetch with ownership, list, cancel.
+
+A job carries ids, keys and parameters only; image bytes go to `tasks.blobs`. Each user has an
+index (sorted set by creation time) that serves `GET /jobs` and expires with the jobs.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+
+from redis import Redis
+from rq import Callback, Queue, Retry
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from tasks import blobs
+from tasks.queues import QUEUES, QueueSpec
+
+from .status import ACTIVE, CANCELED, TERMINAL, WAITING, status_word
+
+_ID_CHARS = frozenset("0123456789abcdef")
+
+
+def user_index_key(user_id: str) -> str:
+    """Key of a user's job index."""
+    return f"inkq:user:{user_id}:jobs"
+
+
+def valid_job_id(job_id: str) -> bool:
+    """Job ids are 32 lowercase hex characters; anything else is unknown without touching Redis."""
+    return len(job_id) == 32 and set(job_id) <= _ID_CHARS
+
+
+def new_job_id() -> str:
+    """A fresh random job id."""
+    return uuid.uuid4().hex
+
+
+def queue_for(redis: Redis, spec: QueueSpec) -> Queue:
+    """The RQ queue of an operation, JSON-serialized."""
+    return Queue(spec.name, connection=redis, serializer=JSONSerializer)
+
+
+class JobStore:
+    """RQ jobs plus the per-user index."""
+
+    def __init__(self, redis: Redis, result_ttl_s: int, failure_ttl_s: int):
+        self.redis = redis
+        self.result_ttl_s = result_ttl_s
+        self.failure_ttl_s = failure_ttl_s
+
+    def enqueue(self, job_id: str, user_id: str, operation: str, params: dict,
+                image: bytes | None, mime_type: str | None) -> Job:
+        """Store the input and queue the job in one transaction."""
+        spec = QUEUES[operation]
+        keep_s = self.failure_ttl_s + spec.timeout_s * (spec.max_retries + 1)
+        input_key = blobs.input_key(job_id) if image is not None else None
+        job_spec = {"jobId": job_id, "operation": operation, "userId": user_id, "inputKey": input_key,
+                    "mimeType": mime_type, "params": params}
+        retry = Retry(max=spec.max_retries, interval=[2, 4, 8][: spec.max_retries]) if spec.max_retries else None
+        with self.redis.pipeline() as pipe:
+            if image is not None:
+                blobs.put(self.redis, input_key, image, keep_s, pipeline=pipe)
+            job = queue_for(self.redis, spec).enqueue(
+                spec.function, job_spec, job_id=job_id, job_timeout=spec.timeout_s,
+                result_ttl=self.result_ttl_s, failure_ttl=self.failure_ttl_s, retry=retry,
+                meta={"user": user_id, "operation": operation, "progress": 0, "attempts": 0},
+                description=f"{operation} for {user_id}", pipeline=pipe,
+                on_success=Callback("tasks.credits.on_success"), on_failure=Callback("tasks.credits.on_failure"),
+                on_stopped=Callback("tasks.credits.on_stopped"))
+            index = user_index_key(user_id)
+            pipe.zadd(index, {job_id: time.time()})
+            pipe.expire(index, max(self.result_ttl_s, self.failure_ttl_s))
+            pipe.execute()
+        return job
+
+    def fetch_any(self, job_id: str) -> Job | None:
+        """The job with this id, whoever owns it (callers must have proved the right to it)."""
+        if not valid_job_id(job_id):
+            return None
+        try:
+            return Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None
+
+    def fetch(self, job_id: str, user_id: str) -> Job | None:
+        """The job if it exists and belongs to user_id; None otherwise (the two are not told apart)."""
+        job = self.fetch_any(job_id)
+        if job is None or job.meta.get("user") != user_id:
+            return None
+        return job
+
+    def list(self, user_id: str, limit: int, status: str | None = None) -> list[Job]:
+        """The user's jobs, newest first, optionally only those with one status word."""
+        index = user_index_key(user_id)
+        found: list[Job] = []
+        start, page = 0, max(limit, 50)
+        while len(found) < limit:
+            ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrevrange(index, start, start + page - 1)]
+            if not ids:
+                break
+            jobs = Job.fetch_many(ids, connection=self.redis, serializer=JSONSerializer)
+            gone = [job_id for job_id, job in zip(ids, jobs) if job is None]
+            if gone:
+                self.redis.zrem(index, *gone)
+                start -= len(gone)
+            for job in jobs:
+                if job is not None and job.meta.get("user") == user_id and (
+                        status is None or status_word(job.get_status(refresh=False)) == status):
+                    found.append(job)
+            start += page
+        return found[:limit]
+
+    def cancel(self, job: Job, wait_s: float = 5.0) -> bool:
+        """Cancel a waiting job or stop an active one; False when it had already ended."""
+        if status_word(job.get_status()) in TERMINAL:
+            return False
+        job.meta["canceledAt"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        job.save_meta()
+        if status_word(job.get_status()) == WAITING:
+            try:
+                job.cancel()
+            except InvalidJobOperation:
+                pass
+        deadline = time.monotonic() + wait_s
+        while status_word(job.get_status()) == ACTIVE and time.monotonic() < deadline:
+            try:
+                send_stop_job_command(self.redis, job.id, serializer=JSONSerializer)
+            except (InvalidJobOperation, NoSuchJobError):
+                pass
+            time.sleep(0.1)
+        return status_word(job.get_status()) == CANCELED

@@ -1,0 +1,169 @@
+"""Turn a `POST /generate` request into a validated submission, without decoding image pixels.
+
+The body is JSON whatever its Content-Type says, unless it is multipart/form-data. The image is
+checked by its magic bytes and its header (Pillow reads only the header on open), so a
+decompression bomb is refused before any pixel is decoded.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+
+from flask import Request
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+
+from .errors import ApiError, bad_request
+from .schemas import GenerateRequest
+
+ACCEPTED = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*?;base64,", re.IGNORECASE)
+_WS = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated job request."""
+
+    fields: GenerateRequest
+    image: bytes | None
+    mime_type: str | None
+
+    @property
+    def params(self) -> dict:
+        """Job parameters (everything but the image), as stored in the job."""
+        return self.fields.model_dump(exclude={"image"}, exclude_none=True)
+
+    def fingerprint(self) -> str:
+        """A hash of what was asked, to tell a repeated Idempotency-Key from a different body."""
+        digest = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode())
+        digest.update(hashlib.sha256(self.image or b"").digest())
+        return digest.hexdigest()
+
+
+def sniff(data: bytes) -> str | None:
+    """The image format named by the magic bytes, or None when it is not a known image."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypavif", b"ftypmif1"):
+        return "heif"
+    return None
+
+
+def decode_base64(text: str) -> bytes:
+    """Decode base64 or a data: URL; standard or URL-safe alphabet, whitespace ignored."""
+    text = _DATA_URL.sub("", text.strip(), count=1)
+    text = _WS.sub("", text).rstrip("=")
+    if not text:
+        raise bad_request("`image` is empty.")
+    text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request("`image` is not valid base64.") from None
+
+
+def check_image(data: bytes, max_pixels: int, max_bytes: int) -> str:
+    """Validate image bytes by header only; returns the MIME type."""
+    if len(data) > max_bytes:
+        raise ApiError(413, "payload_too_large", f"The image is larger than {max_bytes // (1024 * 1024)} MB.")
+    kind = sniff(data)
+    if kind is None:
+        raise bad_request("`image` is not an image (expected JPEG, PNG or WebP).")
+    if kind not in ACCEPTED:
+        raise ApiError(415, "unsupported_media_type", f"{kind.upper()} images are not accepted; send JPEG, PNG or WebP.")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise bad_request("`image` could not be read as a " + kind.upper() + " image.") from None
+    if width < 1 or height < 1:
+        raise bad_request("`image` has no pixels.")
+    if width * height > max_pixels:
+        raise bad_request(f"`image` has {width}x{height} pixels, more than the limit of {max_pixels}.")
+    return ACCEPTED[kind]
+
+
+def _validated(raw: dict) -> GenerateRequest:
+    try:
+        return GenerateRequest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise bad_request(f"`{where}`: {first.get('msg', 'invalid value')}.") from None
+
+
+def _from_multipart(request: Request) -> tuple[dict, bytes | None]:
+    raw: dict = {}
+    for key in request.form:
+        values = request.form.getlist(key)
+        if len(values) != 1:
+            raise bad_request(f"`{key}` is given more than once.")
+        raw[key] = values[0]
+    for key in raw:
+        if key in ("lineWeight", "colors") and raw[key] == "":
+            raw[key] = None
+    if "transparent" in raw:
+        raw["transparent"] = raw["transparent"].strip().lower() in ("1", "true", "yes", "on")
+    extra_files = [k for k in request.files if k != "image"]
+    if extra_files:
+        raise bad_request(f"Unknown file part `{extra_files[0]}`.")
+    if "image" in raw:
+        raise bad_request("`image` must be a file part in multipart requests.")
+    upload = request.files.get("image")
+    return raw, (upload.read() if upload else None)
+
+
+def _from_json(request: Request) -> tuple[dict, bytes | None]:
+    body = request.get_data(cache=False)
+    if not body.strip():
+        raise bad_request("The request body is empty; send JSON or multipart/form-data.")
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("The request body is not valid JSON.") from None
+    if not isinstance(raw, dict):
+        raise bad_request("The request body must be a JSON object.")
+    image = raw.get("image")
+    if image is not None and not isinstance(image, str):
+        raise bad_request("`image` must be a base64 string or a data: URL.")
+    return raw, None
+
+
+def parse(request: Request, max_pixels: int, max_image_bytes: int) -> Submission:
+    """Read and validate a submission from the request."""
+    mimetype = (request.mimetype or "").lower()
+    if mimetype == "multipart/form-data":
+        raw, image = _from_multipart(request)
+    elif mimetype in ("application/x-www-form-urlencoded",):
+        raise ApiError(415, "unsupported_media_type", "Send JSON or multipart/form-data.")
+    else:
+        raw, image = _from_json(request)
+    fields = _validated(raw)
+    if fields.image is not None:
+        image = decode_base64(fields.image)
+    if image is not None and len(image) == 0:
+        raise bad_request("`image` is empty.")
+    mime = check_image(image, max_pixels, max_image_bytes) if image is not None else None
+    if fields.operation == "ia-gen":
+        if not fields.prompt:
+            raise bad_request("`prompt` is required for ia-gen.")
+    elif image is None:
+        raise bad_request("`image` is required for " + fields.operation + ".")
+    return Submission(fields=fields, image=image, mime_type=mime)

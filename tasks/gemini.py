@@ -1,0 +1,311 @@
+"""The Gemini image provider: one `generate_content` call per attempt, every failure classified.
+
+Design decisions:
+- rq owns retries. The SDK is told never to retry (`HttpRetryOptions(attempts=1)`; left unset,
+  google-genai 3.6.1 does not retry either, but `HttpRetryOptions()` with no `attempts` would mean 5)
+  and never to continue a cut-off answer on its own (`automatic_continuation=False`), so one
+  attempt is exactly one HTTP request bounded by `gemini_timeout_s`.
+- `classify` is the one place that turns a provider failure (an exception, or an answer without
+  an image) into `TransientError` or `FinalError`. Its messages are shown to the job's owner: no
+  tracebacks, no API keys, no raw response bodies. The original exception stays chained for logs.
+- Only this module imports the SDK; the API never imports it.
+"""
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from typing import Any, Iterable
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from tasks.errors import FinalError, JobError, TransientError
+from tasks.settings import WorkerSettings
+
+NOT_CONFIGURED = "No image provider is configured."
+
+STYLES = {
+    "standard": "Use a medium, even line weight that reads well at tattoo size.",
+    "fine": "Use fine, thin lines and keep small details; fine-line tattoo style.",
+    "bold": "Use bold, thick lines and simplify small details; traditional tattoo line weight.",
+}
+
+STENCIL = (
+    "Turn this image into a clean tattoo stencil: pure black line art on a pure white "
+    "background. No shading, no gradients, no grey tones, no colour and no filled areas. "
+    "Draw closed, continuous outlines, keep the subject, proportions and composition, "
+    "drop the background, and keep the original aspect ratio. {weight} "
+    "Return only the stencil image."
+)
+
+TOPOGRAPHIC = (
+    "Turn this image into a topographic tattoo stencil: render the subject's form with "
+    "contour lines (isolines), like a topographic map, following its shapes, depth and "
+    "light. Pure black lines on a pure white background, evenly spaced, smooth and closed "
+    "where possible. No shading, no gradients, no colour and no filled areas. Keep the "
+    "subject, proportions and composition, and keep the original aspect ratio. "
+    "Return only the stencil image."
+)
+
+ENHANCE = (
+    "Enhance this image: make it cleaner and sharper with about twice the fine detail, and "
+    "remove noise, blur and compression artefacts. Keep exactly the same content, "
+    "composition, framing, colours and style; do not add, remove or move anything. "
+    "Return only the enhanced image."
+)
+
+IA_GEN = (
+    "Create a new, original tattoo design from the description below. Unless the "
+    "description asks for something else, make it stencil-ready: black ink line art on a "
+    "pure white background, closed outlines, no shading, no colour, centred with a clear "
+    "margin, and no text or signature unless the description asks for them. "
+    "Return only the design image.\n\nDescription: {description}"
+)
+
+USER_PROMPT_LIMIT = 2000
+
+SAFETY_REASONS = frozenset({
+    "SAFETY", "IMAGE_SAFETY", "PROHIBITED_CONTENT", "IMAGE_PROHIBITED_CONTENT", "BLOCKLIST",
+    "SPII", "RECITATION", "IMAGE_RECITATION", "MODEL_ARMOR",
+})
+"""Finish reasons that mean the provider refused on policy grounds (any prompt block reason does too)."""
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
+
+
+def _transport_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """Timeout, network and other transport exception classes of the installed httpx packages."""
+    timeouts: list[type] = [TimeoutError]
+    network: list[type] = [ConnectionError]
+    other: list[type] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        timeouts.append(module.TimeoutException)
+        network += [module.NetworkError, module.RemoteProtocolError, module.ProxyError]
+        other.append(module.TransportError)
+    return tuple(timeouts), tuple(network), tuple(other)
+
+
+TIMEOUT_ERRORS, NETWORK_ERRORS, TRANSPORT_ERRORS = _transport_errors()
+
+
+def available(settings: WorkerSettings) -> bool:
+    """Whether the Gemini provider can be used (an API key is set)."""
+    return bool(settings.gemini_api_key.strip())
+
+
+def prompt_for(operation: str, style: str | None, user_prompt: str | None) -> str:
+    """The instruction text sent with an operation (`stencil`, `enhance`, `ia-gen`)."""
+    extra = _user_text(user_prompt)
+    if operation == "ia-gen":
+        if not extra:
+            raise FinalError("Describe the tattoo design you want generated.")
+        return IA_GEN.format(description=extra)
+    if operation == "stencil":
+        style = (style or "standard").lower()
+        if style == "topographic":
+            prompt = TOPOGRAPHIC
+        elif style in STYLES:
+            prompt = STENCIL.format(weight=STYLES[style])
+        else:
+            raise FinalError(f"Unknown stencil style '{style[:40]}'.")
+    elif operation == "enhance":
+        prompt = ENHANCE
+    else:
+        raise ValueError(f"no Gemini prompt for operation {operation!r}")
+    if extra:
+        prompt += f"\n\nAdditional instructions from the user: {extra}"
+    return prompt
+
+
+def generate_image(
+    settings: WorkerSettings, prompt: str, image: bytes | None = None, mime_type: str | None = None
+) -> bytes:
+    """Send the prompt (and image) to Gemini in one request; return the first image it answers with."""
+    if not available(settings):
+        raise FinalError(NOT_CONFIGURED)
+    contents: list[Any] = [prompt]
+    if image is not None:
+        contents.append(types.Part.from_bytes(data=image, mime_type=mime_type or _sniff(image)))
+    config = types.GenerateContentConfig(
+        response_modalities=["IMAGE", "TEXT"], automatic_continuation=False
+    )
+    try:
+        with genai.Client(
+            vertexai=False, api_key=settings.gemini_api_key, http_options=_http_options(settings)
+        ) as client:
+            response = client.models.generate_content(
+                model=settings.gemini_model, contents=contents, config=config
+            )
+    except Exception as exc:
+        raise classify(exc, secrets=[settings.gemini_api_key]) from exc
+    data = first_image(response)
+    if data is None:
+        raise classify(response, secrets=[settings.gemini_api_key])
+    return data
+
+
+def first_image(response: types.GenerateContentResponse) -> bytes | None:
+    """The bytes of the first (non-thought) inline image of the first candidate, if any."""
+    for part in _parts(response):
+        blob = part.inline_data
+        if blob and blob.data and not part.thought and (blob.mime_type or "image/").startswith("image/"):
+            return blob.data
+    return None
+
+
+def classify(
+    failure: BaseException | types.GenerateContentResponse, secrets: Iterable[str] = ()
+) -> JobError:
+    """Decide whether a provider failure is retried: a `TransientError` or a `FinalError`, safe to show."""
+    secrets = [s for s in secrets if s]
+    if isinstance(failure, types.GenerateContentResponse):
+        return _classify_answer(failure, secrets)
+    if isinstance(failure, JobError):
+        return failure
+    if isinstance(failure, genai_errors.APIError):
+        return _classify_status(failure, secrets)
+    if isinstance(failure, TIMEOUT_ERRORS):
+        return TransientError("The image provider did not answer in time.")
+    if isinstance(failure, NETWORK_ERRORS):
+        return TransientError("Could not reach the image provider.")
+    if isinstance(failure, TRANSPORT_ERRORS):
+        return FinalError("The image provider is misconfigured (its address cannot be used).")
+    if isinstance(failure, genai_errors.UnknownApiResponseError):
+        return TransientError("The image provider sent an answer that could not be read.")
+    return FinalError("The image provider failed unexpectedly.")
+
+
+def _classify_status(exc: genai_errors.APIError, secrets: list[str]) -> JobError:
+    code = exc.code or 0
+    detail = _detail(exc, secrets)
+    if code == 429:
+        return TransientError(
+            "The image provider is rate-limiting requests (HTTP 429).", retry_after=retry_after(exc)
+        )
+    if code in RETRYABLE_STATUS or (code >= 500 and code != 501):
+        return TransientError(
+            f"The image provider is temporarily unavailable ({detail}).", retry_after=retry_after(exc)
+        )
+    return FinalError(f"The image provider rejected the request ({detail}).")
+
+
+def _classify_answer(response: types.GenerateContentResponse, secrets: list[str]) -> JobError:
+    feedback = response.prompt_feedback
+    if feedback is not None and feedback.block_reason:
+        reason = _name(feedback.block_reason)
+        return FinalError(f"The provider refused this request for safety reasons (prompt blocked: {reason}).")
+    candidates = response.candidates or []
+    reason = _name(candidates[0].finish_reason) if candidates and candidates[0].finish_reason else ""
+    if reason in SAFETY_REASONS:
+        return FinalError(f"The provider refused this request for safety reasons ({reason}).")
+    if reason == "PUP_LIMITED_DISABLED":
+        return FinalError("The image provider rejected the request (the account is limited).")
+    said = _clean(" ".join(p.text for p in _parts(response) if p.text and not p.thought), secrets, 160)
+    message = "The provider returned no image"
+    if reason and reason not in ("STOP", "FINISH_REASON_UNSPECIFIED"):
+        message += f" ({reason})"
+    message += "."
+    if said:
+        message += f' It said: "{said}"'
+    return FinalError(message)
+
+
+def retry_after(exc: genai_errors.APIError) -> float | None:
+    """Seconds to wait from Google's `RetryInfo.retryDelay`, else from a `Retry-After` header."""
+    body = exc.details if isinstance(exc.details, dict) else {}
+    error = body.get("error", body)
+    details = error.get("details") if isinstance(error, dict) else None
+    for item in details if isinstance(details, list) else []:
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = _duration(item.get("retryDelay"))
+            if delay is not None:
+                return delay
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return _retry_after_header(headers.get("retry-after") if headers is not None else None)
+
+
+def _duration(value: Any) -> float | None:
+    """Seconds from a protobuf Duration as JSON ("12s", "1.5s") or as {"seconds", "nanos"}."""
+    if isinstance(value, dict):
+        try:
+            return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
+        except (TypeError, ValueError):
+            return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)s\s*", str(value or ""))
+    return float(match.group(1)) if match else None
+
+
+def _retry_after_header(value: str | None) -> float | None:
+    """Seconds from an HTTP `Retry-After` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _user_text(user_prompt: str | None) -> str:
+    """The user's prompt on one line, bounded."""
+    return " ".join((user_prompt or "").split())[:USER_PROMPT_LIMIT]
+
+
+def _http_options(settings: WorkerSettings) -> types.HttpOptions:
+    return types.HttpOptions(
+        base_url=settings.gemini_base_url or None,
+        timeout=max(1, int(settings.gemini_timeout_s * 1000)),
+        retry_options=types.HttpRetryOptions(attempts=1),
+    )
+
+
+def _parts(response: types.GenerateContentResponse) -> list[types.Part]:
+    candidates = response.candidates or []
+    content = candidates[0].content if candidates else None
+    return list(content.parts or []) if content else []
+
+
+def _detail(exc: genai_errors.APIError, secrets: list[str]) -> str:
+    """'HTTP 403 PERMISSION_DENIED: <provider message>', the message cleaned and shortened."""
+    detail = f"HTTP {exc.code}"
+    if exc.status and re.fullmatch(r"[A-Z_]{3,40}", str(exc.status)):
+        detail += f" {exc.status}"
+    message = _clean(exc.message if isinstance(exc.message, str) else "", secrets, 200).rstrip(".")
+    return f"{detail}: {message}" if message else detail
+
+
+def _clean(text: str, secrets: list[str], limit: int) -> str:
+    """One line of provider text that is safe to show: no secrets, no markup, no JSON, bounded."""
+    text = " ".join(text.split())
+    if not text or text[0] in "<{[":
+        return ""
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    text = GOOGLE_KEY.sub("[redacted]", text)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _name(value: Any) -> str:
+    return str(getattr(value, "value", value) or "").upper()
+
+
+def _sniff(image: bytes) -> str:
+    """The MIME type of common image formats from their first bytes (PNG when unknown)."""
+    if image.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if image[:4] == b"RIFF" and image[8:12] == b"WEBP":
+        return "image/webp"
+    if image[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return "image/png"

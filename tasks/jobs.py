@@ -1,0 +1,159 @@
+"""Job functions, found by dotted name (`tasks.jobs.stencil`, ...). Each takes one JSON `spec`:
+
+    {"jobId", "operation", "userId", "inputKey": str | None, "mimeType": str | None,
+     "params": {"style", "prompt", "engine", "lineWeight", "transparent", "colors"}}
+
+A job reads its input from Redis, runs an engine, stores the PNG under its output key and returns
+`{"outputKey", ...operation-specific fields}`. Exceptions propagate so RQ records failures and
+retries; `run` only asks `errors.decide` whether this failure is retried and after how long.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from rq import get_current_job
+
+from . import blobs
+from .errors import FinalError, decide
+from .progress import job_reporter
+from .settings import WorkerSettings
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _begin(job) -> None:
+    job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+    job.meta.setdefault("startedAt", _now())
+    job.meta.pop("error", None)
+    job.meta["progress"] = 0
+    job.meta["stage"] = "starting"
+    job.save_meta()
+
+
+def _fail(job, exc: Exception) -> None:
+    decision = decide(exc, int(job.meta.get("attempts", 1)), int(job.retries_left or 0))
+    job.meta["error"] = decision.message
+    if decision.retry:
+        job.retry_intervals = [decision.delay]
+        job.meta["stage"] = f"retrying in {decision.delay}s"
+    else:
+        job.retries_left = 0
+    job.save_meta()
+
+
+def run(spec: dict, work) -> dict:
+    """Run `work(spec, image_bytes, settings, report) -> (png, extras)` as the current job."""
+    job = get_current_job()
+    settings = WorkerSettings.from_env()
+    report = job_reporter(job)
+    _begin(job)
+    try:
+        report(5, "loading input")
+        data = None
+        if spec.get("inputKey"):
+            data = blobs.get(job.connection, spec["inputKey"])
+            if data is None:
+                raise FinalError("The input image expired before the job could run; submit it again.")
+        png, extras = work(spec, data, settings, report)
+        report(92, "storing result")
+        key = blobs.put(job.connection, blobs.output_key(job.id), png, settings.result_ttl_s)
+        report(100, "done")
+        return {"outputKey": key, **extras}
+    except Exception as exc:
+        _fail(job, exc)
+        raise
+
+
+def _engine(spec: dict, settings: WorkerSettings) -> str:
+    engine = spec.get("params", {}).get("engine") or settings.engine
+    if engine == "auto":
+        engine = "gemini" if settings.gemini_api_key else "local"
+    return engine
+
+
+def _decoded(data: bytes, settings: WorkerSettings, report):
+    from .images import decode
+
+    report(10, "decoding image")
+    img = decode(data, settings.max_pixels)
+    report(20, "decoded")
+    return img
+
+
+def _encoded(img, report) -> bytes:
+    from .images import encode_png
+
+    report(88, "encoding PNG")
+    return encode_png(img)
+
+
+def _from_provider(spec: dict, data: bytes | None, settings: WorkerSettings, report) -> tuple[bytes, dict]:
+    from . import gemini
+
+    params = spec.get("params", {})
+    prompt = gemini.prompt_for(spec["operation"], params.get("style"), params.get("prompt"))
+    report(25, "sending to Gemini")
+    out = gemini.generate_image(settings, prompt, data, spec.get("mimeType"))
+    report(80, "received from Gemini")
+    img = _decoded(out, settings, lambda p, s: report(82, "checking provider image"))
+    return _encoded(img, report), {"width": img.width, "height": img.height, "engine": "gemini"}
+
+
+def _stencil_work(spec, data, settings, report):
+    if _engine(spec, settings) == "gemini":
+        return _from_provider(spec, data, settings, report)
+    from .stencil import stencil as make_stencil
+
+    params = spec.get("params", {})
+    img = _decoded(data, settings, report)
+    out = make_stencil(img, style=params.get("style") or "standard", line_weight=params.get("lineWeight"),
+                       transparent=bool(params.get("transparent")), report=report)
+    return _encoded(out, report), {"width": out.width, "height": out.height, "engine": "local",
+                                   "style": params.get("style") or "standard"}
+
+
+def _enhance_work(spec, data, settings, report):
+    if _engine(spec, settings) == "gemini":
+        return _from_provider(spec, data, settings, report)
+    from .enhance import enhance as make_enhanced
+
+    img = _decoded(data, settings, report)
+    out = make_enhanced(img, report=report)
+    return _encoded(out, report), {"width": out.width, "height": out.height, "engine": "local"}
+
+
+def _ia_gen_work(spec, data, settings, report):
+    if _engine(spec, settings) != "gemini" or not settings.gemini_api_key:
+        raise FinalError("No image provider is configured for ia-gen.")
+    return _from_provider(spec, data, settings, report)
+
+
+def _color_match_work(spec, data, settings, report):
+    from .colormatch import match_colors
+
+    params = spec.get("params", {})
+    img = _decoded(data, settings, report)
+    preview, palette = match_colors(img, colors=int(params.get("colors") or 6), report=report)
+    return _encoded(preview, report), {"palette": palette, "engine": "local"}
+
+
+def stencil(spec: dict) -> dict:
+    """Photo → tattoo stencil."""
+    return run(spec, _stencil_work)
+
+
+def enhance(spec: dict) -> dict:
+    """Photo → cleaner, sharper, 2× larger image."""
+    return run(spec, _enhance_work)
+
+
+def ia_gen(spec: dict) -> dict:
+    """Prompt (+ optional reference image) → new tattoo design."""
+    return run(spec, _ia_gen_work)
+
+
+def color_match(spec: dict) -> dict:
+    """Image → dominant colours matched to tattoo inks, with a posterized preview."""
+    return run(spec, _color_match_work)

@@ -1,0 +1,211 @@
+"""The job lifecycle over real HTTP, real Redis and real rq worker processes."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from tests.conftest import drawing, photo
+from tests.servers import wait_until
+
+
+def png_size(data: bytes):
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "PNG"
+    return img.size
+
+
+def test_stencil_end_to_end(api, workers):
+    response = api.submit(photo(), operation="stencil")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert set(body) == {"jobId", "queue", "operation", "status", "statusUrl"}
+    assert body["queue"] == "stencil-generation" and body["status"] == "waiting"
+    assert response.headers["Location"] == f"/status/{body['jobId']}" == body["statusUrl"]
+
+    seen = []
+    def finished():
+        status = api.get(body["statusUrl"] + "?queue=stencil-generation").json()
+        seen.append((status["status"], status["progress"], status["stage"]))
+        return status if status["status"] in ("completed", "failed") else None
+    status = wait_until(finished, timeout=60, interval=0.02, what="stencil job")
+    assert status["status"] == "completed", status
+    assert status["progress"] == 100 and status["error"] is None and status["attempts"] == 1
+    assert status["createdAt"].endswith("Z") and status["startedAt"] and status["endedAt"]
+    assert any(word == "active" and 0 < progress < 100 for word, progress, _ in seen), seen
+    assert all(0 <= progress <= 100 for _, progress, _ in seen)
+
+    image_url = status["result"]["image"]
+    assert image_url.startswith(api.url + "/files/")
+    unsigned = api.http.get(image_url)
+    assert unsigned.status_code == 200 and unsigned.headers["Content-Type"] == "image/png"
+    assert png_size(unsigned.content)[0] > 0
+    owner = api.get(f"/result/{body['jobId']}")
+    assert owner.status_code == 200 and owner.content == unsigned.content
+
+
+def test_tampered_result_url_is_refused(api, workers):
+    job_id = api.submit(drawing()).json()["jobId"]
+    url = api.wait(job_id)["result"]["image"]
+    bad = url[:-3] + ("aaa" if not url.endswith("aaa") else "bbb")
+    response = api.http.get(bad)
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
+
+
+def test_result_before_completion_is_404(api, redis):
+    job_id = api.submit(drawing(), operation="enhance").json()["jobId"]
+    # No worker may have taken it yet or it may be running: either way, no result until completed.
+    response = api.get(f"/result/{job_id}")
+    if api.get(f"/status/{job_id}").json()["status"] != "completed":
+        assert response.status_code in (200, 404)
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/status/{}"), ("GET", "/result/{}"), ("DELETE", "/jobs/{}"),
+                                         ("GET", "/status/{}/events")])
+def test_another_users_job_is_404_like_an_unknown_one(api, workers, method, path):
+    job_id = api.submit(drawing()).json()["jobId"]
+    api.wait(job_id)
+    theirs = api.call(method, path.format(job_id), token="tok-bob")
+    unknown = api.call(method, path.format("0" * 32), token="tok-bob")
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json() == unknown.json()
+    assert job_id not in [j["jobId"] for j in api.get("/jobs", token="tok-bob").json()["jobs"]]
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token", ""])
+def test_unauthenticated(api, token):
+    for method, path in [("POST", "/generate"), ("GET", "/status/" + "0" * 32), ("GET", "/jobs"),
+                         ("GET", "/result/" + "0" * 32), ("DELETE", "/jobs/" + "0" * 32)]:
+        response = api.call(method, path, token=token)
+        assert response.status_code == 401, (method, path)
+        assert response.json()["code"] == "unauthenticated"
+
+
+def test_status_words_and_jobs_list(api, workers):
+    ids = [api.submit(drawing()).json()["jobId"] for _ in range(3)]
+    for job_id in ids:
+        assert api.wait(job_id)["status"] == "completed"
+    listed = api.get("/jobs?limit=3").json()["jobs"]
+    assert [j["jobId"] for j in listed] == ids[::-1]
+    assert all(j["status"] == "completed" for j in listed)
+    assert api.get("/jobs?status=failed&limit=100").status_code == 200
+    for bad in ("?limit=0", "?limit=101", "?limit=x", "?status=done", "?other=1"):
+        response = api.get("/jobs" + bad)
+        assert response.status_code == 400 and response.json()["code"] == "invalid_request", bad
+
+
+def test_cancel_waiting_job_never_runs(make_api, redis_url, redis, workers):
+    from rq import Queue
+    from rq.serializers import JSONSerializer as S
+
+    api = make_api()
+    # Hold the only enhance worker busy so the next enhance job waits.
+    busy = api.submit(photo((1024, 1024)), operation="enhance").json()["jobId"]
+    waiting = api.submit(drawing(), operation="enhance").json()["jobId"]
+    assert api.get(f"/status/{waiting}").json()["status"] == "waiting"
+    response = api.delete(f"/jobs/{waiting}")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"jobId": waiting, "status": "canceled"}
+    api.wait(busy)
+    status = api.get(f"/status/{waiting}").json()
+    assert status["status"] == "canceled" and status["attempts"] == 0 and status["startedAt"] is None
+    assert waiting not in Queue("enhance", connection=redis, serializer=S).get_job_ids()
+    again = api.delete(f"/jobs/{waiting}")
+    assert again.status_code == 409 and again.json()["code"] == "conflict"
+
+
+def test_cancel_ended_job_is_409(api, workers):
+    job_id = api.submit(drawing()).json()["jobId"]
+    api.wait(job_id)
+    response = api.delete(f"/jobs/{job_id}")
+    assert response.status_code == 409 and response.json()["code"] == "conflict"
+
+
+def test_idempotency_key(api, workers):
+    image = drawing()
+    first = api.post("/generate", json={"image": base64.b64encode(image).decode()},
+                     headers={"Idempotency-Key": "abc-1"})
+    again = api.post("/generate", json={"image": base64.b64encode(image).decode()},
+                     headers={"Idempotency-Key": "abc-1"})
+    assert first.status_code == 202 and again.status_code == 200
+    assert first.json() == again.json() and again.headers["Location"] == first.headers["Location"]
+    other = api.post("/generate", json={"image": base64.b64encode(image).decode(), "style": "bold"},
+                     headers={"Idempotency-Key": "abc-1"})
+    assert other.status_code == 409 and other.json()["code"] == "conflict"
+    bob = api.post("/generate", token="tok-bob", json={"image": base64.b64encode(image).decode()},
+                   headers={"Idempotency-Key": "abc-1"})
+    assert bob.status_code == 202 and bob.json()["jobId"] != first.json()["jobId"]
+
+
+def test_multipart_upload(api, workers):
+    response = api.post("/generate", files={"image": ("photo.jpg", photo((320, 240)), "image/jpeg")},
+                        data={"operation": "stencil", "style": "bold"})
+    assert response.status_code == 202, response.text
+    status = api.wait(response.json()["jobId"])
+    assert status["status"] == "completed"
+    data = api.get(f"/result/{status['jobId']}").content
+    width, height = png_size(data)
+    assert abs(width / height - 320 / 240) < 0.02
+
+
+def test_seed_client_shape_no_content_type(api, workers):
+    """The seed's client sends JSON with no Content-Type, no operation, and a data: URL."""
+    data_url = "data:image/jpeg;base64," + base64.b64encode(photo((200, 200))).decode()
+    response = api.post("/generate", data=json.dumps({"image": data_url, "style": "standard"}))
+    assert response.status_code == 202, response.text
+    assert response.json()["operation"] == "stencil"
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"image": "!!!not base64!!!"}, 400),
+    ({"image": base64.b64encode(b"hello, this is plainly text and not an image").decode()}, 400),
+    ({"operation": "paint", "image": "AAAA"}, 400),
+    ({"operation": "stencil"}, 400),
+    ({"image": 12345}, 400),
+    ({"operation": "ia-gen"}, 400),
+    ({"image": "AAAA", "unknown": 1}, 400),
+])
+def test_bad_input_is_a_clear_400(api, body, code):
+    response = api.post("/generate", json=body)
+    assert response.status_code == code, response.text
+    assert response.json()["code"] == "invalid_request" and response.json()["error"]
+
+
+def test_broken_json_and_wrong_formats(api):
+    response = api.post("/generate", data=b'{"image": "abc"', headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["code"] == "invalid_request"
+    gif = api.submit(drawing(fmt="GIF"))
+    assert gif.status_code == 415 and gif.json()["code"] == "unsupported_media_type"
+    urlsafe = base64.urlsafe_b64encode(drawing()).decode()
+    spaced = "\n".join(urlsafe[i:i + 60] for i in range(0, len(urlsafe), 60))
+    assert api.post("/generate", json={"image": spaced}).status_code == 202
+
+
+def test_job_record_holds_no_image_and_no_pickle(api, redis, workers):
+    image = photo((300, 300))
+    job_id = api.submit(image).json()["jobId"]
+    api.wait(job_id)
+    raw = redis.hgetall(f"rq:job:{job_id}")
+    blob = b"".join(raw.values())
+    assert image[:64] not in blob and base64.b64encode(image)[:64] not in blob
+    assert len(blob) < 8000
+    json.loads(raw[b"data"])  # the payload is JSON
+    assert b"\x80\x04" not in raw[b"data"] and b"\x80\x05" not in raw[b"data"]
+    job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    spec = job.args[0]
+    assert spec["inputKey"] == f"inkq:blob:in:{job_id}" and "image" not in spec["params"]
+    assert redis.ttl(spec["inputKey"]) > 0 and redis.ttl(f"inkq:blob:out:{job_id}") > 0
+
+
+def test_health_and_errors_are_json(api):
+    assert api.get("/healthz", token=None).json() == {"status": "ok"}
+    assert api.get("/readyz", token=None).status_code == 200
+    missing = api.get("/no/such/path", token=None)
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    wrong = api.call("PUT", "/generate")
+    assert wrong.status_code == 405 and "error" in wrong.json()

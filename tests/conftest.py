@@ -1,0 +1,156 @@
+"""Fixtures: one throwaway redis-server and one set of real worker pools for the session;
+an API served over real HTTP per test, built by `create_app(config)` with a mapping."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import uuid
+
+import pytest
+import redis as redis_lib
+import requests
+from PIL import Image, ImageDraw
+
+from tests.fakegemini import FakeGemini
+from tests.servers import ApiServer, RedisServer, Workers, wait_until
+
+ADMIN_TOKEN = "admin-secret-token"
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server):
+    return redis_server.url
+
+
+@pytest.fixture
+def redis(redis_url):
+    return redis_lib.Redis.from_url(redis_url)
+
+
+@pytest.fixture(scope="session")
+def fake_gemini():
+    with FakeGemini() as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _reset_fake(request):
+    if "fake_gemini" in request.fixturenames:
+        request.getfixturevalue("fake_gemini").reset()
+    yield
+
+
+@pytest.fixture(scope="session")
+def workers(redis_url, fake_gemini, tmp_path_factory):
+    log = tmp_path_factory.mktemp("workers") / "workers.log"
+    env = {"REDIS_URL": redis_url, "CONCURRENCY_STENCIL": "2", "CONCURRENCY_ENHANCE": "1",
+           "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1",
+           "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": fake_gemini.url, "GEMINI_TIMEOUT_S": "3",
+           "LOG_LEVEL": "WARNING"}
+    procs = Workers(env, str(log))
+    client = redis_lib.Redis.from_url(redis_url)
+    from rq import Worker
+    wait_until(lambda: len(Worker.all(connection=client)) >= 5, timeout=60, what="rq workers to register")
+    yield procs
+    procs.stop()
+
+
+def base_config(redis_url: str, **extra) -> dict:
+    """The API config used by tests: two users, an admin, a signing key."""
+    config = {"REDIS_URL": redis_url, "API_KEYS": "tok-alice:alice,tok-bob:bob",
+              "ADMIN_TOKEN": ADMIN_TOKEN, "SECRET_KEY": "test-signing-key", "LOG_FORMAT": "text",
+              "RATE_LIMIT": "10000/minute", "GEMINI_API_KEY": "", "ENGINE": "auto"}
+    config.update({k: str(v) for k, v in extra.items()})
+    return config
+
+
+class Api:
+    """An HTTP client bound to a served app."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.http = requests.Session()
+
+    def call(self, method: str, path: str, token: str | None = "tok-alice", **kwargs):
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.http.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, **kw):
+        return self.call("POST", path, **kw)
+
+    def delete(self, path, **kw):
+        return self.call("DELETE", path, **kw)
+
+    def submit(self, image: bytes | None = None, token="tok-alice", **fields):
+        body = dict(fields)
+        if image is not None:
+            body["image"] = base64.b64encode(image).decode()
+        return self.post("/generate", token=token, json=body)
+
+    def wait(self, job_id: str, token="tok-alice", statuses=("completed", "failed", "canceled"), timeout=60):
+        def done():
+            body = self.get(f"/status/{job_id}", token=token).json()
+            return body if body["status"] in statuses else None
+        return wait_until(done, timeout=timeout, interval=0.1, what=f"job {job_id} to reach {statuses}")
+
+
+@pytest.fixture
+def make_api(redis_url):
+    from api import create_app
+
+    servers = []
+
+    def make(**extra):
+        server = ApiServer(create_app(base_config(redis_url, **extra)))
+        servers.append(server)
+        return Api(server.url)
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def api(make_api):
+    return make_api()
+
+
+@pytest.fixture
+def user():
+    """A fresh user id with its own API key, for tests that count a user's jobs."""
+    name = "u" + uuid.uuid4().hex[:10]
+    return name
+
+
+def photo(size=(512, 512), seed=0) -> bytes:
+    """A real photograph (scikit-image's astronaut) as JPEG, resized."""
+    from skimage import data
+
+    img = Image.fromarray(data.astronaut()).resize(size)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def drawing(size=(256, 256), fmt="PNG") -> bytes:
+    """A small synthetic picture with shapes, in the given format."""
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((30, 30, size[0] - 30, size[1] - 30), outline="black", width=6, fill=(200, 40, 40))
+    draw.rectangle((size[0] // 3, size[1] // 3, size[0] // 2, size[1] // 2), fill=(20, 60, 200))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()

@@ -1,0 +1,322 @@
+"""A local fake of the Gemini REST API (`POST /{version}/models/{model}:generateContent`) for tests.
+
+It speaks the real wire format (camelCase JSON, base64 `inlineData`, Google's error body), so the
+real google-genai client, or a real worker process given `GEMINI_BASE_URL=<fake.url>`, can talk
+to it. Tests script what it answers and read what it was sent:
+
+    with FakeGemini() as fake:
+        fake.push(error(429, retry_delay="7s"), ok())
+        ...                                   # point the code at fake.url
+        assert fake.requests[0].images == [sent_png]
+
+Replies are consumed one per request; when the queue is empty `default` (an `ok()`) answers.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def sample_png(size: int = 64) -> bytes:
+    """A small real PNG: black stencil-like lines on white."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((size // 8, size // 8, size * 7 // 8, size * 7 // 8), outline="black", width=3)
+    draw.line((size // 4, size // 2, size * 3 // 4, size // 2), fill="black", width=3)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer: HTTP status, JSON body (or raw bytes), extra headers, a delay first."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    raw: bytes | None = None
+    content_type: str = "application/json; charset=UTF-8"
+    disconnect: bool = False
+
+
+def _usage() -> dict[str, Any]:
+    return {"promptTokenCount": 12, "candidatesTokenCount": 1290, "totalTokenCount": 1302}
+
+
+def ok(image_bytes: bytes | None = None, text: str | None = None, mime_type: str = "image/png") -> Reply:
+    """A successful answer with one inline image (by default `sample_png()`), optionally with text."""
+    data = sample_png() if image_bytes is None else image_bytes
+    parts: list[dict[str, Any]] = []
+    if text:
+        parts.append({"text": text})
+    parts.append({"inlineData": {"mimeType": mime_type, "data": base64.b64encode(data).decode("ascii")}})
+    return Reply(body={
+        "candidates": [{"content": {"parts": parts, "role": "model"}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": _usage(),
+        "modelVersion": "fake",
+        "responseId": "fake-response",
+    })
+
+
+def error(
+    code: int,
+    status: str | None = None,
+    message: str | None = None,
+    retry_delay: str | float | None = None,
+    retry_after: str | None = None,
+) -> Reply:
+    """Google's error body `{"error": {code, message, status, details}}`, with RetryInfo if given."""
+    details: list[dict[str, Any]] = []
+    if retry_delay is not None:
+        delay = retry_delay if isinstance(retry_delay, str) else f"{retry_delay}s"
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay})
+    body: dict[str, Any] = {
+        "code": code,
+        "message": message if message is not None else f"Fake error {code}.",
+        "status": status or STATUS_NAMES.get(code, "UNKNOWN"),
+    }
+    if details:
+        body["details"] = details
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return Reply(status=code, body={"error": body}, headers=headers)
+
+
+def blocked(reason: str = "SAFETY") -> Reply:
+    """The prompt was blocked: `promptFeedback.blockReason`, no candidates."""
+    return Reply(body={"promptFeedback": {"blockReason": reason}, "usageMetadata": _usage(), "modelVersion": "fake"})
+
+
+def finish(reason: str = "IMAGE_SAFETY", message: str | None = None) -> Reply:
+    """A candidate that stopped with `finishReason` (IMAGE_SAFETY, NO_IMAGE, ...) and no image."""
+    candidate: dict[str, Any] = {"content": {"role": "model"}, "finishReason": reason, "index": 0}
+    if message:
+        candidate["finishMessage"] = message
+    return Reply(body={"candidates": [candidate], "usageMetadata": _usage(), "modelVersion": "fake"})
+
+
+def text_only(text: str = "I can't draw that.") -> Reply:
+    """An answer with text but no image."""
+    return Reply(body={
+        "candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": _usage(),
+        "modelVersion": "fake",
+    })
+
+
+def slow(seconds: float, then: Reply | None = None) -> Reply:
+    """Wait `seconds` before answering with `then` (an `ok()` by default)."""
+    then = ok() if then is None else then
+    return Reply(then.status, then.body, then.headers, seconds, then.raw, then.content_type, then.disconnect)
+
+
+def raw(status: int, body: bytes, content_type: str = "text/html") -> Reply:
+    """A non-JSON answer, like a proxy's HTML error page."""
+    return Reply(status=status, raw=body, content_type=content_type)
+
+
+def disconnect() -> Reply:
+    """Close the connection without answering."""
+    return Reply(disconnect=True)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one request carried."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    api_version: str | None
+    model: str | None
+    text: str
+    images: list[bytes]
+    mime_types: list[str]
+
+    @property
+    def api_key(self) -> str | None:
+        """The `x-goog-api-key` header."""
+        return self.headers.get("x-goog-api-key")
+
+
+def _b64decode(data: str) -> bytes:
+    """Standard or URL-safe base64, padded or not."""
+    data = data.strip()
+    padded = data + "=" * (-len(data) % 4)
+    try:
+        return base64.b64decode(padded, altchars=b"-_" if ("-" in data or "_" in data) else None, validate=True)
+    except binascii.Error:
+        return base64.urlsafe_b64decode(padded)
+
+
+def _parse(method: str, path: str, headers: dict[str, str], body: bytes) -> Request:
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:
+        payload = None
+    segments = path.split("?", 1)[0].strip("/").split("/")
+    api_version = segments[0] if segments and segments[0] else None
+    model = None
+    if len(segments) >= 3 and segments[1] == "models":
+        model = "/".join(segments[2:]).rsplit(":", 1)[0]
+    texts: list[str] = []
+    images: list[bytes] = []
+    mime_types: list[str] = []
+    contents = payload.get("contents", []) if isinstance(payload, dict) else []
+    for content in contents if isinstance(contents, list) else []:
+        for part in content.get("parts", []) if isinstance(content, dict) else []:
+            if "text" in part:
+                texts.append(part["text"])
+            blob = part.get("inlineData") or part.get("inline_data")
+            if blob:
+                images.append(_b64decode(blob.get("data", "")))
+                mime_types.append(blob.get("mimeType") or blob.get("mime_type") or "")
+    return Request(method, path, headers, payload, api_version, model, "\n".join(texts), images, mime_types)
+
+
+class FakeGemini:
+    """A fake Gemini server on 127.0.0.1 and a free port, in a daemon thread; thread-safe."""
+
+    def __init__(self, default: Reply | None = None, api_key: str | None = None):
+        self.default = default if default is not None else ok()
+        self.api_key = api_key
+        self._replies: deque[Reply] = deque()
+        self._requests: list[Request] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL to give the client (`GEMINI_BASE_URL`)."""
+        if self._server is None:
+            raise RuntimeError("FakeGemini is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def requests(self) -> list[Request]:
+        """A copy of every request received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def push(self, *replies: Reply) -> "FakeGemini":
+        """Queue replies; each request takes the next one."""
+        with self._lock:
+            self._replies.extend(replies)
+        return self
+
+    def reset(self) -> None:
+        """Forget queued replies and recorded requests."""
+        with self._lock:
+            self._replies.clear()
+            self._requests.clear()
+
+    def start(self) -> "FakeGemini":
+        """Start serving; returns self."""
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-gemini", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; slow replies still waiting are abandoned."""
+        if self._server is None:
+            return
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> "FakeGemini":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def _take(self, request: Request) -> Reply:
+        with self._lock:
+            self._requests.append(request)
+            if not request.path.split("?", 1)[0].endswith(":generateContent"):
+                return error(404, "NOT_FOUND", "The fake only serves models/*:generateContent.")
+            if self.api_key is not None and request.api_key != self.api_key:
+                return error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.")
+            return self._replies.popleft() if self._replies else self.default
+
+
+def serve(default: Reply | None = None, api_key: str | None = None) -> Iterator[FakeGemini]:
+    """Generator for a pytest fixture: `def gemini(): yield from serve()`."""
+    with FakeGemini(default, api_key) as fake:
+        yield fake
+
+
+def _handler(fake: FakeGemini) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            self._send(fake._take(_parse("POST", self.path, headers, body)))
+
+        def do_GET(self) -> None:
+            self._send(error(404, "NOT_FOUND", "The fake only serves generateContent."))
+
+        def _send(self, reply: Reply) -> None:
+            if reply.delay and fake._stopping.wait(reply.delay):
+                return
+            if reply.disconnect:
+                self.close_connection = True
+                return
+            payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
+            try:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
