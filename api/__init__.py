@@ -35,7 +35,7 @@ class Inkq:
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
     """Build the app from the environment, with `config` layered on top (tests pass a mapping)."""
-    from . import admin, errors, health, jobs, logs, web
+    from . import admin, credits, errors, health, jobs, logs, openapi, web
     from .admission import Admission
     from .auth import Authenticator
     from .limits import SubmissionLimiter
@@ -67,8 +67,9 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         metrics=metrics, auth=auth)
     errors.init_app(app)
     metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env))
-    for blueprint in (jobs.bp, admin.bp, health.bp, web.bp):
+    for blueprint in (jobs.bp, credits.bp, admin.bp, health.bp, web.bp):
         app.register_blueprint(blueprint)
     admin.mount_dashboard(app, settings.redis_url)
+    openapi.init_app(app)
     logging.getLogger("inkq.api").info("inkq api ready (redis %s)", settings.redis_url.split("@")[-1])
     return app

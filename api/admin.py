@@ -14,7 +14,7 @@ from rq.serializers import JSONSerializer
 
 from tasks.queues import QUEUES
 
-from .errors import ApiError, bad_request
+from .errors import ApiError, bad_request, error_response
 from .guard import check_admin, require_admin
 from .schemas import CreditChange
 
@@ -87,7 +87,14 @@ def mount_dashboard(app: Flask, redis_url: str) -> None:
     def _dashboard_admin_only():
         if request.path != DASHBOARD_PREFIX and not request.path.startswith(DASHBOARD_PREFIX + "/"):
             return None
-        check_admin(allow_basic=True)
+        try:
+            check_admin(allow_basic=True)
+        except ApiError as exc:
+            if exc.status != 401:
+                raise
+            response = error_response(401, exc.code, exc.message)
+            response.headers["WWW-Authenticate"] = 'Basic realm="inkq admin"'
+            return response
         if request.method in ("GET", "HEAD") and (request.endpoint or "").endswith(".requeue_all"):
             raise ApiError(405, "method_not_allowed", "This action needs POST.")
         return None

@@ -222,7 +222,7 @@ class Authenticator:
         self.issuer = issuer or None
         self.audience = audience or None
         self.leeway_s = leeway_s
-        self._decode_options = {"require": ["exp", "sub"], "verify_aud": True}
+        self._decode_options = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Authenticator":

@@ -1,12 +1,16 @@
 """Flask glue for `auth.Authenticator`: who is calling, and decorators that require a user or an admin."""
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import wraps
 
 from flask import current_app, g, request
 
-from .auth import AuthError, Principal
+from .auth import AuthError, AuthUnavailable, Principal
 from .errors import ApiError
+
+
+ADMIN_USER = "@admin"
 
 
 def principal(allow_basic: bool = False) -> Principal:
@@ -17,8 +21,15 @@ def principal(allow_basic: bool = False) -> Principal:
     try:
         found = current_app.extensions["inkq.auth"].authenticate(
             request.headers.get("Authorization"), allow_basic=allow_basic)
+    except AuthUnavailable as exc:
+        raise ApiError(503, "unavailable", "Authentication is unavailable; try again shortly.",
+                       retry_after=exc.retry_after_s) from None
     except AuthError as exc:
         raise ApiError(401, "unauthenticated", exc.message) from None
+    if found.is_admin:
+        found = replace(found, user_id=ADMIN_USER)
+    elif found.user_id.startswith("@"):
+        raise ApiError(401, "unauthenticated", "invalid token subject")
     g.principal = found
     return found
 

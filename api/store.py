@@ -62,8 +62,6 @@ class JobStore:
                     "mimeType": mime_type, "params": params}
         retry = Retry(max=spec.max_retries, interval=[2, 4, 8][: spec.max_retries]) if spec.max_retries else None
         with self.redis.pipeline() as pipe:
-            if image is not None:
-                blobs.put(self.redis, input_key, image, keep_s, pipeline=pipe)
             job = queue_for(self.redis, spec).enqueue(
                 spec.function, job_spec, job_id=job_id, job_timeout=spec.timeout_s,
                 result_ttl=self.result_ttl_s, failure_ttl=self.failure_ttl_s, retry=retry,
@@ -71,6 +69,8 @@ class JobStore:
                 description=f"{operation} for {user_id}", pipeline=pipe,
                 on_success=Callback("tasks.credits.on_success"), on_failure=Callback("tasks.credits.on_failure"),
                 on_stopped=Callback("tasks.credits.on_stopped"))
+            if image is not None:
+                blobs.put(self.redis, input_key, image, keep_s, pipeline=pipe)
             index = user_index_key(user_id)
             pipe.zadd(index, {job_id: time.time()})
             pipe.expire(index, max(self.result_ttl_s, self.failure_ttl_s))

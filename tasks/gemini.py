@@ -13,6 +13,8 @@ Design decisions:
 from __future__ import annotations
 
 import email.utils
+import importlib
+import json
 import re
 import time
 from typing import Any, Iterable
@@ -74,6 +76,9 @@ SAFETY_REASONS = frozenset({
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
+MIN_SECRET = 6
+"""Shorter values are not redacted: replacing them would garble ordinary words (test keys only)."""
+
 GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
 
 
@@ -84,7 +89,7 @@ def _transport_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type,
     other: list[type] = []
     for name in ("httpx2", "httpx"):
         try:
-            module = __import__(name)
+            module = importlib.import_module(name)
         except ImportError:
             continue
         timeouts.append(module.TimeoutException)
@@ -165,7 +170,7 @@ def classify(
     failure: BaseException | types.GenerateContentResponse, secrets: Iterable[str] = ()
 ) -> JobError:
     """Decide whether a provider failure is retried: a `TransientError` or a `FinalError`, safe to show."""
-    secrets = [s for s in secrets if s]
+    secrets = [s for s in secrets if len(s) >= MIN_SECRET]
     if isinstance(failure, types.GenerateContentResponse):
         return _classify_answer(failure, secrets)
     if isinstance(failure, JobError):
@@ -178,7 +183,7 @@ def classify(
         return TransientError("Could not reach the image provider.")
     if isinstance(failure, TRANSPORT_ERRORS):
         return FinalError("The image provider is misconfigured (its address cannot be used).")
-    if isinstance(failure, genai_errors.UnknownApiResponseError):
+    if isinstance(failure, (genai_errors.UnknownApiResponseError, json.JSONDecodeError)):
         return TransientError("The image provider sent an answer that could not be read.")
     return FinalError("The image provider failed unexpectedly.")
 

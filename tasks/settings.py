@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-DEFAULT_GEMINI_MODEL = "gemini-2.5-flash-image"
+DEFAULT_GEMINI_MODEL = "gemini-3.1-flash-image"
 
 
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:

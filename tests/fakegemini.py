@@ -204,8 +204,8 @@ class FakeGemini:
     """A fake Gemini server on 127.0.0.1 and a free port, in a daemon thread; thread-safe."""
 
     def __init__(self, default: Reply | None = None, api_key: str | None = None):
-        self.default = default if default is not None else ok()
-        self.api_key = api_key
+        self._initial = (default if default is not None else ok(), api_key)
+        self.default, self.api_key = self._initial
         self._replies: deque[Reply] = deque()
         self._requests: list[Request] = []
         self._lock = threading.Lock()
@@ -234,10 +234,11 @@ class FakeGemini:
         return self
 
     def reset(self) -> None:
-        """Forget queued replies and recorded requests."""
+        """Forget queued replies and recorded requests; restore the initial default and key."""
         with self._lock:
             self._replies.clear()
             self._requests.clear()
+            self.default, self.api_key = self._initial
 
     def start(self) -> "FakeGemini":
         """Start serving; returns self."""

@@ -152,8 +152,8 @@ def test_hs256_wrong_secret_is_refused():
 
 
 def test_hs256_other_hmac_algorithms_are_refused():
-    auth = make(jwt_secret=SECRET)
-    token = jwt.encode(claims(), SECRET, algorithm="HS512")
+    auth = make(jwt_secret=SECRET * 2)
+    token = jwt.encode(claims(), SECRET * 2, algorithm="HS512")
     refused(auth, f"Bearer {token}", "invalid token")
 
 

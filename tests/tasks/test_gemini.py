@@ -114,6 +114,11 @@ def test_html_error_page_is_transient_and_not_shown(fake):
     assert "<" not in exc.message and "html" not in exc.message.lower()
 
 
+def test_unreadable_answer_is_transient(fake):
+    exc = fail(fake, raw(200, b"not json", "text/plain"))
+    assert isinstance(exc, TransientError) and "could not be read" in exc.message
+
+
 def test_blocked_prompt_is_final_and_mentions_safety(fake):
     exc = fail(fake, blocked("PROHIBITED_CONTENT"))
     assert isinstance(exc, FinalError)

@@ -1,0 +1,149 @@
+"""`/openapi.json` (OpenAPI 3.1) and `/docs`, generated from the pydantic schemas that validate requests.
+
+The path table below names, for each endpoint, the schema models it reads and answers; their
+JSON Schemas come from pydantic, so the document cannot drift from the validation code.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Flask, jsonify
+from pydantic import BaseModel
+
+from . import schemas as s
+
+bp = Blueprint("openapi", __name__)
+REF = "#/components/schemas/{model}"
+
+ERRORS = {
+    400: "Invalid request (missing or unknown field, bad value, undecodable image)",
+    401: "No or bad credentials",
+    403: "Forbidden or insufficient credits",
+    404: "Unknown job, or another user's",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Body over the upload limit",
+    415: "Unsupported image format or body type",
+    429: "Rate limited or too many jobs in flight (Retry-After)",
+    503: "Redis down, queue full, or no provider (Retry-After)",
+}
+
+
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _json(model_or_schema) -> dict:
+    schema = _ref(model_or_schema) if isinstance(model_or_schema, type) else model_or_schema
+    return {"application/json": {"schema": schema}}
+
+
+def _responses(ok: dict, errors: tuple[int, ...]) -> dict:
+    out = dict(ok)
+    for code in errors:
+        out[str(code)] = {"description": ERRORS[code], "content": _json(s.Error)}
+    return out
+
+
+def _job_id(name: str = "jobId") -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
+
+
+def _multipart_schema() -> dict:
+    schema = s.GenerateRequest.model_json_schema(ref_template=REF)
+    props = dict(schema["properties"])
+    props["image"] = {"type": "string", "format": "binary", "description": "JPEG, PNG or WebP file."}
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def build_spec() -> dict:
+    """The OpenAPI document."""
+    models = [s.GenerateRequest, s.JobAccepted, s.JobStatusBody, s.JobList, s.Canceled, s.Error, s.Balance,
+              s.CreditChange, s.QueueStats, s.JobResult, s.PaletteEntry]
+    components = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=REF)
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    png = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+    user = [{"bearer": []}]
+    paths = {
+        "/generate": {"post": {
+            "summary": "Submit a job; answers at once with its id", "security": user,
+            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+            "requestBody": {"required": True, "content": {
+                **_json(s.GenerateRequest), "multipart/form-data": {"schema": _multipart_schema()}}},
+            "responses": _responses({
+                "202": {"description": "Accepted", "content": _json(s.JobAccepted)},
+                "200": {"description": "Repeated Idempotency-Key: the original job", "content": _json(s.JobAccepted)},
+            }, (400, 401, 403, 409, 413, 415, 429, 503))}},
+        "/status/{jobId}": {"get": {
+            "summary": "A job's status, progress and result", "security": user,
+            "parameters": [_job_id(), {"name": "queue", "in": "query", "required": False,
+                                       "schema": {"type": "string"}, "description": "Accepted and ignored."}],
+            "responses": _responses({"200": {"description": "Status", "content": _json(s.JobStatusBody)}},
+                                    (401, 404))}},
+        "/status/{jobId}/events": {"get": {
+            "summary": "Server-sent events: status objects as they change, until the terminal one",
+            "security": user, "parameters": [_job_id()],
+            "responses": _responses({"200": {"description": "Event stream",
+                                             "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                                    (401, 404))}},
+        "/result/{jobId}": {"get": {
+            "summary": "The output PNG (owner only)", "security": user, "parameters": [_job_id()],
+            "responses": _responses({"200": {"description": "PNG", "content": png}}, (401, 404))}},
+        "/files/{token}": {"get": {
+            "summary": "The output PNG behind a signed, expiring URL (no auth)", "security": [],
+            "parameters": [_job_id("token")],
+            "responses": _responses({"200": {"description": "PNG", "content": png}}, (404,))}},
+        "/jobs": {"get": {
+            "summary": "The caller's jobs, newest first", "security": user,
+            "parameters": [{"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                           {"name": "status", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": list(s.StatusWord.__args__)}}],
+            "responses": _responses({"200": {"description": "Jobs", "content": _json(s.JobList)}}, (400, 401))}},
+        "/jobs/{jobId}": {"delete": {
+            "summary": "Cancel a waiting job or stop an active one", "security": user, "parameters": [_job_id()],
+            "responses": _responses({"200": {"description": "Canceled", "content": _json(s.Canceled)}},
+                                    (401, 404, 409))}},
+        "/credits": {"get": {
+            "summary": "The caller's credit balance", "security": user,
+            "responses": _responses({"200": {"description": "Balance", "content": _json(s.Balance)}}, (401,))}},
+        "/admin/queue-stats": {"get": {
+            "summary": "Per-queue counts (admin)", "security": user,
+            "responses": _responses({"200": {"description": "Stats", "content": _json(
+                {"type": "object", "additionalProperties": _ref(s.QueueStats)})}}, (401, 403))}},
+        "/admin/credits/{userId}": {"post": {
+            "summary": "Add to or set a user's balance (admin)", "security": user,
+            "parameters": [_job_id("userId")],
+            "requestBody": {"required": True, "content": _json(s.CreditChange)},
+            "responses": _responses({"200": {"description": "Balance", "content": _json(s.Balance)}},
+                                    (400, 401, 403))}},
+        "/healthz": {"get": {"summary": "Liveness", "security": [],
+                             "responses": {"200": {"description": "Running"}}}},
+        "/readyz": {"get": {"summary": "Readiness (Redis answers)", "security": [],
+                            "responses": _responses({"200": {"description": "Ready"}}, (503,))}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+                             "responses": _responses({"200": {"description": "Text format",
+                                                              "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                                                     (401,))}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "inkq", "version": "1.0.0",
+                 "description": "Background image jobs for tattoo stencils: submit, follow progress, fetch results."},
+        "paths": paths,
+        "components": {"schemas": components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "API key, JWT or admin token"}}},
+    }
+
+
+def init_app(app: Flask) -> None:
+    """Serve /openapi.json and the Swagger UI at /docs (assets bundled, no CDN)."""
+    from flask_swagger_ui import get_swaggerui_blueprint
+
+    spec = build_spec()
+    app.add_url_rule("/openapi.json", "openapi", lambda: jsonify(spec))
+    app.register_blueprint(get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "inkq API"}),
+                           url_prefix="/docs")
