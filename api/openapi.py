@@ -47,6 +47,15 @@ def _job_id(name: str = "jobId") -> dict:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
 
 
+def _status_event() -> dict:
+    """One server-sent event (OpenAPI 3.1: the event-stream schema describes each event)."""
+    return {"type": "object", "required": ["data"], "properties": {
+        "event": {"const": "status"},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _ref(s.JobStatusBody),
+                 "description": "The status object, as in GET /status/{jobId}."},
+        "retry": {"type": "integer", "minimum": 0}}}
+
+
 def _multipart_schema() -> dict:
     schema = s.GenerateRequest.model_json_schema(ref_template=REF)
     props = dict(schema["properties"])
@@ -86,7 +95,7 @@ def build_spec() -> dict:
             "summary": "Server-sent events: status objects as they change, until the terminal one",
             "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "Event stream",
-                                             "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                                             "content": {"text/event-stream": {"schema": _status_event()}}}},
                                     (401, 404))}},
         "/result/{jobId}": {"get": {
             "summary": "The output PNG (owner only)", "security": user, "parameters": [_job_id()],

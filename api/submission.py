@@ -22,6 +22,8 @@ from .errors import ApiError, bad_request
 from .schemas import GenerateRequest
 
 ACCEPTED = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+JSON_TYPES = ("", "application/json", "text/plain")
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*?;base64,", re.IGNORECASE)
 _WS = re.compile(r"\s+")
 
@@ -60,8 +62,16 @@ def sniff(data: bytes) -> str | None:
         return "bmp"
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
-    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypavif", b"ftypmif1"):
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
         return "heif"
+    if data[:4] in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00") and len(data) > 6 and data[4:6] != b"\x00\x00":
+        return "ico"
+    if data[:4] == b"8BPS":
+        return "psd"
+    if data[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or data[:4] == b"\xffO\xffQ":
+        return "jpeg 2000"
+    if data[:2] == b"\xff\x0a" or data[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        return "jpeg xl"
     return None
 
 
@@ -91,7 +101,9 @@ def check_image(data: bytes, max_pixels: int, max_bytes: int) -> str:
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise bad_request(f"`image` has more pixels than the limit of {max_pixels}.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise bad_request("`image` could not be read as a " + kind.upper() + " image.") from None
     if width < 1 or height < 1:
         raise bad_request("`image` has no pixels.")
@@ -109,6 +121,12 @@ def _validated(raw: dict) -> GenerateRequest:
         raise bad_request(f"`{where}`: {first.get('msg', 'invalid value')}.") from None
 
 
+def _check_not_cut(request: Request) -> None:
+    """Werkzeug cuts a chunked body at MAX_CONTENT_LENGTH without an error; reading past it raises 413."""
+    if request.content_length is None:
+        request.stream.read(1)
+
+
 def _from_multipart(request: Request) -> tuple[dict, bytes | None]:
     raw: dict = {}
     for key in request.form:
@@ -116,27 +134,31 @@ def _from_multipart(request: Request) -> tuple[dict, bytes | None]:
         if len(values) != 1:
             raise bad_request(f"`{key}` is given more than once.")
         raw[key] = values[0]
-    for key in raw:
-        if key in ("lineWeight", "colors") and raw[key] == "":
-            raw[key] = None
-    if "transparent" in raw:
-        raw["transparent"] = raw["transparent"].strip().lower() in ("1", "true", "yes", "on")
+    _check_not_cut(request)
+    for key in ("lineWeight", "colors", "transparent"):
+        if key in raw:
+            raw[key] = raw[key].strip() or None
     extra_files = [k for k in request.files if k != "image"]
     if extra_files:
         raise bad_request(f"Unknown file part `{extra_files[0]}`.")
     if "image" in raw:
         raise bad_request("`image` must be a file part in multipart requests.")
-    upload = request.files.get("image")
-    return raw, (upload.read() if upload else None)
+    uploads = request.files.getlist("image")
+    if len(uploads) > 1:
+        raise bad_request("`image` is given more than once.")
+    return raw, (uploads[0].read() if uploads else None)
 
 
-def _from_json(request: Request) -> tuple[dict, bytes | None]:
+def _from_json(request: Request, mimetype: str) -> tuple[dict, bytes | None]:
     body = request.get_data(cache=False)
+    _check_not_cut(request)
     if not body.strip():
         raise bad_request("The request body is empty; send JSON or multipart/form-data.")
     try:
         raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
+            raise ApiError(415, "unsupported_media_type", "Send JSON or multipart/form-data.") from None
         raise bad_request("The request body is not valid JSON.") from None
     if not isinstance(raw, dict):
         raise bad_request("The request body must be a JSON object.")
@@ -154,7 +176,7 @@ def parse(request: Request, max_pixels: int, max_image_bytes: int) -> Submission
     elif mimetype in ("application/x-www-form-urlencoded",):
         raise ApiError(415, "unsupported_media_type", "Send JSON or multipart/form-data.")
     else:
-        raw, image = _from_json(request)
+        raw, image = _from_json(request, mimetype)
     fields = _validated(raw)
     if fields.image is not None:
         image = decode_base64(fields.image)

@@ -82,7 +82,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def _check_not_flat(img: Image.Image) -> None:
     arr = np.asarray(img)
-    step = max(1, int(np.sqrt(arr.shape[0] * arr.shape[1] / 250_000)))
+    step = max(1, int(np.sqrt(arr.shape[0] * arr.shape[1] / 60_000)))
     sample = arr[::step, ::step].reshape(-1, arr.shape[2]).astype(np.float32)
     if sample.shape[1] == 4:
         if not sample[:, 3].any():

@@ -32,7 +32,13 @@ MIN_OUTPUT_SIDE = 1024
 MAX_OUTPUT_SIDE = 2000
 STROKE_PER_SIDE = 1 / 520
 CONTOUR_LEVELS = 8
+CONTOUR_SMOOTH = 9.0
+CONTOUR_STEEP = 0.25
+CONTOUR_FLAT = 0.025
+CONTOUR_EQUALISE = 0.5
 
+DENOISE_RADIUS = 2
+DENOISE_EPS = 0.001
 DOG_SIGMA = 1.3
 DOG_K = 1.6
 CONTRAST_FLOOR = 0.06
@@ -59,7 +65,7 @@ def stencil(img: Image.Image, style: str = "standard", line_weight: float | None
     out_size = output_size(img.size)
     report(30, "denoising")
     gray = _analysis_gray(img)
-    smooth = _guided(gray, radius=2, eps=0.003)
+    smooth = _guided(gray, DENOISE_RADIUS, DENOISE_EPS)
     report(45, "tracing lines")
     strength = _line_strength(smooth)
     lines = _lines(strength, HIGH, LOW)
@@ -103,8 +109,7 @@ def _resize(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _shrink(arr: np.ndarray, factor: int) -> np.ndarray:
-    h, w = arr.shape[0] // factor * factor, arr.shape[1] // factor * factor
-    return arr[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3), dtype=np.float32)
+    return np.asarray(Image.fromarray(arr, "F").reduce(factor)) if factor > 1 else arr
 
 
 def _wide_blur(arr: np.ndarray, sigma: float) -> np.ndarray:
@@ -141,7 +146,8 @@ def _line_strength(gray: np.ndarray) -> np.ndarray:
     return np.maximum(strength - np.float32(SURROUND) * ring, 0)
 
 
-def _flow_smooth(strength: np.ndarray, gray: np.ndarray, steps: int = 4, sigma: float = 2.0) -> np.ndarray:
+def _flow_smooth(strength: np.ndarray, gray: np.ndarray, steps: int = 4, sigma: float = 2.0,
+                 bins: int = 16) -> np.ndarray:
     """Average the response along the local edge tangent (structure tensor at half resolution)."""
     small = _shrink(gray, 2)
     gx = ndi.sobel(small, axis=1)
@@ -149,38 +155,38 @@ def _flow_smooth(strength: np.ndarray, gray: np.ndarray, steps: int = 4, sigma: 
     jxx = ndi.gaussian_filter(gx * gx, 1.5, truncate=3.0)
     jxy = ndi.gaussian_filter(gx * gy, 1.5, truncate=3.0)
     jyy = ndi.gaussian_filter(gy * gy, 1.5, truncate=3.0)
-    theta = 0.5 * np.arctan2(2 * jxy, jxx - jyy)
-    tx, ty = -np.sin(theta), np.cos(theta)
+    angle = np.rint(np.arctan2(2 * jxy, jxx - jyy) * np.float32(bins / (2 * np.pi))).astype(np.intp) % bins
     h, w = strength.shape
-    rows = np.minimum(np.arange(h) // 2, small.shape[0] - 1)
-    cols = np.minimum(np.arange(w) // 2, small.shape[1] - 1)
+    angle = np.repeat(np.repeat(angle, 2, axis=0), 2, axis=1)[:h, :w]
+    angle = np.pad(angle, ((0, h - angle.shape[0]), (0, w - angle.shape[1])), mode="edge")
+    gradient = np.arange(bins) * (np.pi / bins)
+    tx, ty = -np.sin(gradient), np.cos(gradient)
     padded = np.pad(strength, steps, mode="edge")
     stride = padded.shape[1]
-    base = (np.arange(h)[:, None] + steps) * stride + (np.arange(w)[None, :] + steps)
+    base = (np.arange(h, dtype=np.int32)[:, None] + steps) * stride + np.arange(w, dtype=np.int32) + steps
     flat = padded.ravel()
     total = strength.copy()
     weight_sum = 1.0
     for k in range(1, steps + 1):
         wk = float(np.exp(-k * k / (2 * sigma * sigma)))
-        offset = np.rint(k * ty).astype(np.intp) * stride + np.rint(k * tx).astype(np.intp)
-        offset = offset[rows][:, cols]
-        total += np.float32(wk) * flat[base + offset]
-        total += np.float32(wk) * flat[base - offset]
+        offset = (np.rint(k * ty) * stride + np.rint(k * tx)).astype(np.int32)[angle]
+        total += np.float32(wk) * (flat[base + offset] + flat[base - offset])
         weight_sum += 2 * wk
     return total * np.float32(1 / weight_sum)
 
 
 def _lines(strength: np.ndarray, high: float, low: float) -> np.ndarray:
     """Hysteresis-thresholded strokes without short isolated ones, lightly smoothed."""
-    mask = apply_hysteresis_threshold(strength, low, high)
-    labels, count = ndi.label(mask, structure=_EIGHT)
+    labels, count = ndi.label(strength > low, structure=_EIGHT)
     if count == 0:
-        return mask
-    index = np.arange(1, count + 1)
-    extent = np.array([max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(labels)])
-    mean = ndi.mean(strength, labels, index)
-    keep = (extent >= MIN_STROKE) | ((extent >= MIN_STROKE / 3) & (mean >= STRONG))
-    mask = np.concatenate([[False], keep])[labels]
+        return np.zeros(strength.shape, dtype=bool)
+    extent = np.array([0] + [max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(labels)])
+    mean = np.bincount(labels.ravel(), strength.ravel(), count + 1) / np.maximum(np.bincount(labels.ravel()), 1)
+    seeded = np.zeros(count + 1, dtype=bool)
+    seeded[labels[strength >= high]] = True
+    keep = seeded & ((extent >= MIN_STROKE) | ((extent >= MIN_STROKE / 3) & (mean >= STRONG)))
+    keep[0] = False
+    mask = keep[labels]
     return ndi.gaussian_filter(mask.astype(np.float32), 1.0, truncate=2.0) > 0.45
 
 
@@ -201,23 +207,23 @@ def _bridge_gaps(skeleton: np.ndarray, reach: int) -> None:
         return
     labels, _ = ndi.label(skeleton, structure=_EIGHT)
     h, w = skeleton.shape
-    directions = np.zeros((len(ends), 2), dtype=np.float32)
-    for i, (y, x) in enumerate(ends):
-        y0, y1, x0, x1 = max(0, y - 4), min(h, y + 5), max(0, x - 4), min(w, x + 5)
-        ys, xs = np.nonzero(labels[y0:y1, x0:x1] == labels[y, x])
-        directions[i] = y - (ys.mean() + y0), x - (xs.mean() + x0)
+    own = labels[ends[:, 0], ends[:, 1]]
+    dy, dx = np.mgrid[-4:5, -4:5].reshape(2, 1, -1)
+    ys, xs = ends[:, :1] + dy[0], ends[:, 1:] + dx[0]
+    near = labels[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)] == own[:, None]
+    near &= (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    count = near.sum(axis=1)
+    directions = -np.stack([(near * dy[0]).sum(axis=1), (near * dx[0]).sum(axis=1)], axis=1) / count[:, None]
     norm = np.hypot(directions[:, 0], directions[:, 1])
     ok = norm > 0.5
-    ends, directions = ends[ok], directions[ok] / norm[ok, None]
-    own = labels[ends[:, 0], ends[:, 1]]
+    ends, own, directions = ends[ok], own[ok], directions[ok] / norm[ok, None]
     open_ = np.ones(len(ends), dtype=bool)
     for k in range(2, reach + 1):
         ys = np.rint(ends[:, 0] + k * directions[:, 0]).astype(np.intp)
         xs = np.rint(ends[:, 1] + k * directions[:, 1]).astype(np.intp)
         inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
         ys, xs = np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)
-        hit = open_ & inside & skeleton[ys, xs]
-        hit &= (labels[ys, xs] != own) | (k >= 4)
+        hit = open_ & inside & skeleton[ys, xs] & ((labels[ys, xs] != own) | (k >= 4))
         for i in np.nonzero(hit)[0]:
             steps = np.arange(1, k)
             skeleton[np.rint(ends[i, 0] + steps * directions[i, 0]).astype(np.intp),
@@ -227,20 +233,25 @@ def _bridge_gaps(skeleton: np.ndarray, reach: int) -> None:
 
 def _contour_distance(gray: np.ndarray) -> np.ndarray:
     """Approximate distance (analysis px) to isolines of the smoothed, equalised luminance."""
-    smooth = ndi.gaussian_filter(gray, 3.0, truncate=3.0)
-    sample = np.sort(smooth[::4, ::4], axis=None)
-    ranks = np.searchsorted(sample, smooth.ravel()).reshape(smooth.shape).astype(np.float32)
-    level = ranks * np.float32(CONTOUR_LEVELS / len(sample))
+    smooth = _wide_blur(gray, CONTOUR_SMOOTH)
+    bins = np.minimum((smooth * 1023).astype(np.intp), 1023)
+    cdf = np.cumsum(np.bincount(bins[::2, ::2].ravel(), minlength=1024)).astype(np.float32)
+    equalised = cdf * np.float32(1 / cdf[-1])
+    ramp = np.linspace(0, 1, 1024, dtype=np.float32)
+    level = ((CONTOUR_EQUALISE * equalised + (1 - CONTOUR_EQUALISE) * ramp) * CONTOUR_LEVELS)[bins]
+    level = ndi.gaussian_filter(level, 2.0, truncate=3.0)
     gy, gx = np.gradient(level)
     slope = np.hypot(gx, gy)
     nearest = np.clip(np.rint(level), 1, CONTOUR_LEVELS - 1)
     distance = np.abs(level - nearest) / (slope + np.float32(1e-3))
-    iso = distance < 1.0
+    drawn = (slope < CONTOUR_STEEP) & (slope > CONTOUR_FLAT)
+    iso = (distance < 1.0) & drawn
     labels, count = ndi.label(iso, structure=_EIGHT)
+    keep = np.zeros(1, dtype=bool)
     if count:
         extent = np.array([max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(labels)])
-        short = np.concatenate([[True], extent < MIN_STROKE])[labels]
-        distance[short & iso] = np.inf
+        keep = np.concatenate([[False], extent >= 2 * MIN_STROKE])
+    distance[~keep[labels] | ~drawn] = np.inf
     return distance
 
 

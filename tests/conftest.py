@@ -3,6 +3,7 @@ an API served over real HTTP per test, built by `create_app(config)` with a mapp
 from __future__ import annotations
 
 import base64
+import logging
 import io
 import os
 import uuid
@@ -16,6 +17,7 @@ from tests.fakegemini import FakeGemini
 from tests.servers import ApiServer, RedisServer, Workers, wait_until
 
 ADMIN_TOKEN = "admin-secret-token"
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,187 @@
+"""The web page at `/` in a real browser (system Chromium via Playwright) against the real stack:
+API over HTTP, Redis, rq worker processes. A stencil job and a color-match job, end to end."""
+from __future__ import annotations
+
+import io
+import os
+import re
+
+import pytest
+from PIL import Image
+
+from tests.conftest import photo
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCREENSHOT = os.path.join(ROOT, "docs", "images", "web.png")
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+
+
+@pytest.fixture
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield browser
+        browser.close()
+
+
+def _watch_console(page) -> list[str]:
+    problems: list[str] = []
+    page.on("console", lambda msg: problems.append(f"console.{msg.type}: {msg.text}")
+            if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(f"uncaught: {exc}"))
+    return problems
+
+
+def _wait_done(page, timeout_ms=30_000) -> str:
+    page.wait_for_selector("#job-status.completed, #job-status.failed, #job-status.canceled",
+                           timeout=timeout_ms)
+    status = page.get_attribute("#job-status", "class")
+    assert "completed" in status, (status, page.text_content("#job-error"))
+    page.wait_for_function(
+        "() => { const i = document.getElementById('result-img');"
+        " return i && i.complete && i.naturalWidth > 0; }", timeout=10_000)
+    return status
+
+
+def test_web_page_stencil_and_color_match(make_api, workers, browser, tmp_path):
+    api = make_api()
+    source = open(os.path.join(ROOT, "api", "static", "app.js"), encoding="utf-8").read()
+    assert not re.search(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write", source), \
+        "user and server text must be inserted with textContent"
+
+    photo_path = tmp_path / "astronaut.jpg"
+    photo_path.write_bytes(photo())
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    problems = _watch_console(page)
+    stylesheet = []
+    page.on("response", lambda r: stylesheet.append((r.url, r.status)) if "/static/" in r.url else None)
+
+    page.goto(api.url + "/")
+    assert page.title().startswith("inkq")
+    assert sorted(status for _, status in stylesheet) == [200, 200], stylesheet   # app.css and app.js served
+
+    # Every form control has an accessible name.
+    unnamed = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button')]
+        .filter(e => !e.closest('[hidden]') && e.type !== 'hidden')
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                     && !e.getAttribute('aria-labelledby') && !(e.textContent || '').trim())
+        .map(e => e.id || e.outerHTML)""")
+    assert unnamed == []
+
+    # Record every progress value the bar shows, per job, to check it never goes backwards.
+    page.evaluate("""() => { window.__progress = [];
+        new MutationObserver(() => window.__progress.push([
+            document.querySelector('#job-sub code')?.textContent,
+            Number(document.getElementById('progress').getAttribute('aria-valuenow'))]))
+          .observe(document.getElementById('progress'), {attributes: true, attributeFilter: ['aria-valuenow']}); }""")
+
+    # The key is checked against the API and remembered in localStorage.
+    page.fill("#api-key", "tok-alice")
+    page.wait_for_selector("#key-state.ok", timeout=5_000)
+    assert page.evaluate("localStorage.getItem('inkq.apiKey')") == "tok-alice"
+
+    # Stencil: upload the photo, choose a style, submit, follow to completion.
+    page.set_input_files("#image", str(photo_path))
+    page.wait_for_selector("#dropzone-preview:not([hidden])")
+    assert page.text_content("#preview-name") == "astronaut.jpg"
+    page.select_option("#style", "bold")
+    page.click("#submit")
+    page.wait_for_selector("#job-body:not([hidden])", timeout=5_000)
+    assert page.text_content("#job-title") == "Stencil"
+    _wait_done(page)
+    assert page.get_attribute("#progress", "aria-valuenow") == "100"
+    assert page.text_content("#progress-pct") == "100%"
+    assert page.evaluate("document.getElementById('progress-fill').style.width") == "100%"
+    assert page.text_content("#job-stage").strip() != ""
+    assert page.is_hidden("#cancel") and page.is_hidden("#job-error")
+    assert page.is_visible("#input-img")                       # before / after
+    href = page.get_attribute("#download", "href")
+    assert href and "/files/" in href and page.get_attribute("#download", "download").endswith(".png")
+    stencil_id = page.text_content("#job-sub code")
+
+    # The job list shows it, completed.
+    page.wait_for_selector(f".job-item[data-job-id='{stencil_id}'][data-status='completed']", timeout=5_000)
+
+    # Color match: a palette of swatches with name, hex, coverage and ΔE.
+    page.click("label[for=op-color-match]")
+    assert page.is_hidden("#stencil-options") and page.is_visible("#color-options")
+    assert page.text_content("#submit-text") == "Match ink colours"
+    page.set_input_files("#image", str(photo_path))
+    page.click("#submit")
+    page.wait_for_function(f"() => document.querySelector('#job-sub code')?.textContent !== '{stencil_id}'")
+    assert page.text_content("#job-title") == "Color match"
+    _wait_done(page)
+    assert page.get_attribute("#progress", "aria-valuenow") == "100"
+    page.wait_for_selector("#palette-wrap:not([hidden])", timeout=5_000)
+    swatches = page.eval_on_selector_all("#palette .swatch", """els => els.map(e => ({
+        name: e.querySelector('.swatch-name').textContent,
+        hex: e.querySelector('.swatch-hex').textContent,
+        stats: e.querySelector('.swatch-stats').textContent,
+        color: getComputedStyle(e.querySelector('.swatch-chip')).backgroundColor}))""")
+    assert len(swatches) >= 2, swatches
+    for swatch in swatches:
+        assert swatch["name"].strip()
+        assert re.fullmatch(r"#[0-9A-F]{6}", swatch["hex"]), swatch
+        assert re.search(r"\d+(\.\d)?%", swatch["stats"]) and "ΔE" in swatch["stats"], swatch
+        assert swatch["color"].startswith("rgb("), swatch
+    page.wait_for_selector(".job-item[data-status='completed'] >> nth=1", timeout=5_000)
+
+    seen: dict[str, list[int]] = {}
+    for job_id, value in page.evaluate("window.__progress"):
+        seen.setdefault(job_id, []).append(value)
+    assert len(seen) == 2 and all(v == sorted(v) and v[-1] == 100 for v in seen.values()), seen
+
+    # Picking the stencil job in the list shows it again.
+    page.click(f".job-item[data-job-id='{stencil_id}']")
+    page.wait_for_function(f"() => document.querySelector('#job-sub code')?.textContent === '{stencil_id}'")
+    assert page.is_hidden("#palette-wrap")
+    page.click(f".job-item:not([data-job-id='{stencil_id}'])")
+    page.wait_for_selector("#palette-wrap:not([hidden])")
+    page.wait_for_function("() => { const i = document.getElementById('result-img');"
+                           " return i.complete && i.naturalWidth > 0; }")
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+
+    # The screenshot for the docs, reduced to a 256-colour PNG to keep it small.
+    os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    shot.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(SCREENSHOT, optimize=True)
+    assert os.path.getsize(SCREENSHOT) < 300_000
+
+    # Phone width: one column, nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+    assert problems == []
+    context.close()
+
+
+def test_web_page_falls_back_to_polling(make_api, workers, browser, tmp_path):
+    """Without streaming fetch bodies the page polls `GET /status/<id>` every 2 s instead."""
+    api = make_api()
+    photo_path = tmp_path / "astronaut.jpg"
+    photo_path.write_bytes(photo((256, 256)))
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    context.add_init_script("window.ReadableStream = undefined;")
+    page = context.new_page()
+    problems = _watch_console(page)
+    requests_seen: list[str] = []
+    page.on("request", lambda r: requests_seen.append(r.url))
+
+    page.goto(api.url + "/")
+    page.fill("#api-key", "tok-alice")
+    page.set_input_files("#image", str(photo_path))
+    page.click("#submit")
+    _wait_done(page, timeout_ms=20_000)
+    assert page.get_attribute("#progress", "aria-valuenow") == "100"
+    assert not any("/events" in url for url in requests_seen)
+    assert any(re.search(r"/status/[0-9a-f]+$", url) for url in requests_seen)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert problems == []
+    context.close()
