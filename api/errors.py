@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("inkq.api")
@@ -71,6 +72,19 @@ def init_app(app: Flask) -> None:
         if status == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
+
+    @app.errorhandler(InvalidJobOperation)
+    def _invalid_operation(exc: InvalidJobOperation):
+        return error_response(409, "conflict", f"Not possible for this job now: {exc}")
+
+    @app.errorhandler(NoSuchJobError)
+    def _no_such_job(exc: NoSuchJobError):
+        return error_response(404, "not_found", "No such job.")
+
+    @app.errorhandler(ResponseError)
+    def _redis_refused(exc: ResponseError):
+        log.warning("redis refused a command: %s", exc)
+        return error_response(409, "conflict", "The job store refused this operation in the current state.")
 
     @app.errorhandler(RedisError)
     def _redis_down(exc: RedisError):
