@@ -28,12 +28,14 @@ from tasks.stencil import stencil  # noqa: E402
 TARGET_S = 1.0
 
 
-def photo_jpeg(size: tuple[int, int], quality: int = 90) -> bytes:
+def photo_jpeg(size: tuple[int, int], quality: int = 90, source: str = "astronaut") -> bytes:
     """A skimage photo cropped to the aspect of `size`, resized up, with sensor-like grain, as JPEG."""
-    photo = Image.fromarray(data.astronaut())
+    photo = Image.fromarray(getattr(data, source)()).convert("RGB")
     width, height = size
-    crop_h = round(photo.width * height / width)
-    photo = photo.crop((0, (photo.height - crop_h) // 2, photo.width, (photo.height - crop_h) // 2 + crop_h))
+    crop_h = min(photo.height, round(photo.width * height / width))
+    crop_w = min(photo.width, round(crop_h * width / height))
+    left, top = (photo.width - crop_w) // 2, (photo.height - crop_h) // 2
+    photo = photo.crop((left, top, left + crop_w, top + crop_h))
     big = np.asarray(photo.resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
     grain = np.random.default_rng(0).normal(0, 3.0, big.shape[:2])[..., None]
     big = np.clip(big + grain, 0, 255).astype(np.uint8)

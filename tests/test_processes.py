@@ -1,0 +1,162 @@
+"""The deploy entry points as real processes: scripts/start_api.sh (gunicorn) and
+scripts/start_workers.sh (warm shutdown on SIGTERM); and the seed's own polling client in Node."""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from tests import fakegemini as fg
+from tests.conftest import ADMIN_TOKEN, photo
+from tests.servers import ROOT, RedisServer, Workers, free_port, wait_until
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture
+def gunicorn_api(redis_url, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "api.log", "wb")
+    proc = subprocess.Popen([os.path.join(ROOT, "scripts", "start_api.sh")], cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT, env=_env(
+                                REDIS_URL=redis_url, HOST="127.0.0.1", PORT=port, API_KEYS="tok-gu:gu",
+                                ADMIN_TOKEN=ADMIN_TOKEN, SECRET_KEY="k" * 32, WEB_CONCURRENCY=2,
+                                GEMINI_API_KEY="", INKQ_DEV=""))
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        try:
+            return requests.get(url + "/readyz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+    wait_until(ready, timeout=30, what="gunicorn to serve")
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    log.close()
+
+
+def test_start_api_serves_jobs_with_gunicorn(gunicorn_api, workers):
+    auth = {"Authorization": "Bearer tok-gu"}
+    response = requests.post(gunicorn_api + "/generate", headers=auth, timeout=10,
+                             json={"image": base64.b64encode(photo((256, 256))).decode()})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["jobId"]
+
+    def done():
+        body = requests.get(f"{gunicorn_api}/status/{job_id}", headers=auth, timeout=10).json()
+        return body if body["status"] in ("completed", "failed") else None
+    status = wait_until(done, timeout=60)
+    assert status["status"] == "completed"
+    image = requests.get(status["result"]["image"], timeout=10)
+    assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_start_api_refuses_to_run_without_auth(redis_url, tmp_path):
+    proc = subprocess.run([os.path.join(ROOT, "scripts", "start_api.sh")], cwd=tmp_path, capture_output=True,
+                          timeout=60, env=_env(REDIS_URL=redis_url, PORT=free_port(), API_KEYS="", JWT_SECRET="",
+                                               JWT_JWKS_URL="", ADMIN_TOKEN="", SECRET_KEY="k", INKQ_DEV=""))
+    assert proc.returncode == 2
+    assert b"no authentication is configured" in proc.stderr
+
+
+def test_start_workers_warm_shutdown(fake_gemini, tmp_path):
+    """SIGTERM lets the running job finish, then every pool exits cleanly."""
+    from api import create_app
+    from tests.conftest import Api, base_config
+    from tests.servers import ApiServer
+
+    server = RedisServer()
+    workers = Workers({"REDIS_URL": server.url, "CONCURRENCY_STENCIL": "1", "CONCURRENCY_ENHANCE": "1",
+                       "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "GEMINI_API_KEY": "test-key",
+                       "GEMINI_BASE_URL": fake_gemini.url, "GEMINI_TIMEOUT_S": "20"}, str(tmp_path / "w.log"))
+    app_server = ApiServer(create_app(base_config(server.url, GEMINI_API_KEY="test-key")))
+    try:
+        api = Api(app_server.url)
+        fake_gemini.push(fg.slow(4))
+        job_id = api.post("/generate", json={"operation": "ia-gen", "prompt": "a swallow"}).json()["jobId"]
+        wait_until(lambda: api.get(f"/status/{job_id}").json()["stage"] == "sending to Gemini", timeout=60)
+        started = time.monotonic()
+        workers.proc.send_signal(signal.SIGTERM)
+        assert workers.proc.wait(60) == 0
+        assert time.monotonic() - started >= 2  # it waited for the job
+        status = api.get(f"/status/{job_id}").json()
+        assert status["status"] == "completed", status
+        assert subprocess.run(["pgrep", "-g", str(workers.proc.pid)], capture_output=True).stdout == b""
+    finally:
+        workers.stop()
+        app_server.stop()
+        server.stop()
+
+
+SEED_CLIENT = r"""
+// The seed's generateStencil (seed/sistema-de-filas.md), with only its URLs and auth header changed.
+const BASE = process.env.INKQ_URL;
+const AUTH = { Authorization: `Bearer ${process.env.INKQ_TOKEN}` };
+async function generateStencil(image) {
+  // 1. Enviar para fila
+  const response = await fetch(`${BASE}/generate`, {
+    method: 'POST',
+    headers: AUTH,
+    body: JSON.stringify({ image, style: 'standard' }),
+  });
+
+  const { jobId } = await response.json();
+
+  // 2. Polling de status (a cada 2s)
+  return await new Promise((resolve, reject) => {
+  const checkStatus = async () => {
+    const statusResponse = await fetch(
+      `${BASE}/status/${jobId}?queue=stencil-generation`, { headers: AUTH }
+    );
+    const status = await statusResponse.json();
+
+    if (status.status === 'completed') {
+      console.log('✅ Concluído!', status.result);
+      return resolve(status.result.image);
+    }
+
+    if (status.status === 'failed') {
+      console.error('❌ Falhou:', status.error);
+      return reject(new Error(status.error));
+    }
+
+    // Ainda processando
+    console.log(`⏳ ${status.progress}%`);
+    setTimeout(checkStatus, 2000); // Tentar novamente em 2s
+  };
+  checkStatus();
+  });
+}
+const fs = require('fs');
+const image = 'data:image/jpeg;base64,' + fs.readFileSync(process.argv[2]).toString('base64');
+generateStencil(image).then(async (url) => {
+  const png = await fetch(url);  // no Authorization header: the URL is signed
+  console.log('RESULT', png.status, png.headers.get('content-type'));
+}).catch((e) => { console.error('ERROR', e.message); process.exit(1); });
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_seed_polling_client_works_unchanged(api, workers, tmp_path):
+    script = tmp_path / "seed_client.js"
+    script.write_text(SEED_CLIENT)
+    picture = tmp_path / "photo.jpg"
+    picture.write_bytes(photo((300, 300)))
+    proc = subprocess.run(["node", str(script), str(picture)], capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "INKQ_URL": api.url, "INKQ_TOKEN": "tok-alice"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RESULT 200 image/png" in proc.stdout
