@@ -62,17 +62,24 @@ class Admission:
             else:
                 self.settle(job, status_word(job.get_status(refresh=False)))
 
-    def admit(self, user_id: str, operation: str, job_id: str) -> None:
-        """Reserve a place (and credits) for a job, or raise the contract's refusal."""
-        self.prune(user_id)
+    def _try(self, user_id: str, spec, operation: str, job_id: str) -> tuple[str, int]:
         s = self.settings
-        spec = QUEUES[operation]
         verdict, value = self._admit(
             keys=[credits.inflight_key(user_id), queue_for(self.redis, spec).key,
                   credits.balance_key(user_id), credits.charge_key(job_id)],
             args=[s.max_inflight_per_user, s.queue_max_depth, "1" if s.credits_enabled else "0",
                   s.credit_costs[operation], s.credits_initial, job_id, user_id, credits.CHARGE_TTL_S])
-        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+        return (verdict.decode() if isinstance(verdict, bytes) else verdict), value
+
+    def admit(self, user_id: str, operation: str, job_id: str) -> None:
+        """Reserve a place (and credits) for a job, or raise the contract's refusal."""
+        s = self.settings
+        spec = QUEUES[operation]
+        verdict, value = self._try(user_id, spec, operation, job_id)
+        if verdict == "too_many_jobs":
+            # The in-flight set may still hold jobs that ended: settle them, then look again.
+            self.prune(user_id)
+            verdict, value = self._try(user_id, spec, operation, job_id)
         if verdict == "too_many_jobs":
             raise ApiError(429, "too_many_jobs",
                            f"You already have {s.max_inflight_per_user} jobs waiting or running; "
@@ -81,8 +88,13 @@ class Admission:
             log.warning("queue full: %s has %d waiting jobs; refusing a submission", spec.name, s.queue_max_depth)
             raise ApiError(503, "queue_full", f"The {spec.name} queue is full; try again shortly.", retry_after=30)
         if verdict == "insufficient_credits":
-            raise ApiError(403, "insufficient_credits",
-                           f"{operation} costs {s.credit_costs[operation]} credits and your balance is {value}.")
+            self.prune(user_id)  # refunds of ended jobs may cover it
+            verdict, value = self._try(user_id, spec, operation, job_id)
+            if verdict == "insufficient_credits":
+                raise ApiError(403, "insufficient_credits",
+                               f"{operation} costs {s.credit_costs[operation]} credits and your balance is {value}.")
+            if verdict != "ok":
+                return self.admit(user_id, operation, job_id)
 
     def release(self, user_id: str, operation: str, job_id: str) -> None:
         """Undo an admission whose job was not queued (refunds its charge)."""

@@ -46,8 +46,11 @@ SURROUND = 1.0
 HIGH = 0.055
 LOW = 0.02
 MIN_STROKE = 30
-STRONG = 0.2
 GAP = 8
+FLOW_COHERENT = 0.5
+SALIENT = 4.0
+MIN_DOT = 6
+ANGLES = 16
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -67,14 +70,14 @@ def stencil(img: Image.Image, style: str = "standard", line_weight: float | None
     gray = _analysis_gray(img)
     smooth = _guided(gray, DENOISE_RADIUS, DENOISE_EPS)
     report(45, "tracing lines")
-    strength = _line_strength(smooth)
-    lines = _lines(strength, HIGH, LOW)
+    strength, angle = _line_strength(smooth)
+    lines = _lines(strength, angle, HIGH, LOW)
     report(65, "cleaning")
     if style == "topographic":
-        outline = _lines(strength, HIGH * 2.5, LOW * 2)
-        distance = np.minimum(_stroke_distance(outline), _contour_distance(smooth))
+        outline = _lines(strength, angle, HIGH * 2.5, LOW * 2)
+        distance = np.minimum(_stroke_distance(outline, strength, angle), _contour_distance(smooth))
     else:
-        distance = _stroke_distance(lines)
+        distance = _stroke_distance(lines, strength, angle)
     report(80, "drawing")
     width = weight * max(out_size) * STROKE_PER_SIDE
     return _render(distance, out_size, width, transparent)
@@ -131,36 +134,46 @@ def _guided(gray: np.ndarray, radius: int, eps: float) -> np.ndarray:
     return a * gray + b
 
 
-def _line_strength(gray: np.ndarray) -> np.ndarray:
-    """Dark-side DoG response, contrast-normalised, smoothed along edges, texture-suppressed."""
+def _line_strength(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dark-side DoG response, contrast-normalised, smoothed along edges, texture-suppressed; and the edge angles."""
     dog = ndi.gaussian_filter(gray, DOG_SIGMA * DOG_K, truncate=3.0)
     dog -= ndi.gaussian_filter(gray, DOG_SIGMA, truncate=3.0)
     np.maximum(dog, 0, out=dog)
     mean = _wide_blur(gray, 24)
     std = np.sqrt(np.maximum(_wide_blur(gray * gray, 24) - mean * mean, 0))
     strength = dog / (std + np.float32(CONTRAST_FLOOR))
-    strength = _flow_smooth(strength, gray)
+    angle, coherence = _orientation(gray)
+    strength = _flow_smooth(strength, angle, coherence)
     near = ndi.gaussian_filter(strength, 2.0, truncate=3.0)
     far = _wide_blur(strength, 8.0)
     ring = (far - near * np.float32((2.0 / 8.0) ** 2)) * np.float32(1 / (1 - (2.0 / 8.0) ** 2))
-    return np.maximum(strength - np.float32(SURROUND) * ring, 0)
+    return np.maximum(strength - np.float32(SURROUND) * ring, 0), angle
 
 
-def _flow_smooth(strength: np.ndarray, gray: np.ndarray, steps: int = 4, sigma: float = 2.0,
-                 bins: int = 16) -> np.ndarray:
-    """Average the response along the local edge tangent (structure tensor at half resolution)."""
+def _orientation(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient direction quantised to `ANGLES` bins over 180°, and its coherence 0..1 (structure tensor)."""
     small = _shrink(gray, 2)
     gx = ndi.sobel(small, axis=1)
     gy = ndi.sobel(small, axis=0)
     jxx = ndi.gaussian_filter(gx * gx, 1.5, truncate=3.0)
     jxy = ndi.gaussian_filter(gx * gy, 1.5, truncate=3.0)
     jyy = ndi.gaussian_filter(gy * gy, 1.5, truncate=3.0)
-    angle = np.rint(np.arctan2(2 * jxy, jxx - jyy) * np.float32(bins / (2 * np.pi))).astype(np.intp) % bins
+    angle = np.rint(np.arctan2(2 * jxy, jxx - jyy) * np.float32(ANGLES / (2 * np.pi))).astype(np.intp) % ANGLES
+    coherence = np.hypot(jxx - jyy, 2 * jxy) / (jxx + jyy + np.float32(1e-6))
+    return _half_to_full(angle, gray.shape), _half_to_full(coherence, gray.shape)
+
+
+def _offsets(angle: np.ndarray, step: float, stride: int, along: bool) -> np.ndarray:
+    """Flat-index offsets of `step` px along the edge (or across it) for each pixel's angle bin."""
+    gradient = np.arange(ANGLES) * (np.pi / ANGLES)
+    dx, dy = (-np.sin(gradient), np.cos(gradient)) if along else (np.cos(gradient), np.sin(gradient))
+    return (np.rint(step * dy) * stride + np.rint(step * dx)).astype(np.int32)[angle]
+
+
+def _flow_smooth(strength: np.ndarray, angle: np.ndarray, coherence: np.ndarray, steps: int = 4,
+                 sigma: float = 2.0) -> np.ndarray:
+    """Average the response along the local edge tangent where the orientation is coherent."""
     h, w = strength.shape
-    angle = np.repeat(np.repeat(angle, 2, axis=0), 2, axis=1)[:h, :w]
-    angle = np.pad(angle, ((0, h - angle.shape[0]), (0, w - angle.shape[1])), mode="edge")
-    gradient = np.arange(bins) * (np.pi / bins)
-    tx, ty = -np.sin(gradient), np.cos(gradient)
     padded = np.pad(strength, steps, mode="edge")
     stride = padded.shape[1]
     base = (np.arange(h, dtype=np.int32)[:, None] + steps) * stride + np.arange(w, dtype=np.int32) + steps
@@ -169,34 +182,67 @@ def _flow_smooth(strength: np.ndarray, gray: np.ndarray, steps: int = 4, sigma: 
     weight_sum = 1.0
     for k in range(1, steps + 1):
         wk = float(np.exp(-k * k / (2 * sigma * sigma)))
-        offset = (np.rint(k * ty) * stride + np.rint(k * tx)).astype(np.int32)[angle]
+        offset = _offsets(angle, k, stride, along=True)
         total += np.float32(wk) * (flat[base + offset] + flat[base - offset])
         weight_sum += 2 * wk
-    return total * np.float32(1 / weight_sum)
+    smoothed = total * np.float32(1 / weight_sum)
+    mix = np.clip(coherence * np.float32(1 / FLOW_COHERENT), 0, 1)
+    return strength + mix * (smoothed - strength)
 
 
-def _lines(strength: np.ndarray, high: float, low: float) -> np.ndarray:
-    """Hysteresis-thresholded strokes without short isolated ones, lightly smoothed."""
+def _ridges(strength: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Pixels where the response peaks across the edge (non-maximum suppression along the normal)."""
+    h, w = strength.shape
+    padded = np.pad(strength, 1, mode="edge")
+    stride = padded.shape[1]
+    base = (np.arange(h, dtype=np.int32)[:, None] + 1) * stride + np.arange(w, dtype=np.int32) + 1
+    flat = padded.ravel()
+    offset = _offsets(angle, 1, stride, along=False)
+    return (strength >= flat[base + offset]) & (strength >= flat[base - offset])
+
+
+def _half_to_full(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    full = np.repeat(np.repeat(arr, 2, axis=0), 2, axis=1)[:shape[0], :shape[1]]
+    return np.pad(full, ((0, shape[0] - full.shape[0]), (0, shape[1] - full.shape[1])), mode="edge")
+
+
+def _lines(strength: np.ndarray, angle: np.ndarray, high: float, low: float) -> np.ndarray:
+    """Centrelines of hysteresis-thresholded strokes, without short isolated ones."""
     labels, count = ndi.label(strength > low, structure=_EIGHT)
     if count == 0:
         return np.zeros(strength.shape, dtype=bool)
     extent = np.array([0] + [max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(labels)])
-    mean = np.bincount(labels.ravel(), strength.ravel(), count + 1) / np.maximum(np.bincount(labels.ravel()), 1)
+    total = np.bincount(labels.ravel(), strength.ravel(), count + 1)
     seeded = np.zeros(count + 1, dtype=bool)
     seeded[labels[strength >= high]] = True
-    keep = seeded & ((extent >= MIN_STROKE) | ((extent >= MIN_STROKE / 3) & (mean >= STRONG)))
+    keep = seeded & ((extent >= MIN_STROKE) | ((extent >= MIN_DOT) & (total >= SALIENT)))
     keep[0] = False
-    mask = keep[labels]
-    return ndi.gaussian_filter(mask.astype(np.float32), 1.0, truncate=2.0) > 0.45
+    return keep[labels] & _ridges(strength, angle)
 
 
-def _stroke_distance(mask: np.ndarray) -> np.ndarray:
-    """Distance (analysis px) to the stroke centrelines, with small gaps bridged."""
+def _stroke_distance(mask: np.ndarray, strength: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Distance (analysis px) to the stroke centrelines, located to sub-pixel precision, small gaps bridged."""
     if not mask.any():
         return np.full(mask.shape, np.inf, dtype=np.float32)
     skeleton = skeletonize(mask)
     _bridge_gaps(skeleton, GAP)
-    return ndi.distance_transform_edt(~skeleton).astype(np.float32)
+    ys, xs = np.nonzero(skeleton)
+    normal = angle[ys, xs] * (np.pi / ANGLES)
+    ny, nx = np.sin(normal), np.cos(normal)
+    centre = strength[ys, xs]
+    ahead = ndi.map_coordinates(strength, [ys + ny, xs + nx], order=1, mode="nearest")
+    behind = ndi.map_coordinates(strength, [ys - ny, xs - nx], order=1, mode="nearest")
+    curvature = ahead - 2 * centre + behind
+    shift = np.where(curvature < -1e-6, (behind - ahead) / (2 * np.minimum(curvature, -1e-6)), 0)
+    shift = np.clip(shift, -0.5, 0.5)
+    offset_y = np.zeros(mask.shape, dtype=np.float32)
+    offset_x = np.zeros(mask.shape, dtype=np.float32)
+    offset_y[ys, xs] = shift * ny
+    offset_x[ys, xs] = shift * nx
+    _, (near_y, near_x) = ndi.distance_transform_edt(~skeleton, return_distances=False, return_indices=True)
+    rows = np.arange(mask.shape[0], dtype=np.float32)[:, None]
+    cols = np.arange(mask.shape[1], dtype=np.float32)[None, :]
+    return np.hypot(rows - near_y - offset_y[near_y, near_x], cols - near_x - offset_x[near_y, near_x])
 
 
 def _bridge_gaps(skeleton: np.ndarray, reach: int) -> None:
