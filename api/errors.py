@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from redis.exceptions import RedisError, ResponseError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("inkq.api")
+
+# rq-dashboard parses its URL parts without checks (`int(per_page)`, an unknown registry name, an
+# instance index past the list): what it raises on a malformed URL is the client's error, not ours.
+DASHBOARD_BLUEPRINT = "rq_dashboard"
+DASHBOARD_URL_ERRORS = (ValueError, LookupError, ArithmeticError, NameError)
 
 HTTP_CODES = {
     400: "invalid_request",
@@ -93,5 +98,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        if request.blueprint == DASHBOARD_BLUEPRINT and isinstance(exc, DASHBOARD_URL_ERRORS):
+            log.warning("rq-dashboard could not serve %s: %r", request.path, exc)
+            return error_response(400, "invalid_request", "The dashboard cannot serve this URL.")
         log.exception("unhandled error")
         return error_response(500, "internal_error", "Internal error.")

@@ -42,7 +42,7 @@ DENOISE_EPS = 0.001
 DOG_SIGMA = 1.3
 DOG_K = 1.6
 CONTRAST_FLOOR = 0.06
-SURROUND = 1.0
+SURROUND = 1.4
 HIGH = 0.055
 LOW = 0.02
 MIN_STROKE = 30
@@ -51,6 +51,7 @@ FLOW_COHERENT = 0.5
 SALIENT = 4.0
 MIN_DOT = 6
 ANGLES = 16
+COARSE = 0.0
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -71,6 +72,9 @@ def stencil(img: Image.Image, style: str = "standard", line_weight: float | None
     smooth = _guided(gray, DENOISE_RADIUS, DENOISE_EPS)
     report(45, "tracing lines")
     strength, angle = _line_strength(smooth)
+    if COARSE:
+        coarse, _ = _line_strength(_shrink(smooth, 2))
+        np.maximum(strength, COARSE * _resize(coarse, strength.shape), out=strength)
     lines = _lines(strength, angle, HIGH, LOW)
     report(65, "cleaning")
     if style == "topographic":
@@ -239,10 +243,13 @@ def _stroke_distance(mask: np.ndarray, strength: np.ndarray, angle: np.ndarray) 
     offset_x = np.zeros(mask.shape, dtype=np.float32)
     offset_y[ys, xs] = shift * ny
     offset_x[ys, xs] = shift * nx
-    _, (near_y, near_x) = ndi.distance_transform_edt(~skeleton, return_distances=False, return_indices=True)
+    near_y, near_x = ndi.distance_transform_edt(~skeleton, return_distances=False, return_indices=True)
+    nearest = (near_y * mask.shape[1] + near_x).ravel()
     rows = np.arange(mask.shape[0], dtype=np.float32)[:, None]
     cols = np.arange(mask.shape[1], dtype=np.float32)[None, :]
-    return np.hypot(rows - near_y - offset_y[near_y, near_x], cols - near_x - offset_x[near_y, near_x])
+    dy = rows - near_y.astype(np.float32) - offset_y.ravel()[nearest].reshape(mask.shape)
+    dx = cols - near_x.astype(np.float32) - offset_x.ravel()[nearest].reshape(mask.shape)
+    return np.sqrt(dy * dy + dx * dx)
 
 
 def _bridge_gaps(skeleton: np.ndarray, reach: int) -> None:

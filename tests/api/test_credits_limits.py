@@ -17,7 +17,10 @@ from tests.servers import wait_until
 
 @pytest.fixture
 def own(make_api, user):
-    """An API with credits on, for a fresh user whose key is `tok-<user>`."""
+    """An API with credits on, for a fresh user whose key is `tok-<user>`; its unfinished jobs are
+    canceled afterwards so the next test finds the shared queues empty."""
+    made = []
+
     def make(**extra):
         config = {"API_KEYS": f"tok-{user}:{user},tok-alice:alice", "CREDITS_ENABLED": "true",
                   "CREDITS_INITIAL": "5", "GEMINI_API_KEY": "test-key"}
@@ -25,8 +28,13 @@ def own(make_api, user):
         api = make_api(**config)
         api.token = f"tok-{user}"
         api.user = user
+        made.append(api)
         return api
-    return make
+    yield make
+    for api in made:
+        for job in api.get("/jobs?limit=100", token=api.token).json()["jobs"]:
+            if job["status"] in ("waiting", "active"):
+                api.delete(f"/jobs/{job['jobId']}", token=api.token)
 
 
 def balance(api) -> int:
