@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
-from tasks import blobs
+from tasks import blobs, webhooks
 from tasks.queues import QUEUES
 
 from . import idempotency
@@ -63,6 +64,11 @@ def generate():
     operation = submission.fields.operation
     params = submission.params
     params["engine"] = _engine_for(operation, submission.fields.engine)
+    if submission.fields.webhookUrl:
+        try:
+            webhooks.check_url(submission.fields.webhookUrl, ctx.settings.webhook_allow_private)
+        except webhooks.WebhookRefused as exc:
+            raise bad_request(str(exc)) from None
     user_id = g.principal.user_id
     job_id = new_job_id()
     answer = {"jobId": job_id, "queue": QUEUES[operation].name, "operation": operation,
@@ -176,7 +182,10 @@ def list_jobs():
 def cancel(job_id: str):
     """Cancel: a waiting job never runs, an active one is stopped; 409 once it has ended."""
     job = _owned(job_id)
-    if not _ctx().store.cancel(job):
+    how = _ctx().store.cancel(job)
+    if how is None:
         raise ApiError(409, "conflict", f"The job has already ended ({status_word(job.get_status())}).")
     _ctx().admission.settle(job, "canceled")
+    if how == "canceled":  # a stopped job's webhook is sent by its worker
+        threading.Thread(target=webhooks.deliver, args=(job, "canceled", _ctx().settings.env), daemon=True).start()
     return jsonify({"jobId": job.id, "status": "canceled"})

@@ -57,6 +57,7 @@ class Settings:
     credits_initial: int
     credit_costs: dict
     metrics_token: str
+    webhook_allow_private: bool
     log_format: str
 
     @classmethod
@@ -92,5 +93,6 @@ class Settings:
             credits_initial=env_int(env, "CREDITS_INITIAL", 0),
             credit_costs=parse_costs(env.get("CREDIT_COSTS") or DEFAULT_CREDIT_COSTS),
             metrics_token=env.get("METRICS_TOKEN", ""),
+            webhook_allow_private=env_bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
             log_format=(env.get("LOG_FORMAT") or "json").lower(),
         )

@@ -67,8 +67,8 @@ class JobStore:
                 result_ttl=self.result_ttl_s, failure_ttl=self.failure_ttl_s, retry=retry,
                 meta={"user": user_id, "operation": operation, "progress": 0, "attempts": 0},
                 description=f"{operation} for {user_id}", pipeline=pipe,
-                on_success=Callback("tasks.credits.on_success"), on_failure=Callback("tasks.credits.on_failure"),
-                on_stopped=Callback("tasks.credits.on_stopped"))
+                on_success=Callback("tasks.callbacks.on_success"), on_failure=Callback("tasks.callbacks.on_failure"),
+                on_stopped=Callback("tasks.callbacks.on_stopped"))
             if image is not None:
                 blobs.put(self.redis, input_key, image, keep_s, pipeline=pipe)
             index = user_index_key(user_id)
@@ -114,15 +114,17 @@ class JobStore:
             start += page
         return found[:limit]
 
-    def cancel(self, job: Job, wait_s: float = 5.0) -> bool:
-        """Cancel a waiting job or stop an active one; False when it had already ended."""
+    def cancel(self, job: Job, wait_s: float = 5.0) -> str | None:
+        """Cancel a waiting job ("canceled") or stop an active one ("stopped"); None if it had ended."""
         if status_word(job.get_status()) in TERMINAL:
-            return False
+            return None
         job.meta["canceledAt"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         job.save_meta()
+        how = "stopped"
         if status_word(job.get_status()) == WAITING:
             try:
                 job.cancel()
+                how = "canceled"
             except InvalidJobOperation:
                 pass
         deadline = time.monotonic() + wait_s
@@ -132,4 +134,4 @@ class JobStore:
             except (InvalidJobOperation, NoSuchJobError):
                 pass
             time.sleep(0.1)
-        return status_word(job.get_status()) == CANCELED
+        return how if status_word(job.get_status()) == CANCELED else None

@@ -57,15 +57,16 @@ def inkq_stencil(jpeg: bytes) -> bytes:
     return encode_png(stencil(decode(jpeg)))
 
 
-def timed(fn, *args, runs: int) -> tuple[float, object]:
-    """Median wall time of `runs` calls after one warm-up call, and the last result."""
+def timed(fn, *args, runs: int) -> tuple[tuple[float, float], object]:
+    """Median wall and CPU seconds of `runs` calls after one warm-up call, and the last result."""
     result = fn(*args)
-    times = []
+    wall, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return (statistics.median(wall), statistics.median(cpu)), result
 
 
 def main() -> int:
@@ -100,11 +101,12 @@ def main() -> int:
         ("1 MP enhance (2×)", enhance_s, f"{small.width}×{small.height} → 2×"),
         ("1 MP colour match (6 inks)", match_s, ""),
     ]
-    for label, seconds, note in rows:
-        print(f"{label:<38} {seconds:8.3f} s  {note}")
-    print(f"{'ratio inkq / Canny':<38} {total_s / canny_s:8.2f}")
-    verdict = "PASS" if total_s <= TARGET_S else "FAIL"
-    print(f"{verdict}: 12 MP stencil in {total_s:.3f} s (target ≤ {TARGET_S:.1f} s on one core)")
+    print(f"{'':<38} {'wall s':>8} {'cpu s':>8}")
+    for label, (wall, cpu), note in rows:
+        print(f"{label:<38} {wall:8.3f} {cpu:8.3f}  {note}")
+    print(f"{'ratio inkq / Canny':<38} {total_s[0] / canny_s[0]:8.2f} {total_s[1] / canny_s[1]:8.2f}")
+    verdict = "PASS" if total_s[0] <= TARGET_S else "FAIL"
+    print(f"{verdict}: 12 MP stencil in {total_s[0]:.3f} s wall (target ≤ {TARGET_S:.1f} s on one core)")
     return 0
 
 

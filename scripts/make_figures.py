@@ -36,23 +36,23 @@ def font(size: int = 18) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def labelled(cells: list[list[Image.Image]], labels: list[str]) -> Image.Image:
-    """Lay out rows of images (each row scaled to CELL wide cells) under a header of column labels."""
+def labelled(cells: list[list[Image.Image]], labels: list[str], cell: int = CELL) -> Image.Image:
+    """Lay out rows of images (scaled to `cell` px wide) under a header of column labels."""
     rows = []
     for row in cells:
-        scaled = [im.convert("RGB").resize((CELL, round(CELL * im.height / im.width)), Image.Resampling.LANCZOS)
+        scaled = [im.convert("RGB").resize((cell, round(cell * im.height / im.width)), Image.Resampling.LANCZOS)
                   for im in row]
         rows.append(scaled)
-    width = len(labels) * CELL + (len(labels) + 1) * GAP
+    width = len(labels) * cell + (len(labels) + 1) * GAP
     height = LABEL + sum(r[0].height for r in rows) + (len(rows) + 1) * GAP
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     for i, text in enumerate(labels):
-        draw.text((GAP + i * (CELL + GAP) + CELL // 2, LABEL // 2 + 2), text, fill=(30, 30, 30), font=font(), anchor="mm")
+        draw.text((GAP + i * (cell + GAP) + cell // 2, LABEL // 2 + 2), text, fill=(30, 30, 30), font=font(), anchor="mm")
     y = LABEL + GAP
     for row in rows:
         for i, im in enumerate(row):
-            sheet.paste(im, (GAP + i * (CELL + GAP), y))
+            sheet.paste(im, (GAP + i * (cell + GAP), y))
         y += row[0].height + GAP
     return sheet
 
@@ -74,15 +74,15 @@ def enhance_comparison() -> Image.Image:
     """Crops at 1:1 of the 2× results: bicubic resize vs inkq enhance, on a clean and a noisy photo."""
     rng = np.random.default_rng(0)
     noisy = np.clip(data.chelsea().astype(np.float32) + rng.normal(0, 7, data.chelsea().shape), 0, 255)
-    cases = [(Image.fromarray(data.astronaut()), (170, 30, 370, 230)),
-             (Image.fromarray(noisy.astype(np.uint8)), (130, 40, 330, 240))]
+    cases = [(Image.fromarray(data.astronaut()), (190, 60, 340, 210)),
+             (Image.fromarray(noisy.astype(np.uint8)), (130, 40, 280, 190))]
     rows = []
     for img, box in cases:
         out = enhance(img)
         bicubic = img.resize(out.size, Image.Resampling.BICUBIC)
         crop = tuple(2 * v for v in box)
         rows.append([bicubic.crop(crop), out.crop(crop)])
-    return labelled(rows, ["bicubic 2×", "inkq enhance 2×"])
+    return labelled(rows, ["bicubic 2x", "inkq enhance 2x (noisy input below)"], cell=300)
 
 
 def color_match_figure(name: str, colors: int) -> Image.Image:
@@ -96,10 +96,10 @@ def color_match_figure(name: str, colors: int) -> Image.Image:
         y = 10 + i * swatch_h
         draw.rectangle((10, y, 60, y + swatch_h - 8), fill=entry["sourceHex"])
         draw.rectangle((62, y, 112, y + swatch_h - 8), fill=entry["hex"])
-        text = f'{entry["name"]}  {entry["hex"]}  {entry["coverage"]:.1f}%  ΔE {entry["deltaE"]:.1f}'
+        text = f'{entry["name"]}  {entry["hex"]}  {entry["coverage"]:.1f}%  dE {entry["deltaE"]:.1f}'
         draw.text((122, y + (swatch_h - 8) // 2), text, fill=(20, 20, 20), font=font(16), anchor="lm")
     panel = panel.crop((0, 0, img.width, img.height))
-    return labelled([[img, preview, panel]], ["photo", "ink preview", "photo colour → ink, coverage"])
+    return labelled([[img, preview, panel]], ["photo", "ink preview", "photo colour | ink, coverage, CIEDE2000"])
 
 
 def save(img: Image.Image, path: Path, colors: int | None = None) -> None:

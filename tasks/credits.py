@@ -42,19 +42,3 @@ def settle(redis, job_id: str, user_id: str | None, refund: bool) -> int:
     if user_id:
         pipe.srem(inflight_key(user_id), job_id)
     return int(pipe.execute()[0])
-
-
-def on_failure(job, connection, exc_type=None, exc_value=None, traceback=None) -> None:
-    """RQ failure callback: refund when this failure is final (no retry left)."""
-    if not job.retries_left:
-        settle(connection, job.id, job.meta.get("user"), refund=True)
-
-
-def on_stopped(job, connection) -> None:
-    """RQ stopped callback: a job stopped by its owner is refunded."""
-    settle(connection, job.id, job.meta.get("user"), refund=True)
-
-
-def on_success(job, connection, result) -> None:
-    """RQ success callback: the charge is final."""
-    settle(connection, job.id, job.meta.get("user"), refund=False)

@@ -18,9 +18,10 @@ from tasks.progress import Reporter, silent
 
 SCALE = 2
 MAX_OUTPUT_PIXELS = 16_000_000
+DENOISE = 2.0
 CLAHE_LIMIT = 0.008
-CLAHE_MIX = 0.45
-SHARPEN = ImageFilter.UnsharpMask(radius=1.6, percent=90, threshold=3)
+CLAHE_MIX = 0.35
+SHARPEN = ImageFilter.UnsharpMask(radius=1.6, percent=70, threshold=3)
 FINE_SHARPEN = ImageFilter.UnsharpMask(radius=0.8, percent=50, threshold=2)
 
 
@@ -34,7 +35,7 @@ def enhance(img: Image.Image, report: Reporter = silent) -> Image.Image:
     report(30, "denoising")
     luma = np.asarray(y, dtype=np.float32) / 255
     sigma = noise_sigma(luma)
-    luma = _guided(luma, radius=2, eps=max((2.5 * sigma) ** 2, 1e-5))
+    luma = _guided(luma, radius=2, eps=max((DENOISE * sigma) ** 2, 1e-5))
     chroma_radius = 1.0 + 40 * sigma
     cb = cb.filter(ImageFilter.GaussianBlur(chroma_radius))
     cr = cr.filter(ImageFilter.GaussianBlur(chroma_radius))
@@ -59,6 +60,8 @@ def enhance(img: Image.Image, report: Reporter = silent) -> Image.Image:
 
 def noise_sigma(gray: np.ndarray) -> float:
     """Estimate the standard deviation of Gaussian noise in a 0..1 grayscale image (Immerkær 1996)."""
+    if min(gray.shape) < 3:
+        return 0.0
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
     response = np.abs(ndi.convolve(gray, kernel, mode="reflect"))[1:-1, 1:-1]
     return float(np.sqrt(np.pi / 2) * response.mean() / 6)

@@ -1,25 +1,29 @@
 """Photo to tattoo stencil: clean black line art on white, computed locally with numpy/scipy.
 
-The lines are found on a fixed analysis grid (long side `ANALYSIS_SIDE`) so a 12 MP photo and
-its 1 MP copy give the same drawing, then drawn as pen strokes of uniform width on the output
-grid (long side between `MIN_OUTPUT_SIDE` and `MAX_OUTPUT_SIDE`, the input's aspect ratio kept).
+Lines are found on a fixed analysis grid (long side `ANALYSIS_SIDE`), so a 12 MP photo and its
+1 MP copy give the same drawing, and drawn as pen strokes of one width on the output grid (long
+side clamped to `MIN_OUTPUT_SIDE`..`MAX_OUTPUT_SIDE`, the input's aspect ratio kept).
 
-Standard pipeline: edge-preserving denoise (fast guided filter), difference of Gaussians
-normalised by local contrast, smoothing of that response along the edge flow (a cheap
-flow-based DoG), surround suppression of texture, hysteresis threshold, removal of short
-strokes, skeleton, bridging of small gaps between stroke ends, and rendering from a distance
-field so the strokes are anti-aliased and as wide as the line weight asks.
+Standard pipeline, all vectorised: edge-preserving denoise (fast guided filter); dark-side
+difference of Gaussians normalised by local contrast, at the analysis scale and at half of it
+(so soft, upscaled photos still give outlines); smoothing of that response along the edge flow
+where the orientation is coherent (a cheap flow-based DoG); surround suppression, which weakens
+responses packed among many others (fur, grain, foliage) more than isolated contours;
+hysteresis on connected components, which also drops short isolated strokes and specks;
+non-maximum suppression across the edge for one-pixel centrelines; skeleton, removal of short
+spurs, bridging of small gaps between a stroke end and the stroke it points at; and rendering
+from a sub-pixel distance field, so strokes are smooth, anti-aliased and exactly as wide as the
+line weight asks.
 
-Topographic: isolines of the heavily smoothed, histogram-equalised luminance at
-`CONTOUR_LEVELS` levels, drawn from their approximate pixel distance, plus the strongest
-outlines of the standard pipeline.
+Topographic: isolines at `CONTOUR_LEVELS` levels of the luminance after a strong edge-preserving
+smoothing (half equalised, so each band covers a fair share of the picture), drawn from their
+approximate pixel distance, skipping flat areas and steep edges, plus the strongest outlines.
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
-from skimage.filters import apply_hysteresis_threshold
 from skimage.morphology import skeletonize
 
 from tasks.errors import FinalError
@@ -31,11 +35,13 @@ ANALYSIS_SIDE = 1024
 MIN_OUTPUT_SIDE = 1024
 MAX_OUTPUT_SIDE = 2000
 STROKE_PER_SIDE = 1 / 520
-CONTOUR_LEVELS = 8
-CONTOUR_SMOOTH = 9.0
+CONTOUR_LEVELS = 7
+CONTOUR_SMOOTH = 6.0
 CONTOUR_STEEP = 0.25
 CONTOUR_FLAT = 0.025
 CONTOUR_EQUALISE = 0.5
+CONTOUR_GUIDED = 12
+CONTOUR_EPS = 0.02
 
 DENOISE_RADIUS = 2
 DENOISE_EPS = 0.001
@@ -50,8 +56,11 @@ GAP = 8
 FLOW_COHERENT = 0.5
 SALIENT = 4.0
 MIN_DOT = 6
+MIN_FRAGMENT = 12
 ANGLES = 16
-COARSE = 0.0
+COARSE = 0.8
+NMS_REACH = 2
+SPUR = 5
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -72,9 +81,8 @@ def stencil(img: Image.Image, style: str = "standard", line_weight: float | None
     smooth = _guided(gray, DENOISE_RADIUS, DENOISE_EPS)
     report(45, "tracing lines")
     strength, angle = _line_strength(smooth)
-    if COARSE:
-        coarse, _ = _line_strength(_shrink(smooth, 2))
-        np.maximum(strength, COARSE * _resize(coarse, strength.shape), out=strength)
+    coarse, _ = _line_strength(_shrink(smooth, 2))
+    np.maximum(strength, COARSE * _resize(coarse, strength.shape), out=strength)
     lines = _lines(strength, angle, HIGH, LOW)
     report(65, "cleaning")
     if style == "topographic":
@@ -82,6 +90,8 @@ def stencil(img: Image.Image, style: str = "standard", line_weight: float | None
         distance = np.minimum(_stroke_distance(outline, strength, angle), _contour_distance(smooth))
     else:
         distance = _stroke_distance(lines, strength, angle)
+    if not np.isfinite(distance).any():
+        raise FinalError("No outlines could be traced: the image is too small, too blurry or too flat.")
     report(80, "drawing")
     width = weight * max(out_size) * STROKE_PER_SIDE
     return _render(distance, out_size, width, transparent)
@@ -139,7 +149,7 @@ def _guided(gray: np.ndarray, radius: int, eps: float) -> np.ndarray:
 
 
 def _line_strength(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dark-side DoG response, contrast-normalised, smoothed along edges, texture-suppressed; and the edge angles."""
+    """Line response (dark-side DoG, contrast-normalised, flow-smoothed, texture-suppressed) and edge angles."""
     dog = ndi.gaussian_filter(gray, DOG_SIGMA * DOG_K, truncate=3.0)
     dog -= ndi.gaussian_filter(gray, DOG_SIGMA, truncate=3.0)
     np.maximum(dog, 0, out=dog)
@@ -194,15 +204,18 @@ def _flow_smooth(strength: np.ndarray, angle: np.ndarray, coherence: np.ndarray,
     return strength + mix * (smoothed - strength)
 
 
-def _ridges(strength: np.ndarray, angle: np.ndarray) -> np.ndarray:
+def _ridges(strength: np.ndarray, angle: np.ndarray, reach: int) -> np.ndarray:
     """Pixels where the response peaks across the edge (non-maximum suppression along the normal)."""
     h, w = strength.shape
-    padded = np.pad(strength, 1, mode="edge")
+    padded = np.pad(strength, reach, mode="edge")
     stride = padded.shape[1]
-    base = (np.arange(h, dtype=np.int32)[:, None] + 1) * stride + np.arange(w, dtype=np.int32) + 1
+    base = (np.arange(h, dtype=np.int32)[:, None] + reach) * stride + np.arange(w, dtype=np.int32) + reach
     flat = padded.ravel()
-    offset = _offsets(angle, 1, stride, along=False)
-    return (strength >= flat[base + offset]) & (strength >= flat[base - offset])
+    peak = np.ones(strength.shape, dtype=bool)
+    for k in range(1, reach + 1):
+        offset = _offsets(angle, k, stride, along=False)
+        peak &= (strength >= flat[base + offset]) & (strength >= flat[base - offset])
+    return peak
 
 
 def _half_to_full(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -221,7 +234,13 @@ def _lines(strength: np.ndarray, angle: np.ndarray, high: float, low: float) -> 
     seeded[labels[strength >= high]] = True
     keep = seeded & ((extent >= MIN_STROKE) | ((extent >= MIN_DOT) & (total >= SALIENT)))
     keep[0] = False
-    return keep[labels] & _ridges(strength, angle)
+    ridges = keep[labels] & _ridges(strength, angle, NMS_REACH)
+    labels, count = ndi.label(ridges, structure=_EIGHT)
+    size = np.bincount(labels.ravel(), minlength=count + 1)
+    extent = np.array([0] + [max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(labels)])
+    keep = (extent >= MIN_FRAGMENT) | ((size >= MIN_DOT) & (size >= 2 * extent))
+    keep[0] = False
+    return keep[labels]
 
 
 def _stroke_distance(mask: np.ndarray, strength: np.ndarray, angle: np.ndarray) -> np.ndarray:
@@ -229,6 +248,7 @@ def _stroke_distance(mask: np.ndarray, strength: np.ndarray, angle: np.ndarray) 
     if not mask.any():
         return np.full(mask.shape, np.inf, dtype=np.float32)
     skeleton = skeletonize(mask)
+    _prune_spurs(skeleton, SPUR)
     _bridge_gaps(skeleton, GAP)
     ys, xs = np.nonzero(skeleton)
     normal = angle[ys, xs] * (np.pi / ANGLES)
@@ -250,6 +270,22 @@ def _stroke_distance(mask: np.ndarray, strength: np.ndarray, angle: np.ndarray) 
     dy = rows - near_y.astype(np.float32) - offset_y.ravel()[nearest].reshape(mask.shape)
     dx = cols - near_x.astype(np.float32) - offset_x.ravel()[nearest].reshape(mask.shape)
     return np.sqrt(dy * dy + dx * dx)
+
+
+def _prune_spurs(skeleton: np.ndarray, length: int) -> None:
+    """Remove side branches shorter than `length` px that end in a free end."""
+    neighbours = ndi.convolve(skeleton.view(np.uint8), np.ones((3, 3), np.uint8), mode="constant")
+    junctions = ndi.binary_dilation(skeleton & (neighbours >= 4), structure=_EIGHT)
+    segments = skeleton & ~junctions
+    labels, count = ndi.label(segments, structure=_EIGHT)
+    if count == 0:
+        return
+    size = np.bincount(labels.ravel(), minlength=count + 1)
+    free = np.bincount(labels[segments & (neighbours == 2)], minlength=count + 1) > 0
+    attached = np.bincount(labels[segments & ndi.binary_dilation(junctions, structure=_EIGHT)], minlength=count + 1) > 0
+    spur = free & attached & (size < length)
+    spur[0] = False
+    skeleton &= ~spur[labels]
 
 
 def _bridge_gaps(skeleton: np.ndarray, reach: int) -> None:
@@ -286,7 +322,7 @@ def _bridge_gaps(skeleton: np.ndarray, reach: int) -> None:
 
 def _contour_distance(gray: np.ndarray) -> np.ndarray:
     """Approximate distance (analysis px) to isolines of the smoothed, equalised luminance."""
-    smooth = _wide_blur(gray, CONTOUR_SMOOTH)
+    smooth = _wide_blur(_guided(gray, CONTOUR_GUIDED, CONTOUR_EPS), CONTOUR_SMOOTH)
     bins = np.minimum((smooth * 1023).astype(np.intp), 1023)
     cdf = np.cumsum(np.bincount(bins[::2, ::2].ravel(), minlength=1024)).astype(np.float32)
     equalised = cdf * np.float32(1 / cdf[-1])

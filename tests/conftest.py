@@ -56,6 +56,7 @@ def workers(redis_url, fake_gemini, tmp_path_factory):
     env = {"REDIS_URL": redis_url, "CONCURRENCY_STENCIL": "2", "CONCURRENCY_ENHANCE": "1",
            "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1",
            "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": fake_gemini.url, "GEMINI_TIMEOUT_S": "3",
+           "WEBHOOK_SECRET": "hook-secret", "WEBHOOK_ALLOW_PRIVATE": "true",
            "LOG_LEVEL": "WARNING"}
     procs = Workers(env, str(log))
     client = redis_lib.Redis.from_url(redis_url)

@@ -9,9 +9,10 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageFilter
 from scipy import ndimage as ndi
-from skimage import data
+from skimage import data, feature
+from skimage.morphology import skeletonize
 
 from tasks import enhance as enhance_module
 from tasks.colormatch import inks, match_colors
@@ -215,6 +216,24 @@ def test_stencil_is_clean_line_art(stencils, name):
     assert np.median(extents) >= 15, "strokes, not dots"
 
 
+def junction_density(black: np.ndarray) -> float:
+    """Branch points per 1000 px of centreline: hatching and edge nets score high, clean strokes low."""
+    skeleton = skeletonize(black)
+    neighbours = ndi.convolve(skeleton.astype(np.uint8), np.ones((3, 3), np.uint8), mode="constant") - 1
+    return 1000 * float((skeleton & (neighbours >= 3)).sum()) / max(1, int(skeleton.sum()))
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_stencil_has_fewer_tangles_than_a_canny_stencil(stencils, name):
+    out = stencils(name)
+    gray = photo(name).convert("L").resize(out.size).filter(ImageFilter.GaussianBlur(2))
+    canny = ndi.binary_dilation(feature.canny(np.asarray(gray, dtype=np.float32) / 255, sigma=1.0),
+                                structure=np.ones((3, 3), dtype=bool))
+    ours = junction_density(np.asarray(out) < 128)
+    assert ours < 30
+    assert ours < 0.5 * junction_density(canny)
+
+
 def test_stencil_is_a_line_drawing_not_a_tone_map(stencils):
     out = np.asarray(stencils("astronaut"))
     dark_suit = np.asarray(photo("astronaut").convert("L").resize((1024, 1024)))[400:560, 460:600]
@@ -267,6 +286,11 @@ def test_stencil_of_a_cut_out_traces_its_outline():
     black = np.asarray(stencil(cut)) < 128
     rows, cols = np.nonzero(black)
     assert rows.min() < 420 and rows.max() > 620 and cols.min() < 420 and cols.max() > 620
+
+
+def test_stencil_refuses_images_without_outlines():
+    with pytest.raises(FinalError, match="No outlines"):
+        stencil(photo("astronaut").resize((16, 16)))
 
 
 @pytest.mark.parametrize("options", [dict(style="sketchy"), dict(line_weight=0.2), dict(line_weight=3.5)])
@@ -358,7 +382,9 @@ def test_color_match_finds_known_inks():
 
 
 def test_color_match_on_a_photo():
-    preview, palette = match_colors(photo("coffee"), colors=6)
+    report = Recorder()
+    preview, palette = match_colors(photo("coffee"), colors=6, report=report)
+    assert all(25 <= p <= 85 for p, _ in report.calls) and len(report.calls) >= 2
     assert 2 <= len(palette) <= 6
     assert sum(e["coverage"] for e in palette) == pytest.approx(100, abs=1)
     assert len({e["name"] for e in palette}) == len(palette)

@@ -1,0 +1,28 @@
+"""RQ callbacks, run by the worker when a job ends: settle its credits, then call its webhook.
+
+`on_failure` runs after every failed attempt; only a final one (no retry left) settles.
+A work-horse that dies with no retry left runs no callback: the API settles such a job the next
+time its owner reads it or their balance.
+"""
+from __future__ import annotations
+
+from . import credits, webhooks
+
+
+def on_success(job, connection, result) -> None:
+    """The charge is final; tell the webhook."""
+    credits.settle(connection, job.id, job.meta.get("user"), refund=False)
+    webhooks.deliver(job, "completed")
+
+
+def on_failure(job, connection, exc_type=None, exc_value=None, traceback=None) -> None:
+    """A final failure is refunded and reported."""
+    if not job.retries_left:
+        credits.settle(connection, job.id, job.meta.get("user"), refund=True)
+        webhooks.deliver(job, "failed")
+
+
+def on_stopped(job, connection) -> None:
+    """A job stopped by its owner is refunded and reported."""
+    credits.settle(connection, job.id, job.meta.get("user"), refund=True)
+    webhooks.deliver(job, "canceled")
