@@ -57,6 +57,7 @@ FLOW_COHERENT = 0.5
 SALIENT = 4.0
 MIN_DOT = 6
 MIN_FRAGMENT = 12
+FRAGMENT_BEFORE_BRIDGING = 6
 ANGLES = 16
 COARSE = 0.8
 NMS_REACH = 2
@@ -234,22 +235,19 @@ def _lines(strength: np.ndarray, angle: np.ndarray, high: float, low: float) -> 
     seeded[labels[strength >= high]] = True
     keep = seeded & ((extent >= MIN_STROKE) | ((extent >= MIN_DOT) & (total >= SALIENT)))
     keep[0] = False
-    ridges = keep[labels] & _ridges(strength, angle, NMS_REACH)
-    labels, count = ndi.label(ridges, structure=_EIGHT)
-    size = np.bincount(labels.ravel(), minlength=count + 1)
-    extent = np.array([0] + [max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(labels)])
-    keep = (extent >= MIN_FRAGMENT) | ((size >= MIN_DOT) & (size >= 2 * extent))
-    keep[0] = False
-    return keep[labels]
+    return keep[labels] & _ridges(strength, angle, NMS_REACH)
 
 
 def _stroke_distance(mask: np.ndarray, strength: np.ndarray, angle: np.ndarray) -> np.ndarray:
     """Distance (analysis px) to the stroke centrelines, located to sub-pixel precision, small gaps bridged."""
     if not mask.any():
         return np.full(mask.shape, np.inf, dtype=np.float32)
-    skeleton = skeletonize(mask)
+    skeleton = _without_fragments(skeletonize(mask), FRAGMENT_BEFORE_BRIDGING)
     _prune_spurs(skeleton, SPUR)
     _bridge_gaps(skeleton, GAP)
+    skeleton = _without_fragments(skeleton, MIN_FRAGMENT)
+    if not skeleton.any():
+        return np.full(mask.shape, np.inf, dtype=np.float32)
     ys, xs = np.nonzero(skeleton)
     normal = angle[ys, xs] * (np.pi / ANGLES)
     ny, nx = np.sin(normal), np.cos(normal)
@@ -270,6 +268,16 @@ def _stroke_distance(mask: np.ndarray, strength: np.ndarray, angle: np.ndarray) 
     dy = rows - near_y.astype(np.float32) - offset_y.ravel()[nearest].reshape(mask.shape)
     dx = cols - near_x.astype(np.float32) - offset_x.ravel()[nearest].reshape(mask.shape)
     return np.sqrt(dy * dy + dx * dx)
+
+
+def _without_fragments(skeleton: np.ndarray, length: int) -> np.ndarray:
+    """Drop strokes shorter than `length` px, unless they are small closed shapes (pupils)."""
+    labels, count = ndi.label(skeleton, structure=_EIGHT)
+    size = np.bincount(labels.ravel(), minlength=count + 1)
+    extent = np.array([0] + [max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(labels)])
+    keep = (extent >= length) | ((size >= MIN_DOT) & (size >= 2 * extent))
+    keep[0] = False
+    return keep[labels]
 
 
 def _prune_spurs(skeleton: np.ndarray, length: int) -> None:

@@ -1,7 +1,9 @@
 """The rq worker class used by the pools: it imports the image stack once, before forking.
 
-Each job runs in a forked work-horse; importing numpy/scipy/Pillow in the parent means every
-horse starts with them loaded (shared copy-on-write) instead of paying the import per job.
+`rq worker-pool --worker-class tasks.worker.InkqWorker` imports this module in the pool process,
+which then forks its workers, which fork a work-horse per job. Importing numpy/scipy/Pillow and the
+engines here, at import time, means they are loaded once per pool and shared copy-on-write by
+every worker and horse, instead of being imported by each of them.
 """
 from __future__ import annotations
 
@@ -23,9 +25,8 @@ def preload() -> None:
             log.warning("could not preload %s: %s", name, exc)
 
 
-class InkqWorker(Worker):
-    """An rq Worker that preloads the job modules."""
+preload()
 
-    def __init__(self, *args, **kwargs):
-        preload()
-        super().__init__(*args, **kwargs)
+
+class InkqWorker(Worker):
+    """An rq Worker whose module preloaded the job modules."""

@@ -18,6 +18,13 @@ from werkzeug.serving import make_server
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the test process dies, so nothing outlives the suite."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
@@ -49,7 +56,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         client = redis_lib.Redis.from_url(self.url)
         wait_until(lambda: self._ping(client), what="redis-server")
@@ -78,7 +85,8 @@ class Workers:
         self.log = open(log_path, "ab")
         full = {**os.environ, **env, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
         self.proc = subprocess.Popen([os.path.join(ROOT, "scripts", "start_workers.sh")], cwd=ROOT, env=full,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent)
 
     def stop(self, timeout: float = 30) -> int:
         """Warm shutdown (SIGTERM), then kill if it hangs; returns the exit status."""
