@@ -55,14 +55,21 @@ def _decode(data: bytes, max_pixels: int, working_side: int | None) -> Image.Ima
         raise FinalError(_too_big_message(max_pixels, width, height))
     if min(width, height) < MIN_SIDE:
         raise FinalError(f"The image is too small ({width}×{height} px): it needs at least {MIN_SIDE} px on each side.")
-    if img.format == "JPEG" and working_side and max(width, height) > working_side:
+    if img.format in ("JPEG", "MPO") and working_side and max(width, height) > working_side:
         scale = working_side / max(width, height)
         img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
     img.load()
-    img = ImageOps.exif_transpose(img)
+    img = _upright(img)
     img = _to_rgb(img)
     _check_not_flat(img)
     return img
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -5,8 +5,8 @@ Lines are found on a fixed analysis grid (long side `ANALYSIS_SIDE`), so a 12 MP
 side clamped to `MIN_OUTPUT_SIDE`..`MAX_OUTPUT_SIDE`, the input's aspect ratio kept).
 
 Standard pipeline, all vectorised: edge-preserving denoise (fast guided filter); dark-side
-difference of Gaussians normalised by local contrast, at the analysis scale and at half of it
-(so soft, upscaled photos still give outlines); smoothing of that response along the edge flow
+difference of Gaussians normalised by local contrast, at the analysis scale blended with the
+same at half of it (so soft, upscaled photos still give closed outlines); smoothing of that response along the edge flow
 where the orientation is coherent (a cheap flow-based DoG); surround suppression, which weakens
 responses packed among many others (fur, grain, foliage) more than isolated contours;
 hysteresis on connected components, which also drops short isolated strokes and specks;
@@ -57,9 +57,11 @@ FLOW_COHERENT = 0.5
 SALIENT = 4.0
 MIN_DOT = 6
 MIN_FRAGMENT = 12
-FRAGMENT_BEFORE_BRIDGING = 6
+FRAGMENT_BEFORE_BRIDGING = 9
+UPSCALE_BLUR = 0.3
 ANGLES = 16
-COARSE = 0.8
+FINE_WEIGHT = 0.8
+COARSE_WEIGHT = 0.5
 NMS_REACH = 2
 SPUR = 5
 
@@ -71,10 +73,13 @@ def stencil(img: Image.Image, style: str = "standard", line_weight: float | None
     """Trace `img` into a stencil: mode L black on white, or RGBA black lines on transparent."""
     if style not in STYLES:
         raise FinalError(f"Unknown stencil style {style!r}: choose one of {', '.join(STYLES)}.")
-    weight = STYLES[style] if line_weight is None else float(line_weight)
     low, high = LINE_WEIGHT_RANGE
+    try:
+        weight = STYLES[style] if line_weight is None else float(line_weight)
+    except (TypeError, ValueError):
+        weight = float("nan")
     if not low <= weight <= high:
-        raise FinalError(f"The line weight must be between {low} and {high}.")
+        raise FinalError(f"The line weight must be a number between {low} and {high}.")
 
     out_size = output_size(img.size)
     report(30, "denoising")
@@ -83,14 +88,13 @@ def stencil(img: Image.Image, style: str = "standard", line_weight: float | None
     report(45, "tracing lines")
     strength, angle = _line_strength(smooth)
     coarse, _ = _line_strength(_shrink(smooth, 2))
-    np.maximum(strength, COARSE * _resize(coarse, strength.shape), out=strength)
-    lines = _lines(strength, angle, HIGH, LOW)
+    strength = np.float32(FINE_WEIGHT) * strength + np.float32(COARSE_WEIGHT) * _resize(coarse, strength.shape)
     report(65, "cleaning")
     if style == "topographic":
         outline = _lines(strength, angle, HIGH * 2.5, LOW * 2)
-        distance = np.minimum(_stroke_distance(outline, strength, angle), _contour_distance(smooth))
+        distance = np.minimum(_stroke_distance(outline, strength, angle, MIN_STROKE), _contour_distance(smooth))
     else:
-        distance = _stroke_distance(lines, strength, angle)
+        distance = _stroke_distance(_lines(strength, angle, HIGH, LOW), strength, angle, MIN_FRAGMENT)
     if not np.isfinite(distance).any():
         raise FinalError("No outlines could be traced: the image is too small, too blurry or too flat.")
     report(80, "drawing")
@@ -116,6 +120,8 @@ def _analysis_gray(img: Image.Image) -> np.ndarray:
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     gray = gray.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     arr = np.asarray(gray, dtype=np.float32)
+    if scale > 1.5:
+        arr = ndi.gaussian_filter(arr, UPSCALE_BLUR * scale, truncate=3.0)
     lo, hi = np.percentile(arr[::4, ::4], [0.5, 99.5])
     span = max(float(hi - lo), 25.0)
     return np.clip((arr - np.float32(lo)) * np.float32(1 / span), 0, 1)
@@ -238,14 +244,14 @@ def _lines(strength: np.ndarray, angle: np.ndarray, high: float, low: float) -> 
     return keep[labels] & _ridges(strength, angle, NMS_REACH)
 
 
-def _stroke_distance(mask: np.ndarray, strength: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Distance (analysis px) to the stroke centrelines, located to sub-pixel precision, small gaps bridged."""
+def _stroke_distance(mask: np.ndarray, strength: np.ndarray, angle: np.ndarray, shortest: int) -> np.ndarray:
+    """Distance (analysis px) to stroke centrelines at least `shortest` px long, small gaps bridged, sub-pixel."""
     if not mask.any():
         return np.full(mask.shape, np.inf, dtype=np.float32)
     skeleton = _without_fragments(skeletonize(mask), FRAGMENT_BEFORE_BRIDGING)
     _prune_spurs(skeleton, SPUR)
     _bridge_gaps(skeleton, GAP)
-    skeleton = _without_fragments(skeleton, MIN_FRAGMENT)
+    skeleton = _without_fragments(skeleton, shortest)
     if not skeleton.any():
         return np.full(mask.shape, np.inf, dtype=np.float32)
     ys, xs = np.nonzero(skeleton)
@@ -283,17 +289,21 @@ def _without_fragments(skeleton: np.ndarray, length: int) -> np.ndarray:
 def _prune_spurs(skeleton: np.ndarray, length: int) -> None:
     """Remove side branches shorter than `length` px that end in a free end."""
     neighbours = ndi.convolve(skeleton.view(np.uint8), np.ones((3, 3), np.uint8), mode="constant")
-    junctions = ndi.binary_dilation(skeleton & (neighbours >= 4), structure=_EIGHT)
+    junctions = _grow(skeleton & (neighbours >= 4))
     segments = skeleton & ~junctions
     labels, count = ndi.label(segments, structure=_EIGHT)
     if count == 0:
         return
     size = np.bincount(labels.ravel(), minlength=count + 1)
     free = np.bincount(labels[segments & (neighbours == 2)], minlength=count + 1) > 0
-    attached = np.bincount(labels[segments & ndi.binary_dilation(junctions, structure=_EIGHT)], minlength=count + 1) > 0
+    attached = np.bincount(labels[segments & _grow(junctions)], minlength=count + 1) > 0
     spur = free & attached & (size < length)
     spur[0] = False
     skeleton &= ~spur[labels]
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    return ndi.maximum_filter(mask.view(np.uint8), 3).view(bool)
 
 
 def _bridge_gaps(skeleton: np.ndarray, reach: int) -> None:

@@ -293,7 +293,8 @@ def test_stencil_refuses_images_without_outlines():
         stencil(photo("astronaut").resize((16, 16)))
 
 
-@pytest.mark.parametrize("options", [dict(style="sketchy"), dict(line_weight=0.2), dict(line_weight=3.5)])
+@pytest.mark.parametrize("options", [dict(style="sketchy"), dict(line_weight=0.2), dict(line_weight=3.5),
+                                     dict(line_weight="heavy"), dict(line_weight=float("nan"))])
 def test_stencil_rejects_bad_options(options):
     with pytest.raises(FinalError):
         stencil(photo("chelsea"), **options)
