@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Time the local engines on one core: a 12 MP JPEG through decode → stencil → PNG beside a Canny reference.
+# `make bench`: (1) the local engines on one core: a 12 MP JPEG through decode → stencil → PNG beside a
+# Canny reference; (2) the service: POST /generate latency beside GET /healthz, and a 512x512 stencil job.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+export PATH="$PWD/$VENV/bin:$PATH"
+scripts/system_deps.sh redis-server:redis-server
+scripts/system_deps.sh wrk:wrk || echo "wrk is missing: the polling load figure is skipped" >&2
 pin=()
 if command -v taskset >/dev/null 2>&1; then
   pin=(taskset -c 0)
 fi
-exec "${pin[@]}" "$VENV/bin/python" scripts/bench_engine.py "$@"
+echo "== local engine (one core) =="
+OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 "${pin[@]}" "$VENV/bin/python" scripts/bench_engine.py "$@"
+echo
+echo "== service (API under gunicorn, real workers) =="
+"$VENV/bin/python" scripts/bench_api.py

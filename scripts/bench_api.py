@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -85,6 +86,14 @@ def main() -> int:
         print(f"  baseline GET /healthz median {h_med * 1000:.2f} ms; ratio POST/healthz {p_med / h_med:.1f}x")
         print(f"  {'PASS' if p_med < 0.100 else 'FAIL'}: median POST /generate under 100 ms")
 
+        if shutil.which("wrk"):
+            job_id = session.post(url + "/generate", json=body, headers=auth).json()["jobId"]
+            poll = _wrk(f"{url}/status/{job_id}", f"Bearer {TOKEN}")
+            base = _wrk(f"{url}/healthz", None)
+            print(f"GET /status under load (wrk, 64 connections, 5 s, same 2 cores as the server): "
+                  f"{poll:.0f} req/s; GET /healthz {base:.0f} req/s; ratio {poll / base:.2f}")
+            print(f"  at one poll per user every 2 s (the seed's client), that is ~{poll * 2:.0f} users polling at once")
+
         # Drain what was queued, then time stencil jobs from submission to completion.
         subprocess.run(["redis-cli", "-p", str(redis.port), "flushall"], capture_output=True)
         workers = subprocess.Popen([str(ROOT / "scripts/start_workers.sh")], env=env,
@@ -108,6 +117,18 @@ def main() -> int:
                 proc.wait(60)
         redis.stop()
     return 0
+
+
+def _wrk(url: str, authorization: str | None) -> float:
+    """Requests per second that wrk gets from url."""
+    cmd = ["wrk", "-t2", "-c64", "-d5s", "--latency", url]
+    if authorization:
+        cmd[1:1] = ["-H", f"Authorization: {authorization}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    return float("nan")
 
 
 def _up(session, url) -> bool:
