@@ -50,6 +50,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
                           "(INKQ_DEV=1 allows running without, for `make run` only)")
     logs.configure(settings.log_format)
     app = Flask(__name__)
+    app.url_map.merge_slashes = False  # no HTML redirects for odd paths: they are JSON 404s
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + 64 * 1024
     app.config["JSON_SORT_KEYS"] = False

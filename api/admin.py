@@ -63,7 +63,11 @@ def change_credits(user_id: str):
     if not 0 < len(user_id) <= 200:
         raise bad_request("Bad user id.")
     try:
-        change = CreditChange.model_validate(request.get_json(force=True, silent=True))
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:
+        body = None
+    try:
+        change = CreditChange.model_validate(body)
     except ValidationError:
         raise bad_request("Send {\"add\": n} or {\"set\": n} with an integer n.") from None
     if (change.add is None) == (change.set is None):

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from .errors import ApiError, bad_request
 from .schemas import GenerateRequest
 
+MIN_SIDE = 16  # the workers' engines refuse smaller images too (tasks/images.py)
 ACCEPTED = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 JSON_TYPES = ("", "application/json", "text/plain")
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
@@ -105,8 +106,8 @@ def check_image(data: bytes, max_pixels: int, max_bytes: int) -> str:
         raise bad_request(f"`image` has more pixels than the limit of {max_pixels}.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise bad_request("`image` could not be read as a " + kind.upper() + " image.") from None
-    if width < 1 or height < 1:
-        raise bad_request("`image` has no pixels.")
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise bad_request(f"`image` is {width}x{height} pixels; it needs at least {MIN_SIDE} on each side.")
     if width * height > max_pixels:
         raise bad_request(f"`image` has {width}x{height} pixels, more than the limit of {max_pixels}.")
     return ACCEPTED[kind]
@@ -122,7 +123,7 @@ def _validated(raw: dict) -> GenerateRequest:
 
 
 def _check_not_cut(request: Request) -> None:
-    """Werkzeug cuts a chunked body at MAX_CONTENT_LENGTH without an error; reading past it raises 413."""
+    """`get_data` cuts a chunked body at MAX_CONTENT_LENGTH without an error; reading past it raises 413."""
     if request.content_length is None:
         request.stream.read(1)
 
@@ -134,7 +135,6 @@ def _from_multipart(request: Request) -> tuple[dict, bytes | None]:
         if len(values) != 1:
             raise bad_request(f"`{key}` is given more than once.")
         raw[key] = values[0]
-    _check_not_cut(request)
     for key in ("lineWeight", "colors", "transparent"):
         if key in raw:
             raw[key] = raw[key].strip() or None

@@ -103,7 +103,7 @@ class Api:
             body["image"] = base64.b64encode(image).decode()
         return self.post("/generate", token=token, json=body)
 
-    def wait(self, job_id: str, token="tok-alice", statuses=("completed", "failed", "canceled"), timeout=60):
+    def wait(self, job_id: str, token="tok-alice", statuses=("completed", "failed", "canceled"), timeout=120):
         def done():
             body = self.get(f"/status/{job_id}", token=token).json()
             return body if body["status"] in statuses else None

@@ -101,7 +101,7 @@ def test_crash_rerun_charges_once(own, workers, fake_gemini, redis):
     fake_gemini.push(fg.slow(20), fg.ok())
     job_id = api.submit(drawing(), token=api.token).json()["jobId"]
     wait_until(lambda: api.get(f"/status/{job_id}", token=api.token).json()["stage"] == "sending to Gemini",
-               timeout=20, what="the provider call")
+               timeout=60, what="the provider call")
     horse = wait_until(lambda: _horse_of(redis, job_id), timeout=5, what="the job's work-horse")
     os.kill(horse, signal.SIGKILL)  # the process running the job dies mid-call
     status = api.wait(job_id, token=api.token, timeout=60)
@@ -116,7 +116,7 @@ def test_cancel_refunds_waiting_and_active(own, workers, fake_gemini):
     active = api.submit(drawing(), token=api.token, operation="enhance").json()["jobId"]
     waiting = api.submit(drawing(), token=api.token, operation="enhance").json()["jobId"]
     assert balance(api) == 3
-    wait_until(lambda: api.get(f"/status/{active}", token=api.token).json()["status"] == "active", timeout=20)
+    wait_until(lambda: api.get(f"/status/{active}", token=api.token).json()["status"] == "active", timeout=60)
     assert api.delete(f"/jobs/{waiting}", token=api.token).status_code == 200
     started = time.monotonic()
     response = api.delete(f"/jobs/{active}", token=api.token)
@@ -180,7 +180,7 @@ def test_queue_full_blocks_only_its_queue(own, workers, fake_gemini, caplog):
     api = own(QUEUE_MAX_DEPTH="1", MAX_INFLIGHT_PER_USER="50")
     fake_gemini.push(fg.slow(6), fg.slow(6))
     ids = [api.post("/generate", token=api.token, json={"operation": "ia-gen", "prompt": "x"}).json()["jobId"]]
-    wait_until(lambda: api.get(f"/status/{ids[0]}", token=api.token).json()["status"] == "active", timeout=20)
+    wait_until(lambda: api.get(f"/status/{ids[0]}", token=api.token).json()["status"] == "active", timeout=60)
     ids.append(api.post("/generate", token=api.token, json={"operation": "ia-gen", "prompt": "y"}).json()["jobId"])
     before = balance(api)
     logger = logging.getLogger("inkq.api")  # inkq's loggers do not propagate to the root

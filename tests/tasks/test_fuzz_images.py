@@ -2,8 +2,9 @@
 
 Real JPEG, PNG and WebP files are mutated with a fixed seed (bit flips, truncation, chunk and segment
 corruption with or without a fixed CRC, header dimensions, zero-length and oversized chunks, dropped or
-repeated chunks, appended junk) and submitted to POST /generate as stencil, color-match or enhance jobs. The API may refuse one (400/415/413,
-never a 500); every accepted job must end `completed` or `failed` with a readable reason, no job may be
+repeated chunks, appended junk) and submitted to POST /generate as stencil, color-match or enhance jobs.
+The API may refuse one (400/415/413, never a 500); every accepted job must end `completed` or `failed`
+with a readable reason (an engine raising anything but a FinalError fails the test too), no job may be
 left waiting or active, and the workers must still be alive and working afterwards.
 """
 from __future__ import annotations
