@@ -212,3 +212,19 @@ def test_health_and_errors_are_json(api):
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     wrong = api.call("PUT", "/generate")
     assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+def test_event_stream_follows_a_job_to_its_end(api, workers):
+    job_id = api.submit(photo((400, 400))).json()["jobId"]
+    response = api.get(f"/status/{job_id}/events", stream=True)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    events = []
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("data: "):
+            events.append(json.loads(line[6:]))
+    assert events, "no events"
+    assert events[-1]["status"] == "completed" and events[-1]["result"]["image"]
+    assert all(a != b for a, b in zip(events, events[1:]))  # only changes are sent
+    progress = [e["progress"] for e in events]
+    assert progress == sorted(progress)
