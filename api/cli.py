@@ -49,7 +49,7 @@ def main() -> int:
 
     try:
         create_app()
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         print(f"inkq-api: configuration error: {exc}", file=sys.stderr)
         return 2
     _Server(options(os.environ)).run()

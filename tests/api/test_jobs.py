@@ -228,3 +228,15 @@ def test_event_stream_follows_a_job_to_its_end(api, workers):
     assert all(a != b for a, b in zip(events, events[1:]))  # only changes are sent
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress)
+
+
+def test_redis_down_is_503_with_retry_after(make_api):
+    from tests.servers import free_port
+
+    api = make_api(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert api.get("/healthz", token=None).status_code == 200
+    ready = api.get("/readyz", token=None)
+    assert ready.status_code == 503 and ready.json()["code"] == "unavailable"
+    for response in (api.submit(drawing()), api.get("/status/" + "a" * 32), api.get("/jobs")):
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "unavailable" and response.headers["Retry-After"]
