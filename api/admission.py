@@ -17,7 +17,7 @@ from tasks import credits
 from tasks.queues import QUEUES
 
 from .errors import ApiError
-from .status import TERMINAL, status_word
+from .status import TERMINAL, word_of
 from .store import queue_for
 
 log = logging.getLogger("inkq.api")
@@ -60,7 +60,7 @@ class Admission:
             if job is None:
                 credits.settle(self.redis, job_id, user_id, refund=True)
             else:
-                self.settle(job, status_word(job.get_status(refresh=False)))
+                self.settle(job, word_of(job))
 
     def _try(self, user_id: str, spec, operation: str, job_id: str) -> tuple[str, int]:
         s = self.settings

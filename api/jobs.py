@@ -14,7 +14,7 @@ from . import idempotency
 from .errors import ApiError, bad_request, not_found
 from .guard import require_user
 from .schemas import JobsQuery
-from .status import COMPLETED, TERMINAL, describe, status_word
+from .status import COMPLETED, TERMINAL, describe, word_of
 from .store import new_job_id
 from .submission import parse
 
@@ -143,7 +143,7 @@ def _png(job) -> Response:
 def result(job_id: str):
     """The output PNG for its owner; 404 until completed."""
     job = _owned(job_id)
-    if status_word(job.get_status()) != COMPLETED:
+    if word_of(job, refresh=True) != COMPLETED:
         raise not_found("The job has no result yet.")
     return _png(job)
 
@@ -153,7 +153,7 @@ def file(token: str):
     """The output PNG behind a signed, expiring URL (no Authorization needed)."""
     job_id = _ctx().links.verify(token)
     job = _ctx().store.fetch_any(job_id) if job_id else None
-    if job is None or status_word(job.get_status()) != COMPLETED:
+    if job is None or word_of(job, refresh=True) != COMPLETED:
         raise not_found("This result link is invalid or has expired.")
     return _png(job)
 
@@ -184,7 +184,7 @@ def cancel(job_id: str):
     job = _owned(job_id)
     how = _ctx().store.cancel(job)
     if how is None:
-        raise ApiError(409, "conflict", f"The job has already ended ({status_word(job.get_status())}).")
+        raise ApiError(409, "conflict", f"The job has already ended ({word_of(job, refresh=True)}).")
     _ctx().admission.settle(job, "canceled")
     if how == "canceled":  # a stopped job's webhook is sent by its worker
         threading.Thread(target=webhooks.deliver, args=(job, "canceled", _ctx().settings.env), daemon=True).start()

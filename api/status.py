@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 from rq.job import Job, JobStatus
 
-from tasks.errors import CRASH_FAILURE, GENERIC_FAILURE
+from tasks.errors import CANCELED_MESSAGE, CRASH_FAILURE, GENERIC_FAILURE
 
 WAITING, ACTIVE, COMPLETED, FAILED, CANCELED = "waiting", "active", "completed", "failed", "canceled"
 STATUS_WORDS = (WAITING, ACTIVE, COMPLETED, FAILED, CANCELED)
@@ -31,6 +31,16 @@ def status_word(rq_status: JobStatus | str | None) -> str:
     return _WORDS.get(JobStatus(rq_status), WAITING)
 
 
+def word_of(job: Job, refresh: bool = False) -> str:
+    """A job's status word; a job canceled while a worker was taking it (it refused to run) is canceled."""
+    word = status_word(job.get_status(refresh=refresh))
+    if word == FAILED and refresh:
+        job.get_meta(refresh=True)
+    if word == FAILED and job.meta.get("canceled"):
+        return CANCELED
+    return word
+
+
 def iso(value: datetime | str | None) -> str | None:
     """ISO 8601 in UTC with a Z suffix, or None."""
     if value is None:
@@ -45,7 +55,7 @@ def iso(value: datetime | str | None) -> str | None:
 def error_text(job: Job, word: str) -> str | None:
     """The human-readable reason a job failed, never a traceback."""
     if word == CANCELED:
-        return job.meta.get("error") or "Canceled by its owner."
+        return CANCELED_MESSAGE
     if word != FAILED:
         return None
     return job.meta.get("error") or (CRASH_FAILURE if job.meta.get("attempts") else GENERIC_FAILURE)
@@ -54,7 +64,7 @@ def error_text(job: Job, word: str) -> str | None:
 def describe(job: Job, result_url=None) -> dict:
     """The status object for a job; `result_url(job)` builds the signed image URL."""
     meta = job.meta
-    word = status_word(job.get_status(refresh=False))
+    word = word_of(job)
     result = None
     if word == COMPLETED:
         value = job.return_value(refresh=False) or {}

@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 from tasks import blobs
 from tasks.queues import QUEUES, QueueSpec
 
-from .status import ACTIVE, CANCELED, TERMINAL, WAITING, status_word
+from .status import ACTIVE, CANCELED, TERMINAL, WAITING, word_of
 
 _ID_CHARS = frozenset("0123456789abcdef")
 
@@ -109,29 +109,29 @@ class JobStore:
                 start -= len(gone)
             for job in jobs:
                 if job is not None and job.meta.get("user") == user_id and (
-                        status is None or status_word(job.get_status(refresh=False)) == status):
+                        status is None or word_of(job) == status):
                     found.append(job)
             start += page
         return found[:limit]
 
     def cancel(self, job: Job, wait_s: float = 5.0) -> str | None:
         """Cancel a waiting job ("canceled") or stop an active one ("stopped"); None if it had ended."""
-        if status_word(job.get_status()) in TERMINAL:
+        if word_of(job, refresh=True) in TERMINAL:
             return None
         job.meta["canceledAt"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         job.save_meta()
         how = "stopped"
-        if status_word(job.get_status()) == WAITING:
+        if word_of(job, refresh=True) == WAITING:
             try:
                 job.cancel()
                 how = "canceled"
             except InvalidJobOperation:
                 pass
         deadline = time.monotonic() + wait_s
-        while status_word(job.get_status()) == ACTIVE and time.monotonic() < deadline:
+        while word_of(job, refresh=True) == ACTIVE and time.monotonic() < deadline:
             try:
                 send_stop_job_command(self.redis, job.id, serializer=JSONSerializer)
             except (InvalidJobOperation, NoSuchJobError):
                 pass
             time.sleep(0.1)
-        return how if status_word(job.get_status()) == CANCELED else None
+        return how if word_of(job, refresh=True) == CANCELED else None

@@ -19,7 +19,8 @@ def on_failure(job, connection, exc_type=None, exc_value=None, traceback=None) -
     """A final failure is refunded and reported."""
     if not job.retries_left:
         credits.settle(connection, job.id, job.meta.get("user"), refund=True)
-        webhooks.deliver(job, "failed")
+        if not job.meta.get("canceled"):  # the API reported the cancellation
+            webhooks.deliver(job, "failed")
 
 
 def on_stopped(job, connection) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 GENERIC_FAILURE = "The job failed unexpectedly while processing the image."
 TIMEOUT_FAILURE = "The job took longer than its time limit."
 CRASH_FAILURE = "The worker running the job stopped unexpectedly."
+CANCELED_MESSAGE = "Canceled by its owner."
 
 
 class JobError(Exception):

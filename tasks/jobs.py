@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from rq import get_current_job
 
 from . import blobs
-from .errors import FinalError, decide
+from .errors import CANCELED_MESSAGE, FinalError, decide
 from .progress import job_reporter
 from .settings import WorkerSettings
 
@@ -24,6 +24,12 @@ def _now() -> str:
 
 
 def _begin(job) -> None:
+    if job.get_meta(refresh=True).get("canceledAt"):
+        # Canceled while a worker was already taking it off the queue: do no work.
+        job.meta["canceled"] = True
+        job.retries_left = 0
+        job.save_meta()
+        raise FinalError(CANCELED_MESSAGE)
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
     job.meta.setdefault("startedAt", _now())
     job.meta.pop("error", None)

@@ -35,6 +35,26 @@ def own(make_api, user):
         for job in api.get("/jobs?limit=100", token=api.token).json()["jobs"]:
             if job["status"] in ("waiting", "active"):
                 api.delete(f"/jobs/{job['jobId']}", token=api.token)
+                api.wait(job["jobId"], token=api.token)
+
+
+def test_job_canceled_while_being_dequeued_does_no_work(own, workers, fake_gemini, redis):
+    """The API's cancel can race a worker taking the job off the queue: the job then refuses to run."""
+    from rq.job import Job
+
+    api = own()
+    fake_gemini.push(fg.slow(3))
+    busy = api.post("/generate", token=api.token, json={"operation": "ia-gen", "prompt": "a"}).json()["jobId"]
+    wait_until(lambda: api.get(f"/status/{busy}", token=api.token).json()["status"] == "active", timeout=60)
+    racing = api.post("/generate", token=api.token, json={"operation": "ia-gen", "prompt": "b"}).json()["jobId"]
+    job = Job.fetch(racing, connection=redis, serializer=JSONSerializer)
+    job.meta["canceledAt"] = "2026-01-01T00:00:00.000Z"  # what the API's cancel writes first
+    job.save_meta()
+    status = api.wait(racing, token=api.token)
+    assert status["status"] == "canceled" and status["attempts"] == 0, status
+    assert len(fake_gemini.requests) == 1  # only the busy job reached the provider
+    api.wait(busy, token=api.token)
+    assert balance(api) == 5 - 2  # the busy job is charged; the refused one is refunded
 
 
 def balance(api) -> int:
@@ -54,6 +74,7 @@ def test_charge_once_on_success(own, workers):
     assert balance(api) == 4
     ia = api.post("/generate", token=api.token, json={"operation": "ia-gen", "prompt": "rose"})
     assert ia.status_code == 202 and balance(api) == 2  # ia-gen costs 2
+    assert api.wait(ia.json()["jobId"], token=api.token)["status"] == "completed"
 
 
 def test_insufficient_credits_queues_nothing(own, redis):

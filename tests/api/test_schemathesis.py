@@ -16,6 +16,8 @@ import subprocess
 import sys
 import uuid
 
+from tests.servers import RedisServer
+
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 MAX_EXAMPLES = 40
 SEED = 20261128
@@ -45,7 +47,10 @@ def _cancel_waiting(api) -> None:
 
 
 def test_api_conforms_to_its_openapi_spec(make_api, tmp_path):
-    api = make_api(API_KEYS=f"tok-alice:schemathesis-{uuid.uuid4().hex[:8]},tok-bob:bob",
+    # Its own Redis with no workers: the jobs it submits wait, and never reach the shared fake
+    # Gemini or the other tests' workers.
+    redis_server = RedisServer()
+    api = make_api(REDIS_URL=redis_server.url, API_KEYS=f"tok-alice:schemathesis-{uuid.uuid4().hex[:8]},tok-bob:bob",
                    MAX_INFLIGHT_PER_USER=100000, RATE_LIMIT="100000/minute", QUEUE_MAX_DEPTH=100000,
                    GEMINI_API_KEY="never-called-by-the-api", EVENTS_MAX_S=0.3, EVENTS_POLL_S=0.05)
     try:
@@ -60,3 +65,4 @@ def test_api_conforms_to_its_openapi_spec(make_api, tmp_path):
               f"{admin_cases} cases as the admin")
     finally:
         _cancel_waiting(api)
+        redis_server.stop()

@@ -67,6 +67,7 @@ def test_canceled_waiting_job_calls_its_webhook(make_api, workers, receiver, fak
     _, body = calls.get(timeout=15)
     assert json.loads(body)["jobId"] == waiting and json.loads(body)["status"] == "canceled"
     api.delete(f"/jobs/{busy}")
+    api.wait(busy)
 
 
 @pytest.mark.parametrize("hook", ["http://127.0.0.1:9/x", "http://10.0.0.1/x", "http://[::1]/x",
