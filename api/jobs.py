@@ -7,6 +7,8 @@ import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
+from rq.exceptions import NoSuchJobError
+
 from tasks import blobs, webhooks
 from tasks.queues import QUEUES
 
@@ -25,9 +27,9 @@ def _ctx():
     return current_app.extensions["inkq"]
 
 
-def _url_maker(base: str | None = None):
+def _url_maker():
     """A function giving a job's signed result URL, absolute on this request's host."""
-    base = (base or request.host_url).rstrip("/")
+    base = request.host_url.rstrip("/")
     links = _ctx().links
     return lambda job: f"{base}/files/{links.token(job.id)}"
 
@@ -40,6 +42,9 @@ def _owned(job_id: str):
 
 
 def _engine_for(operation: str, asked: str | None) -> str:
+    """The engine a job will use; color-match is always local, ia-gen always needs the provider."""
+    if operation == "color-match":
+        return "local"
     settings = _ctx().settings
     engine = asked or settings.engine
     if engine == "auto":
@@ -105,9 +110,7 @@ def events(job_id: str):
     """A text/event-stream of status objects as they change, ending after the terminal one."""
     job = _owned(job_id)
     ctx = _ctx()
-    interval = float(ctx.settings.env.get("EVENTS_POLL_S") or 0.5)
-    limit_s = float(ctx.settings.env.get("EVENTS_MAX_S") or 600)
-
+    interval, limit_s = ctx.settings.events_poll_s, ctx.settings.events_max_s
     result_url = _url_maker()
 
     def stream():
@@ -115,7 +118,10 @@ def events(job_id: str):
         deadline = time.monotonic() + limit_s
         yield "retry: 2000\n\n"
         while True:
-            job.refresh()
+            try:
+                job.refresh()
+            except NoSuchJobError:  # expired while watched
+                return
             body = describe(job, result_url)
             if body != last:
                 yield f"event: status\ndata: {json.dumps(body)}\n\n"

@@ -58,6 +58,8 @@ class Settings:
     credit_costs: dict
     metrics_token: str
     webhook_allow_private: bool
+    events_poll_s: float
+    events_max_s: float
     log_format: str
 
     @classmethod
@@ -94,5 +96,7 @@ class Settings:
             credit_costs=parse_costs(env.get("CREDIT_COSTS") or DEFAULT_CREDIT_COSTS),
             metrics_token=env.get("METRICS_TOKEN", ""),
             webhook_allow_private=env_bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
+            events_poll_s=float(env.get("EVENTS_POLL_S") or 0.5),
+            events_max_s=float(env.get("EVENTS_MAX_S") or 600),
             log_format=(env.get("LOG_FORMAT") or "json").lower(),
         )
