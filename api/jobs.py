@@ -192,6 +192,7 @@ def cancel(job_id: str):
     if how is None:
         raise ApiError(409, "conflict", f"The job has already ended ({word_of(job, refresh=True)}).")
     _ctx().admission.settle(job, "canceled")
-    if how == "canceled":  # a stopped job's webhook is sent by its worker
+    if how == "canceled":
+        blobs.discard_input(_ctx().redis, job.id)  # a stopped job's webhook is sent by its worker
         threading.Thread(target=webhooks.deliver, args=(job, "canceled", _ctx().settings.env), daemon=True).start()
     return jsonify({"jobId": job.id, "status": "canceled"})

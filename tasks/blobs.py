@@ -23,3 +23,8 @@ def put(redis, key: str, data: bytes, ttl_s: int, pipeline=None) -> str:
 def get(redis, key: str) -> bytes | None:
     """The bytes under key, or None when missing or expired."""
     return redis.get(key)
+
+
+def discard_input(redis, job_id: str) -> None:
+    """Delete a job's input once the job has ended: it is only needed for retries."""
+    redis.delete(input_key(job_id))

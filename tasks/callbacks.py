@@ -1,4 +1,5 @@
-"""RQ callbacks, run by the worker when a job ends: settle its credits, then call its webhook.
+"""RQ callbacks, run by the worker when a job ends: settle its credits, drop its input image
+(kept only for retries), then call its webhook.
 
 `on_failure` runs after every failed attempt; only a final one (no retry left) settles.
 A work-horse that dies with no retry left runs no callback: the API settles such a job the next
@@ -6,12 +7,13 @@ time its owner reads it or their balance.
 """
 from __future__ import annotations
 
-from . import credits, webhooks
+from . import blobs, credits, webhooks
 
 
 def on_success(job, connection, result) -> None:
     """The charge is final; tell the webhook."""
     credits.settle(connection, job.id, job.meta.get("user"), refund=False)
+    blobs.discard_input(connection, job.id)
     webhooks.deliver(job, "completed")
 
 
@@ -19,6 +21,7 @@ def on_failure(job, connection, exc_type=None, exc_value=None, traceback=None) -
     """A final failure is refunded and reported."""
     if not job.retries_left:
         credits.settle(connection, job.id, job.meta.get("user"), refund=True)
+        blobs.discard_input(connection, job.id)
         if not job.meta.get("canceled"):  # the API reported the cancellation
             webhooks.deliver(job, "failed")
 
@@ -26,4 +29,5 @@ def on_failure(job, connection, exc_type=None, exc_value=None, traceback=None) -
 def on_stopped(job, connection) -> None:
     """A job stopped by its owner is refunded and reported."""
     credits.settle(connection, job.id, job.meta.get("user"), refund=True)
+    blobs.discard_input(connection, job.id)
     webhooks.deliver(job, "canceled")

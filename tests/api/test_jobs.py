@@ -109,6 +109,7 @@ def test_cancel_waiting_job_never_runs(make_api, redis_url, redis, workers):
     busy = api.submit(photo((1024, 1024)), operation="enhance").json()["jobId"]
     waiting = api.submit(drawing(), operation="enhance").json()["jobId"]
     assert api.get(f"/status/{waiting}").json()["status"] == "waiting"
+    assert redis.ttl(f"inkq:blob:in:{waiting}") > 0  # stored beside the job, with a TTL
     response = api.delete(f"/jobs/{waiting}")
     assert response.status_code == 200, response.text
     assert response.json() == {"jobId": waiting, "status": "canceled"}
@@ -116,6 +117,7 @@ def test_cancel_waiting_job_never_runs(make_api, redis_url, redis, workers):
     status = api.get(f"/status/{waiting}").json()
     assert status["status"] == "canceled" and status["attempts"] == 0 and status["startedAt"] is None
     assert waiting not in Queue("enhance", connection=redis, serializer=S).get_job_ids()
+    assert not redis.exists(f"inkq:blob:in:{waiting}")
     again = api.delete(f"/jobs/{waiting}")
     assert again.status_code == 409 and again.json()["code"] == "conflict"
 
@@ -202,7 +204,8 @@ def test_job_record_holds_no_image_and_no_pickle(api, redis, workers):
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     spec = job.args[0]
     assert spec["inputKey"] == f"inkq:blob:in:{job_id}" and "image" not in spec["params"]
-    assert redis.ttl(spec["inputKey"]) > 0 and redis.ttl(f"inkq:blob:out:{job_id}") > 0
+    assert redis.ttl(f"inkq:blob:out:{job_id}") > 0
+    wait_until(lambda: not redis.exists(spec["inputKey"]), timeout=10, what="the input to be dropped")
 
 
 def test_health_and_errors_are_json(api):
