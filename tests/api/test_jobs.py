@@ -243,3 +243,16 @@ def test_redis_down_is_503_with_retry_after(make_api):
     for response in (api.submit(drawing()), api.get("/status/" + "a" * 32), api.get("/jobs")):
         assert response.status_code == 503, response.text
         assert response.json()["code"] == "unavailable" and response.headers["Retry-After"]
+
+
+def test_unusable_images_fail_with_a_clear_error(api, workers):
+    flat = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 40, 40)).save(flat, "PNG")
+    for operation in ("stencil", "enhance", "color-match"):
+        status = api.wait(api.submit(flat.getvalue(), operation=operation).json()["jobId"])
+        assert status["status"] == "failed" and status["attempts"] == 1, status
+        assert "colour" in status["error"] or "color" in status["error"], status["error"]
+    tiny = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(tiny, "PNG")
+    response = api.submit(tiny.getvalue())
+    assert response.status_code == 400 and "16" in response.json()["error"]
