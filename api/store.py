@@ -128,10 +128,13 @@ class JobStore:
             except InvalidJobOperation:
                 pass
         deadline = time.monotonic() + wait_s
+        next_stop = 0.0
         while word_of(job, refresh=True) == ACTIVE and time.monotonic() < deadline:
-            try:
-                send_stop_job_command(self.redis, job.id, serializer=JSONSerializer)
-            except (InvalidJobOperation, NoSuchJobError):
-                pass
-            time.sleep(0.1)
+            if time.monotonic() >= next_stop:  # once, then again only if it is still running a second later
+                try:
+                    send_stop_job_command(self.redis, job.id, serializer=JSONSerializer)
+                except (InvalidJobOperation, NoSuchJobError):
+                    pass
+                next_stop = time.monotonic() + 1.0
+            time.sleep(0.05)
         return how if word_of(job, refresh=True) == CANCELED else None

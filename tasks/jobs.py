@@ -9,6 +9,7 @@ retries; `run` only asks `errors.decide` whether this failure is retried and aft
 """
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 from rq import get_current_job
@@ -31,6 +32,7 @@ def _begin(job) -> None:
         job.save_meta()
         raise FinalError(CANCELED_MESSAGE)
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+    job.meta["pid"] = os.getpid()  # the work-horse running this attempt, for operators
     job.meta.setdefault("startedAt", _now())
     job.meta.pop("error", None)
     job.meta["progress"] = 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import signal
 
 from rq.worker import Worker
 
@@ -29,4 +31,24 @@ preload()
 
 
 class InkqWorker(Worker):
-    """An rq Worker whose module preloaded the job modules."""
+    """An rq Worker whose module preloaded the job modules, and whose stop never hits itself."""
+
+    def kill_horse(self, sig=signal.SIGKILL):
+        """Kill the work-horse's process group, but never the worker's own.
+
+        rq 3.0 calls `os.killpg(os.getpgid(self.horse_pid), sig)`. When a stop command arrives just
+        as a job ends, `horse_pid` is already 0, `getpgid(0)` is the worker's own group, and the
+        whole worker service is SIGKILLed. Without a live horse of its own group there is nothing
+        to stop.
+        """
+        pid = self.horse_pid
+        if pid <= 0:
+            return
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            return
+        if group == os.getpgrp():
+            os.kill(pid, sig)
+            return
+        super().kill_horse(sig)

@@ -1,0 +1,31 @@
+"""The worker class: a stop command that arrives when no horse is running must not kill the worker."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.servers import ROOT
+
+PROGRAM = """
+import os, sys
+from redis import Redis
+from tasks.worker import InkqWorker
+worker = InkqWorker(["enhance"], connection=Redis.from_url(sys.argv[1]))
+assert worker.horse_pid == 0
+worker.kill_horse()          # rq's own kill_horse would SIGKILL this whole process group here
+child = os.fork()
+if child == 0:
+    os.setpgrp()
+    os.execvp("sleep", ["sleep", "30"])
+worker._horse_pid = child
+worker.kill_horse()          # a real horse in its own group is still killed
+_, status = os.waitpid(child, 0)
+print("survived", os.WIFSIGNALED(status))
+"""
+
+
+def test_kill_horse_without_a_horse_spares_the_worker(redis_url):
+    done = subprocess.run([sys.executable, "-c", PROGRAM, redis_url], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, start_new_session=True)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "survived True" in done.stdout
