@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 
+from rq.exceptions import StopRequested
 from rq.worker import Worker
 
 log = logging.getLogger("inkq.worker")
@@ -31,7 +32,26 @@ preload()
 
 
 class InkqWorker(Worker):
-    """An rq Worker whose module preloaded the job modules, and whose stop never hits itself."""
+    """An rq Worker whose module preloaded the job modules, which hears a stop during start-up,
+    and whose stop never hits itself."""
+
+    def bootstrap(self, *args, **kwargs):
+        """Install the shutdown handlers before start-up, not after it.
+
+        rq installs them only once registration and the scheduler are done; a SIGINT from the pool
+        in between (a deploy that stops the service as it starts) is then lost in a
+        KeyboardInterrupt, and the pool waits for that worker for ever.
+        """
+        self._install_signal_handlers()
+        super().bootstrap(*args, **kwargs)
+
+    def work(self, *args, **kwargs):
+        """Run the work loop; a stop requested during start-up ends it quietly."""
+        try:
+            return super().work(*args, **kwargs)
+        except StopRequested:
+            self.register_death()
+            return False
 
     def kill_horse(self, sig=signal.SIGKILL):
         """Kill the work-horse's process group, but never the worker's own.

@@ -167,3 +167,19 @@ def test_seed_polling_client_works_unchanged(api, workers, tmp_path):
                           env={**os.environ, "INKQ_URL": api.url, "INKQ_TOKEN": "tok-alice"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "RESULT 200 image/png" in proc.stdout
+
+
+@pytest.mark.parametrize("delay", [0.5, 2.5])
+def test_start_workers_stops_promptly_when_stopped_during_start_up(tmp_path, delay):
+    """A SIGTERM that arrives while the pools are still starting (importing, forking workers,
+    registering them) is not lost."""
+    server = RedisServer()
+    workers = Workers({"REDIS_URL": server.url, "CONCURRENCY_STENCIL": "2", "CONCURRENCY_ENHANCE": "1",
+                       "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "2"}, str(tmp_path / "w.log"))
+    try:
+        time.sleep(delay)
+        workers.proc.send_signal(signal.SIGTERM)
+        assert workers.proc.wait(45) == 0, (tmp_path / "w.log").read_text()[-3000:]
+    finally:
+        workers.stop()
+        server.stop()

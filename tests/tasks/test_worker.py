@@ -29,3 +29,26 @@ def test_kill_horse_without_a_horse_spares_the_worker(redis_url):
                           timeout=60, start_new_session=True)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert "survived True" in done.stdout
+
+
+STOP_DURING_START = """
+import os, signal, sys
+from redis import Redis
+from tasks.worker import InkqWorker
+
+class Probe(InkqWorker):
+    def register_birth(self, *args, **kwargs):
+        super().register_birth(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the pool's stop, arriving mid start-up
+
+worker = Probe(["enhance"], connection=Redis.from_url(sys.argv[1]))
+print("work returned", worker.work(burst=False, with_scheduler=True))
+"""
+
+
+def test_stop_during_start_up_is_heard(redis_url):
+    """rq installs its SIGINT/SIGTERM handlers only after start-up; a stop in between was lost."""
+    done = subprocess.run([sys.executable, "-c", STOP_DURING_START, redis_url], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "work returned False" in done.stdout
