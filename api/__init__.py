@@ -58,7 +58,6 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10,
                            health_check_interval=30)
     metrics = Metrics()
-    app.extensions["inkq.auth"] = auth
     app.extensions["inkq"] = Inkq(
         settings=settings, redis=redis,
         store=JobStore(redis, settings.result_ttl_s, settings.failure_ttl_s),

@@ -96,7 +96,7 @@ class Admission:
             if verdict != "ok":
                 return self.admit(user_id, operation, job_id)
 
-    def release(self, user_id: str, operation: str, job_id: str) -> None:
+    def release(self, user_id: str, job_id: str) -> None:
         """Undo an admission whose job was not queued (refunds its charge)."""
         credits.settle(self.redis, job_id, user_id, refund=True)
 

@@ -19,7 +19,7 @@ def principal(allow_basic: bool = False) -> Principal:
     if found is not None:
         return found
     try:
-        found = current_app.extensions["inkq.auth"].authenticate(
+        found = current_app.extensions["inkq"].auth.authenticate(
             request.headers.get("Authorization"), allow_basic=allow_basic)
     except AuthUnavailable as exc:
         raise ApiError(503, "unavailable", "Authentication is unavailable; try again shortly.",

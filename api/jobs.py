@@ -86,7 +86,7 @@ def generate():
         ctx.admission.admit(user_id, operation, job_id)
         ctx.store.enqueue(job_id, user_id, operation, params, submission.image, submission.mime_type)
     except Exception:
-        ctx.admission.release(user_id, operation, job_id)
+        ctx.admission.release(user_id, job_id)
         if key is not None:
             idempotency.release(ctx.redis, user_id, key)
         raise

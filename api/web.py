@@ -1,7 +1,7 @@
 """The web page at `/`: submit a photo, follow progress, see the stencil."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, send_from_directory
+from flask import Blueprint, send_from_directory
 
 bp = Blueprint("web", __name__, static_folder="static")
 

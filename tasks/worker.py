@@ -30,6 +30,21 @@ def preload() -> None:
 
 preload()
 
+# rq's pool forks its workers before it installs its own signal handlers, so a worker forked while
+# the service is being stopped inherits Python's default SIGINT (KeyboardInterrupt), and the pool's
+# stop can be swallowed inside logging's fork hooks: that worker never stops and the pool waits for
+# ever. This handler, installed when the pool imports this module, is what such a worker inherits;
+# it only remembers the stop, and `InkqWorker.bootstrap` acts on it.
+_stop_before_start = False
+
+
+def _remember_stop(signum, frame) -> None:
+    global _stop_before_start
+    _stop_before_start = True
+
+
+signal.signal(signal.SIGINT, _remember_stop)
+
 
 class InkqWorker(Worker):
     """An rq Worker whose module preloaded the job modules, which hears a stop during start-up,
@@ -43,6 +58,8 @@ class InkqWorker(Worker):
         KeyboardInterrupt, and the pool waits for that worker for ever.
         """
         self._install_signal_handlers()
+        if _stop_before_start:
+            self.request_stop(signal.SIGINT, None)
         super().bootstrap(*args, **kwargs)
 
     def work(self, *args, **kwargs):

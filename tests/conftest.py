@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import logging
 import io
-import os
 import uuid
 
 import pytest

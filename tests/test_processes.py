@@ -12,8 +12,6 @@ import time
 
 import pytest
 import requests
-from rq.job import Job
-from rq.serializers import JSONSerializer
 
 from tests import fakegemini as fg
 from tests.conftest import ADMIN_TOKEN, photo
@@ -86,6 +84,10 @@ def test_start_workers_warm_shutdown(fake_gemini, tmp_path):
     app_server = ApiServer(create_app(base_config(server.url, GEMINI_API_KEY="test-key")))
     try:
         api = Api(app_server.url)
+        import redis as redis_lib
+        from rq import Worker
+        client = redis_lib.Redis.from_url(server.url)
+        wait_until(lambda: len(Worker.all(connection=client)) >= 4, timeout=60, what="all pools to start")
         fake_gemini.push(fg.slow(4))
         job_id = api.post("/generate", json={"operation": "ia-gen", "prompt": "a swallow"}).json()["jobId"]
         wait_until(lambda: api.get(f"/status/{job_id}").json()["stage"] == "sending to Gemini", timeout=60)

@@ -11,7 +11,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from tests import fakegemini as fg
-from tests.conftest import drawing, photo
+from tests.conftest import drawing
 from tests.servers import wait_until
 
 

@@ -52,3 +52,21 @@ def test_stop_during_start_up_is_heard(redis_url):
                           text=True, timeout=60, start_new_session=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "work returned False" in done.stdout
+
+
+STOP_BEFORE_START = """
+import os, signal, sys
+from redis import Redis
+import tasks.worker  # what the pool imports before it forks its workers
+os.kill(os.getpid(), signal.SIGINT)  # the pool's stop, reaching a worker forked a moment ago
+from tasks.worker import InkqWorker
+worker = InkqWorker(["enhance"], connection=Redis.from_url(sys.argv[1]))
+print("work returned", worker.work(burst=False, with_scheduler=True))
+"""
+
+
+def test_stop_before_the_worker_exists_is_heard(redis_url):
+    done = subprocess.run([sys.executable, "-c", STOP_BEFORE_START, redis_url], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "work returned False" in done.stdout
