@@ -76,8 +76,9 @@ class Admission:
         s = self.settings
         spec = QUEUES[operation]
         verdict, value = self._try(user_id, spec, operation, job_id)
-        if verdict == "too_many_jobs":
-            # The in-flight set may still hold jobs that ended: settle them, then look again.
+        if verdict in ("too_many_jobs", "insufficient_credits"):
+            # The in-flight set may still hold jobs that ended, and their refunds may be owed:
+            # settle them, then look again once.
             self.prune(user_id)
             verdict, value = self._try(user_id, spec, operation, job_id)
         if verdict == "too_many_jobs":
@@ -88,13 +89,8 @@ class Admission:
             log.warning("queue full: %s has %d waiting jobs; refusing a submission", spec.name, s.queue_max_depth)
             raise ApiError(503, "queue_full", f"The {spec.name} queue is full; try again shortly.", retry_after=30)
         if verdict == "insufficient_credits":
-            self.prune(user_id)  # refunds of ended jobs may cover it
-            verdict, value = self._try(user_id, spec, operation, job_id)
-            if verdict == "insufficient_credits":
-                raise ApiError(403, "insufficient_credits",
-                               f"{operation} costs {s.credit_costs[operation]} credits and your balance is {value}.")
-            if verdict != "ok":
-                return self.admit(user_id, operation, job_id)
+            raise ApiError(403, "insufficient_credits",
+                           f"{operation} costs {s.credit_costs[operation]} credits and your balance is {value}.")
 
     def release(self, user_id: str, job_id: str) -> None:
         """Undo an admission whose job was not queued (refunds its charge)."""

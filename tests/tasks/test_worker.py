@@ -24,11 +24,16 @@ print("survived", os.WIFSIGNALED(status))
 """
 
 
-def test_kill_horse_without_a_horse_spares_the_worker(redis_url):
-    done = subprocess.run([sys.executable, "-c", PROGRAM, redis_url], cwd=ROOT, capture_output=True, text=True,
+def run_worker_program(program: str, redis_url: str) -> str:
+    """Run a worker program in a process group of its own; fail on a non-zero exit, return its output."""
+    done = subprocess.run([sys.executable, "-c", program, redis_url], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, start_new_session=True)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    assert "survived True" in done.stdout
+    return done.stdout
+
+
+def test_kill_horse_without_a_horse_spares_the_worker(redis_url):
+    assert "survived True" in run_worker_program(PROGRAM, redis_url)
 
 
 STOP_DURING_START = """
@@ -48,10 +53,7 @@ print("work returned", worker.work(burst=False, with_scheduler=True))
 
 def test_stop_during_start_up_is_heard(redis_url):
     """rq installs its SIGINT/SIGTERM handlers only after start-up; a stop in between was lost."""
-    done = subprocess.run([sys.executable, "-c", STOP_DURING_START, redis_url], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, start_new_session=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "work returned False" in done.stdout
+    assert "work returned False" in run_worker_program(STOP_DURING_START, redis_url)
 
 
 STOP_BEFORE_START = """
@@ -66,7 +68,4 @@ print("work returned", worker.work(burst=False, with_scheduler=True))
 
 
 def test_stop_before_the_worker_exists_is_heard(redis_url):
-    done = subprocess.run([sys.executable, "-c", STOP_BEFORE_START, redis_url], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, start_new_session=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "work returned False" in done.stdout
+    assert "work returned False" in run_worker_program(STOP_BEFORE_START, redis_url)
