@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from pydantic import ValidationError
-from rq import Queue, Worker
+from rq import Worker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from tasks import recovery
 from tasks.queues import QUEUES
 
 from .errors import ApiError, bad_request, error_response
@@ -27,20 +28,22 @@ def _count(redis, key: str, kind: str) -> int:
 
 
 def queue_stats(redis, env) -> dict:
-    """Counts per queue, read straight from the registries' keys (no clean-up is triggered)."""
+    """Counts per queue, read straight from the registries' keys (no clean-up is triggered).
+
+    `waiting` counts the queue and the ids workers have claimed but not yet started.
+    """
     workers = Worker.all(connection=redis, serializer=JSONSerializer)
+    waiting = recovery.waiting_counts(redis, [spec.name for spec in QUEUES.values()])
     stats = {}
     pipe = redis.pipeline()
     for spec in QUEUES.values():
-        queue = Queue(spec.name, connection=redis, serializer=JSONSerializer)
-        pipe.llen(queue.key)
         for registry_class in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry, ScheduledJobRegistry):
             pipe.zcard(registry_class(spec.name, connection=redis, serializer=JSONSerializer).key)
     counts = pipe.execute()
     for i, spec in enumerate(QUEUES.values()):
-        waiting, active, completed, failed, scheduled = counts[i * 5:(i + 1) * 5]
+        active, completed, failed, scheduled = counts[i * 4:(i + 1) * 4]
         stats[spec.name] = {
-            "waiting": waiting, "active": active, "completed": completed, "failed": failed,
+            "waiting": waiting[spec.name], "active": active, "completed": completed, "failed": failed,
             "scheduled": scheduled,
             "workers": sum(1 for w in workers if spec.name in w.queue_names()),
             "concurrency": spec.concurrency(env),

@@ -1,7 +1,8 @@
 """Admission of a submission: jobs in flight per user, queue depth and credits, in one atomic step.
 
 Checked in this order, before anything is queued: in-flight jobs (429 `too_many_jobs`), the
-queue's waiting depth (503 `queue_full`), then credits (403 `insufficient_credits`), which are
+queue's waiting depth (503 `queue_full`: ids in the queue plus ids a worker has claimed and not yet
+started, see `tasks/recovery.py`), then credits (403 `insufficient_credits`), which are
 reserved in the same Lua script. A refused submission is never charged. The request rate per
 user is limited separately by Flask-Limiter (see `limits.py`).
 """
@@ -13,7 +14,7 @@ from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from tasks import credits
+from tasks import credits, recovery
 from tasks.queues import QUEUES
 
 from .errors import ApiError
@@ -23,12 +24,16 @@ from .store import queue_for
 log = logging.getLogger("inkq.api")
 
 _ADMIT = """
-local inflight, qkey, bkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local inflight, qkey, bkey, ckey, wkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local max_inflight, max_depth = tonumber(ARGV[1]), tonumber(ARGV[2])
 local use_credits, cost, initial = ARGV[3] == '1', tonumber(ARGV[4]), tonumber(ARGV[5])
-local job_id, user_id, ttl = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local job_id, user_id, ttl, claims_p = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
 if redis.call('SCARD', inflight) >= max_inflight then return {'too_many_jobs', 0} end
-if redis.call('LLEN', qkey) >= max_depth then return {'queue_full', 0} end
+local depth = redis.call('LLEN', qkey)
+for _, worker in ipairs(redis.call('SMEMBERS', wkey)) do
+  depth = depth + redis.call('LLEN', claims_p .. worker)  -- taken off the queue, not started yet
+end
+if depth >= max_depth then return {'queue_full', 0} end
 local balance = 0
 if use_credits then
   redis.call('SET', bkey, initial, 'NX')
@@ -66,9 +71,10 @@ class Admission:
         s = self.settings
         verdict, value = self._admit(
             keys=[credits.inflight_key(user_id), queue_for(self.redis, spec).key,
-                  credits.balance_key(user_id), credits.charge_key(job_id)],
+                  credits.balance_key(user_id), credits.charge_key(job_id), recovery.workers_key(spec.name)],
             args=[s.max_inflight_per_user, s.queue_max_depth, "1" if s.credits_enabled else "0",
-                  s.credit_costs[operation], s.credits_initial, job_id, user_id, credits.CHARGE_TTL_S])
+                  s.credit_costs[operation], s.credits_initial, job_id, user_id, credits.CHARGE_TTL_S,
+                  recovery.claims_key("")])
         return (verdict.decode() if isinstance(verdict, bytes) else verdict), value
 
     def admit(self, user_id: str, operation: str, job_id: str) -> None:

@@ -5,6 +5,7 @@ WEB_CONCURRENCY processes (default 2) x GUNICORN_THREADS threads (default 32).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -47,11 +48,15 @@ def main() -> int:
     from . import create_app
     from .settings import ConfigError
 
+    from tasks.durability import warn_if_unsafe
+
     try:
-        create_app()
+        app = create_app()
     except (ConfigError, ValueError) as exc:
         print(f"inkq-api: configuration error: {exc}", file=sys.stderr)
         return 2
+    ctx = app.extensions["inkq"]
+    warn_if_unsafe(ctx.redis, dev=ctx.settings.dev, logger=logging.getLogger("inkq.api"))
     _Server(options(os.environ)).run()
     return 0
 

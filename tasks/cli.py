@@ -3,22 +3,32 @@
 Concurrency per queue comes from CONCURRENCY_*; every pool runs with the scheduler (interval
 retries need it) and the JSON serializer. SIGTERM or SIGINT is passed on to every pool for a warm
 shutdown (running jobs finish); if a pool dies on its own, the others are stopped and the exit
-status is non-zero so the platform restarts the service.
+status is non-zero so the platform restarts the service. Pools die with the supervisor
+(PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing running.
+
+The supervisor also runs the recovery sweep (`tasks/recovery.py`): about once a second across all
+worker services on one Redis, the jobs of dead workers are queued again or ended. At start it names
+Redis settings that can lose jobs (`tasks/durability.py`).
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 from redis import Redis
 from redis.exceptions import RedisError
 
+from . import durability
+from .orphans import die_with_parent
 from .queues import QUEUES, SERIALIZER
-from .settings import WorkerSettings
+from .recovery import SWEEP_EVERY_S, Recovery, notify_ended
+from .settings import WorkerSettings, env_bool
 
 log = logging.getLogger("inkq.workers")
 
@@ -44,17 +54,33 @@ def pool_commands(env) -> list[list[str]]:
     return [
         [rq, "worker-pool", spec.name, "--num-workers", str(spec.concurrency(env)), "--url", settings.redis_url,
          "--serializer", SERIALIZER, "--worker-class", "tasks.worker.InkqWorker",
+         "--queue-class", "tasks.worker.InkqQueue",
          "--logging-level", env.get("LOG_LEVEL", "INFO")]
         for spec in QUEUES.values()
     ]
+
+
+def sweep(recovery: Recovery, me: str) -> None:
+    """One recovery sweep if it is this service's turn; Redis trouble is logged and tried again."""
+    try:
+        result = recovery.maybe_sweep(me)
+        if result is not None and result.ended:  # webhooks must not hold up the next sweep
+            threading.Thread(target=notify_ended, args=(recovery.redis, result.ended), daemon=True).start()
+    except RedisError as exc:
+        log.warning("recovery sweep skipped: %s", exc)
 
 
 def main() -> int:
     """Start the pools and supervise them until a signal or a pool's death."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s inkq-workers %(levelname)s %(message)s")
     env = dict(os.environ)
-    wait_for_redis(WorkerSettings.from_env(env).redis_url)
-    procs = [subprocess.Popen(cmd) for cmd in pool_commands(env)]
+    url = WorkerSettings.from_env(env).redis_url
+    wait_for_redis(url)
+    redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
+    recovery = Recovery(redis)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    procs = [subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env)]
     for spec in QUEUES.values():
         log.info("queue %s: %d workers", spec.name, spec.concurrency(env))
     stopping = False
@@ -69,13 +95,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     status = 0
+    next_sweep = 0.0
     while any(proc.poll() is None for proc in procs):
         for proc in procs:
             if proc.poll() is not None and not stopping:
                 log.error("a worker pool exited with status %s; stopping the others", proc.returncode)
                 status = 1
                 stop(signal.SIGTERM, None)
-        time.sleep(0.2)
+        if time.monotonic() >= next_sweep:
+            next_sweep = time.monotonic() + SWEEP_EVERY_S / 2
+            sweep(recovery, me)
+        time.sleep(0.1)
     log.info("all worker pools stopped")
     return status
 

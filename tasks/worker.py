@@ -7,13 +7,24 @@ every worker and horse, instead of being imported by each of them.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import signal
+import threading
 
-from rq.exceptions import StopRequested
-from rq.worker import Worker
+from redis import Redis
+from redis.exceptions import RedisError
+from rq.connections import get_connection_kwargs
+from rq.exceptions import DequeueTimeout, StopRequested
+from rq.executions import Execution
+from rq.queue import Queue
+from rq.worker import Worker, WorkerStatus
+
+from . import recovery
+from .orphans import die_with_parent
+from .settings import env_int
 
 log = logging.getLogger("inkq.worker")
 PRELOAD = ("tasks.jobs", "tasks.images", "tasks.stencil", "tasks.enhance", "tasks.colormatch", "tasks.gemini")
@@ -46,9 +57,113 @@ def _remember_stop(signum, frame) -> None:
 signal.signal(signal.SIGINT, _remember_stop)
 
 
+class InkqQueue(Queue):
+    """An rq Queue whose dequeue moves the job id into the dequeuing worker's own claims list.
+
+    rq 3.0 moves it with `BLMOVE` into the queue's shared intermediate list, which names no owner. A
+    worker that dies between that move and the job's start, or one stopped while idle (Redis still
+    serves the `BLMOVE` of the dying connection), strands the id there: rq fails it after a minute at
+    its next maintenance run, never runs it (rq#2079, rq#2061), and `LLEN` no longer counts it. In
+    `inkq:claims:<worker>` the owner is known, so the recovery sweep puts the id back at the head of
+    its queue as soon as the owner's liveness key lapses (`tasks/recovery.py`).
+    """
+
+    claims_key: str | None = None  # the claims list of the worker in this process
+    blocking = False  # inside the blocking dequeue, where a stop must interrupt the wait
+    stop_requested = False
+    _release_own = None
+
+    @classmethod
+    def lmove(cls, connection, queue_key: str, timeout: int | None):
+        """Move the next id into this worker's claims, after giving back any id it holds but never got."""
+        if cls.claims_key is None:
+            return super().lmove(connection, queue_key, timeout)
+        if cls._release_own is None:
+            cls._release_own = connection.register_script(recovery.RELEASE_OWN)
+        cls._release_own(keys=[cls.claims_key, queue_key], client=connection)
+        if timeout is None:
+            result = connection.lmove(queue_key, cls.claims_key)
+            return None if result is None else (queue_key, result)
+        cls.blocking = True
+        try:
+            if cls.stop_requested:  # asked to stop just before the wait
+                raise StopRequested()
+            result = connection.blmove(queue_key, cls.claims_key, timeout)
+        finally:
+            cls.blocking = False
+        if result is None:
+            raise DequeueTimeout(timeout, queue_key)
+        return queue_key, result
+
+
+class Liveness(threading.Thread):
+    """Keeps `inkq:alive:<worker>` alive and the worker listed under its queues, every second.
+
+    A thread of its own, with its own connection and a short socket timeout, so a long job, a slow
+    maintenance run or a long `BLMOVE` never lets the key lapse while the process lives.
+    """
+
+    def __init__(self, connection: Redis, name: str, queue_names: list[str]):
+        super().__init__(name="inkq-liveness", daemon=True)
+        kwargs = {**get_connection_kwargs(connection), "socket_timeout": 2, "socket_connect_timeout": 2}
+        self.redis = Redis(connection_pool=connection.connection_pool.__class__(
+            connection_class=connection.connection_pool.connection_class, **kwargs))
+        self.worker = name
+        self.queue_names = queue_names
+        self.stopped = threading.Event()
+
+    def beat(self) -> None:
+        """Renew the liveness key and the listing once."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(recovery.alive_key(self.worker), os.getpid(), px=recovery.LIVENESS_TTL_MS)
+            for queue in self.queue_names:
+                pipe.sadd(recovery.workers_key(queue), self.worker)
+            pipe.execute()
+
+    def run(self) -> None:
+        while not self.stopped.wait(recovery.LIVENESS_EVERY_S):
+            try:
+                self.beat()
+            except RedisError as exc:
+                log.warning("worker %s could not renew its liveness: %s", self.worker, exc)
+
+    def stop(self) -> None:
+        """Stop renewing and delete the key: the worker is gone, its claims can go back now."""
+        self.stopped.set()
+        try:
+            self.redis.delete(recovery.alive_key(self.worker))
+        except RedisError:
+            pass  # it lapses on its own within LIVENESS_TTL_MS
+
+
+DEQUEUE_WAIT_S = 5
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def signals_for_main_thread_only():
+    """Start threads inside this block: they inherit a mask that blocks SIGINT and SIGTERM.
+
+    The kernel hands a process-directed signal to any thread that does not block it, and does so
+    whenever the main thread already has one pending (SIGTERM from a group kill, then SIGINT from the
+    pool). A stop delivered to rq's pub/sub thread or to the liveness thread never interrupts the main
+    thread's `BLMOVE` read, and CPython runs the handler only when the main thread next executes
+    Python: the worker slept through its stop for up to 405 s while its pool waited. With the stop
+    signals blocked in every helper thread, they always reach the main thread.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class InkqWorker(Worker):
     """An rq Worker whose module preloaded the job modules, which hears a stop during start-up,
-    and whose stop never hits itself."""
+    whose stop never hits itself, which proves it is alive every second, and whose horse dies with it."""
+
+    queue_class = InkqQueue
+    liveness: Liveness | None = None
 
     def bootstrap(self, *args, **kwargs):
         """Install the shutdown handlers before start-up, not after it.
@@ -60,7 +175,73 @@ class InkqWorker(Worker):
         self._install_signal_handlers()
         if _stop_before_start:
             self.request_stop(signal.SIGINT, None)
+        self.start_liveness()
         super().bootstrap(*args, **kwargs)
+
+    def start_liveness(self) -> None:
+        """Prove this worker alive before its first dequeue, and keep proving it; dequeue into its claims."""
+        die_with_parent(signal.SIGTERM)  # a worker whose pool is gone shuts down warmly
+        self.liveness = Liveness(self.connection, self.name, self.queue_names())
+        self.liveness.beat()
+        with signals_for_main_thread_only():
+            self.liveness.start()
+        InkqQueue.claims_key = recovery.claims_key(self.name)
+
+    def subscribe(self):
+        """rq's command listener thread, started with SIGINT and SIGTERM blocked (see
+        `signals_for_main_thread_only`)."""
+        with signals_for_main_thread_only():
+            super().subscribe()
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """Wake from `BLMOVE` every few seconds (rq: worker_ttl - 15 = 405 s), so a stop whose signal
+        reached the process by any other path is acted on within that time (INKQ_DEQUEUE_WAIT_S)."""
+        return env_int(os.environ, "INKQ_DEQUEUE_WAIT_S", DEQUEUE_WAIT_S)
+
+    def _shutdown(self):
+        """A warm stop interrupts only the blocking dequeue; anywhere else it is remembered.
+
+        rq 3.0 raises `StopRequested` from the signal handler whenever the worker is not busy. A stop
+        landing inside logging's at-fork hook (the worker forks its scheduler right after start-up)
+        is then swallowed ("Exception ignored in: _releaseLock"): the worker never stops and its pool
+        waits for ever. Raised only while blocked in `BLMOVE`, the stop always reaches the work loop;
+        elsewhere the flag is read before the next wait.
+        """
+        if self.get_state() != WorkerStatus.BUSY and not InkqQueue.blocking:
+            self._stop_requested = True
+            InkqQueue.stop_requested = True
+            return
+        super()._shutdown()
+
+    def teardown(self):
+        """rq's teardown, then the liveness key goes: whatever this worker still claims goes back at once."""
+        try:
+            super().teardown()
+        finally:
+            if self.liveness is not None and not self.is_horse:
+                self.liveness.stop()
+
+    def prepare_execution(self, job):
+        """rq's `prepare_execution`, plus taking the id out of this worker's claims in the same transaction.
+
+        So an id is always in exactly one owned place: the queue, a worker's claims, or the started
+        registry; the recovery sweep relies on it.
+        """
+        with self.connection.pipeline() as pipeline:
+            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            if InkqQueue.claims_key:
+                pipeline.lrem(InkqQueue.claims_key, 1, job.id)
+            pipeline.execute()
+        return execution
+
+    def main_work_horse(self, job, queue):
+        """The horse is SIGKILLed if its worker dies: the sweep will run the job again elsewhere, and
+        two copies must never run at once."""
+        die_with_parent(signal.SIGKILL, parent_pid=self.pid)
+        return super().main_work_horse(job, queue)
 
     def work(self, *args, **kwargs):
         """Run the work loop; a stop requested during start-up ends it quietly."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import logging
 import io
+import queue
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import redis as redis_lib
@@ -156,3 +159,24 @@ def drawing(size=(256, 256), fmt="PNG") -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt)
     return buf.getvalue()
+
+
+@pytest.fixture
+def receiver():
+    """A local webhook receiver: (url, queue of (headers, body))."""
+    calls: queue.Queue = queue.Queue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            calls.put((dict(self.headers), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", calls
+    server.shutdown()

@@ -88,6 +88,34 @@ class Workers:
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=die_with_parent)
 
+    def kill(self) -> None:
+        """SIGKILL the whole service at once, as when its machine is lost."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def live_workers(self, client) -> int:
+        """How many of this service's rq workers have proved themselves alive (tasks/recovery.py)."""
+        from tasks.queues import QUEUE_NAMES
+        from tasks.recovery import alive_key, workers_key
+
+        count = 0
+        for queue in QUEUE_NAMES:
+            for name in client.smembers(workers_key(queue)):
+                pid = client.get(alive_key(name.decode()))
+                try:
+                    count += bool(pid) and os.getpgid(int(pid)) == self.proc.pid
+                except ProcessLookupError:
+                    pass
+        return count
+
+    def wait_ready(self, client, workers: int, timeout: float = 60) -> None:
+        """Block until this service's `workers` rq workers are alive and listening."""
+        wait_until(lambda: self.live_workers(client) >= workers, timeout=timeout, interval=0.1,
+                   what=f"{workers} workers of service {self.proc.pid}")
+
     def stop(self, timeout: float = 30) -> int:
         """Warm shutdown (SIGTERM), then kill if it hangs; returns the exit status."""
         if self.proc.poll() is None:

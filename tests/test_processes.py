@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import redis as redis_lib
 import requests
 
 from tests import fakegemini as fg
@@ -184,4 +185,27 @@ def test_start_workers_stops_promptly_when_stopped_during_start_up(tmp_path, del
         assert workers.proc.wait(45) == 0, (tmp_path / "w.log").read_text()[-3000:]
     finally:
         workers.stop()
+        server.stop()
+
+
+def test_group_sigterm_stops_an_idle_service_promptly(tmp_path):
+    """SIGTERM to the whole process group (Ctrl-C, systemd): each idle worker gets it and, a moment
+    later, the pool's SIGINT. The kernel handed one to rq's pub/sub thread or the liveness thread,
+    the main thread slept on in BLMOVE and the service took minutes to stop. The dequeue wait is set
+    long here so that a lost signal shows."""
+    server = RedisServer()
+    client = redis_lib.Redis.from_url(server.url)
+    try:
+        for trial in range(3):
+            workers = Workers({"REDIS_URL": server.url, "CONCURRENCY_STENCIL": "2", "CONCURRENCY_ENHANCE": "1",
+                               "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1",
+                               "INKQ_DEQUEUE_WAIT_S": "300"}, str(tmp_path / f"w{trial}.log"))
+            try:
+                workers.wait_ready(client, 5)
+                time.sleep(0.5)
+                os.killpg(workers.proc.pid, signal.SIGTERM)
+                assert workers.proc.wait(15) == 0
+            finally:
+                workers.stop()
+    finally:
         server.stop()

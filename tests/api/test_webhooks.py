@@ -4,34 +4,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import queue
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests import fakegemini as fg
 from tests.conftest import drawing
-
-
-@pytest.fixture
-def receiver():
-    calls: queue.Queue = queue.Queue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            calls.put((dict(self.headers), body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", calls
-    server.shutdown()
 
 
 def check_signature(headers: dict, body: bytes) -> None:

@@ -69,3 +69,4 @@ print("work returned", worker.work(burst=False, with_scheduler=True))
 
 def test_stop_before_the_worker_exists_is_heard(redis_url):
     assert "work returned False" in run_worker_program(STOP_BEFORE_START, redis_url)
+

@@ -1,0 +1,294 @@
+"""Recovery of jobs whose worker died: one sweep, one Lua script, run every second by any worker service.
+
+Why: RQ notices a dead worker only when the job's heartbeat has lapsed (60 s or more) and then only at
+some worker's next maintenance run (every 10 minutes); a job id taken off the queue by a worker that
+died before starting it sits in the queue's intermediate list for at least a minute and is then failed,
+not run (rq#2079, rq#2061). inkq keeps RQ and adds three things:
+
+1. **Liveness.** Every rq worker process keeps `inkq:alive:<worker>` alive (PX `LIVENESS_TTL_MS`, renewed
+   every `LIVENESS_EVERY_S` by a thread of its own, whatever the job is doing) and is listed in
+   `inkq:workers:<queue>`. A worker is dead when it is listed and its key has lapsed. A listed worker
+   that is alive is never judged, however long its job runs.
+2. **Claims.** A worker moves a job id from its queue into its own list, `inkq:claims:<worker>`
+   (`tasks.worker.InkqQueue`), instead of RQ's shared intermediate list, and takes it out in the same
+   transaction that records the execution in RQ's started registry. So every id is always in exactly one
+   place: the queue, one worker's claims, or the started registry, and each place has an owner whose
+   death is visible.
+3. **The sweep** (`SWEEP`, below), run by the supervisor of every worker service (`tasks/cli.py`) at most
+   once a second across all of them (`inkq:recovery:tick`, SET NX PX). In one atomic step it:
+   - puts the claimed ids of dead workers back at the head of their queue, oldest first (a job no longer
+     queued, e.g. canceled meanwhile, is dropped instead);
+   - for each execution in a started registry whose worker is dead: removes the execution; a job that
+     never started is queued again at the head without using a retry; a started job with retries left is
+     queued again at the head as a new attempt (its retry counter goes down by one); a job with none left
+     is failed with `CRASH_FAILURE`, its credits refunded, its input dropped, like the worker's own
+     `on_failure` callback would have; a job its owner had asked to stop is ended as canceled;
+   - forgets dead workers that hold nothing any more.
+   It returns the ids it ended, for their webhooks, and counts what it did in `inkq:recovery:stats`.
+
+Recovery time = liveness TTL (5 s) + at most one sweep interval (1 s), then a free worker's BLMOVE picks
+the job at once. Running the sweep on several boxes at once is safe: it is one script, so each dead
+execution is handled exactly once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from rq.utils import now, utcformat
+
+from . import blobs, credits
+from .errors import CRASH_FAILURE
+from .queues import QUEUE_NAMES
+
+log = logging.getLogger("inkq.recovery")
+
+LIVENESS_TTL_MS = 5000
+LIVENESS_EVERY_S = 1.0
+SWEEP_EVERY_S = 1.0
+TICK_KEY = "inkq:recovery:tick"
+STATS_KEY = "inkq:recovery:stats"
+
+
+def alive_key(worker: str) -> str:
+    """Key that exists while the worker lives."""
+    return f"inkq:alive:{worker}"
+
+
+def claims_key(worker: str) -> str:
+    """List of job ids a worker has taken off its queue and not yet registered as started."""
+    return f"inkq:claims:{worker}"
+
+
+def workers_key(queue: str) -> str:
+    """Set of the workers of a queue that keep a liveness key."""
+    return f"inkq:workers:{queue}"
+
+
+def queue_key(queue: str) -> str:
+    """RQ's list of waiting job ids."""
+    return f"rq:queue:{queue}"
+
+
+def started_key(queue: str) -> str:
+    """RQ's started registry (members `<jobId>:<executionId>`)."""
+    return f"rq:wip:{queue}"
+
+
+# Shared by both scripts: move a claims list's still-queued ids into `back`, and put `back` at a queue's head.
+_CLAIMS = """
+local function take_back_claims(ckey, back)
+  local n = 0
+  for _, job_id in ipairs(redis.call('LRANGE', ckey, 0, -1)) do
+    local jkey = 'rq:job:' .. job_id
+    if redis.call('HGET', jkey, 'status') == 'queued' then
+      table.insert(back, {job_id, redis.call('HGET', jkey, 'enqueued_at') or ''})
+      n = n + 1
+    end
+  end
+  redis.call('DEL', ckey)
+  return n
+end
+
+local function requeue_at_head(qkey, ids)
+  -- ids: {{id, enqueued_at}, ...}; the oldest ends up first
+  table.sort(ids, function(a, b) return a[2] > b[2] end)
+  for _, item in ipairs(ids) do
+    redis.call('LPUSH', qkey, item[1])
+  end
+  if #ids > 0 then redis.call('SADD', 'rq:queues', qkey) end
+  return #ids
+end
+"""
+
+# Run by a worker before each dequeue. KEYS: its claims list, its queue. An id still in its own claims
+# here is one it never got: the reply to its BLMOVE was lost with its connection, or the job was deleted.
+RELEASE_OWN = _CLAIMS + """
+local back = {}
+take_back_claims(KEYS[1], back)
+return requeue_at_head(KEYS[2], back)
+"""
+
+# KEYS: none (the script walks rq's and inkq's keys for the queues given; a single Redis, not a cluster).
+# ARGV: now (Unix seconds, and in rq's timestamp format), crash message, then the prefixes of the charge, balance, input-image keys and
+# the in-flight set's prefix and suffix (owned by tasks.credits and tasks.blobs), then the queue names.
+SWEEP = _CLAIMS + """
+local now, now_utc, crash_msg = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local charge_p, balance_p, input_p, inflight_p, inflight_s = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local ended, counts = {}, {requeued = 0, recovered = 0, failed = 0, canceled = 0, released = 0}
+
+local function dead(worker)
+  return worker and worker ~= '' and redis.call('EXISTS', 'inkq:alive:' .. worker) == 0
+end
+
+local function meta_of(jkey)
+  local raw = redis.call('HGET', jkey, 'meta')
+  if raw then
+    local ok, meta = pcall(cjson.decode, raw)
+    if ok and type(meta) == 'table' then return meta end
+  end
+  return {}
+end
+
+local function finish(queue, job_id, jkey, meta, status, registry, word)
+  -- end a job as its worker's failure callback would have: status, registry, TTL, refund, input dropped
+  local ttl = tonumber(redis.call('HGET', jkey, 'failure_ttl') or '604800') or 604800
+  meta['stage'] = word
+  redis.call('HSET', jkey, 'status', status, 'ended_at', now_utc, 'meta', cjson.encode(meta))
+  redis.call('ZADD', 'rq:' .. registry .. ':' .. queue, now + ttl, job_id)
+  if ttl > 0 then redis.call('EXPIRE', jkey, ttl) end
+  local charge = redis.call('GETDEL', charge_p .. job_id)
+  if charge then
+    local uc = cjson.decode(charge)
+    redis.call('INCRBY', balance_p .. uc[1], uc[2])
+  end
+  if meta['user'] then redis.call('SREM', inflight_p .. meta['user'] .. inflight_s, job_id) end
+  redis.call('DEL', input_p .. job_id)
+  table.insert(ended, {job_id, word})
+  counts[word] = counts[word] + 1
+end
+
+for qi = 9, #ARGV do
+  local queue = ARGV[qi]
+  local back = {}
+
+  -- 1. executions of dead workers in the started registry
+  local members = redis.call('ZRANGE', 'rq:wip:' .. queue, 0, -1)
+  for _, member in ipairs(members) do
+    local sep = string.find(member, ':', 1, true)
+    local job_id = sep and string.sub(member, 1, sep - 1) or member
+    local exec_id = sep and string.sub(member, sep + 1) or ''
+    local jkey = 'rq:job:' .. job_id
+    local ekey = 'rq:execution:' .. member
+    local worker = redis.call('HGET', ekey, 'worker_name') or redis.call('HGET', jkey, 'worker_name')
+    if worker and redis.call('SISMEMBER', 'inkq:workers:' .. queue, worker) == 1 and dead(worker) then
+      redis.call('ZREM', 'rq:wip:' .. queue, member)
+      redis.call('DEL', ekey)
+      redis.call('ZREM', 'rq:executions:' .. job_id, exec_id)
+      redis.call('SREM', 'rq:worker:' .. worker .. ':executions', member)
+      local status = redis.call('HGET', jkey, 'status')
+      if status == 'queued' or status == 'started' then
+        local meta = meta_of(jkey)
+        local retries_left = tonumber(redis.call('HGET', jkey, 'retries_left') or '0') or 0
+        if meta['canceledAt'] then
+          meta['canceled'] = true
+          finish(queue, job_id, jkey, meta, 'stopped', 'canceled', 'canceled')
+        elseif status == 'queued' then
+          -- its horse never started: not an attempt
+          meta['stage'] = 'queued again: its worker stopped before starting it'
+          meta['progress'] = 0
+          redis.call('HSET', jkey, 'meta', cjson.encode(meta))
+          table.insert(back, {job_id, redis.call('HGET', jkey, 'enqueued_at') or ''})
+          counts.requeued = counts.requeued + 1
+        elseif retries_left > 0 then
+          meta['stage'] = 'queued again: its worker stopped'
+          meta['progress'] = 0
+          meta['recovered'] = (tonumber(meta['recovered']) or 0) + 1
+          redis.call('HSET', jkey, 'status', 'queued', 'retries_left', retries_left - 1, 'meta', cjson.encode(meta))
+          table.insert(back, {job_id, redis.call('HGET', jkey, 'enqueued_at') or ''})
+          counts.recovered = counts.recovered + 1
+        else
+          meta['error'] = crash_msg
+          finish(queue, job_id, jkey, meta, 'failed', 'failed', 'failed')
+        end
+      end
+    end
+  end
+
+  -- 2. claims of dead workers go back; 3. dead workers that hold nothing are forgotten
+  for _, worker in ipairs(redis.call('SMEMBERS', 'inkq:workers:' .. queue)) do
+    if dead(worker) then
+      counts.released = counts.released + take_back_claims('inkq:claims:' .. worker, back)
+      redis.call('SREM', 'inkq:workers:' .. queue, worker)
+    end
+  end
+  requeue_at_head('rq:queue:' .. queue, back)
+end
+
+for name, n in pairs(counts) do
+  if n > 0 then redis.call('HINCRBY', 'inkq:recovery:stats', name, n) end
+end
+return cjson.encode({ended = ended, counts = counts})
+"""
+
+
+@dataclass
+class SweepResult:
+    """What one sweep did."""
+
+    ended: list = field(default_factory=list)  # [(jobId, "failed" | "canceled"), ...]
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def anything(self) -> bool:
+        """Whether the sweep changed anything."""
+        return any(self.counts.values())
+
+
+class Recovery:
+    """The sweep, bound to one Redis connection."""
+
+    def __init__(self, redis, queues=QUEUE_NAMES):
+        self.redis = redis
+        self.queues = list(queues)
+        self._sweep = redis.register_script(SWEEP)
+
+    def sweep(self) -> SweepResult:
+        """Run the sweep once, now, whatever the tick says."""
+        inflight_prefix, inflight_suffix = credits.inflight_key("\0").split("\0")
+        raw = self._sweep(keys=[], args=[
+            f"{time.time():.6f}", utcformat(now()), CRASH_FAILURE, credits.charge_key(""), credits.balance_key(""),
+            blobs.input_key(""), inflight_prefix, inflight_suffix, *self.queues])
+        data = json.loads(raw)
+        ended = [tuple(item) for item in (data.get("ended") or [])]
+        return SweepResult(ended=ended, counts=data.get("counts") or {})
+
+    def maybe_sweep(self, owner: str) -> SweepResult | None:
+        """Sweep if no worker service has swept in the last `SWEEP_EVERY_S`; None if another one did."""
+        if not self.redis.set(TICK_KEY, owner, nx=True, px=int(SWEEP_EVERY_S * 1000) - 50):
+            return None
+        result = self.sweep()
+        if result.anything:
+            log.warning("recovered jobs of dead workers: %s", {k: v for k, v in result.counts.items() if v})
+        return result
+
+
+def notify_ended(redis, ended) -> None:
+    """Send the webhooks of jobs the sweep ended (failed or canceled), as their worker would have."""
+    if not ended:
+        return
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from . import webhooks
+
+    for job_id, word in ended:
+        try:
+            job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        try:
+            webhooks.deliver(job, word)
+        except Exception:  # a webhook must never stop the sweep
+            log.exception("webhook for recovered job %s failed", job_id)
+
+
+def waiting_counts(redis, queues=QUEUE_NAMES) -> dict[str, int]:
+    """Ids waiting per queue: in the queue, plus those claimed by a worker and not yet started."""
+    pipe = redis.pipeline()
+    for name in queues:
+        pipe.llen(queue_key(name))
+        pipe.smembers(workers_key(name))
+    raw = pipe.execute()
+    pipe = redis.pipeline()
+    workers = {}
+    for i, name in enumerate(queues):
+        workers[name] = [w.decode() if isinstance(w, bytes) else w for w in raw[2 * i + 1]]
+        for worker in workers[name]:
+            pipe.llen(claims_key(worker))
+    claimed = iter(pipe.execute())
+    return {name: int(raw[2 * i]) + sum(next(claimed) for _ in workers[name]) for i, name in enumerate(queues)}
+

@@ -1,0 +1,355 @@
+"""Nothing lost, nothing stuck: jobs survive worker restarts, crashes and lost machines.
+
+Every test here runs real worker services (`scripts/start_workers.sh`) on a Redis of its own, the
+API over real HTTP, and kills them with real signals. The RQ behaviours inkq works around have their
+own regression tests at the top (`InkqQueue`, `tasks/recovery.py`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import redis as redis_lib
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from tasks import recovery
+from tasks.errors import CRASH_FAILURE
+from tasks.queues import QUEUE_NAMES
+from tests import fakegemini as fg
+from tests.conftest import Api, base_config, photo
+from tests.servers import ROOT, ApiServer, RedisServer, Workers, wait_until
+
+TERMINAL = ("completed", "failed", "canceled")
+SMALL = photo((96, 96))
+
+
+class Stack:
+    """A Redis of its own, the API on it over HTTP, and worker services started on demand."""
+
+    def __init__(self, tmp_path, gemini_url: str, **api_extra):
+        from api import create_app
+
+        self.tmp_path = tmp_path
+        self.gemini_url = gemini_url
+        self.server = RedisServer()
+        self.redis = redis_lib.Redis.from_url(self.server.url)
+        config = base_config(self.server.url, GEMINI_API_KEY="test-key", GEMINI_BASE_URL=gemini_url,
+                             WEBHOOK_ALLOW_PRIVATE="true", **api_extra)
+        self.app_server = ApiServer(create_app(config))
+        self.api = Api(self.app_server.url)
+        self.services: list[Workers] = []
+
+    def workers(self, stencil=2, ia_gen=1, **extra) -> Workers:
+        """Start one worker service (all four queues) and wait until all its workers are alive."""
+        env = {"REDIS_URL": self.server.url, "CONCURRENCY_STENCIL": str(stencil), "CONCURRENCY_ENHANCE": "1",
+               "CONCURRENCY_IA_GEN": str(ia_gen), "CONCURRENCY_COLOR_MATCH": "1",
+               "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": self.gemini_url, "GEMINI_TIMEOUT_S": "90",
+               "WEBHOOK_SECRET": "hook-secret", "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING",
+               **extra}
+        service = Workers(env, str(self.tmp_path / f"workers-{len(self.services)}.log"))
+        self.services.append(service)
+        service.wait_ready(self.redis, stencil + ia_gen + 2)
+        return service
+
+    def submit_stencils(self, n: int, spacing_s: float = 0.0, token="tok-alice") -> list[str]:
+        ids = []
+        for _ in range(n):
+            response = self.api.submit(SMALL, token=token, engine="local")
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["jobId"])
+            time.sleep(spacing_s)
+        return ids
+
+    def statuses(self, ids, token="tok-alice") -> dict[str, dict]:
+        return {job_id: self.api.get(f"/status/{job_id}", token=token).json() for job_id in ids}
+
+    def wait_all(self, ids, timeout: float, token="tok-alice") -> dict[str, dict]:
+        """Wait until every job has ended; return their final status objects."""
+        pending = set(ids)
+        final: dict[str, dict] = {}
+
+        def done():
+            for job_id in list(pending):
+                body = self.api.get(f"/status/{job_id}", token=token).json()
+                if body["status"] in TERMINAL:
+                    final[job_id] = body
+                    pending.discard(job_id)
+            return not pending
+        try:
+            wait_until(done, timeout=timeout, interval=0.2, what=f"{len(ids)} jobs to end")
+        except AssertionError:
+            stuck = {job_id: self.api.get(f"/status/{job_id}", token=token).json()["status"] for job_id in pending}
+            raise AssertionError(f"{len(pending)} jobs never ended: {stuck}; {self.leftovers()}") from None
+        return final
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """Ids still in RQ's intermediate lists or in any worker's claims."""
+        found = {}
+        for key in self.redis.scan_iter("rq:queue:*:intermediate"):
+            found[key.decode()] = [i.decode() for i in self.redis.lrange(key, 0, -1)]
+        for key in self.redis.scan_iter("inkq:claims:*"):
+            found[key.decode()] = [i.decode() for i in self.redis.lrange(key, 0, -1)]
+        return {key: ids for key, ids in found.items() if ids}
+
+    def stats(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(recovery.STATS_KEY).items()}
+
+    def close(self) -> None:
+        for service in self.services:
+            service.stop(timeout=20)
+        self.app_server.stop()
+        self.server.stop()
+
+
+@pytest.fixture
+def gemini():
+    with fg.FakeGemini() as fake:
+        yield fake
+
+
+@pytest.fixture
+def stack(tmp_path, gemini):
+    made = Stack(tmp_path, gemini.url, MAX_INFLIGHT_PER_USER=1000)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def credit_stack(tmp_path, gemini):
+    made = Stack(tmp_path, gemini.url, CREDITS_ENABLED="true", CREDITS_INITIAL=1000, MAX_INFLIGHT_PER_USER=1000)
+    yield made
+    made.close()
+
+
+def _wait_active(stack: Stack, job_id: str, stage: str | None = None) -> dict:
+    def active():
+        body = stack.api.get(f"/status/{job_id}").json()
+        return body if body["status"] == "active" and (stage is None or body["stage"] == stage) else None
+    return wait_until(active, timeout=60, interval=0.05, what=f"job {job_id} to run")
+
+
+# --- the RQ behaviours worked around -------------------------------------------------------------
+
+DEQUEUE_THEN_DIE = """
+import os, sys, time
+from redis import Redis
+from rq import Queue
+from tasks.worker import InkqQueue
+from tasks import recovery
+redis = Redis.from_url(sys.argv[1])
+if sys.argv[2] == "inkq":
+    # what InkqWorker.start_liveness does, minus the thread: alive for 1.5 s, then lapsed
+    InkqQueue.claims_key = recovery.claims_key("w-dead")
+    redis.sadd(recovery.workers_key("enhance"), "w-dead")
+    redis.set(recovery.alive_key("w-dead"), os.getpid(), px=1500)
+    queue_class = InkqQueue
+else:
+    queue_class = Queue
+print("dequeuing", flush=True)
+job, queue = queue_class.dequeue_any([queue_class("enhance", connection=redis)], 30, connection=redis)
+print("took", job.id, flush=True)
+time.sleep(60)  # killed here: after the dequeue, before the job starts
+"""
+
+
+def _dequeue_then_die(redis_url: str, kind: str, redis, ids: list[str]) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", DEQUEUE_THEN_DIE, redis_url, kind], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "dequeuing"
+    time.sleep(0.3)  # it is blocked in BLMOVE
+    queue = Queue("enhance", connection=redis, serializer=JSONSerializer)
+    for job_id in ids:
+        queue.enqueue("tasks.jobs.enhance", {}, job_id=job_id)
+    assert proc.stdout.readline().split() == ["took", ids[0]]
+    proc.kill()
+    proc.wait()
+
+
+def test_rq_strands_an_id_dequeued_by_a_worker_that_dies(redis_server):
+    """rq 3.0: the id sits in the shared intermediate list, out of the queue, and rq's own clean-up
+    leaves it there on its first pass (it only fails it a minute later). This is what InkqQueue avoids."""
+    from rq.intermediate_queue import IntermediateQueue
+    from rq.worker import Worker
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/1"
+    redis = redis_lib.Redis.from_url(url)
+    redis.flushdb()
+    _dequeue_then_die(url, "rq", redis, ["a" * 32, "b" * 32])
+    queue = Queue("enhance", connection=redis, serializer=JSONSerializer)
+    assert redis.lrange(queue.intermediate_queue_key, 0, -1) == [b"a" * 32]
+    assert queue.job_ids == ["b" * 32]
+    IntermediateQueue(queue.key, redis).cleanup(Worker([queue], connection=redis), queue)
+    assert redis.lrange(queue.intermediate_queue_key, 0, -1) == [b"a" * 32]  # still stranded
+    redis.flushdb()
+
+
+def test_an_id_claimed_by_a_worker_that_dies_goes_back_to_the_head_in_order(redis_server):
+    url = redis_server.url.rsplit("/", 1)[0] + "/2"
+    redis = redis_lib.Redis.from_url(url)
+    redis.flushdb()
+    ids = ["c" * 32, "d" * 32, "e" * 32]
+    _dequeue_then_die(url, "inkq", redis, ids)
+    assert redis.lrange(recovery.claims_key("w-dead"), 0, -1) == [ids[0].encode()]
+    sweeper = recovery.Recovery(redis, ["enhance"])
+    assert sweeper.sweep().counts["released"] == 0  # its liveness has not lapsed yet: never judged
+    wait_until(lambda: not redis.exists(recovery.alive_key("w-dead")), timeout=5)
+    result = sweeper.sweep()
+    assert result.counts["released"] == 1
+    assert Queue("enhance", connection=redis, serializer=JSONSerializer).job_ids == ids  # head, in order
+    assert not redis.exists(recovery.claims_key("w-dead"))
+    assert not redis.sismember(recovery.workers_key("enhance"), "w-dead")
+    redis.flushdb()
+
+
+def test_a_claim_whose_reply_was_lost_is_given_back_before_the_next_dequeue(redis_server):
+    """A BLMOVE served by Redis whose reply never reached the worker (connection reset) leaves an id
+    in the claims of a live worker; its next dequeue puts it back first and takes it again."""
+    from tasks.worker import InkqQueue
+
+    redis = redis_lib.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/3")
+    redis.flushdb()
+    queue = Queue("enhance", connection=redis, serializer=JSONSerializer)
+    first, second = queue.enqueue("tasks.jobs.enhance", {}), queue.enqueue("tasks.jobs.enhance", {})
+    claims = recovery.claims_key("w-live")
+    redis.lmove(queue.key, claims)  # served, reply lost
+    try:
+        InkqQueue.claims_key = claims
+        job, _ = InkqQueue.dequeue_any([InkqQueue("enhance", connection=redis, serializer=JSONSerializer)], 1,
+                                       connection=redis, serializer=JSONSerializer)
+    finally:
+        InkqQueue.claims_key = None
+    assert job.id == first.id
+    assert redis.lrange(claims, 0, -1) == [first.id.encode()]
+    assert queue.job_ids == [second.id]
+    redis.flushdb()
+
+
+# --- whole services, real signals ---------------------------------------------------------------
+
+def test_restart_race_strands_nothing(stack):
+    """(a) SIGTERM an idle worker service and submit in the next 100 ms, 20 times: every job runs.
+    Half the time the signal goes to the supervisor only (Docker, fly.io), half the time to its whole
+    process group (Ctrl-C, systemd's default KillMode)."""
+    service = stack.workers()
+    ids = []
+    for trial in range(20):
+        if trial % 2:
+            os.killpg(service.proc.pid, signal.SIGTERM)
+        else:
+            service.proc.send_signal(signal.SIGTERM)
+        ids += stack.submit_stencils(6, spacing_s=0.015)
+        assert service.proc.wait(30) == 0
+        service = stack.workers()
+    final = stack.wait_all(ids, timeout=90)
+    assert {body["status"] for body in final.values()} == {"completed"}, final
+    wait_until(lambda: not stack.leftovers(), timeout=10, what="claims and intermediate lists to empty")
+    print(f"restart race: 20 restarts, {len(ids)} jobs, recovery stats {stack.stats()}")
+
+
+def test_soak_with_restarts_and_kills(credit_stack):
+    """(b) Steady submissions through 8 restarts of the worker service, 2 of them SIGKILL: every job
+    completes, is charged once, and no id is left in an intermediate or claims list."""
+    stack = credit_stack
+    service = stack.workers()
+    ids: list[str] = []
+    stop = threading.Event()
+
+    def submit():
+        while not stop.is_set():
+            ids.extend(stack.submit_stencils(1))
+            time.sleep(0.3)
+    feeder = threading.Thread(target=submit, daemon=True)
+    feeder.start()
+    kills = {2, 5}
+    try:
+        for restart in range(8):
+            time.sleep(1.5)
+            if restart in kills:
+                service.kill()
+            else:
+                service.proc.send_signal(signal.SIGTERM)
+                assert service.proc.wait(30) == 0
+            service = stack.workers()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        feeder.join(10)
+    final = stack.wait_all(ids, timeout=90)
+    assert {body["status"] for body in final.values()} == {"completed"}, final
+    assert stack.api.get("/credits").json()["balance"] == 1000 - len(ids)
+    assert list(stack.redis.scan_iter("inkq:charge:*")) == []
+    wait_until(lambda: not stack.leftovers(), timeout=10, what="claims and intermediate lists to empty")
+    assert sum(stack.redis.zcard(recovery.started_key(q)) for q in QUEUE_NAMES) == 0
+    attempts = [body["attempts"] for body in final.values()]
+    print(f"soak: {len(ids)} jobs, 8 restarts (2 SIGKILL), max attempts {max(attempts)}, "
+          f"recovery stats {stack.stats()}")
+
+
+def test_failover_to_another_worker_service(credit_stack, gemini):
+    """(c) Two worker services on one Redis; the one running a job is SIGKILLed and never restarted;
+    the other finishes the job within 15 s of the kill, charged once."""
+    stack = credit_stack
+    first = stack.workers(stencil=1)
+    gemini.push(fg.slow(120))
+    job_id = stack.api.post("/generate", json={"operation": "ia-gen", "prompt": "a swallow"}).json()["jobId"]
+    _wait_active(stack, job_id, stage="sending to Gemini")
+    second = stack.workers(stencil=1)
+    meta_pid = json.loads(stack.redis.hget(f"rq:job:{job_id}", "meta"))["pid"]
+    assert os.getpgid(meta_pid) == meta_pid  # rq puts the horse in a group of its own: killpg misses it
+    killed_at = time.monotonic()
+    first.kill()
+    body = stack.wait_all([job_id], timeout=30)[job_id]
+    took = time.monotonic() - killed_at
+    assert body["status"] == "completed" and body["attempts"] == 2, body
+    assert took <= 15, took
+    wait_until(lambda: not os.path.exists(f"/proc/{meta_pid}"), timeout=5, what="the dead service's horse to die")
+    assert stack.api.get("/credits").json()["balance"] == 1000 - 2  # ia-gen costs 2, once
+    assert second.proc.poll() is None
+    print(f"failover: job completed {took:.1f}s after its worker service was SIGKILLed")
+
+
+def test_dead_workers_job_with_no_retries_left_fails_and_is_refunded(credit_stack, gemini, receiver):
+    url, calls = receiver
+    stack = credit_stack
+    first = stack.workers(stencil=1)
+    stack.workers(stencil=1)
+    gemini.push(fg.slow(120))
+    job_id = stack.api.post("/generate", json={"operation": "ia-gen", "prompt": "a rose",
+                                               "webhookUrl": url}).json()["jobId"]
+    _wait_active(stack, job_id, stage="sending to Gemini")
+    assert stack.api.get("/credits").json()["balance"] == 998
+    stack.redis.hset(f"rq:job:{job_id}", "retries_left", 0)  # as if its retries were used up
+    # which service runs it does not matter: kill the one whose worker holds it
+    worker = stack.redis.hget(f"rq:job:{job_id}", "worker_name").decode()
+    pid = int(stack.redis.get(recovery.alive_key(worker)))
+    holder = next(s for s in stack.services if os.getpgid(pid) == s.proc.pid)
+    assert holder is first or holder is stack.services[1]
+    killed_at = time.monotonic()
+    holder.kill()
+    body = stack.wait_all([job_id], timeout=30)[job_id]
+    took = time.monotonic() - killed_at
+    assert body["status"] == "failed" and body["error"] == CRASH_FAILURE, body
+    assert took <= 10, took
+    assert stack.redis.get(f"inkq:credits:alice") == b"1000"  # refunded by the sweep, nobody read anything
+    _, hook = calls.get(timeout=15)
+    assert json.loads(hook)["jobId"] == job_id and json.loads(hook)["status"] == "failed"
+    print(f"no retries left: failed and refunded {took:.1f}s after the kill")
+
+
+def test_slow_job_on_a_live_worker_is_not_run_twice(stack, gemini):
+    """(d) A 20 s job on a live worker is never taken for a dead one's."""
+    stack.workers(stencil=1)
+    stack.workers(stencil=1)  # a second service that could take it if it were wrongly released
+    gemini.push(fg.slow(20))
+    job_id = stack.api.post("/generate", json={"operation": "ia-gen", "prompt": "a slow koi"}).json()["jobId"]
+    body = stack.wait_all([job_id], timeout=60)[job_id]
+    assert body["status"] == "completed" and body["attempts"] == 1, body
+    assert len(gemini.requests) == 1
+    assert not any(stack.stats().values()), stack.stats()
