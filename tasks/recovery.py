@@ -23,7 +23,11 @@ not run (rq#2079, rq#2061). inkq keeps RQ and adds three things:
      queued again at the head as a new attempt (its retry counter goes down by one); a job with none left
      is failed with `CRASH_FAILURE`, its credits refunded, its input dropped, like the worker's own
      `on_failure` callback would have; a job its owner had asked to stop is ended as canceled;
-   - forgets dead workers that hold nothing any more.
+   - forgets dead workers that hold nothing any more;
+   - moves due retries to their queue when the queue's rq scheduler is gone (its lock missing, or not
+     renewed for 10 s). rq lets a dead scheduler's lock linger 61 s and lets a live worker take it
+     over only at its next maintenance run (every 10 minutes), so a retry scheduled on a machine that
+     died waited up to ten minutes.
    It returns the ids it ended, for their webhooks, and counts what it did in `inkq:recovery:stats`.
 
 Recovery time = liveness TTL (5 s) + at most one sweep interval (1 s), then a free worker's BLMOVE picks
@@ -48,6 +52,8 @@ log = logging.getLogger("inkq.recovery")
 LIVENESS_TTL_MS = 5000
 LIVENESS_EVERY_S = 1.0
 SWEEP_EVERY_S = 1.0
+# rq's scheduler renews its per-queue lock to 61 s every second; one not renewed for 10 s is dead.
+SCHEDULER_STALE_MS = 51_000
 TICK_KEY = "inkq:recovery:tick"
 STATS_KEY = "inkq:recovery:stats"
 
@@ -112,12 +118,14 @@ return requeue_at_head(KEYS[2], back)
 """
 
 # KEYS: none (the script walks rq's and inkq's keys for the queues given; a single Redis, not a cluster).
-# ARGV: now (Unix seconds, and in rq's timestamp format), crash message, then the prefixes of the charge, balance, input-image keys and
-# the in-flight set's prefix and suffix (owned by tasks.credits and tasks.blobs), then the queue names.
+# ARGV: now (Unix seconds, and in rq's timestamp format), crash message, the prefixes of the charge, balance,
+# input-image keys and the in-flight set's prefix and suffix (owned by tasks.credits and tasks.blobs), the
+# scheduler lock's stale threshold (ms), then the queue names.
 SWEEP = _CLAIMS + """
 local now, now_utc, crash_msg = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local charge_p, balance_p, input_p, inflight_p, inflight_s = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local ended, counts = {}, {requeued = 0, recovered = 0, failed = 0, canceled = 0, released = 0}
+local stale_lock_ms = tonumber(ARGV[9])
+local ended, counts = {}, {requeued = 0, recovered = 0, failed = 0, canceled = 0, released = 0, scheduled = 0}
 
 local function dead(worker)
   return worker and worker ~= '' and redis.call('EXISTS', 'inkq:alive:' .. worker) == 0
@@ -150,7 +158,7 @@ local function finish(queue, job_id, jkey, meta, status, registry, word)
   counts[word] = counts[word] + 1
 end
 
-for qi = 9, #ARGV do
+for qi = 10, #ARGV do
   local queue = ARGV[qi]
   local back = {}
 
@@ -205,6 +213,21 @@ for qi = 9, #ARGV do
     end
   end
   requeue_at_head('rq:queue:' .. queue, back)
+
+  -- 4. due retries of a queue whose rq scheduler is gone: its lock is missing or not renewed
+  local lock_ms = redis.call('PTTL', 'rq:scheduler-lock:' .. queue)
+  if lock_ms == -2 or (lock_ms >= 0 and lock_ms < stale_lock_ms) then
+    for _, job_id in ipairs(redis.call('ZRANGEBYSCORE', 'rq:scheduled:' .. queue, 0, now)) do
+      local jkey = 'rq:job:' .. job_id
+      redis.call('ZREM', 'rq:scheduled:' .. queue, job_id)
+      if redis.call('EXISTS', jkey) == 1 then
+        redis.call('HSET', jkey, 'status', 'queued', 'enqueued_at', now_utc)
+        redis.call('RPUSH', 'rq:queue:' .. queue, job_id)
+        redis.call('SADD', 'rq:queues', 'rq:queue:' .. queue)
+        counts.scheduled = counts.scheduled + 1
+      end
+    end
+  end
 end
 
 for name, n in pairs(counts) do
@@ -240,7 +263,7 @@ class Recovery:
         inflight_prefix, inflight_suffix = credits.inflight_key("\0").split("\0")
         raw = self._sweep(keys=[], args=[
             f"{time.time():.6f}", utcformat(now()), CRASH_FAILURE, credits.charge_key(""), credits.balance_key(""),
-            blobs.input_key(""), inflight_prefix, inflight_suffix, *self.queues])
+            blobs.input_key(""), inflight_prefix, inflight_suffix, SCHEDULER_STALE_MS, *self.queues])
         data = json.loads(raw)
         ended = [tuple(item) for item in (data.get("ended") or [])]
         return SweepResult(ended=ended, counts=data.get("counts") or {})

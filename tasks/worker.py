@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from rq.connections import get_connection_kwargs
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
+from rq.job import JobStatus
 from rq.queue import Queue
 from rq.worker import Worker, WorkerStatus
 
@@ -236,6 +237,34 @@ class InkqWorker(Worker):
                 pipeline.lrem(InkqQueue.claims_key, 1, job.id)
             pipeline.execute()
         return execution
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
+        """Remember that this job's horse died, for `handle_job_failure`."""
+        self._horse_died_for = job.id
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        """rq's handling, with the stored meta, then, for a job whose horse died with no retry left, the
+        failure callback.
+
+        rq 3.0 runs `on_failure` only inside the horse. A horse killed mid-job (OOM killer, SIGKILL,
+        segfault) with no retries left was failed without it: no refund, no input dropped, no
+        webhook, until its owner happened to read it. Here the worker runs it once the job is failed.
+        """
+        if not self.is_horse:
+            # The horse wrote attempts, stage and pid into the stored meta; rq's retry saves the
+            # worker's copy from dequeue time over it, which reset `attempts` after every crash.
+            job.get_meta(refresh=True)
+        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
+                                   execution=execution)
+        if getattr(self, "_horse_died_for", None) != job.id:
+            return
+        self._horse_died_for = None
+        if job.get_status(refresh=True) == JobStatus.FAILED:
+            from .callbacks import on_failure
+
+            job.retries_left = 0
+            on_failure(job, self.connection)
 
     def main_work_horse(self, job, queue):
         """The horse is SIGKILLed if its worker dies: the sweep will run the job again elsewhere, and

@@ -47,7 +47,7 @@ def wait_until(check, timeout: float = 10.0, interval: float = 0.05, what: str =
 class RedisServer:
     """A redis-server on a free port, keeping nothing on disk."""
 
-    def __init__(self):
+    def __init__(self, *extra: str):
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.path.exists(binary):
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -55,7 +55,7 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="inkq-redis-")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"],
+             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         client = redis_lib.Redis.from_url(self.url)

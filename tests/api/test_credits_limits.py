@@ -112,8 +112,7 @@ def test_crash_rerun_charges_once(own, workers, fake_gemini, redis):
     api = own()
     fake_gemini.push(fg.slow(20), fg.ok())
     job_id = api.submit(drawing(), token=api.token).json()["jobId"]
-    wait_until(lambda: api.get(f"/status/{job_id}", token=api.token).json()["stage"] == "sending to Gemini",
-               timeout=60, what="the provider call")
+    wait_until(lambda: len(fake_gemini.requests) == 1, timeout=60, what="the provider call")
     from rq.job import Job
     horse = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).meta["pid"]
     os.kill(horse, signal.SIGKILL)  # the process running the job dies mid-call
@@ -210,3 +209,32 @@ def test_queue_full_blocks_only_its_queue(own, workers, fake_gemini, caplog):
     assert api.wait(other.json()["jobId"], token=api.token)["status"] == "completed"
     for job_id in ids:
         api.delete(f"/jobs/{job_id}", token=api.token)
+
+
+def test_horse_killed_with_no_retries_left_is_refunded_at_once(own, workers, fake_gemini, redis):
+    """rq runs no failure callback when a work-horse dies; the worker now does, so the refund and the
+    final status need nobody to read anything. Every attempt's horse is killed; the job is watched in
+    Redis only, because an API read would settle the refund itself."""
+    from rq.job import Job
+
+    api = own()
+    fake_gemini.push(*[fg.slow(30)] * 6)
+    job_id = api.submit(drawing(), token=api.token).json()["jobId"]
+    killed: set[int] = set()
+
+    def ended():
+        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+        if job.get_status() in ("failed", "finished"):
+            return job
+        in_call = job.meta.get("stage") == "sending to Gemini" and len(fake_gemini.requests) == len(killed) + 1
+        if in_call and job.meta["pid"] not in killed:  # mid-call: its request has reached the provider
+            killed.add(job.meta["pid"])
+            os.kill(job.meta["pid"], signal.SIGKILL)
+        return None
+    job = wait_until(ended, timeout=90, interval=0.05, what="the job to fail")
+    assert job.get_status() == "failed" and len(killed) == 4 and job.meta["attempts"] == 4, (killed, job.meta)
+    wait_until(lambda: stored_balance(redis, api.user) == 5, timeout=10, what="the refund, with no reads")
+    assert not redis.exists(f"inkq:blob:in:{job_id}")
+    status = api.get(f"/status/{job_id}", token=api.token).json()
+    assert status["status"] == "failed" and status["error"] == "The worker running the job stopped unexpectedly."
+    assert status["attempts"] == 4 and balance(api) == 5
