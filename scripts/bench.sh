@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: (1) the local engines on one core: a 12 MP JPEG through decode → stencil → PNG beside a
-# Canny reference; (2) the service: POST /generate latency beside GET /healthz, and a 512x512 stencil job.
+# Canny reference; (2) the service: POST /generate latency beside GET /healthz, and a 512x512 stencil job;
+# (3) recovery: kill -> completed on another worker service, beside the same job uninterrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -16,3 +17,6 @@ OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 "${pin[@]}" "$VENV/bi
 echo
 echo "== service (API under gunicorn, real workers) =="
 "$VENV/bin/python" scripts/bench_api.py
+echo
+echo "== recovery (two worker services, one SIGKILLed mid-job) =="
+"$VENV/bin/python" scripts/bench_recovery.py

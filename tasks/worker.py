@@ -125,12 +125,14 @@ class Liveness(threading.Thread):
         while not self.stopped.wait(recovery.LIVENESS_EVERY_S):
             try:
                 self.beat()
-            except RedisError as exc:
+            except Exception as exc:  # the thread must outlive any error, or a live worker looks dead
                 log.warning("worker %s could not renew its liveness: %s", self.worker, exc)
 
     def stop(self) -> None:
         """Stop renewing and delete the key: the worker is gone, its claims can go back now."""
         self.stopped.set()
+        if self.is_alive():
+            self.join(timeout=3)  # a beat in flight would bring the key back
         try:
             self.redis.delete(recovery.alive_key(self.worker))
         except RedisError:

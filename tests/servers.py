@@ -143,3 +143,87 @@ class ApiServer:
     def stop(self) -> None:
         """Stop serving."""
         self.server.shutdown()
+
+
+class Stack:
+    """A Redis of its own, the API on it over HTTP, and worker services started on demand."""
+
+    def __init__(self, tmp_path, gemini_url: str, **api_extra):
+        from api import create_app
+        from tests.conftest import Api, base_config
+
+        self.tmp_path = tmp_path
+        self.gemini_url = gemini_url
+        self.server = RedisServer()
+        self.redis = redis_lib.Redis.from_url(self.server.url)
+        config = base_config(self.server.url, GEMINI_API_KEY="test-key", GEMINI_BASE_URL=gemini_url,
+                             WEBHOOK_ALLOW_PRIVATE="true", **api_extra)
+        self.app_server = ApiServer(create_app(config))
+        self.api = Api(self.app_server.url)
+        self.services: list[Workers] = []
+
+    def workers(self, stencil=2, ia_gen=1, **extra) -> Workers:
+        """Start one worker service (all four queues) and wait until all its workers are alive."""
+        env = {"REDIS_URL": self.server.url, "CONCURRENCY_STENCIL": str(stencil), "CONCURRENCY_ENHANCE": "1",
+               "CONCURRENCY_IA_GEN": str(ia_gen), "CONCURRENCY_COLOR_MATCH": "1",
+               "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": self.gemini_url, "GEMINI_TIMEOUT_S": "90",
+               "WEBHOOK_SECRET": "hook-secret", "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING",
+               **extra}
+        service = Workers(env, str(self.tmp_path / f"workers-{len(self.services)}.log"))
+        self.services.append(service)
+        service.wait_ready(self.redis, stencil + ia_gen + 2)
+        return service
+
+    def submit_stencils(self, n: int, spacing_s: float = 0.0, token="tok-alice") -> list[str]:
+        """Submit n small local stencil jobs, spacing_s apart; their ids."""
+        from tests.conftest import photo
+
+        small = photo((96, 96))
+        ids = []
+        for _ in range(n):
+            response = self.api.submit(small, token=token, engine="local")
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["jobId"])
+            time.sleep(spacing_s)
+        return ids
+
+    def wait_all(self, ids, timeout: float, token="tok-alice") -> dict[str, dict]:
+        """Wait until every job has ended; return their final status objects."""
+        pending = set(ids)
+        final: dict[str, dict] = {}
+
+        def done():
+            for job_id in list(pending):
+                body = self.api.get(f"/status/{job_id}", token=token).json()
+                if body["status"] in ("completed", "failed", "canceled"):
+                    final[job_id] = body
+                    pending.discard(job_id)
+            return not pending
+        try:
+            wait_until(done, timeout=timeout, interval=0.2, what=f"{len(ids)} jobs to end")
+        except AssertionError:
+            stuck = {job_id: self.api.get(f"/status/{job_id}", token=token).json()["status"] for job_id in pending}
+            raise AssertionError(f"{len(pending)} jobs never ended: {stuck}; {self.leftovers()}") from None
+        return final
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """Ids still in RQ's intermediate lists or in any worker's claims."""
+        found = {}
+        for key in self.redis.scan_iter("rq:queue:*:intermediate"):
+            found[key.decode()] = [i.decode() for i in self.redis.lrange(key, 0, -1)]
+        for key in self.redis.scan_iter("inkq:claims:*"):
+            found[key.decode()] = [i.decode() for i in self.redis.lrange(key, 0, -1)]
+        return {key: ids for key, ids in found.items() if ids}
+
+    def stats(self) -> dict[str, int]:
+        """What the recovery sweeps have done on this Redis."""
+        from tasks import recovery
+
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(recovery.STATS_KEY).items()}
+
+    def close(self) -> None:
+        """Stop every service, the API and the Redis."""
+        for service in self.services:
+            service.stop(timeout=20)
+        self.app_server.stop()
+        self.server.stop()
