@@ -140,6 +140,11 @@ class Liveness(threading.Thread):
 
 
 DEQUEUE_WAIT_S = 5
+
+
+def _default_stop_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -176,10 +181,23 @@ class InkqWorker(Worker):
         KeyboardInterrupt, and the pool waits for that worker for ever.
         """
         self._install_signal_handlers()
+        self._children_start_with_default_stops()
         if _stop_before_start:
             self.request_stop(signal.SIGINT, None)
         self.start_liveness()
         super().bootstrap(*args, **kwargs)
+
+    @staticmethod
+    def _children_start_with_default_stops() -> None:
+        """In a process forked by this worker (its scheduler, its horse), SIGINT and SIGTERM start
+        with their default action until the child installs its own handlers.
+
+        Otherwise the child inherits the worker's `request_stop`, bound to a copy of the worker. rq's
+        `stop_scheduler` SIGTERMs the scheduler and joins it; a SIGTERM landing before the scheduler
+        installed its handlers only set a flag on that copy, the scheduler ran on, and the worker
+        waited in `join()` for ever.
+        """
+        os.register_at_fork(after_in_child=_default_stop_signals)
 
     def start_liveness(self) -> None:
         """Prove this worker alive before its first dequeue, and keep proving it; dequeue into its claims."""

@@ -70,3 +70,37 @@ print("work returned", worker.work(burst=False, with_scheduler=True))
 def test_stop_before_the_worker_exists_is_heard(redis_url):
     assert "work returned False" in run_worker_program(STOP_BEFORE_START, redis_url)
 
+
+
+STOP_AS_THE_SCHEDULER_STARTS = """
+import signal, sys, time
+from redis import Redis
+from rq.scheduler import RQScheduler
+from tasks.worker import InkqWorker
+
+real_work = RQScheduler.work
+def slow_work(self):
+    time.sleep(1)  # a busy machine: the scheduler process is slow to reach its own handlers
+    return real_work(self)
+RQScheduler.work = slow_work
+
+class Probe(InkqWorker):
+    def _start_scheduler(self, *args, **kwargs):
+        super()._start_scheduler(*args, **kwargs)
+        self.request_stop(signal.SIGTERM, None)  # a stop right now: teardown SIGTERMs the new scheduler
+
+worker = Probe(["enhance"], connection=Redis.from_url(sys.argv[1]))
+print("work returned", worker.work(burst=False, with_scheduler=True))
+"""
+
+
+def test_stop_as_the_scheduler_starts_is_not_lost(redis_url):
+    """rq's teardown SIGTERMs its scheduler process and joins it. A SIGTERM that reached the scheduler
+    before it installed its own handlers ran the worker's inherited handler on a copy of the worker:
+    the scheduler ran on and the worker joined it for ever. Children now start with default stops."""
+    from redis import Redis
+
+    own_db = redis_url.rsplit("/", 1)[0] + "/5"  # no other scheduler holds the lock here
+    for _ in range(3):
+        Redis.from_url(own_db).flushdb()
+        assert "work returned False" in run_worker_program(STOP_AS_THE_SCHEDULER_STARTS, own_db)
