@@ -28,7 +28,8 @@ from .orphans import die_with_parent
 from .settings import env_int
 
 log = logging.getLogger("inkq.worker")
-PRELOAD = ("tasks.jobs", "tasks.images", "tasks.stencil", "tasks.enhance", "tasks.colormatch", "tasks.gemini")
+PRELOAD = ("tasks.jobs", "tasks.images", "tasks.stencil", "tasks.enhance", "tasks.colormatch", "tasks.gemini",
+           "tasks.callbacks", "tasks.webhooks")
 
 
 def preload() -> None:
