@@ -9,15 +9,20 @@ from __future__ import annotations
 
 CHARGE_TTL_S = 30 * 24 * 3600
 
-_SETTLE = """
-local cost = redis.call('GETDEL', KEYS[1])
-if not cost then return -1 end
-local user_and_cost = cjson.decode(cost)
-if ARGV[1] == 'refund' then
-  redis.call('INCRBY', 'inkq:credits:' .. user_and_cost[1], user_and_cost[2])
+# The one rule of settling, shared by `settle` and the recovery sweep's script (tasks/recovery.py).
+SETTLE_FN = """
+local function settle_charge(charge_key, balance_prefix, refund)
+  local raw = redis.call('GETDEL', charge_key)
+  if not raw then return -1 end
+  local user_and_cost = cjson.decode(raw)
+  if refund then
+    redis.call('INCRBY', balance_prefix .. user_and_cost[1], user_and_cost[2])
+  end
+  return tonumber(user_and_cost[2])
 end
-return tonumber(user_and_cost[2])
 """
+
+_SETTLE = SETTLE_FN + "return settle_charge(KEYS[1], ARGV[2], ARGV[1] == 'refund')\n"
 
 
 def balance_key(user_id: str) -> str:
@@ -38,7 +43,7 @@ def inflight_key(user_id: str) -> str:
 def settle(redis, job_id: str, user_id: str | None, refund: bool) -> int:
     """Refund or commit a job's charge once; returns the amount, or -1 if already settled or never charged."""
     pipe = redis.pipeline()
-    pipe.eval(_SETTLE, 1, charge_key(job_id), "refund" if refund else "commit")
+    pipe.eval(_SETTLE, 1, charge_key(job_id), "refund" if refund else "commit", balance_key(""))
     if user_id:
         pipe.srem(inflight_key(user_id), job_id)
     return int(pipe.execute()[0])

@@ -121,7 +121,7 @@ return requeue_at_head(KEYS[2], back)
 # ARGV: now (Unix seconds, and in rq's timestamp format), crash message, the prefixes of the charge, balance,
 # input-image keys and the in-flight set's prefix and suffix (owned by tasks.credits and tasks.blobs), the
 # scheduler lock's stale threshold (ms), then the queue names.
-SWEEP = _CLAIMS + """
+SWEEP = _CLAIMS + credits.SETTLE_FN + """
 local now, now_utc, crash_msg = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local charge_p, balance_p, input_p, inflight_p, inflight_s = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local stale_lock_ms = tonumber(ARGV[9])
@@ -147,11 +147,7 @@ local function finish(queue, job_id, jkey, meta, status, registry, word)
   redis.call('HSET', jkey, 'status', status, 'ended_at', now_utc, 'meta', cjson.encode(meta))
   redis.call('ZADD', 'rq:' .. registry .. ':' .. queue, now + ttl, job_id)
   if ttl > 0 then redis.call('EXPIRE', jkey, ttl) end
-  local charge = redis.call('GETDEL', charge_p .. job_id)
-  if charge then
-    local uc = cjson.decode(charge)
-    redis.call('INCRBY', balance_p .. uc[1], uc[2])
-  end
+  settle_charge(charge_p .. job_id, balance_p, true)
   if meta['user'] then redis.call('SREM', inflight_p .. meta['user'] .. inflight_s, job_id) end
   redis.call('DEL', input_p .. job_id)
   table.insert(ended, {job_id, word})
