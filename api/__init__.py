@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Mapping
-
-from flask import Flask
-from redis import Redis
-from werkzeug.middleware.proxy_fix import ProxyFix
+from typing import TYPE_CHECKING, Mapping
 
 from .settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from redis import Redis
 
 __all__ = ["create_app", "ConfigError"]
 
@@ -31,13 +31,20 @@ class Inkq:
     links: object
     metrics: object
     auth: object
+    hub: object
 
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
     """Build the app from the environment, with `config` layered on top (tests pass a mapping)."""
+    # Imported here, not at the top: `api.cli` patches the standard library for gevent first.
+    from flask import Flask
+    from redis import BlockingConnectionPool, Redis
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
     from . import admin, credits, errors, health, jobs, logs, openapi, web
     from .admission import Admission
     from .auth import Authenticator
+    from .events import Hub
     from .limits import SubmissionLimiter
     from .links import ResultLinks
     from .metrics import Metrics
@@ -55,8 +62,11 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + 64 * 1024
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10,
-                           health_check_interval=30)
+    # A bounded pool: thousands of streams woken at once queue for a connection instead of opening
+    # thousands; a greenlet or thread waits up to 5 s for one.
+    redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_max_connections, timeout=5,
+        socket_connect_timeout=3, socket_timeout=10, health_check_interval=30))
     metrics = Metrics()
     app.extensions["inkq"] = Inkq(
         settings=settings, redis=redis,
@@ -64,7 +74,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         admission=Admission(redis, settings),
         limiter=SubmissionLimiter(settings.redis_url, settings.rate_limit),
         links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
-        metrics=metrics, auth=auth)
+        metrics=metrics, auth=auth, hub=Hub(settings.redis_url))
     errors.init_app(app)
     metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env))
     for blueprint in (jobs.bp, credits.bp, admin.bp, health.bp, web.bp):

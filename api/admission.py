@@ -11,14 +11,11 @@ from __future__ import annotations
 import logging
 
 from redis import Redis
-from rq.job import Job
-from rq.serializers import JSONSerializer
-
 from tasks import credits, recovery
 from tasks.queues import QUEUES
 
 from .errors import ApiError
-from .status import TERMINAL, word_of
+from .status import TERMINAL, read_many
 from .store import queue_for
 
 log = logging.getLogger("inkq.api")
@@ -61,11 +58,11 @@ class Admission:
         ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.smembers(credits.inflight_key(user_id))]
         if not ids:
             return
-        for job_id, job in zip(ids, Job.fetch_many(ids, connection=self.redis, serializer=JSONSerializer)):
-            if job is None:
+        for job_id, view in zip(ids, read_many(self.redis, ids)):
+            if view is None:
                 credits.settle(self.redis, job_id, user_id, refund=True)
             else:
-                self.settle(job, word_of(job))
+                self.settle(job_id, user_id, view.word)
 
     def _try(self, user_id: str, spec, operation: str, job_id: str) -> tuple[str, int]:
         s = self.settings
@@ -102,10 +99,10 @@ class Admission:
         """Undo an admission whose job was not queued (refunds its charge)."""
         credits.settle(self.redis, job_id, user_id, refund=True)
 
-    def settle(self, job: Job, word: str) -> None:
+    def settle(self, job_id: str, user_id: str | None, word: str) -> None:
         """Settle an ended job's charge: refund failed and canceled jobs, commit completed ones."""
         if word in TERMINAL:
-            credits.settle(self.redis, job.id, job.meta.get("user"), refund=word != "completed")
+            credits.settle(self.redis, job_id, user_id, refund=word != "completed")
 
     def balance(self, user_id: str) -> int:
         """The user's balance after settling their ended jobs."""

@@ -1,42 +1,28 @@
 """`inkq-api`: serve the API with gunicorn on HOST:PORT, configured only from the environment.
 
-gthread workers: status polling and event streams are I/O bound, so threads are cheap;
-WEB_CONCURRENCY processes (default 2) x GUNICORN_THREADS threads (default 32).
+gevent workers: status reads and event streams wait on Redis and on clients, so each request and
+each open stream is a greenlet, not a thread; an open stream costs a few tens of KB and no thread.
+WEB_CONCURRENCY processes (default 2), each holding up to GUNICORN_WORKER_CONNECTIONS connections
+(default 5000). The standard library is patched for gevent before anything else is imported, so
+the app (preloaded once, shared by the workers) is built on cooperative sockets.
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
-
-from gunicorn.app.base import BaseApplication
-
-
-class _Server(BaseApplication):
-    def __init__(self, options: dict):
-        self.options = options
-        super().__init__()
-
-    def load_config(self):
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        from . import create_app
-
-        return create_app()
 
 
 def options(env) -> dict:
     """gunicorn settings from the environment."""
     return {
         "bind": f"{env.get('HOST') or '0.0.0.0'}:{env.get('PORT') or '8000'}",
-        "worker_class": "gthread",
+        "worker_class": "gevent",
         "workers": int(env.get("WEB_CONCURRENCY") or 2),
-        "threads": int(env.get("GUNICORN_THREADS") or 32),
+        "worker_connections": int(env.get("GUNICORN_WORKER_CONNECTIONS") or 5000),
         "timeout": int(env.get("GUNICORN_TIMEOUT") or 60),
         "graceful_timeout": 20,
         "keepalive": 5,
+        "backlog": 4096,
         "accesslog": env.get("ACCESS_LOG", "-") or None,
         "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1",
         "preload_app": True,
@@ -44,11 +30,31 @@ def options(env) -> dict:
 
 
 def main() -> int:
-    """Check the configuration, then serve."""
+    """Patch for gevent, check the configuration, then serve."""
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import logging
+
+    from gunicorn.app.base import BaseApplication
+
+    from tasks.durability import warn_if_unsafe
+
     from . import create_app
     from .settings import ConfigError
 
-    from tasks.durability import warn_if_unsafe
+    class Server(BaseApplication):
+        def __init__(self, settings: dict):
+            self.settings = settings
+            super().__init__()
+
+        def load_config(self):
+            for key, value in self.settings.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return create_app()
 
     try:
         app = create_app()
@@ -57,7 +63,7 @@ def main() -> int:
         return 2
     ctx = app.extensions["inkq"]
     warn_if_unsafe(ctx.redis, dev=ctx.settings.dev, logger=logging.getLogger("inkq.api"))
-    _Server(options(os.environ)).run()
+    Server(options(os.environ)).run()
     return 0
 
 

@@ -1,22 +1,20 @@
 """Job endpoints: submit, status (polling and server-sent events), result, list, cancel."""
 from __future__ import annotations
 
-import json
 import threading
-import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
-
-from rq.exceptions import NoSuchJobError
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from tasks import blobs, webhooks
+from tasks.changes import announce
 from tasks.queues import QUEUES
 
 from . import idempotency
+from .events import stream as event_stream
 from .errors import ApiError, bad_request, not_found
 from .guard import require_user
 from .schemas import JobsQuery
-from .status import COMPLETED, TERMINAL, describe, word_of
+from .status import COMPLETED, describe, word_of
 from .store import new_job_id
 from .submission import parse
 
@@ -31,7 +29,7 @@ def _url_maker():
     """A function giving a job's signed result URL, absolute on this request's host."""
     base = request.host_url.rstrip("/")
     links = _ctx().links
-    return lambda job: f"{base}/files/{links.token(job.id)}"
+    return lambda job_id: f"{base}/files/{links.token(job_id)}"
 
 
 def _owned(job_id: str):
@@ -98,9 +96,12 @@ def generate():
 @require_user
 def status(job_id: str):
     """The job's status object; `?queue=` is accepted and ignored."""
-    job = _owned(job_id)
-    body = describe(job, _url_maker())
-    _ctx().admission.settle(job, body["status"])
+    view = _ctx().store.view(job_id, g.principal.user_id)
+    if view is None:
+        raise not_found()
+    body = describe(view, _url_maker())
+    if view.charged:  # ended but not yet settled (normally the worker settles)
+        _ctx().admission.settle(view.id, view.user, body["status"])
     return jsonify(body)
 
 
@@ -108,29 +109,12 @@ def status(job_id: str):
 @require_user
 def events(job_id: str):
     """A text/event-stream of status objects as they change, ending after the terminal one."""
-    job = _owned(job_id)
     ctx = _ctx()
-    interval, limit_s = ctx.settings.events_poll_s, ctx.settings.events_max_s
-    result_url = _url_maker()
-
-    def stream():
-        last = None
-        deadline = time.monotonic() + limit_s
-        yield "retry: 2000\n\n"
-        while True:
-            try:
-                job.refresh()
-            except NoSuchJobError:  # expired while watched
-                return
-            body = describe(job, result_url)
-            if body != last:
-                yield f"event: status\ndata: {json.dumps(body)}\n\n"
-                last = body
-            if body["status"] in TERMINAL or time.monotonic() > deadline:
-                return
-            time.sleep(interval)
-
-    return Response(stream_with_context(stream()), mimetype="text/event-stream",
+    if ctx.store.view(job_id, g.principal.user_id) is None:
+        raise not_found()
+    body = event_stream(ctx.hub, ctx.redis, job_id, _url_maker(), ctx.settings.events_poll_s,
+                        ctx.settings.events_max_s)
+    return Response(body, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -175,11 +159,12 @@ def list_jobs():
         query = JobsQuery.model_validate(request.args.to_dict())
     except ValueError:
         raise bad_request("`limit` must be 1-100 and `status` one of waiting, active, completed, failed, canceled.")
-    jobs = _ctx().store.list(g.principal.user_id, query.limit, query.status)
+    views = _ctx().store.list(g.principal.user_id, query.limit, query.status)
     result_url = _url_maker()
-    bodies = [describe(job, result_url) for job in jobs]
-    for job, body in zip(jobs, bodies):
-        _ctx().admission.settle(job, body["status"])
+    bodies = [describe(view, result_url) for view in views]
+    for view, body in zip(views, bodies):
+        if view.charged:
+            _ctx().admission.settle(view.id, view.user, body["status"])
     return jsonify({"jobs": bodies})
 
 
@@ -191,7 +176,8 @@ def cancel(job_id: str):
     how = _ctx().store.cancel(job)
     if how is None:
         raise ApiError(409, "conflict", f"The job has already ended ({word_of(job, refresh=True)}).")
-    _ctx().admission.settle(job, "canceled")
+    _ctx().admission.settle(job.id, job.meta.get("user"), "canceled")
+    announce(_ctx().redis, job.id)
     if how == "canceled":
         blobs.discard_input(_ctx().redis, job.id)  # a stopped job's webhook is sent by its worker
         threading.Thread(target=webhooks.deliver, args=(job, "canceled", _ctx().settings.env), daemon=True).start()

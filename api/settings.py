@@ -60,6 +60,7 @@ class Settings:
     webhook_allow_private: bool
     events_poll_s: float
     events_max_s: float
+    redis_max_connections: int
     log_format: str
 
     @classmethod
@@ -96,7 +97,8 @@ class Settings:
             credit_costs=parse_costs(env.get("CREDIT_COSTS") or DEFAULT_CREDIT_COSTS),
             metrics_token=env.get("METRICS_TOKEN", ""),
             webhook_allow_private=env_bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
-            events_poll_s=float(env.get("EVENTS_POLL_S") or 0.5),
+            events_poll_s=float(env.get("EVENTS_POLL_S") or 10),
             events_max_s=float(env.get("EVENTS_MAX_S") or 600),
+            redis_max_connections=env_int(env, "REDIS_MAX_CONNECTIONS", 64),
             log_format=(env.get("LOG_FORMAT") or "json").lower(),
         )

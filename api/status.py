@@ -1,10 +1,18 @@
-"""The status object of API.md, built from an RQ job: the one place RQ states become status words."""
+"""The status object of API.md: the one place RQ states become status words.
+
+A status read is one pipelined round trip (`read`): the job hash's few fields, the latest result entry
+and whether a credit charge is still pending, parsed without building an RQ `Job`.
+"""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import json
+from base64 import b64decode
+from dataclasses import dataclass
 
 from rq.job import Job, JobStatus
+from rq.results import Result
 
+from tasks.credits import charge_key
 from tasks.errors import CANCELED_MESSAGE, CRASH_FAILURE, GENERIC_FAILURE
 
 WAITING, ACTIVE, COMPLETED, FAILED, CANCELED = "waiting", "active", "completed", "failed", "canceled"
@@ -36,58 +44,119 @@ def word_of(job: Job, refresh: bool = False) -> str:
     word = status_word(job.get_status(refresh=refresh))
     if word == FAILED and refresh:
         job.get_meta(refresh=True)
-    if word == FAILED and job.meta.get("canceled"):
-        return CANCELED
-    return word
+    return _canceled_or(word, job.meta)
 
 
-def iso(value: datetime | str | None) -> str | None:
-    """ISO 8601 in UTC with a Z suffix, or None."""
-    if value is None:
+def _canceled_or(word: str, meta: dict) -> str:
+    return CANCELED if word == FAILED and meta.get("canceled") else word
+
+
+@dataclass(frozen=True)
+class View:
+    """What a status object is made of, read from Redis in one round trip (`read`) or from an RQ job."""
+
+    id: str
+    status: str | None
+    meta: dict
+    origin: str | None
+    created_at: str | None
+    ended_at: str | None
+    value: dict | None  # the return value of a completed job
+    charged: bool  # a credit charge is still pending settlement
+
+    @property
+    def word(self) -> str:
+        return _canceled_or(status_word(self.status), self.meta)
+
+    @property
+    def user(self) -> str | None:
+        return self.meta.get("user")
+
+
+_FIELDS = ("status", "meta", "origin", "created_at", "ended_at")
+
+
+def _queue_reads(pipe, job_id: str) -> None:
+    pipe.hmget(Job.key_for(job_id), _FIELDS)
+    pipe.xrevrange(Result.get_key(job_id), "+", "-", count=1)
+    pipe.exists(charge_key(job_id))
+
+
+def _text(raw) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _view(job_id: str, fields, results, charged) -> View | None:
+    status, meta, origin, created_at, ended_at = fields
+    if status is None and meta is None:
         return None
-    if isinstance(value, str):
-        return value
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    value = None
+    if results:
+        payload = results[0][1]
+        raw = payload.get(b"return_value") if b"type" in payload else None
+        if raw is not None and int(payload[b"type"]) == 1:  # rq's Result.Type.SUCCESSFUL
+            value = json.loads(b64decode(raw))
+    return View(job_id, _text(status), json.loads(meta) if meta else {}, _text(origin),
+                _rq_time(created_at), _rq_time(ended_at), value if isinstance(value, dict) else None, bool(charged))
 
 
-def error_text(job: Job, word: str) -> str | None:
+def read(redis, job_id: str) -> View | None:
+    """A job's view in one round trip (job hash fields, latest result, pending charge); None if gone."""
+    return read_many(redis, [job_id])[0]
+
+
+def read_many(redis, job_ids: list[str]) -> list[View | None]:
+    """Views of several jobs in one round trip."""
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            _queue_reads(pipe, job_id)
+        replies = pipe.execute()
+    return [_view(job_id, *replies[3 * i: 3 * i + 3]) for i, job_id in enumerate(job_ids)]
+
+
+def _rq_time(raw) -> str | None:
+    """RQ's '%Y-%m-%dT%H:%M:%S.%fZ' as the contract's milliseconds form."""
+    text = _text(raw)
+    if not text:
+        return None
+    return text[:23] + "Z" if len(text) >= 24 and text[19] == "." else text
+
+
+def error_text(view: View, word: str) -> str | None:
     """The human-readable reason a job failed, never a traceback."""
     if word == CANCELED:
         return CANCELED_MESSAGE
     if word != FAILED:
         return None
-    return job.meta.get("error") or (CRASH_FAILURE if job.meta.get("attempts") else GENERIC_FAILURE)
+    return view.meta.get("error") or (CRASH_FAILURE if view.meta.get("attempts") else GENERIC_FAILURE)
 
 
-def describe(job: Job, result_url=None) -> dict:
-    """The status object for a job; `result_url(job)` builds the signed image URL."""
-    meta = job.meta
-    word = word_of(job)
+def describe(view: View, result_url=None) -> dict:
+    """The status object for a job; `result_url(job_id)` builds the signed image URL."""
+    meta = view.meta
+    word = view.word
     result = None
     if word == COMPLETED:
-        value = job.return_value(refresh=False) or {}
-        result = {k: v for k, v in value.items() if k != "outputKey"}
-        result["image"] = result_url(job) if result_url else None
+        result = {k: v for k, v in (view.value or {}).items() if k != "outputKey"}
+        result["image"] = result_url(view.id) if result_url else None
     progress = 100 if word == COMPLETED else int(meta.get("progress", 0))
     stage = meta.get("stage") or {WAITING: "queued", COMPLETED: "done", CANCELED: "canceled"}.get(word, "")
     if word == WAITING and meta.get("attempts"):
         stage = "waiting to retry"
-    ended = job.ended_at if word in TERMINAL else None
+    ended = view.ended_at if word in TERMINAL else None
     if word == CANCELED:
         ended = ended or meta.get("canceledAt")
     return {
-        "jobId": job.id,
-        "queue": job.origin,
+        "jobId": view.id,
+        "queue": view.origin,
         "operation": meta.get("operation"),
         "status": word,
         "progress": progress,
         "stage": stage,
         "result": result,
-        "error": error_text(job, word),
+        "error": error_text(view, word),
         "attempts": int(meta.get("attempts", 0)),
-        "createdAt": iso(job.created_at),
+        "createdAt": view.created_at,
         "startedAt": meta.get("startedAt"),
-        "endedAt": iso(ended),
+        "endedAt": ended,
     }

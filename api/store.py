@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 from tasks import blobs
 from tasks.queues import QUEUES, QueueSpec
 
-from .status import ACTIVE, CANCELED, TERMINAL, WAITING, word_of
+from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
 
 _ID_CHARS = frozenset("0123456789abcdef")
 
@@ -93,24 +93,30 @@ class JobStore:
             return None
         return job
 
-    def list(self, user_id: str, limit: int, status: str | None = None) -> list[Job]:
+    def view(self, job_id: str, user_id: str) -> View | None:
+        """The job's view (one round trip) if it exists and belongs to user_id; None otherwise."""
+        if not valid_job_id(job_id):
+            return None
+        view = read(self.redis, job_id)
+        return view if view is not None and view.user == user_id else None
+
+    def list(self, user_id: str, limit: int, status: str | None = None) -> list[View]:
         """The user's jobs, newest first, optionally only those with one status word."""
         index = user_index_key(user_id)
-        found: list[Job] = []
+        found: list[View] = []
         start, page = 0, max(limit, 50)
         while len(found) < limit:
             ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrevrange(index, start, start + page - 1)]
             if not ids:
                 break
-            jobs = Job.fetch_many(ids, connection=self.redis, serializer=JSONSerializer)
-            gone = [job_id for job_id, job in zip(ids, jobs) if job is None]
+            views = read_many(self.redis, ids)
+            gone = [job_id for job_id, view in zip(ids, views) if view is None]
             if gone:
                 self.redis.zrem(index, *gone)
                 start -= len(gone)
-            for job in jobs:
-                if job is not None and job.meta.get("user") == user_id and (
-                        status is None or word_of(job) == status):
-                    found.append(job)
+            for view in views:
+                if view is not None and view.user == user_id and (status is None or view.word == status):
+                    found.append(view)
             start += page
         return found[:limit]
 

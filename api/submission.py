@@ -26,7 +26,8 @@ ACCEPTED = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 JSON_TYPES = ("", "application/json", "text/plain")
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*?;base64,", re.IGNORECASE)
-_WS = re.compile(r"\s+")
+_ASCII_WS = b" \t\n\r\x0b\x0c"
+_URL_SAFE = bytes.maketrans(b"-_", b"+/")
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,22 @@ def sniff(data: bytes) -> str | None:
 
 
 def decode_base64(text: str) -> bytes:
-    """Decode base64 or a data: URL; standard or URL-safe alphabet, whitespace ignored."""
-    text = _DATA_URL.sub("", text.strip(), count=1)
-    text = _WS.sub("", text).rstrip("=")
-    if not text:
-        raise bad_request("`image` is empty.")
-    text = text.replace("-", "+").replace("_", "/")
-    text += "=" * (-len(text) % 4)
+    """Decode base64 or a data: URL; standard or URL-safe alphabet, whitespace ignored.
+
+    Byte-level translate, not regular expressions: a 10 MB image decodes in a few milliseconds."""
+    text = text.strip()
+    if text[:5].lower() == "data:":
+        text = _DATA_URL.sub("", text, count=1)
     try:
-        return base64.b64decode(text, validate=True)
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise bad_request("`image` is not valid base64.") from None
+    raw = raw.translate(None, _ASCII_WS).rstrip(b"=")
+    if not raw:
+        raise bad_request("`image` is empty.")
+    raw = raw.translate(_URL_SAFE) + b"=" * (-len(raw) % 4)
+    try:
+        return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise bad_request("`image` is not valid base64.") from None
 

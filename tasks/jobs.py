@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from rq import get_current_job
 
 from . import blobs
+from .changes import announce
 from .errors import CANCELED_MESSAGE, FinalError, decide
 from .progress import job_reporter
 from .settings import WorkerSettings
@@ -38,6 +39,7 @@ def _begin(job) -> None:
     job.meta["progress"] = 0
     job.meta["stage"] = "starting"
     job.save_meta()
+    announce(job.connection, job.id)
 
 
 def _fail(job, exc: Exception) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .changes import announce
+
 Reporter = Callable[[int, str], None]
 
 
@@ -17,5 +19,6 @@ def job_reporter(job) -> Reporter:
         job.meta["progress"] = max(0, min(100, int(progress)))
         job.meta["stage"] = stage
         job.save_meta()
+        announce(job.connection, job.id)
 
     return report

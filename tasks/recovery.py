@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from rq.utils import now, utcformat
 
-from . import blobs, credits
+from . import blobs, changes, credits
 from .errors import CRASH_FAILURE
 from .queues import QUEUE_NAMES
 
@@ -120,12 +120,12 @@ return requeue_at_head(KEYS[2], back)
 # KEYS: none (the script walks rq's and inkq's keys for the queues given; a single Redis, not a cluster).
 # ARGV: now (Unix seconds, and in rq's timestamp format), crash message, the prefixes of the charge, balance,
 # input-image keys and the in-flight set's prefix and suffix (owned by tasks.credits and tasks.blobs), the
-# scheduler lock's stale threshold (ms), then the queue names.
+# scheduler lock's stale threshold (ms), the change channel (tasks.changes), then the queue names.
 SWEEP = _CLAIMS + credits.SETTLE_FN + """
 local now, now_utc, crash_msg = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local charge_p, balance_p, input_p, inflight_p, inflight_s = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local stale_lock_ms = tonumber(ARGV[9])
-local ended, counts = {}, {requeued = 0, recovered = 0, failed = 0, canceled = 0, released = 0, scheduled = 0}
+local stale_lock_ms, changes_channel = tonumber(ARGV[9]), ARGV[10]
+local ended, changed, counts = {}, {}, {requeued = 0, recovered = 0, failed = 0, canceled = 0, released = 0, scheduled = 0}
 
 local function dead(worker)
   return worker and worker ~= '' and redis.call('EXISTS', 'inkq:alive:' .. worker) == 0
@@ -151,10 +151,11 @@ local function finish(queue, job_id, jkey, meta, status, registry, word)
   if meta['user'] then redis.call('SREM', inflight_p .. meta['user'] .. inflight_s, job_id) end
   redis.call('DEL', input_p .. job_id)
   table.insert(ended, {job_id, word})
+  table.insert(changed, job_id)
   counts[word] = counts[word] + 1
 end
 
-for qi = 10, #ARGV do
+for qi = 11, #ARGV do
   local queue = ARGV[qi]
   local back = {}
 
@@ -185,6 +186,7 @@ for qi = 10, #ARGV do
           meta['progress'] = 0
           redis.call('HSET', jkey, 'meta', cjson.encode(meta))
           table.insert(back, {job_id, redis.call('HGET', jkey, 'enqueued_at') or ''})
+          table.insert(changed, job_id)
           counts.requeued = counts.requeued + 1
         elseif retries_left > 0 then
           meta['stage'] = 'queued again: its worker stopped'
@@ -192,6 +194,7 @@ for qi = 10, #ARGV do
           meta['recovered'] = (tonumber(meta['recovered']) or 0) + 1
           redis.call('HSET', jkey, 'status', 'queued', 'retries_left', retries_left - 1, 'meta', cjson.encode(meta))
           table.insert(back, {job_id, redis.call('HGET', jkey, 'enqueued_at') or ''})
+          table.insert(changed, job_id)
           counts.recovered = counts.recovered + 1
         else
           meta['error'] = crash_msg
@@ -229,6 +232,7 @@ end
 for name, n in pairs(counts) do
   if n > 0 then redis.call('HINCRBY', 'inkq:recovery:stats', name, n) end
 end
+for _, job_id in ipairs(changed) do redis.call('PUBLISH', changes_channel, job_id) end
 return cjson.encode({ended = ended, counts = counts})
 """
 
@@ -259,7 +263,8 @@ class Recovery:
         inflight_prefix, inflight_suffix = credits.inflight_key("\0").split("\0")
         raw = self._sweep(keys=[], args=[
             f"{time.time():.6f}", utcformat(now()), CRASH_FAILURE, credits.charge_key(""), credits.balance_key(""),
-            blobs.input_key(""), inflight_prefix, inflight_suffix, SCHEDULER_STALE_MS, *self.queues])
+            blobs.input_key(""), inflight_prefix, inflight_suffix, SCHEDULER_STALE_MS, changes.CHANNEL,
+            *self.queues])
         data = json.loads(raw)
         ended = [tuple(item) for item in (data.get("ended") or [])]
         return SweepResult(ended=ended, counts=data.get("counts") or {})

@@ -24,6 +24,7 @@ from rq.queue import Queue
 from rq.worker import Worker, WorkerStatus
 
 from . import recovery
+from .changes import announce
 from .orphans import die_with_parent
 from .settings import env_int
 
@@ -278,6 +279,7 @@ class InkqWorker(Worker):
             job.get_meta(refresh=True)
         super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
                                    execution=execution)
+        announce(self.connection, job.id)  # failed, stopped or waiting to retry
         if getattr(self, "_horse_died_for", None) != job.id:
             return
         self._horse_died_for = None
@@ -286,6 +288,11 @@ class InkqWorker(Worker):
 
             job.retries_left = 0
             on_failure(job, self.connection)
+
+    def handle_job_success(self, job, queue, started_job_registry, execution):
+        """rq's handling, then the change is announced to event streams."""
+        super().handle_job_success(job, queue, started_job_registry, execution)
+        announce(self.connection, job.id)
 
     def main_work_horse(self, job, queue):
         """The horse is SIGKILLed if its worker dies: the sweep will run the job again elsewhere, and

@@ -129,6 +129,88 @@ class Workers:
         return self.proc.returncode
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of a process."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children(current))
+    return tree
+
+
+def pss_mb(pids) -> float:
+    """Proportional set size of these processes together, in MB (shared pages counted once)."""
+    total_kb = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total_kb += sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except OSError:
+            pass
+    return total_kb / 1024
+
+
+def thread_count(pid: int) -> int:
+    """How many threads a process has."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
+class GunicornApi:
+    """The API as deployed: scripts/start_api.sh (gunicorn, gevent workers) on a free port."""
+
+    def __init__(self, env: dict, log_path: str, timeout: float = 60):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+                "HOST": "127.0.0.1", "PORT": str(self.port)}
+        full.update({k: str(v) for k, v in env.items()})
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen([os.path.join(ROOT, "scripts", "start_api.sh")], env=full, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+        wait_until(self._ready, timeout=timeout, interval=0.1, what="the API under gunicorn")
+
+    def _ready(self) -> bool:
+        import requests
+
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the API exited with status {self.proc.returncode}")
+        try:
+            return requests.get(self.url + "/readyz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def workers(self) -> list[int]:
+        """The gunicorn worker processes."""
+        return children(self.proc.pid)
+
+    def pss_mb(self) -> float:
+        return pss_mb(process_tree(self.proc.pid))
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+        return self.proc.returncode
+
+
 class ApiServer:
     """The Flask app served over real HTTP by a threaded werkzeug server."""
 
@@ -141,8 +223,9 @@ class ApiServer:
         self.thread.start()
 
     def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving, and the app's event listener."""
         self.server.shutdown()
+        self.app.extensions["inkq"].hub.stop()
 
 
 class Stack:

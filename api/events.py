@@ -1,0 +1,144 @@
+"""Server-sent event streams, woken by one Redis pub/sub listener per API process.
+
+A stream parks on an event of its own (a greenlet under the gevent server: no thread per stream).
+The process's one listener (`Hub`) subscribes to `tasks.changes.CHANNEL` and sets the events of the
+streams watching the announced job; each woken stream reads its job once (`status.read`, one round
+trip) and sends the status object if it changed. A stream also re-reads every `EVENTS_POLL_S`
+without an announcement, and sends a comment line then, so a lost announcement (a dropped
+listener connection, a writer that died between its write and its publish) only delays an event,
+and a client gone away is noticed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Callable, Iterator
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from tasks.changes import CHANNEL
+
+from .status import TERMINAL, describe, read
+
+log = logging.getLogger("inkq.api")
+
+
+class Hub:
+    """The process's watchers by job id, and the listener that wakes them."""
+
+    def __init__(self, redis_url: str):
+        self.redis_url = redis_url
+        self._watchers: dict[str, set[threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._pid = None  # the listener belongs to the process that started it (gunicorn forks)
+        self.listening = threading.Event()
+        self._stopped = False
+
+    def watch(self, job_id: str) -> threading.Event:
+        """An event set whenever job_id is announced; pass it to `unwatch` when done."""
+        self._ensure_listener()
+        event = threading.Event()
+        with self._lock:
+            self._watchers.setdefault(job_id, set()).add(event)
+        return event
+
+    def unwatch(self, job_id: str, event: threading.Event) -> None:
+        with self._lock:
+            watchers = self._watchers.get(job_id)
+            if watchers is not None:
+                watchers.discard(event)
+                if not watchers:
+                    del self._watchers[job_id]
+
+    def watching(self) -> int:
+        """How many streams this process has open."""
+        with self._lock:
+            return sum(len(w) for w in self._watchers.values())
+
+    def stop(self) -> None:
+        """Stop listening (tests that build many apps); open streams fall back to their re-reads."""
+        self._stopped = True
+
+    def _wake(self, job_id: str | None) -> None:
+        with self._lock:
+            if job_id is None:
+                events = [e for watchers in self._watchers.values() for e in watchers]
+            else:
+                events = list(self._watchers.get(job_id, ()))
+        for event in events:
+            event.set()
+
+    def _ensure_listener(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self.listening.clear()
+            threading.Thread(target=self._listen, name="inkq-events", daemon=True).start()
+
+    def _listen(self) -> None:
+        """Subscribe and dispatch for ever; after a lost connection, wake everyone (they re-read)."""
+        delay = 0.1
+        while not self._stopped:
+            pubsub = None
+            try:
+                client = Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=30,
+                                        socket_keepalive=True, health_check_interval=15)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(CHANNEL)
+                self.listening.set()
+                self._wake(None)  # anything announced before this subscription is read now
+                delay = 0.1
+                while not self._stopped:  # get_message, not listen: an idle connection is PINGed, so a dead one is noticed
+                    message = pubsub.get_message(timeout=5.0)
+                    if message and message.get("type") == "message":
+                        data = message["data"]
+                        self._wake(data.decode() if isinstance(data, bytes) else data)
+            except (RedisError, OSError) as exc:
+                log.warning("event listener lost Redis (%s); reconnecting in %.1f s", exc, delay)
+            except Exception:  # never let the listener die: streams would fall back to slow re-reads
+                log.exception("event listener failed; restarting")
+            finally:
+                self.listening.clear()
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001 - closing a broken connection
+                        pass
+            if not self._stopped:
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str],
+           recheck_s: float, limit_s: float) -> Iterator[str]:
+    """The event-stream body: status objects as they change, ending after the terminal one."""
+    yield "retry: 2000\n\n"
+    woken = hub.watch(job_id)
+    try:
+        last = None
+        deadline = time.monotonic() + limit_s
+        while True:
+            woken.clear()  # cleared before the read: an announcement during it wakes the next wait
+            view = read(redis, job_id)
+            if view is None:  # expired while watched
+                return
+            body = describe(view, result_url)
+            if body != last:
+                yield f"event: status\ndata: {json.dumps(body)}\n\n"
+                last = body
+            if body["status"] in TERMINAL:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if not woken.wait(min(recheck_s, remaining)):
+                yield ": still watching\n\n"
+    finally:
+        hub.unwatch(job_id, woken)

@@ -1,0 +1,303 @@
+"""The read path under load (issue 8): inkq beside the naive baseline (scripts/naive_api.py), same run.
+
+For each service, on a redis-server of its own and with `hey` on the same box:
+1. saturation at 64 connections, 5 s: POST /generate of a 100 KB photo as JSON, then GET /status;
+2. paced polling: the seed's 5,000 users polling every 2 s (50 connections x 50 q/s = 2,500/s), 10 s;
+3. the seed's 500 users with the workers running jobs: 50 submissions/s and 250 polls/s at once, 10 s;
+4. 2,000 event streams over 40 jobs: first-event and terminal-event delays, ordinary GET /status
+   meanwhile, the API's memory (PSS) and threads;
+5. the whole stack's PSS after the load.
+Targets are checked on ratios or on figures taken in this same run; the script always exits 0.
+Usage: python scripts/bench_read.py [--quick]   (--quick: shorter runs, 500 streams)
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.bench_api import photo_of_size  # noqa: E402
+from tests.servers import (GunicornApi, RedisServer, Workers, free_port, pss_mb, process_tree,  # noqa: E402
+                           thread_count, wait_until)
+from tests.streams import Stream, run as follow_streams  # noqa: E402
+
+TOKEN = "bench-token"
+QUICK = "--quick" in sys.argv
+SAT_S, PACED_S = (3, 5) if QUICK else (5, 10)
+STREAM_JOBS, PER_JOB = (20, 25) if QUICK else (40, 50)
+
+
+# ---------------------------------------------------------------- hey
+def hey(url: str, seconds: float, conns: int, rate: float | None = None, body: Path | None = None) -> dict:
+    """Run hey; requests/s, latency percentiles (ms), status counts and errors."""
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(conns), "-H", f"Authorization: Bearer {TOKEN}"]
+    if rate:
+        cmd += ["-q", str(rate)]
+    if body is not None:
+        cmd += ["-m", "POST", "-T", "application/json", "-D", str(body)]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 120).stdout
+    found = {"rps": 0.0, "codes": {}, "errors": 0}
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Requests/sec:"):
+            found["rps"] = float(line.split()[1])
+        elif m := re.match(r"(\d+)% in ([\d.]+) secs", line):
+            found[f"p{m.group(1)}"] = float(m.group(2)) * 1000
+        elif m := re.match(r"\[(\d+)\]\s+(\d+) responses", line):
+            found["codes"][int(m.group(1))] = int(m.group(2))
+        elif m := re.match(r"\[(\d+)\]\s+Get|\[(\d+)\]\s+Post", line):
+            found["errors"] += int(m.group(1) or m.group(2))
+    found["bad"] = found["errors"] + sum(n for code, n in found["codes"].items() if code >= 400)
+    return found
+
+
+# ---------------------------------------------------------------- the two services
+class Service:
+    """One of the two services under test, with its own Redis."""
+
+    def __init__(self, name: str, tmp: Path):
+        self.name, self.tmp = name, tmp
+        self.redis = RedisServer()
+        self.env = {"REDIS_URL": self.redis.url, "API_KEYS": f"{TOKEN}:bench", "SECRET_KEY": "b" * 32,
+                    "RATE_LIMIT": "100000000/minute", "MAX_INFLIGHT_PER_USER": "100000000",
+                    "QUEUE_MAX_DEPTH": "100000000", "ACCESS_LOG": "", "LOG_FORMAT": "text", "GEMINI_API_KEY": "",
+                    "WEB_CONCURRENCY": "2", "CONCURRENCY_STENCIL": "5"}
+        self.workers_proc = None
+        if name == "inkq":
+            self.api = GunicornApi(self.env, str(tmp / "inkq-api.log"))
+            self.url, self.port, self.api_pid = self.api.url, self.api.port, self.api.proc.pid
+        else:
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.api = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{self.port}",
+                 "--backlog", "4096", "scripts.naive_api:app"], cwd=ROOT, env={**os.environ, **self.env},
+                stdout=open(tmp / "naive-api.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            self.api_pid = self.api.pid
+            wait_until(lambda: _up(self.url), timeout=60, what="the naive API")
+
+    def start_workers(self) -> None:
+        if self.name == "inkq":
+            self.workers_proc = Workers(self.env, str(self.tmp / "inkq-workers.log"))
+            self.workers_proc.wait_ready(self.redis_client(), 5 + 3 + 3 + 10)
+        else:  # the same 5 stencil workers, plain rq
+            rq = os.path.join(os.path.dirname(sys.executable), "rq")
+            self.workers_proc = subprocess.Popen(
+                [rq, "worker-pool", "stencil-generation", "-n", "5", "--url", self.redis.url,
+                 "--serializer", "rq.serializers.JSONSerializer"], cwd=ROOT, env={**os.environ, **self.env},
+                stdout=open(self.tmp / "naive-workers.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            wait_until(lambda: len(self.redis_client().smembers("rq:workers")) >= 5, timeout=60,
+                       what="naive workers")
+
+    def workers_pid(self) -> int | None:
+        proc = self.workers_proc.proc if isinstance(self.workers_proc, Workers) else self.workers_proc
+        return proc.pid if proc is not None else None
+
+    def redis_client(self):
+        import redis
+
+        return redis.Redis.from_url(self.redis.url)
+
+    def flush(self) -> None:
+        self.redis_client().flushall()
+
+    def api_pss(self) -> float:
+        return pss_mb(process_tree(self.api_pid))
+
+    def stack_pss(self) -> float:
+        pids = process_tree(self.api_pid)
+        if self.workers_pid():
+            pids += process_tree(self.workers_pid())
+        return pss_mb(pids)
+
+    def api_threads(self) -> int:
+        return sum(thread_count(pid) for pid in process_tree(self.api_pid))
+
+    def stop(self) -> None:
+        for proc in (self.workers_proc, self.api):
+            if isinstance(proc, (Workers, GunicornApi)):
+                proc.stop()
+            elif proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        self.redis.stop()
+
+
+def _up(url: str) -> bool:
+    try:
+        return requests.get(url + "/healthz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def submit(url: str, body: dict) -> str:
+    response = requests.post(url + "/generate", json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    response.raise_for_status()
+    return response.json()["jobId"]
+
+
+# ---------------------------------------------------------------- the measurements
+def measure(svc: Service, body_file: Path, body: dict) -> dict:
+    out = {}
+    out["submit"] = hey(svc.url + "/generate", SAT_S, 64, body=body_file)
+    svc.flush()
+    job_id = submit(svc.url, body)
+    out["status"] = hey(f"{svc.url}/status/{job_id}", SAT_S, 64)
+    out["paced"] = hey(f"{svc.url}/status/{job_id}", PACED_S, 50, rate=50)
+    svc.flush()
+
+    svc.start_workers()
+    job_id = submit(svc.url, body)
+    mixed = {}
+    threads = [threading.Thread(target=lambda: mixed.__setitem__("submit", hey(
+                   svc.url + "/generate", PACED_S, 5, rate=10, body=body_file))),
+               threading.Thread(target=lambda: mixed.__setitem__("poll", hey(
+                   f"{svc.url}/status/{job_id}", PACED_S, 25, rate=10)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out["mixed"] = mixed
+    # drop what is still waiting and let the running jobs end, so the streams start on idle workers
+    client = svc.redis_client()
+    client.delete("rq:queue:stencil-generation")
+    time.sleep(5)
+    out["streams"] = streams(svc, body)
+    time.sleep(2)
+    out["stack_pss"] = svc.stack_pss()
+    return out
+
+
+def streams(svc: Service, body: dict) -> dict:
+    """2,000 streams over 40 jobs, opened over 2 s while the jobs run; ordinary polls meanwhile."""
+    ids = [submit(svc.url, body) for _ in range(STREAM_JOBS)]
+    watched = [Stream(job_id, TOKEN) for job_id in ids for _ in range(PER_JOB)]
+    timeout = 120 if svc.name == "inkq" else 60
+    follower = threading.Thread(target=follow_streams, args=("127.0.0.1", svc.port, watched, timeout, 2.0))
+    follower.start()
+    polls = {}
+    poller = threading.Thread(target=lambda: polls.update(hey(f"{svc.url}/status/{ids[0]}", 8, 10, rate=10)))
+    time.sleep(1.0)
+    poller.start()
+    peak_pss, peak_threads, open_now = 0.0, 0, 0
+    while follower.is_alive():
+        peak_pss = max(peak_pss, svc.api_pss())
+        peak_threads = max(peak_threads, svc.api_threads())
+        open_now = max(open_now, sum(1 for s in watched if s.first_event and not s.ended and not s.error))
+        follower.join(0.5)
+    poller.join()
+    firsts = [s.first_event - s.opened for s in watched if s.first_event]
+    lags = []
+    for s in watched:
+        if s.ended and s.last.get("endedAt"):
+            ended_at = _parse_iso(s.last["endedAt"])
+            lags.append(max(0.0, s.ended - ended_at))
+    return {"opened": len(watched), "first": len(firsts), "ended": sum(1 for s in watched if s.ended),
+            "errors": sum(1 for s in watched if s.error), "first_p99": _p(firsts, 99), "end_lag_max": max(lags or [0]),
+            "end_lag_p99": _p(lags, 99), "open_peak": open_now, "polls": polls, "pss": peak_pss,
+            "threads": peak_threads}
+
+
+def _parse_iso(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _p(values, pct) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+
+# ---------------------------------------------------------------- report
+def report(naive: dict, inkq: dict) -> None:
+    def row(label, n, i, unit, better="higher"):
+        ratio = (i / n if better == "higher" else n / i) if n and i else float("nan")
+        print(f"  {label:<46} naive {n:>9.1f} {unit:<5} inkq {i:>9.1f} {unit:<5} x{ratio:.2f}")
+
+    checks = []
+
+    def check(ok, text):
+        checks.append((ok, text))
+
+    print("Saturation, 64 connections (requests/s):")
+    row("POST /generate, 100 KB photo as JSON", naive["submit"]["rps"], inkq["submit"]["rps"], "/s")
+    row("GET /status", naive["status"]["rps"], inkq["status"]["rps"], "/s")
+    check(inkq["submit"]["rps"] >= 2 * naive["submit"]["rps"], "submit >= 2x naive")
+    check(inkq["status"]["rps"] >= 3 * naive["status"]["rps"], "status >= 3x naive")
+    print("Paced, the seed's 5,000 pollers (50 connections x 50 q/s = 2,500/s asked):")
+    row("served per second", naive["paced"]["rps"], inkq["paced"]["rps"], "/s")
+    row("p99 latency", naive["paced"].get("p99", 0), inkq["paced"].get("p99", 0), "ms", "lower")
+    row("errors and non-2xx", naive["paced"]["bad"], inkq["paced"]["bad"], "")
+    check(inkq["paced"]["rps"] >= 2400 and inkq["paced"].get("p99", 1e9) <= 50 and inkq["paced"]["bad"] == 0,
+          "2,500 polls/s paced at p99 <= 50 ms, no errors")
+    print("The seed's 500 users with workers running (50 submissions/s + 250 polls/s):")
+    for key, label in (("submit", "submit p99"), ("poll", "poll p99")):
+        row(label, naive["mixed"][key].get("p99", 0), inkq["mixed"][key].get("p99", 0), "ms", "lower")
+    row("submit p50", naive["mixed"]["submit"].get("p50", 0), inkq["mixed"]["submit"].get("p50", 0), "ms", "lower")
+    row("poll p50", naive["mixed"]["poll"].get("p50", 0), inkq["mixed"]["poll"].get("p50", 0), "ms", "lower")
+    check(inkq["mixed"]["submit"].get("p99", 1e9) <= 50, "busy: submit p99 <= 50 ms")
+    check(inkq["mixed"]["poll"].get("p99", 1e9) <= 20, "busy: poll p99 <= 20 ms")
+    n, i = naive["streams"], inkq["streams"]
+    print(f"{i['opened']:,} event streams over {STREAM_JOBS} running jobs, opened within 2 s:")
+    row("streams that got a first event", n["first"], i["first"], "")
+    row("streams that saw their job end", n["ended"], i["ended"], "")
+    row("most open at once", n["open_peak"], i["open_peak"], "")
+    row("first event p99", n["first_p99"] * 1000, i["first_p99"] * 1000, "ms", "lower")
+    row("terminal event after the job ended, max", n["end_lag_max"] * 1000, i["end_lag_max"] * 1000, "ms", "lower")
+    row("ordinary GET /status meanwhile, p95", n["polls"].get("p95", 0), i["polls"].get("p95", 0), "ms", "lower")
+    row("API PSS, peak", n["pss"], i["pss"], "MB", "lower")
+    row("API threads, peak", n["threads"], i["threads"], "", "lower")
+    check(i["ended"] == i["opened"] and i["errors"] == 0, "every stream saw its job end")
+    check(i["first_p99"] <= 1.0, "first event p99 <= 1 s")
+    check(i["end_lag_max"] <= 1.0, "terminal event <= 1 s after the job ended")
+    check(i["polls"].get("p95", 1e9) <= 200, "ordinary requests p95 <= 200 ms meanwhile")
+    check(i["pss"] <= 800, "API PSS <= 800 MB")
+    check(i["threads"] < 40, "no thread held per stream")
+    print("After the load:")
+    row("whole stack PSS (API + workers)", naive["stack_pss"], inkq["stack_pss"], "MB", "lower")
+    check(inkq["stack_pss"] <= 1536, "whole stack PSS <= 1.5 GB")
+    for ok, text in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}: {text}")
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="inkq-bench-read-"))
+    body = {"image": base64.b64encode(photo_of_size(100)).decode(), "engine": "local"}
+    body_file = tmp / "body.json"
+    body_file.write_text(json.dumps(body))
+    results = {}
+    for name in ("naive", "inkq"):
+        svc = Service(name, tmp)
+        try:
+            results[name] = measure(svc, body_file, {**body, "engine": "local"} if name == "inkq" else body)
+        finally:
+            svc.stop()
+        print(f"({name} measured; logs in {tmp})", flush=True)
+    report(results["naive"], results["inkq"])
+    (tmp / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Event streams at scale: thousands open at once on the deployed server (gunicorn, gevent), woken by
+announcements (tasks/changes.py) rather than by polling, and no thread held per stream."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis as redis_lib
+import requests
+
+from tests.conftest import Api, base_config, photo
+from tests.servers import ApiServer, GunicornApi, RedisServer, Workers, thread_count, wait_until
+from tests.streams import Stream, run
+
+JOBS, PER_JOB = 40, 50  # 2,000 streams
+
+
+@pytest.fixture
+def own_redis():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+def test_two_thousand_streams_each_see_their_job_end(own_redis, tmp_path):
+    # EVENTS_POLL_S=120: a stream re-reads on its own only every 2 minutes, so every event below
+    # arrives because a writer announced it.
+    api = GunicornApi({"REDIS_URL": own_redis.url, "API_KEYS": "tok-s:streamer", "SECRET_KEY": "k" * 32,
+                       "WEB_CONCURRENCY": 2, "MAX_INFLIGHT_PER_USER": 100, "RATE_LIMIT": "100000/minute",
+                       "EVENTS_POLL_S": 120, "GEMINI_API_KEY": "", "ACCESS_LOG": "", "LOG_FORMAT": "text"},
+                      str(tmp_path / "api.log"))
+    workers = None
+    try:
+        client = Api(api.url)
+        image = photo((160, 160))
+        ids = []
+        for _ in range(JOBS):  # no workers yet: every job waits
+            response = client.submit(image, token="tok-s", engine="local")
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["jobId"])
+        streams = [Stream(job_id, "tok-s") for job_id in ids for _ in range(PER_JOB)]
+        follower = threading.Thread(target=run, args=("127.0.0.1", api.port, streams, 240, 2.0), daemon=True)
+        follower.start()
+
+        wait_until(lambda: all(s.first_event or s.error for s in streams), timeout=90, interval=0.2,
+                   what="every stream's first event")
+        errors = [s.error for s in streams if s.error]
+        assert not errors, f"{len(errors)} streams failed, first: {errors[0]}"
+        assert all(s.http_status == 200 and s.last["status"] == "waiting" for s in streams)
+        # All 2,000 are open now: the API's processes hold a handful of threads, not one per stream.
+        threads = {pid: thread_count(pid) for pid in api.workers()}
+        assert len(threads) == 2 and max(threads.values()) < 20, threads
+        health = requests.get(api.url + "/healthz", timeout=10)
+        assert health.status_code == 200
+
+        workers = Workers({"REDIS_URL": own_redis.url, "CONCURRENCY_STENCIL": "5", "CONCURRENCY_ENHANCE": "1",
+                           "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "GEMINI_API_KEY": "",
+                           "LOG_LEVEL": "WARNING"}, str(tmp_path / "workers.log"))
+        follower.join(200)
+        assert not follower.is_alive(), "streams still open after 200 s"
+        errors = [s.error for s in streams if s.error]
+        assert not errors, f"{len(errors)} streams failed, first: {errors[0]}"
+        for stream in streams:
+            assert stream.last["jobId"] == stream.job_id
+            assert stream.last["status"] == "completed", stream.last
+            assert stream.last["result"]["image"].startswith(api.url + "/files/")
+            assert [e["status"] for e in stream.events][0] == "waiting"
+        # Each stream ended soon after its job: no 120 s re-read was needed.
+        assert max(s.ended - s.opened for s in streams) < 60
+    finally:
+        if workers is not None:
+            workers.stop()
+        api.stop()
+
+
+def test_streams_recover_from_a_lost_listener_connection(own_redis, tmp_path):
+    """The process's one pub/sub connection is killed; streams still get their events (the
+    listener reconnects and wakes every stream to re-read), long before their own re-read."""
+    from api import create_app
+
+    server = ApiServer(create_app(base_config(own_redis.url, EVENTS_POLL_S=120)))
+    workers = None
+    try:
+        client = Api(server.url)
+        job_id = client.submit(photo((96, 96)), engine="local").json()["jobId"]
+        stream = Stream(job_id, "tok-alice")
+        host, port = server.url.rsplit(":", 1)
+        follower = threading.Thread(target=run, args=(host.split("//")[1], int(port), [stream], 90), daemon=True)
+        follower.start()
+        wait_until(lambda: stream.first_event, timeout=10, what="the first event")
+        admin = redis_lib.Redis.from_url(own_redis.url)
+        wait_until(lambda: admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub"), timeout=10,
+                   what="the listener's connection to be killed")
+        started = time.time()
+        workers = Workers({"REDIS_URL": own_redis.url, "CONCURRENCY_STENCIL": "1", "CONCURRENCY_ENHANCE": "1",
+                           "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "GEMINI_API_KEY": "",
+                           "LOG_LEVEL": "WARNING"}, str(tmp_path / "workers.log"))
+        follower.join(60)
+        assert stream.error is None and stream.last["status"] == "completed", (stream.error, stream.events)
+        assert stream.ended - started < 60
+    finally:
+        if workers is not None:
+            workers.stop()
+        server.stop()
