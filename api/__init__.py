@@ -45,6 +45,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .admission import Admission
     from .auth import Authenticator
     from .events import Hub
+    from .fastpath import FastStatus
     from .limits import SubmissionLimiter
     from .links import ResultLinks
     from .metrics import Metrics
@@ -58,7 +59,6 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     logs.configure(settings.log_format)
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # no HTML redirects for odd paths: they are JSON 404s
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + 64 * 1024
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False
@@ -75,6 +75,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         limiter=SubmissionLimiter(settings.redis_url, settings.rate_limit),
         links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
         metrics=metrics, auth=auth, hub=Hub(settings.redis_url))
+    # GET /status/<id> is most of the traffic: served below Flask, after ProxyFix (api/fastpath.py)
+    app.wsgi_app = ProxyFix(FastStatus(app.wsgi_app, app.extensions["inkq"]), x_for=1, x_proto=1, x_host=1)
     errors.init_app(app)
     metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env))
     for blueprint in (jobs.bp, credits.bp, admin.bp, health.bp, web.bp):

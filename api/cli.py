@@ -16,7 +16,7 @@ def options(env) -> dict:
     """gunicorn settings from the environment."""
     return {
         "bind": f"{env.get('HOST') or '0.0.0.0'}:{env.get('PORT') or '8000'}",
-        "worker_class": "gevent",
+        "worker_class": "gevent_pywsgi",
         "workers": int(env.get("WEB_CONCURRENCY") or 2),
         "worker_connections": int(env.get("GUNICORN_WORKER_CONNECTIONS") or 5000),
         "timeout": int(env.get("GUNICORN_TIMEOUT") or 60),

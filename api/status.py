@@ -1,6 +1,6 @@
 """The status object of API.md: the one place RQ states become status words.
 
-A status read is one pipelined round trip (`read`): the job hash's few fields, the latest result entry
+A status read is one round trip, one Lua call (`read`): the job hash's few fields, the latest result entry
 and whether a credit charge is still pending, parsed without building an RQ `Job`.
 """
 from __future__ import annotations
@@ -73,45 +73,59 @@ class View:
         return self.meta.get("user")
 
 
-_FIELDS = ("status", "meta", "origin", "created_at", "ended_at")
+# One script, so a status read is one command: the job hash's few fields, the latest result entry
+# (raw: [[id, [field, value, ...]]]) and whether a credit charge is still pending.
+_READ = """
+return {redis.call('HMGET', KEYS[1], 'status', 'meta', 'origin', 'created_at', 'ended_at'),
+        redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1),
+        redis.call('EXISTS', KEYS[3])}
+"""
+_scripts: dict[int, object] = {}
 
 
-def _queue_reads(pipe, job_id: str) -> None:
-    pipe.hmget(Job.key_for(job_id), _FIELDS)
-    pipe.xrevrange(Result.get_key(job_id), "+", "-", count=1)
-    pipe.exists(charge_key(job_id))
+def _script(redis):
+    found = _scripts.get(id(redis))
+    if found is None:
+        found = _scripts[id(redis)] = redis.register_script(_READ)
+    return found
+
+
+def _keys(job_id: str) -> list[str]:
+    return [Job.key_for(job_id), Result.get_key(job_id), charge_key(job_id)]
 
 
 def _text(raw) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def _view(job_id: str, fields, results, charged) -> View | None:
-    status, meta, origin, created_at, ended_at = fields
+def _view(job_id: str, reply) -> View | None:
+    (status, meta, origin, created_at, ended_at), results, charged = reply
     if status is None and meta is None:
         return None
     value = None
     if results:
-        payload = results[0][1]
-        raw = payload.get(b"return_value") if b"type" in payload else None
-        if raw is not None and int(payload[b"type"]) == 1:  # rq's Result.Type.SUCCESSFUL
+        flat = results[0][1]
+        payload = dict(zip(flat[::2], flat[1::2]))
+        raw = payload.get(b"return_value")
+        if raw is not None and payload.get(b"type") == b"1":  # rq's Result.Type.SUCCESSFUL
             value = json.loads(b64decode(raw))
     return View(job_id, _text(status), json.loads(meta) if meta else {}, _text(origin),
                 _rq_time(created_at), _rq_time(ended_at), value if isinstance(value, dict) else None, bool(charged))
 
 
 def read(redis, job_id: str) -> View | None:
-    """A job's view in one round trip (job hash fields, latest result, pending charge); None if gone."""
-    return read_many(redis, [job_id])[0]
+    """A job's view in one command (job hash fields, latest result, pending charge); None if gone."""
+    return _view(job_id, _script(redis)(keys=_keys(job_id)))
 
 
 def read_many(redis, job_ids: list[str]) -> list[View | None]:
     """Views of several jobs in one round trip."""
+    script = _script(redis)
     with redis.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            _queue_reads(pipe, job_id)
+            script(keys=_keys(job_id), client=pipe)
         replies = pipe.execute()
-    return [_view(job_id, *replies[3 * i: 3 * i + 3]) for i, job_id in enumerate(job_ids)]
+    return [_view(job_id, reply) for job_id, reply in zip(job_ids, replies)]
 
 
 def _rq_time(raw) -> str | None:

@@ -16,7 +16,7 @@ import requests
 
 from tests import fakegemini as fg
 from tests.conftest import ADMIN_TOKEN, photo
-from tests.servers import ROOT, RedisServer, Workers, free_port, wait_until
+from tests.servers import ROOT, RedisServer, Workers, children, free_port, wait_until
 
 
 def _env(**extra) -> dict:
@@ -70,6 +70,24 @@ def test_start_api_refuses_to_run_without_auth(redis_url, tmp_path):
                                                JWT_JWKS_URL="", ADMIN_TOKEN="", SECRET_KEY="k", INKQ_DEV=""))
     assert proc.returncode == 2
     assert b"no authentication is configured" in proc.stderr
+
+
+def test_workers_run_at_a_lower_cpu_priority_than_the_api(redis_url, tmp_path):
+    """Pools are niced (WORKER_NICE), and a service in its own session lowers its whole autogroup,
+    since Linux shares CPU between sessions before nice values count."""
+    service = Workers({"REDIS_URL": redis_url, "CONCURRENCY_STENCIL": "1", "CONCURRENCY_ENHANCE": "1",
+                       "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "WORKER_NICE": "7",
+                       "LOG_LEVEL": "WARNING"}, str(tmp_path / "workers.log"))
+    try:
+        pools = wait_until(lambda: [p for p in children(service.proc.pid)] if len(children(service.proc.pid)) == 4
+                           else None, timeout=30, what="four pools")
+        assert os.getpriority(os.PRIO_PROCESS, service.proc.pid) == 0
+        assert all(os.getpriority(os.PRIO_PROCESS, pid) == 7 for pid in pools)
+        if os.path.exists("/proc/self/autogroup"):
+            with open(f"/proc/{service.proc.pid}/autogroup") as f:
+                assert f.read().split()[-1] == "7"
+    finally:
+        service.stop()
 
 
 def test_start_workers_warm_shutdown(fake_gemini, tmp_path):

@@ -1,0 +1,80 @@
+"""The status read path: one Redis command per read, served below Flask for the owner, and exactly
+the body the Flask view gives; everything else falls through to the view and its errors."""
+from __future__ import annotations
+
+import pytest
+import redis as redis_lib
+
+from api import create_app
+from api.fastpath import FastStatus
+from tests.conftest import base_config, photo
+from tests.servers import RedisServer
+
+
+@pytest.fixture
+def app(redis_url):
+    return create_app(base_config(redis_url))
+
+
+def _environ(app, job_id, token="tok-alice", host="api.example:8443", scheme="https"):
+    return {"REQUEST_METHOD": "GET", "PATH_INFO": f"/status/{job_id}", "SERVER_NAME": "x", "SERVER_PORT": "80",
+            "wsgi.url_scheme": scheme, "HTTP_HOST": host, "HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+def _flask_body(app, job_id, token="tok-alice", base_url="https://api.example:8443"):
+    with app.test_request_context(f"/status/{job_id}", base_url=base_url, headers={"Authorization": f"Bearer {token}"}):
+        return app.make_response(app.view_functions["jobs.status"](job_id)).get_data()
+
+
+def _submit(app) -> str:
+    import base64
+
+    client = app.test_client()
+    response = client.post("/generate", json={"image": base64.b64encode(photo((96, 96))).decode(), "engine": "local"},
+                           headers={"Authorization": "Bearer tok-alice"})
+    assert response.status_code == 202, response.json
+    return response.json["jobId"]
+
+
+def test_fast_path_gives_the_flask_views_body_for_every_state(app, api, workers):
+    fast = FastStatus(None, app.extensions["inkq"])
+    job_id = _submit(app)
+    waiting = fast._answer(_environ(app, job_id), job_id)
+    assert waiting is not None and waiting == _flask_body(app, job_id)
+    api.wait(job_id)
+    completed = fast._answer(_environ(app, job_id), job_id)
+    assert completed is not None and completed == _flask_body(app, job_id)
+    assert b'"status":"completed"' in completed and b'"image":"https://api.example:8443/files/' in completed
+
+
+def test_fast_path_leaves_everything_but_the_owners_read_to_flask(app):
+    fast = FastStatus(None, app.extensions["inkq"])
+    job_id = _submit(app)
+    assert fast._answer(_environ(app, job_id, token="tok-bob"), job_id) is None  # another user's job
+    assert fast._answer(_environ(app, job_id, token="nope"), job_id) is None  # bad credentials
+    assert fast._answer(_environ(app, "0" * 32), "0" * 32) is None  # unknown job
+    client = app.test_client()
+    assert client.get(f"/status/{job_id}", headers={"Authorization": "Bearer tok-bob"}).status_code == 404
+    assert client.get(f"/status/{job_id}", headers={"Authorization": "Bearer nope"}).json["code"] == "unauthenticated"
+    assert client.get(f"/status/{job_id}", headers={"Authorization": "Bearer tok-alice"}).json["jobId"] == job_id
+
+
+def test_a_status_read_is_one_redis_command(tmp_path):
+    server = RedisServer()  # its own: nothing else may send commands while they are counted
+    try:
+        app = create_app(base_config(server.url))
+        job_id = _submit(app)
+        client = app.test_client()
+        client.get(f"/status/{job_id}", headers={"Authorization": "Bearer tok-alice"})  # scripts loaded
+        admin = redis_lib.Redis.from_url(server.url)
+        admin.config_resetstat()
+        for _ in range(5):
+            assert client.get(f"/status/{job_id}", headers={"Authorization": "Bearer tok-alice"}).status_code == 200
+        calls = {name.split("|")[0]: stats["calls"] for name, stats in admin.info("commandstats").items()}
+        calls.pop("cmdstat_config", None)
+        calls.pop("cmdstat_info", None)
+        # one EVALSHA per read from the API; Redis also counts the calls made inside the script
+        assert calls.pop("cmdstat_evalsha") == 5, calls
+        assert set(calls) <= {"cmdstat_hmget", "cmdstat_xrevrange", "cmdstat_exists"}, calls
+    finally:
+        server.stop()
