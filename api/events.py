@@ -126,15 +126,20 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
         deadline = time.monotonic() + limit_s
         while True:
             woken.clear()  # cleared before the read: an announcement during it wakes the next wait
-            view = read(redis, job_id)
+            try:
+                view = read(redis, job_id)
+            except RedisError as exc:  # the stream stays open and tries again at its next wake
+                log.warning("event stream could not read job %s: %s", job_id, exc)
+                view = False
             if view is None:  # expired while watched
                 return
-            body = describe(view, result_url)
-            if body != last:
-                yield f"event: status\ndata: {json.dumps(body)}\n\n"
-                last = body
-            if body["status"] in TERMINAL:
-                return
+            if view:
+                body = describe(view, result_url)
+                if body != last:
+                    yield f"event: status\ndata: {json.dumps(body)}\n\n"
+                    last = body
+                if body["status"] in TERMINAL:
+                    return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

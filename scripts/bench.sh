@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # `make bench`: (1) the local engines on one core: a 12 MP JPEG through decode → stencil → PNG beside a
 # Canny reference; (2) the service: POST /generate latency beside GET /healthz, and a 512x512 stencil job;
-# (3) recovery: kill -> completed on another worker service, beside the same job uninterrupted.
+# (3) recovery: kill -> completed on another worker service, beside the same job uninterrupted;
+# (4) the read path at the seed's scale (saturation, 2,500 polls/s, busy workers, 2,000 event streams)
+# beside the naive baseline scripts/naive_api.py, in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
 scripts/system_deps.sh redis-server:redis-server
 scripts/system_deps.sh wrk:wrk || echo "wrk is missing: the polling load figure is skipped" >&2
+scripts/system_deps.sh hey:hey || echo "hey is missing: the read-path benchmark cannot run" >&2
 pin=()
 if command -v taskset >/dev/null 2>&1; then
   pin=(taskset -c 0)
@@ -20,3 +23,8 @@ echo "== service (API under gunicorn, real workers) =="
 echo
 echo "== recovery (two worker services, one SIGKILLed mid-job) =="
 "$VENV/bin/python" scripts/bench_recovery.py
+echo
+echo "== read path (inkq beside the naive baseline, hey on the same box) =="
+if command -v hey >/dev/null 2>&1; then
+  "$VENV/bin/python" scripts/bench_read.py
+fi

@@ -265,7 +265,8 @@ def report(naive: dict, inkq: dict) -> None:
     row("most open at once", n["open_peak"], i["open_peak"], "")
     row("first event p99", n["first_p99"] * 1000, i["first_p99"] * 1000, "ms", "lower")
     row("terminal event after the job ended, max", n["end_lag_max"] * 1000, i["end_lag_max"] * 1000, "ms", "lower")
-    row("ordinary GET /status meanwhile, p95", n["polls"].get("p95", 0), i["polls"].get("p95", 0), "ms", "lower")
+    row("ordinary GET /status meanwhile, p95 (nan: none answered)", n["polls"].get("p95", float("nan")),
+        i["polls"].get("p95", float("nan")), "ms", "lower")
     row("API PSS, peak", n["pss"], i["pss"], "MB", "lower")
     row("API threads, peak", n["threads"], i["threads"], "", "lower")
     check(i["ended"] == i["opened"] and i["errors"] == 0, "every stream saw its job end")

@@ -150,6 +150,19 @@ def _default_stop_signals() -> None:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
+def idle_priority() -> None:
+    """A work-horse runs its image work under SCHED_IDLE unless WORKER_NICE is 0: any ordinary task
+    that wakes (the API, Redis) takes the core at once instead of waiting out the horse's time slice,
+    which nice alone does not give. Only the horse: the worker itself, whose liveness thread must
+    renew its key every second, stays an ordinary (niced) process."""
+    if env_int(os.environ, "WORKER_NICE", 10) <= 0 or not hasattr(os, "SCHED_IDLE"):
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:
+        log.debug("could not set SCHED_IDLE: %s", exc)
+
+
 @contextlib.contextmanager
 def signals_for_main_thread_only():
     """Start threads inside this block: they inherit a mask that blocks SIGINT and SIGTERM.
@@ -298,6 +311,7 @@ class InkqWorker(Worker):
         """The horse is SIGKILLed if its worker dies: the sweep will run the job again elsewhere, and
         two copies must never run at once."""
         die_with_parent(signal.SIGKILL, parent_pid=self.pid)
+        idle_priority()
         return super().main_work_horse(job, queue)
 
     def work(self, *args, **kwargs):

@@ -72,22 +72,46 @@ def test_start_api_refuses_to_run_without_auth(redis_url, tmp_path):
     assert b"no authentication is configured" in proc.stderr
 
 
-def test_workers_run_at_a_lower_cpu_priority_than_the_api(redis_url, tmp_path):
-    """Pools are niced (WORKER_NICE), and a service in its own session lowers its whole autogroup,
-    since Linux shares CPU between sessions before nice values count."""
-    service = Workers({"REDIS_URL": redis_url, "CONCURRENCY_STENCIL": "1", "CONCURRENCY_ENHANCE": "1",
+def test_workers_run_at_a_lower_cpu_priority_than_the_api(fake_gemini, tmp_path):
+    """Pools are niced (WORKER_NICE); a service in its own session lowers its whole autogroup, since
+    Linux shares CPU between sessions before nice values count; work-horses run under SCHED_IDLE."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from api import create_app
+    from tests.conftest import base_config
+
+    server = RedisServer()
+    service = Workers({"REDIS_URL": server.url, "CONCURRENCY_STENCIL": "1", "CONCURRENCY_ENHANCE": "1",
                        "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "WORKER_NICE": "7",
-                       "LOG_LEVEL": "WARNING"}, str(tmp_path / "workers.log"))
+                       "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": fake_gemini.url, "LOG_LEVEL": "WARNING"},
+                      str(tmp_path / "workers.log"))
     try:
-        pools = wait_until(lambda: [p for p in children(service.proc.pid)] if len(children(service.proc.pid)) == 4
-                           else None, timeout=30, what="four pools")
+        client = redis_lib.Redis.from_url(server.url)
+        service.wait_ready(client, 4)
+        pools = children(service.proc.pid)
+        assert len(pools) == 4
         assert os.getpriority(os.PRIO_PROCESS, service.proc.pid) == 0
         assert all(os.getpriority(os.PRIO_PROCESS, pid) == 7 for pid in pools)
         if os.path.exists("/proc/self/autogroup"):
             with open(f"/proc/{service.proc.pid}/autogroup") as f:
                 assert f.read().split()[-1] == "7"
+
+        fake_gemini.push(fg.slow(6, fg.ok()))
+        app = create_app(base_config(server.url, GEMINI_API_KEY="test-key", GEMINI_BASE_URL=fake_gemini.url))
+        response = app.test_client().post("/generate", json={"operation": "ia-gen", "prompt": "a rose"},
+                                          headers={"Authorization": "Bearer tok-alice"})
+        assert response.status_code == 202, response.json
+        wait_until(lambda: fake_gemini.requests, timeout=30, what="the horse's provider call")
+        job = Job.fetch(response.json["jobId"], connection=client, serializer=JSONSerializer)
+        horse = int(job.meta["pid"])
+        assert os.sched_getscheduler(horse) == os.SCHED_IDLE
+        worker = int(open(f"/proc/{horse}/stat").read().rsplit(")", 1)[1].split()[1])  # its parent
+        assert os.sched_getscheduler(worker) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, worker) == 7
     finally:
         service.stop()
+        server.stop()
 
 
 def test_start_workers_warm_shutdown(fake_gemini, tmp_path):
