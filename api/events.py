@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable, Iterator
 
 from redis import Redis
@@ -28,7 +29,17 @@ log = logging.getLogger("inkq.api")
 
 
 class Hub:
-    """The process's watchers by job id, and the listener that wakes them."""
+    """The process's watchers by job id, the listener that wakes them, and the status cache.
+
+    The cache holds views read by `GET /status` (api/fastpath.py). An entry is dropped when its job
+    is announced, and every entry when the listener connects or loses Redis; none is kept while
+    the listener is not subscribed, and none longer than `STATUS_CACHE_S`. A read only enters the
+    cache if no announcement at all arrived while it was in flight, so an entry is never older
+    than a change that was announced before it was stored. What bypasses announcements (an
+    operator's action in rq-dashboard, a job expiring) shows within `STATUS_CACHE_S`.
+    """
+
+    CACHE_SIZE = 50_000
 
     def __init__(self, redis_url: str):
         self.redis_url = redis_url
@@ -37,6 +48,38 @@ class Hub:
         self._pid = None  # the listener belongs to the process that started it (gunicorn forks)
         self.listening = threading.Event()
         self._stopped = False
+        self._cache: OrderedDict[str, tuple[float, object]] = OrderedDict()
+        self._seq = 0  # announcements (and reconnects) seen so far
+
+    def cached(self, job_id: str, max_age_s: float):
+        """The cached view of job_id, or None."""
+        if max_age_s <= 0:
+            return None
+        self._ensure_listener()
+        if not self.listening.is_set():
+            return None
+        entry = self._cache.get(job_id)
+        if entry is None:
+            return None
+        if time.monotonic() - entry[0] > max_age_s:
+            with self._lock:
+                self._cache.pop(job_id, None)
+            return None
+        return entry[1]
+
+    def mark(self) -> int | None:
+        """Call before a read that may be cached; pass the result to `remember`."""
+        return self._seq if self.listening.is_set() else None
+
+    def remember(self, job_id: str, view, mark: int | None) -> None:
+        """Cache a view read after `mark`, unless anything was announced meanwhile."""
+        with self._lock:
+            if mark is None or mark != self._seq or not self.listening.is_set():
+                return
+            self._cache[job_id] = (time.monotonic(), view)
+            self._cache.move_to_end(job_id)
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
 
     def watch(self, job_id: str) -> threading.Event:
         """An event set whenever job_id is announced; pass it to `unwatch` when done."""
@@ -65,6 +108,11 @@ class Hub:
 
     def _wake(self, job_id: str | None) -> None:
         with self._lock:
+            self._seq += 1
+            if job_id is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(job_id, None)
             if job_id is None:
                 events = [e for watchers in self._watchers.values() for e in watchers]
             else:
@@ -106,6 +154,7 @@ class Hub:
                 log.exception("event listener failed; restarting")
             finally:
                 self.listening.clear()
+                self._wake(None)  # the cache is void without the subscription
                 if pubsub is not None:
                     try:
                         pubsub.close()

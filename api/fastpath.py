@@ -3,6 +3,8 @@
 At the seed's scale (5,000 users polling every 2 s) this one route is most of the API's traffic, and
 Flask's per-request work (contexts, routing, hooks, response objects) cost more than the read itself.
 Only the happy path is served here: an authenticated user, a well-formed id, a job the user owns.
+A job's view may come from the process's cache, which announcements keep exact (`events.Hub`):
+a job waiting in a long queue is polled many times and read from Redis once.
 Everything else (no or bad credentials, admin tokens, unknown or foreign jobs, Redis errors) falls
 through to the Flask view (`jobs.status`), which answers it and every error exactly as before. Both
 paths build the body with the same `status.read` and `status.describe`; a test checks they agree.
@@ -51,15 +53,24 @@ class FastStatus:
             who = ctx.auth.authenticate(environ.get("HTTP_AUTHORIZATION"))
             if who.is_admin or who.user_id.startswith("@"):
                 return None
-            view = read(ctx.redis, job_id)
+            hub, max_age = ctx.hub, ctx.settings.status_cache_s
+            view = hub.cached(job_id, max_age)
+            if view is None:
+                mark = hub.mark()
+                view = read(ctx.redis, job_id)
+                if view is not None:
+                    hub.remember(job_id, view, mark)
+                    if view.charged and view.user == who.user_id:
+                        ctx.admission.settle(view.id, view.user, view.word)
             if view is None or view.user != who.user_id:
                 return None
-            base = get_current_url(environ["wsgi.url_scheme"], get_host(environ)).rstrip("/")  # request.host_url
-            links = ctx.links
-            body = describe(view, lambda jid: f"{base}/files/{links.token(jid)}")
-            if view.charged:  # ended but not yet settled (normally the worker settles)
-                ctx.admission.settle(view.id, view.user, body["status"])
+            body = describe(view, lambda jid: f"{_host_url(environ)}/files/{ctx.links.token(jid)}")
         except Exception:  # noqa: BLE001 - the Flask view answers, with the contract's error if any
             log.debug("status fast path fell through", exc_info=True)
             return None
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+def _host_url(environ) -> str:
+    """Flask's `request.host_url` without its trailing slash (built only for completed jobs)."""
+    return get_current_url(environ["wsgi.url_scheme"], get_host(environ)).rstrip("/")

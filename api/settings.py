@@ -61,6 +61,7 @@ class Settings:
     events_poll_s: float
     events_max_s: float
     redis_max_connections: int
+    status_cache_s: float
     log_format: str
 
     @classmethod
@@ -100,5 +101,6 @@ class Settings:
             events_poll_s=float(env.get("EVENTS_POLL_S") or 10),
             events_max_s=float(env.get("EVENTS_MAX_S") or 600),
             redis_max_connections=env_int(env, "REDIS_MAX_CONNECTIONS", 64),
+            status_cache_s=float(env.get("STATUS_CACHE_S") or 10),
             log_format=(env.get("LOG_FORMAT") or "json").lower(),
         )

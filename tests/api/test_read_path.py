@@ -59,10 +59,17 @@ def test_fast_path_leaves_everything_but_the_owners_read_to_flask(app):
     assert client.get(f"/status/{job_id}", headers={"Authorization": "Bearer tok-alice"}).json["jobId"] == job_id
 
 
+def _calls(admin) -> dict:
+    calls = {name.split("|")[0]: stats["calls"] for name, stats in admin.info("commandstats").items()}
+    for name in ("cmdstat_config", "cmdstat_info", "cmdstat_subscribe", "cmdstat_ping"):
+        calls.pop(name, None)
+    return calls
+
+
 def test_a_status_read_is_one_redis_command(tmp_path):
     server = RedisServer()  # its own: nothing else may send commands while they are counted
     try:
-        app = create_app(base_config(server.url))
+        app = create_app(base_config(server.url, STATUS_CACHE_S=0))
         job_id = _submit(app)
         client = app.test_client()
         client.get(f"/status/{job_id}", headers={"Authorization": "Bearer tok-alice"})  # scripts loaded
@@ -70,11 +77,61 @@ def test_a_status_read_is_one_redis_command(tmp_path):
         admin.config_resetstat()
         for _ in range(5):
             assert client.get(f"/status/{job_id}", headers={"Authorization": "Bearer tok-alice"}).status_code == 200
-        calls = {name.split("|")[0]: stats["calls"] for name, stats in admin.info("commandstats").items()}
-        calls.pop("cmdstat_config", None)
-        calls.pop("cmdstat_info", None)
+        calls = _calls(admin)
         # one EVALSHA per read from the API; Redis also counts the calls made inside the script
         assert calls.pop("cmdstat_evalsha") == 5, calls
         assert set(calls) <= {"cmdstat_hmget", "cmdstat_xrevrange", "cmdstat_exists"}, calls
+    finally:
+        server.stop()
+
+
+def test_unchanged_jobs_are_read_once_and_announced_changes_at_once(tmp_path):
+    """The status cache: repeated polls of a waiting job cost no Redis command; an announced change
+    is seen by the very next read; a change that bypasses announcements shows within STATUS_CACHE_S."""
+    from tasks.changes import announce
+    from tests.servers import wait_until
+
+    server = RedisServer()
+    try:
+        app = create_app(base_config(server.url, STATUS_CACHE_S=2))
+        hub = app.extensions["inkq"].hub
+        job_id = _submit(app)
+        client = app.test_client()
+        auth = {"Authorization": "Bearer tok-alice"}
+        client.get(f"/status/{job_id}", headers=auth)  # starts the listener
+        wait_until(hub.listening.is_set, timeout=10, what="the listener")
+        assert client.get(f"/status/{job_id}", headers=auth).json["stage"] == "queued"  # read, cached
+        admin = redis_lib.Redis.from_url(server.url)
+        admin.config_resetstat()
+        for _ in range(20):
+            assert client.get(f"/status/{job_id}", headers=auth).json["status"] == "waiting"
+        assert "cmdstat_evalsha" not in _calls(admin), _calls(admin)
+
+        # a writer changes the job and announces it: the next read sees it
+        from rq.job import Job
+        from rq.serializers import JSONSerializer
+        job = Job.fetch(job_id, connection=admin, serializer=JSONSerializer)
+        job.meta["stage"] = "tracing lines"
+        job.save_meta()
+        announce(admin, job_id)
+        wait_until(lambda: client.get(f"/status/{job_id}", headers=auth).json["stage"] == "tracing lines",
+                   timeout=1, interval=0.01, what="the announced change")
+
+        # a change nobody announces (an operator in rq-dashboard) shows once the entry is 2 s old
+        client.get(f"/status/{job_id}", headers=auth)
+        job.meta["stage"] = "edited by hand"
+        job.save_meta()
+        assert client.get(f"/status/{job_id}", headers=auth).json["stage"] == "tracing lines"
+        wait_until(lambda: client.get(f"/status/{job_id}", headers=auth).json["stage"] == "edited by hand",
+                   timeout=5, interval=0.1, what="the unannounced change")
+
+        # losing the subscription voids the cache at once
+        client.get(f"/status/{job_id}", headers=auth)
+        job.meta["stage"] = "after the listener dropped"
+        job.save_meta()
+        admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        wait_until(lambda: client.get(f"/status/{job_id}", headers=auth).json["stage"]
+                   == "after the listener dropped", timeout=1, interval=0.01, what="the cache to be voided")
+        hub.stop()
     finally:
         server.stop()
