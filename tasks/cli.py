@@ -68,19 +68,6 @@ def _pool_child(nice: int) -> None:
         os.nice(nice)
 
 
-def _lower_session_priority(nice: int) -> None:
-    """Linux shares CPU between sessions (autogroups) before nice values count, so a worker service
-    in a session of its own (a service manager, a container, `setsid`) gets half the box beside the
-    API whatever its nice value. Such a service lowers its whole autogroup instead."""
-    if nice <= 0 or os.getsid(0) != os.getpid():
-        return
-    try:
-        with open("/proc/self/autogroup", "w") as f:
-            f.write(str(min(nice, 19)))
-    except OSError:  # no autogroups (disabled, or not Linux): nice alone applies
-        pass
-
-
 def sweep(recovery: Recovery, me: str) -> None:
     """One recovery sweep if it is this service's turn; Redis trouble is logged and tried again."""
     try:
@@ -102,7 +89,6 @@ def main() -> int:
     recovery = Recovery(redis)
     me = f"{socket.gethostname()}:{os.getpid()}"
     nice = env_int(env, "WORKER_NICE", 10)
-    _lower_session_priority(nice)
     procs = [subprocess.Popen(cmd, preexec_fn=lambda: _pool_child(nice)) for cmd in pool_commands(env)]
     for spec in QUEUES.values():
         log.info("queue %s: %d workers", spec.name, spec.concurrency(env))
