@@ -44,6 +44,20 @@ def wait_until(check, timeout: float = 10.0, interval: float = 0.05, what: str =
         time.sleep(interval)
 
 
+def stop_group(proc, log, timeout: float) -> int:
+    """SIGTERM a service started in its own session, SIGKILL its whole group if it hangs; close its
+    log; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    log.close()
+    return proc.returncode
+
+
 class RedisServer:
     """A redis-server on a free port, keeping nothing on disk."""
 
@@ -118,15 +132,7 @@ class Workers:
 
     def stop(self, timeout: float = 30) -> int:
         """Warm shutdown (SIGTERM), then kill if it hangs; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
-        return self.proc.returncode
+        return stop_group(self.proc, self.log, timeout)
 
 
 def children(pid: int) -> list[int]:
@@ -200,15 +206,7 @@ class GunicornApi:
         return pss_mb(process_tree(self.proc.pid))
 
     def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
-        return self.proc.returncode
+        return stop_group(self.proc, self.log, timeout)
 
 
 class ApiServer:
