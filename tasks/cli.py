@@ -62,7 +62,7 @@ def pool_commands(env) -> list[list[str]]:
 
 def _pool_child(nice: int) -> None:
     """In a pool before exec: die with the supervisor, and run at a lower CPU priority than the API
-    (WORKER_NICE, default 10) so status reads stay fast when jobs fill every core."""
+    (WORKER_NICE, off by default) so status reads stay fast when jobs fill every core."""
     die_with_parent()
     if nice > 0:
         os.nice(nice)
@@ -88,7 +88,7 @@ def main() -> int:
     durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
     recovery = Recovery(redis)
     me = f"{socket.gethostname()}:{os.getpid()}"
-    nice = env_int(env, "WORKER_NICE", 10)
+    nice = env_int(env, "WORKER_NICE", 0)
     procs = [subprocess.Popen(cmd, preexec_fn=lambda: _pool_child(nice)) for cmd in pool_commands(env)]
     for spec in QUEUES.values():
         log.info("queue %s: %d workers", spec.name, spec.concurrency(env))

@@ -151,11 +151,11 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def idle_priority() -> None:
-    """A work-horse runs its image work under SCHED_IDLE unless WORKER_NICE is 0: any ordinary task
+    """A work-horse runs its image work under SCHED_IDLE when WORKER_NICE is set above 0: any ordinary task
     that wakes (the API, Redis) takes the core at once instead of waiting out the horse's time slice,
     which nice alone does not give. Only the horse: the worker itself, whose liveness thread must
     renew its key every second, stays an ordinary (niced) process."""
-    if env_int(os.environ, "WORKER_NICE", 10) <= 0 or not hasattr(os, "SCHED_IDLE"):
+    if env_int(os.environ, "WORKER_NICE", 0) <= 0 or not hasattr(os, "SCHED_IDLE"):
         return
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
