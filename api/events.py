@@ -97,11 +97,6 @@ class Hub:
                 if not watchers:
                     del self._watchers[job_id]
 
-    def watching(self) -> int:
-        """How many streams this process has open."""
-        with self._lock:
-            return sum(len(w) for w in self._watchers.values())
-
     def stop(self) -> None:
         """Stop listening (tests that build many apps); open streams fall back to their re-reads."""
         self._stopped = True
@@ -179,10 +174,9 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
                 view = read(redis, job_id)
             except RedisError as exc:  # the stream stays open and tries again at its next wake
                 log.warning("event stream could not read job %s: %s", job_id, exc)
-                view = False
-            if view is None:  # expired while watched
-                return
-            if view:
+            else:
+                if view is None:  # expired while watched
+                    return
                 body = describe(view, result_url)
                 if body != last:
                     yield f"event: status\ndata: {json.dumps(body)}\n\n"
