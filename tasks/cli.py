@@ -28,7 +28,7 @@ from . import durability
 from .orphans import die_with_parent
 from .queues import QUEUES, SERIALIZER
 from .recovery import SWEEP_EVERY_S, Recovery, notify_ended
-from .settings import WorkerSettings, env_bool, env_int
+from .settings import WorkerSettings, env_bool
 
 log = logging.getLogger("inkq.workers")
 
@@ -60,14 +60,6 @@ def pool_commands(env) -> list[list[str]]:
     ]
 
 
-def _pool_child(nice: int) -> None:
-    """In a pool before exec: die with the supervisor, and run at a lower CPU priority than the API
-    (WORKER_NICE, off by default) so status reads stay fast when jobs fill every core."""
-    die_with_parent()
-    if nice > 0:
-        os.nice(nice)
-
-
 def sweep(recovery: Recovery, me: str) -> None:
     """One recovery sweep if it is this service's turn; Redis trouble is logged and tried again."""
     try:
@@ -88,8 +80,7 @@ def main() -> int:
     durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
     recovery = Recovery(redis)
     me = f"{socket.gethostname()}:{os.getpid()}"
-    nice = env_int(env, "WORKER_NICE", 0)
-    procs = [subprocess.Popen(cmd, preexec_fn=lambda: _pool_child(nice)) for cmd in pool_commands(env)]
+    procs = [subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env)]
     for spec in QUEUES.values():
         log.info("queue %s: %d workers", spec.name, spec.concurrency(env))
     stopping = False

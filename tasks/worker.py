@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -142,6 +143,8 @@ class Liveness(threading.Thread):
 
 
 DEQUEUE_WAIT_S = 5
+DEFAULT_WORKER_NICE = 0
+AUTOGROUP_TRIES = 6
 SCHEDULER_STOP_TRIES = 5
 SCHEDULER_STOP_WAIT_S = 2.5  # the scheduler reads its stop flag once a second (rq's interval)
 
@@ -152,17 +155,38 @@ def _default_stop_signals() -> None:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def idle_priority() -> None:
-    """A work-horse runs its image work under SCHED_IDLE when WORKER_NICE is set above 0: any ordinary task
-    that wakes (the API, Redis) takes the core at once instead of waiting out the horse's time slice,
-    which nice alone does not give. Only the horse: the worker itself, whose liveness thread must
-    renew its key every second, stays an ordinary (niced) process."""
-    if env_int(os.environ, "WORKER_NICE", 0) <= 0 or not hasattr(os, "SCHED_IDLE"):
+def horse_nice() -> int:
+    """WORKER_NICE: how far below the API a work-horse runs (0 turns it off; at most 19)."""
+    return min(max(env_int(os.environ, "WORKER_NICE", DEFAULT_WORKER_NICE), 0), 19)
+
+
+def lower_horse_priority(nice: int) -> None:
+    """In a new work-horse, which `InkqWorker.fork_work_horse` started in a session of its own: let the API
+    and Redis on the same box take a core first.
+
+    Linux shares CPU between sessions (autogroups) before nice values count, so a niced horse still
+    got its whole service's share beside the API. Here the horse's own autogroup is lowered to
+    `nice`, the horse is niced, and it runs under SCHED_IDLE so an ordinary task that wakes (a status
+    read) preempts it at once. Only the horse: the worker and its liveness thread, and the service's
+    start-up, keep their ordinary priority. Each step is best effort (no autogroups, no SCHED_IDLE).
+    """
+    if nice <= 0:
         return
+    for _ in range(AUTOGROUP_TRIES):
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(nice))
+            break
+        except BlockingIOError:  # unprivileged writers get one write per 100 ms across the machine
+            time.sleep(0.03)
+        except OSError as exc:
+            log.debug("could not lower the horse's autogroup: %s", exc)
+            break
     try:
+        os.nice(nice)
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except OSError as exc:
-        log.debug("could not set SCHED_IDLE: %s", exc)
+    except (OSError, AttributeError) as exc:
+        log.debug("could not lower the horse's priority: %s", exc)
 
 
 @contextlib.contextmanager
@@ -337,8 +361,24 @@ class InkqWorker(Worker):
         """The horse is SIGKILLed if its worker dies: the sweep will run the job again elsewhere, and
         two copies must never run at once."""
         die_with_parent(signal.SIGKILL, parent_pid=self.pid)
-        idle_priority()
+        lower_horse_priority(horse_nice())
         return super().main_work_horse(job, queue)
+
+    def fork_work_horse(self, job, queue):
+        """rq 3.0's fork, but the horse starts a session of its own (`setsid`, which also makes it the
+        leader of its own process group, as rq's `setpgrp` did) when WORKER_NICE is on, so that it has
+        an autogroup of its own to lower (`lower_horse_priority`)."""
+        if horse_nice() <= 0:
+            return super().fork_work_horse(job, queue)
+        child_pid = os.fork()
+        os.environ["RQ_WORKER_ID"] = self.name
+        os.environ["RQ_JOB_ID"] = job.id
+        if child_pid == 0:
+            os.setsid()
+            self.main_work_horse(job, queue)
+            os._exit(0)
+        self._horse_pid = child_pid
+        self.procline(f"Forked {child_pid} at {time.time()}")
 
     def work(self, *args, **kwargs):
         """Run the work loop; a stop requested during start-up ends it quietly."""

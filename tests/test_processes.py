@@ -72,8 +72,9 @@ def test_start_api_refuses_to_run_without_auth(redis_url, tmp_path):
     assert b"no authentication is configured" in proc.stderr
 
 
-def test_workers_run_at_a_lower_cpu_priority_than_the_api(fake_gemini, tmp_path):
-    """Pools are niced (WORKER_NICE) and work-horses run under SCHED_IDLE."""
+def test_work_horses_run_at_a_lower_cpu_priority_than_the_api(fake_gemini, tmp_path):
+    """A work-horse runs in a session of its own whose autogroup is lowered, niced, under SCHED_IDLE
+    (WORKER_NICE); the supervisor, the pools and the workers keep their ordinary priority."""
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
@@ -90,8 +91,7 @@ def test_workers_run_at_a_lower_cpu_priority_than_the_api(fake_gemini, tmp_path)
         service.wait_ready(client, 4)
         pools = children(service.proc.pid)
         assert len(pools) == 4
-        assert os.getpriority(os.PRIO_PROCESS, service.proc.pid) == 0
-        assert all(os.getpriority(os.PRIO_PROCESS, pid) == 7 for pid in pools)
+        assert all(os.getpriority(os.PRIO_PROCESS, pid) == 0 for pid in [service.proc.pid, *pools])
 
         fake_gemini.push(fg.slow(6, fg.ok()))
         app = create_app(base_config(server.url, GEMINI_API_KEY="test-key", GEMINI_BASE_URL=fake_gemini.url))
@@ -102,9 +102,14 @@ def test_workers_run_at_a_lower_cpu_priority_than_the_api(fake_gemini, tmp_path)
         job = Job.fetch(response.json["jobId"], connection=client, serializer=JSONSerializer)
         horse = int(job.meta["pid"])
         assert os.sched_getscheduler(horse) == os.SCHED_IDLE
+        assert os.getpriority(os.PRIO_PROCESS, horse) == 7
+        assert os.getsid(horse) == horse == os.getpgid(horse)
+        if os.path.exists(f"/proc/{horse}/autogroup"):  # kernels built with autogroups
+            assert open(f"/proc/{horse}/autogroup").read().split()[-1] == "7"
         worker = int(open(f"/proc/{horse}/stat").read().rsplit(")", 1)[1].split()[1])  # its parent
         assert os.sched_getscheduler(worker) == os.SCHED_OTHER
-        assert os.getpriority(os.PRIO_PROCESS, worker) == 7
+        assert os.getpriority(os.PRIO_PROCESS, worker) == 0
+        assert os.getsid(worker) == service.proc.pid
     finally:
         service.stop()
         server.stop()
