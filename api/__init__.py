@@ -41,7 +41,10 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from redis import BlockingConnectionPool, Redis
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from . import admin, credits, errors, health, jobs, logs, openapi, web
+    from tasks import logs
+
+    from . import admin, credits, errors, health, jobs, openapi, web
+    from .access import RequestIds
     from .admission import Admission
     from .auth import Authenticator
     from .events import Hub
@@ -76,9 +79,11 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
         metrics=metrics, auth=auth, hub=Hub(settings.redis_url))
     # GET /status/<id> is most of the traffic: served below Flask, after ProxyFix (api/fastpath.py)
-    app.wsgi_app = ProxyFix(FastStatus(app.wsgi_app, app.extensions["inkq"]), x_for=1, x_proto=1, x_host=1)
+    # and every response, that one included, carries a request id and gets an access line (api/access.py)
+    app.wsgi_app = RequestIds(ProxyFix(FastStatus(app.wsgi_app, app.extensions["inkq"]), x_for=1, x_proto=1,
+                                       x_host=1), access=settings.access_log)
     errors.init_app(app)
-    metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env))
+    metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env), redis, settings.queue_max_depth)
     for blueprint in (jobs.bp, credits.bp, admin.bp, health.bp, web.bp):
         app.register_blueprint(blueprint)
     admin.mount_dashboard(app, settings.redis_url)

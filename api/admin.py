@@ -12,6 +12,7 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from tasks import metrics as job_metrics
 from tasks import recovery
 from tasks.queues import QUEUES
 
@@ -40,6 +41,8 @@ def queue_stats(redis, env) -> dict:
         for registry_class in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry, ScheduledJobRegistry):
             pipe.zcard(registry_class(spec.name, connection=redis, serializer=JSONSerializer).key)
     counts = pipe.execute()
+    gauges = job_metrics.queue_gauges(redis, [spec.name for spec in QUEUES.values()])
+    snapshot = job_metrics.read(redis)
     for i, spec in enumerate(QUEUES.values()):
         active, completed, failed, scheduled = counts[i * 4:(i + 1) * 4]
         stats[spec.name] = {
@@ -47,6 +50,8 @@ def queue_stats(redis, env) -> dict:
             "scheduled": scheduled,
             "workers": sum(1 for w in workers if spec.name in w.queue_names()),
             "concurrency": spec.concurrency(env),
+            **gauges[spec.name],
+            **job_metrics.summary(snapshot, spec.name),
         }
     return stats
 
@@ -54,7 +59,8 @@ def queue_stats(redis, env) -> dict:
 @bp.get("/queue-stats")
 @require_admin
 def stats():
-    """Waiting, active, completed, failed, scheduled, workers and concurrency per queue."""
+    """Per queue: waiting, active, completed, failed, scheduled, workers, concurrency (API.md), then the oldest
+    waiting job's age, live workers, outcome totals, and run and queue-wait times."""
     ctx = current_app.extensions["inkq"]
     return jsonify(queue_stats(ctx.redis, ctx.settings.env))
 

@@ -8,6 +8,7 @@ the app (preloaded once, shared by the workers) is built on cooperative sockets.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -23,10 +24,36 @@ def options(env) -> dict:
         "graceful_timeout": 20,
         "keepalive": 5,
         "backlog": 4096,
-        "accesslog": env.get("ACCESS_LOG", "-") or None,
+        "accesslog": None,  # access lines come from the app (api/access.py), with user and request id
+        "logger_class": "api.cli.GunicornLogger",
         "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1",
         "preload_app": True,
     }
+
+
+@functools.cache
+def _gunicorn_logger_class():
+    from gunicorn import glogging
+
+    class GunicornLogger(glogging.Logger):
+        """gunicorn's loggers, emptied of their own handlers: their lines go through the root handler
+        (`tasks.logs`), as JSON with LOG_FORMAT=json."""
+
+        def setup(self, cfg):
+            super().setup(cfg)
+            for logger in (self.error_log, self.access_log):
+                for handler in list(logger.handlers):
+                    logger.removeHandler(handler)
+                logger.propagate = True
+
+    return GunicornLogger
+
+
+def __getattr__(name: str):
+    """`api.cli.GunicornLogger`, built on first use so that importing this module imports no gunicorn."""
+    if name == "GunicornLogger":
+        return _gunicorn_logger_class()
+    raise AttributeError(name)
 
 
 def main() -> int:
@@ -39,6 +66,7 @@ def main() -> int:
 
     from gunicorn.app.base import BaseApplication
 
+    from tasks import logs
     from tasks.durability import warn_if_unsafe
 
     from . import create_app
@@ -56,6 +84,7 @@ def main() -> int:
         def load(self):
             return create_app()
 
+    logs.configure()
     try:
         app = create_app()
     except (ConfigError, ValueError) as exc:

@@ -18,6 +18,7 @@ import time
 from werkzeug.sansio.utils import get_current_url
 from werkzeug.wsgi import get_host
 
+from .access import identify
 from .status import describe, read
 from .store import valid_job_id
 
@@ -53,6 +54,7 @@ class FastStatus:
             who = ctx.auth.authenticate(environ.get("HTTP_AUTHORIZATION"))
             if who.is_admin or who.user_id.startswith("@"):
                 return None
+            identify(environ, who.user_id)
             hub, max_age = ctx.hub, ctx.settings.status_cache_s
             view = hub.cached(job_id, max_age)
             if view is None:

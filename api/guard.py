@@ -6,6 +6,7 @@ from functools import wraps
 
 from flask import current_app, g, request
 
+from .access import identify
 from .auth import AuthError, AuthUnavailable, Principal
 from .errors import ApiError
 
@@ -31,6 +32,7 @@ def principal(allow_basic: bool = False) -> Principal:
     elif found.user_id.startswith("@"):
         raise ApiError(401, "unauthenticated", "invalid token subject")
     g.principal = found
+    identify(request.environ, found.user_id)
     return found
 
 

@@ -1,15 +1,18 @@
 """Job endpoints: submit, status (polling and server-sent events), result, list, cancel."""
 from __future__ import annotations
 
+import logging
 import threading
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from tasks import blobs, webhooks
+from tasks import metrics as job_metrics
 from tasks.changes import announce
 from tasks.queues import QUEUES
 
 from . import idempotency
+from .access import ENVIRON_ID
 from .events import stream as event_stream
 from .errors import ApiError, bad_request, not_found
 from .guard import require_user
@@ -19,6 +22,7 @@ from .store import new_job_id
 from .submission import parse
 
 bp = Blueprint("jobs", __name__)
+log = logging.getLogger("inkq.api")
 
 
 def _ctx():
@@ -82,13 +86,15 @@ def generate():
             return jsonify(earlier), 200, {"Location": earlier["statusUrl"]}
     try:
         ctx.admission.admit(user_id, operation, job_id)
-        ctx.store.enqueue(job_id, user_id, operation, params, submission.image, submission.mime_type)
+        ctx.store.enqueue(job_id, user_id, operation, params, submission.image, submission.mime_type,
+                          request.environ.get(ENVIRON_ID))
     except Exception:
         ctx.admission.release(user_id, job_id)
         if key is not None:
             idempotency.release(ctx.redis, user_id, key)
         raise
     ctx.metrics.submitted(operation)
+    log.info("job queued", extra={"jobId": job_id, "queue": answer["queue"]})
     return jsonify(answer), 202, {"Location": answer["statusUrl"]}
 
 
@@ -178,6 +184,8 @@ def cancel(job_id: str):
         raise ApiError(409, "conflict", f"The job has already ended ({word_of(job, refresh=True)}).")
     _ctx().admission.settle(job.id, job.meta.get("user"), "canceled")
     announce(_ctx().redis, job.id)
+    job_metrics.count(_ctx().redis, job.origin, "canceled")
+    log.info("job canceled (%s)", how, extra={"jobId": job.id, "queue": job.origin})
     if how == "canceled":
         blobs.discard_input(_ctx().redis, job.id)  # a stopped job's webhook is sent by its worker
         threading.Thread(target=webhooks.deliver, args=(job, "canceled", _ctx().settings.env), daemon=True).start()

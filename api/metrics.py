@@ -1,11 +1,17 @@
-"""Prometheus metrics: request counts and latency, submissions, and queue depths read on scrape."""
+"""Prometheus metrics: request counts and latency and submissions (per API process), and, read from
+Redis on each scrape so that every API box reports the same totals from every worker service: queue
+depths, the oldest waiting job's age, live workers, job outcomes, run and queue-wait times, and
+Gemini calls (`tasks/metrics.py`)."""
 from __future__ import annotations
 
 import time
 
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from tasks import metrics as job_metrics
+from tasks.queues import QUEUE_NAMES
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
@@ -27,6 +33,78 @@ class QueueCollector:
             for name, row in stats.items():
                 family.add_metric([name], row[measure])
             yield family
+        for key, metric, text in (("oldestWaitingS", "inkq_queue_oldest_waiting_seconds",
+                                   "age of the oldest job waiting in the queue (0 when none waits)"),
+                                  ("liveWorkers", "inkq_queue_live_workers",
+                                   "workers proving themselves alive for the queue, across all worker services")):
+            family = GaugeMetricFamily(metric, text, labels=["queue"])
+            for name, row in stats.items():
+                family.add_metric([name], row[key])
+            yield family
+
+
+class RedisCollector:
+    """`inkq_redis_up`: 1 when Redis answers PING (what /readyz checks), 0 when it does not."""
+
+    def __init__(self, redis, max_depth: int):
+        self.redis = redis
+        self.max_depth = max_depth
+
+    def collect(self):
+        """Yield Redis' reachability and each queue's depth limit (QUEUE_MAX_DEPTH)."""
+        try:
+            up = 1 if self.redis.ping() else 0
+        except Exception:
+            up = 0
+        yield GaugeMetricFamily("inkq_redis_up", "1 when Redis answers the API, else 0", value=up)
+        depth = GaugeMetricFamily("inkq_queue_max_depth", "waiting jobs per queue before 503 queue_full",
+                                  labels=["queue"])
+        for queue in QUEUE_NAMES:
+            depth.add_metric([queue], self.max_depth)
+        yield depth
+
+
+class JobCollector:
+    """Job outcomes, run and queue-wait times and Gemini calls, summed over every worker service."""
+
+    HISTOGRAMS = (("run", "inkq_job_run_seconds", "time a job attempt ran, per queue", "queue"),
+                  ("wait", "inkq_job_wait_seconds", "time from enqueue to the start of an attempt, per queue",
+                   "queue"),
+                  ("gemini", "inkq_gemini_call_seconds", "Gemini generateContent latency, per outcome", "outcome"))
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    def collect(self):
+        """Yield the counter and histogram families from one read of the metrics hash."""
+        try:
+            snap = job_metrics.read(self.redis)
+        except Exception:
+            return
+        jobs = CounterMetricFamily("inkq_jobs", "job attempts by outcome (completed, failed, retried, canceled, "
+                                   "recovered)", labels=["queue", "outcome"])
+        for queue in QUEUE_NAMES:
+            for outcome in job_metrics.OUTCOMES:
+                jobs.add_metric([queue, outcome], snap.counters.get((queue, outcome), 0))
+        yield jobs
+        calls = CounterMetricFamily("inkq_gemini_calls", "Gemini calls by outcome (ok, retryable, final)",
+                                    labels=["outcome"])
+        for outcome in job_metrics.GEMINI_OUTCOMES:
+            calls.add_metric([outcome], snap.counters.get(("gemini", outcome), 0))
+        yield calls
+        for histogram, metric, text, label in self.HISTOGRAMS:
+            family = HistogramMetricFamily(metric, text, labels=[label])
+            labels = QUEUE_NAMES if label == "queue" else job_metrics.GEMINI_OUTCOMES
+            for value in labels:
+                h = snap.histograms.get((histogram, value))
+                if h is None:
+                    h = job_metrics.Histogram([(b, 0) for b in (*job_metrics.BUCKETS[histogram], float("inf"))])
+                family.add_metric([value], [(_le(b), n) for b, n in h.buckets], h.sum)
+            yield family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 class Metrics:
@@ -46,9 +124,11 @@ class Metrics:
         """Count an accepted submission."""
         self.submissions.labels(operation).inc()
 
-    def init_app(self, app: Flask, stats) -> None:
+    def init_app(self, app: Flask, stats, redis, max_depth: int) -> None:
         """Time every request and serve /metrics."""
+        self.registry.register(RedisCollector(redis, max_depth))
         self.registry.register(QueueCollector(stats))
+        self.registry.register(JobCollector(redis))
 
         @app.before_request
         def _start():

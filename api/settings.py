@@ -63,6 +63,7 @@ class Settings:
     redis_max_connections: int
     status_cache_s: float
     log_format: str
+    access_log: bool
 
     @classmethod
     def load(cls, overrides: Mapping[str, str] | None = None) -> "Settings":
@@ -103,4 +104,5 @@ class Settings:
             redis_max_connections=env_int(env, "REDIS_MAX_CONNECTIONS", 64),
             status_cache_s=float(env.get("STATUS_CACHE_S") or 10),
             log_format=(env.get("LOG_FORMAT") or "json").lower(),
+            access_log=env.get("ACCESS_LOG", "-") != "",
         )

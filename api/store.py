@@ -53,8 +53,8 @@ class JobStore:
         self.failure_ttl_s = failure_ttl_s
 
     def enqueue(self, job_id: str, user_id: str, operation: str, params: dict,
-                image: bytes | None, mime_type: str | None) -> Job:
-        """Store the input and queue the job in one transaction."""
+                image: bytes | None, mime_type: str | None, request_id: str | None = None) -> Job:
+        """Store the input and queue the job in one transaction; the job keeps the submitting request's id."""
         spec = QUEUES[operation]
         keep_s = self.failure_ttl_s + spec.timeout_s * (spec.max_retries + 1)
         input_key = blobs.input_key(job_id) if image is not None else None
@@ -65,7 +65,7 @@ class JobStore:
             job = queue_for(self.redis, spec).enqueue(
                 spec.function, job_spec, job_id=job_id, job_timeout=spec.timeout_s,
                 result_ttl=self.result_ttl_s, failure_ttl=self.failure_ttl_s, retry=retry,
-                meta={"user": user_id, "operation": operation, "progress": 0, "attempts": 0},
+                meta={"user": user_id, "operation": operation, "progress": 0, "attempts": 0, "requestId": request_id},
                 description=f"{operation} for {user_id}", pipeline=pipe,
                 on_success=Callback("tasks.callbacks.on_success"), on_failure=Callback("tasks.callbacks.on_failure"),
                 on_stopped=Callback("tasks.callbacks.on_stopped"))

@@ -8,5 +8,8 @@ scripts/system_deps.sh redis-server:redis-server
 if ! scripts/system_deps.sh chromium:chromium; then
   echo "chromium is missing: the browser test will be skipped" >&2
 fi
+if ! scripts/system_deps.sh promtool:prometheus; then
+  echo "promtool is missing: the alert rules check will be skipped" >&2
+fi
 export PATH="$PWD/$VENV/bin:$PATH"
 exec "$VENV/bin/python" -m pytest "$@"

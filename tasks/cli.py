@@ -24,7 +24,7 @@ import time
 from redis import Redis
 from redis.exceptions import RedisError
 
-from . import durability
+from . import durability, logs
 from .orphans import die_with_parent
 from .queues import QUEUES, SERIALIZER
 from .recovery import SWEEP_EVERY_S, Recovery, notify_ended
@@ -72,7 +72,8 @@ def sweep(recovery: Recovery, me: str) -> None:
 
 def main() -> int:
     """Start the pools and supervise them until a signal or a pool's death."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s inkq-workers %(levelname)s %(message)s")
+    logs.configure()
+    log.setLevel(logging.INFO)
     env = dict(os.environ)
     url = WorkerSettings.from_env(env).redis_url
     wait_for_redis(url)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import email.utils
 import importlib
 import json
+import logging
 import re
 import time
 from typing import Any, Iterable
@@ -23,8 +24,11 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from tasks import metrics
 from tasks.errors import FinalError, JobError, TransientError
 from tasks.settings import WorkerSettings
+
+log = logging.getLogger("inkq.gemini")
 
 NOT_CONFIGURED = "No image provider is configured."
 
@@ -142,6 +146,7 @@ def generate_image(
     config = types.GenerateContentConfig(
         response_modalities=["IMAGE", "TEXT"], automatic_continuation=False
     )
+    started = time.perf_counter()
     try:
         with genai.Client(
             vertexai=False, api_key=settings.gemini_api_key, http_options=_http_options(settings)
@@ -149,12 +154,26 @@ def generate_image(
             response = client.models.generate_content(
                 model=settings.gemini_model, contents=contents, config=config
             )
+        data = first_image(response)
+        if data is None:
+            raise classify(response, secrets=[settings.gemini_api_key])
     except Exception as exc:
-        raise classify(exc, secrets=[settings.gemini_api_key]) from exc
-    data = first_image(response)
-    if data is None:
-        raise classify(response, secrets=[settings.gemini_api_key])
+        error = exc if isinstance(exc, JobError) else classify(exc, secrets=[settings.gemini_api_key])
+        outcome = "retryable" if isinstance(error, TransientError) else "final"
+        _record(outcome, started, error.message)
+        if error is exc:
+            raise
+        raise error from exc
+    _record("ok", started)
     return data
+
+
+def _record(outcome: str, started: float, error: str | None = None) -> None:
+    """One Gemini call in the job metrics and the log (the message is the user-safe one, no key)."""
+    took = time.perf_counter() - started
+    metrics.gemini_call(outcome, took)
+    log.info("gemini call: %s", outcome if error is None else f"{outcome}: {error}",
+             extra={"durationMs": round(took * 1000, 1)})
 
 
 def first_image(response: types.GenerateContentResponse) -> bytes | None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from rq.utils import now, utcformat
 
-from . import blobs, changes, credits
+from . import blobs, changes, credits, logs, metrics
 from .errors import CRASH_FAILURE
 from .queues import QUEUE_NAMES
 
@@ -120,11 +120,12 @@ return requeue_at_head(KEYS[2], back)
 # KEYS: none (the script walks rq's and inkq's keys for the queues given; a single Redis, not a cluster).
 # ARGV: now (Unix seconds, and in rq's timestamp format), crash message, the prefixes of the charge, balance,
 # input-image keys and the in-flight set's prefix and suffix (owned by tasks.credits and tasks.blobs), the
-# scheduler lock's stale threshold (ms), the change channel (tasks.changes), then the queue names.
+# scheduler lock's stale threshold (ms), the change channel (tasks.changes), the metrics hash (tasks.metrics),
+# then the queue names.
 SWEEP = _CLAIMS + credits.SETTLE_FN + """
 local now, now_utc, crash_msg = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local charge_p, balance_p, input_p, inflight_p, inflight_s = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local stale_lock_ms, changes_channel = tonumber(ARGV[9]), ARGV[10]
+local stale_lock_ms, changes_channel, metrics_key = tonumber(ARGV[9]), ARGV[10], ARGV[11]
 local ended, changed, counts = {}, {}, {requeued = 0, recovered = 0, failed = 0, canceled = 0, released = 0, scheduled = 0}
 
 local function dead(worker)
@@ -153,9 +154,10 @@ local function finish(queue, job_id, jkey, meta, status, registry, word)
   table.insert(ended, {job_id, word})
   table.insert(changed, job_id)
   counts[word] = counts[word] + 1
+  redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|' .. word, 1)
 end
 
-for qi = 11, #ARGV do
+for qi = 12, #ARGV do
   local queue = ARGV[qi]
   local back = {}
 
@@ -188,6 +190,7 @@ for qi = 11, #ARGV do
           table.insert(back, {job_id, redis.call('HGET', jkey, 'enqueued_at') or ''})
           table.insert(changed, job_id)
           counts.requeued = counts.requeued + 1
+          redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|recovered', 1)
         elseif retries_left > 0 then
           meta['stage'] = 'queued again: its worker stopped'
           meta['progress'] = 0
@@ -196,6 +199,7 @@ for qi = 11, #ARGV do
           table.insert(back, {job_id, redis.call('HGET', jkey, 'enqueued_at') or ''})
           table.insert(changed, job_id)
           counts.recovered = counts.recovered + 1
+          redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|recovered', 1)
         else
           meta['error'] = crash_msg
           finish(queue, job_id, jkey, meta, 'failed', 'failed', 'failed')
@@ -207,7 +211,9 @@ for qi = 11, #ARGV do
   -- 2. claims of dead workers go back; 3. dead workers that hold nothing are forgotten
   for _, worker in ipairs(redis.call('SMEMBERS', 'inkq:workers:' .. queue)) do
     if dead(worker) then
-      counts.released = counts.released + take_back_claims('inkq:claims:' .. worker, back)
+      local released = take_back_claims('inkq:claims:' .. worker, back)
+      counts.released = counts.released + released
+      if released > 0 then redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|recovered', released) end
       redis.call('SREM', 'inkq:workers:' .. queue, worker)
     end
   end
@@ -263,7 +269,7 @@ class Recovery:
         inflight_prefix, inflight_suffix = credits.inflight_key("\0").split("\0")
         raw = self._sweep(keys=[], args=[
             f"{time.time():.6f}", utcformat(now()), CRASH_FAILURE, credits.charge_key(""), credits.balance_key(""),
-            blobs.input_key(""), inflight_prefix, inflight_suffix, SCHEDULER_STALE_MS, changes.CHANNEL,
+            blobs.input_key(""), inflight_prefix, inflight_suffix, SCHEDULER_STALE_MS, changes.CHANNEL, metrics.KEY,
             *self.queues])
         data = json.loads(raw)
         ended = [tuple(item) for item in (data.get("ended") or [])]
@@ -294,10 +300,12 @@ def notify_ended(redis, ended) -> None:
             job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
         except NoSuchJobError:
             continue
-        try:
-            webhooks.deliver(job, word)
-        except Exception:  # a webhook must never stop the sweep
-            log.exception("webhook for recovered job %s failed", job_id)
+        with logs.bound(jobId=job_id, queue=job.origin, userId=job.meta.get("user"),
+                        requestId=job.meta.get("requestId")):
+            try:
+                webhooks.deliver(job, word)
+            except Exception:  # a webhook must never stop the sweep
+                log.exception("webhook for recovered job %s failed", job_id)
 
 
 def waiting_counts(redis, queues=QUEUE_NAMES) -> dict[str, int]:

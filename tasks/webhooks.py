@@ -74,19 +74,24 @@ def deliver(job, status: str, env=None) -> bool:
     try:
         check_url(url, allow_private)
     except WebhookRefused as exc:
-        log.warning("webhook for job %s not sent: %s", job.id, exc)
+        log.warning("webhook for job %s not sent: %s", job.id, exc, extra={"jobId": job.id})
         return False
     body = json.dumps(payload(job, status)).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "inkq-webhooks"}
     if env.get("WEBHOOK_SECRET"):
         headers["X-Inkq-Signature"] = sign(env["WEBHOOK_SECRET"], body, int(time.time()))
+    where = {"jobId": job.id, "queue": job.origin}
     for attempt in range(ATTEMPTS):
+        started = time.perf_counter()
         try:
             response = requests.post(url, data=body, headers=headers, timeout=TIMEOUT_S, allow_redirects=False)
+            took = {"durationMs": round((time.perf_counter() - started) * 1000, 1), "delivery": attempt + 1}
             if response.status_code < 300:
+                log.info("webhook for job %s delivered (%s)", job.id, response.status_code, extra={**where, **took})
                 return True
-            log.warning("webhook for job %s answered %s", job.id, response.status_code)
+            log.warning("webhook for job %s answered %s", job.id, response.status_code, extra={**where, **took})
         except requests.RequestException as exc:
-            log.warning("webhook for job %s failed: %s", job.id, exc.__class__.__name__)
+            log.warning("webhook for job %s failed: %s", job.id, exc.__class__.__name__,
+                        extra={**where, "delivery": attempt + 1})
         time.sleep(0.5 * 2 ** attempt)
     return False

@@ -22,9 +22,10 @@ from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.job import JobStatus
 from rq.queue import Queue
+from rq.utils import now as utcnow
 from rq.worker import Worker, WorkerStatus
 
-from . import recovery
+from . import logs, metrics, recovery
 from .changes import announce
 from .orphans import die_with_parent
 from .settings import env_int
@@ -43,6 +44,7 @@ def preload() -> None:
             log.warning("could not preload %s: %s", name, exc)
 
 
+logs.configure()  # before rq sets up its own handlers, which it skips when the root logger has one
 preload()
 
 # rq's pool forks its workers before it installs its own signal handlers, so a worker forked while
@@ -78,6 +80,14 @@ class InkqQueue(Queue):
     _release_own = None
 
     @classmethod
+    def dequeue_any(cls, *args, **kwargs):
+        """rq's dequeue; the job taken is bound to this process's log lines (`bind_job`) until it is handled."""
+        result = super().dequeue_any(*args, **kwargs)
+        if result is not None:
+            bind_job(result[0])
+        return result
+
+    @classmethod
     def lmove(cls, connection, queue_key: str, timeout: int | None):
         """Move the next id into this worker's claims, after giving back any id it holds but never got."""
         if cls.claims_key is None:
@@ -98,6 +108,15 @@ class InkqQueue(Queue):
         if result is None:
             raise DequeueTimeout(timeout, queue_key)
         return queue_key, result
+
+
+def bind_job(job) -> None:
+    """Every line this worker (and the horse it forks) logs about the job carries its id, queue, owner,
+    attempt and the id of the request that submitted it."""
+    meta = job.meta or {}
+    logs.clear()
+    logs.bind(jobId=job.id, queue=job.origin, userId=meta.get("user"), requestId=meta.get("requestId"),
+              attempt=int(meta.get("attempts") or 0) + 1)
 
 
 class Liveness(threading.Thread):
@@ -320,6 +339,9 @@ class InkqWorker(Worker):
             self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
             if InkqQueue.claims_key:
                 pipeline.lrem(InkqQueue.claims_key, 1, job.id)
+            waited = metrics.seconds_between(job.enqueued_at, utcnow())
+            if waited is not None:
+                metrics.observe(self.connection, "wait", job.origin, waited, pipeline=pipeline)
             pipeline.execute()
         return execution
 
@@ -343,6 +365,8 @@ class InkqWorker(Worker):
         super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
                                    execution=execution)
         announce(self.connection, job.id)  # failed, stopped or waiting to retry
+        self._count_outcome(job, {JobStatus.FAILED: "failed", JobStatus.SCHEDULED: "retried",
+                                  JobStatus.QUEUED: "retried"}.get(job.get_status(refresh=False)))
         if getattr(self, "_horse_died_for", None) != job.id:
             return
         self._horse_died_for = None
@@ -356,6 +380,23 @@ class InkqWorker(Worker):
         """rq's handling, then the change is announced to event streams."""
         super().handle_job_success(job, queue, started_job_registry, execution)
         announce(self.connection, job.id)
+        self._count_outcome(job, "completed")
+
+    def _count_outcome(self, job, outcome: str | None) -> None:
+        """Add an attempt's outcome and run time to the shared job metrics (`tasks/metrics.py`); a stop
+        (cancel) is counted by whoever canceled."""
+        if outcome is None:
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            metrics.count(self.connection, job.origin, outcome, pipeline=pipe)
+            ran = metrics.seconds_between(job.started_at, job.ended_at or utcnow())
+            if ran is not None:
+                metrics.observe(self.connection, "run", job.origin, ran, pipeline=pipe)
+            try:
+                pipe.execute()
+            except RedisError as exc:
+                log.warning("could not record the outcome of job %s: %s", job.id, exc)
+        log.info("job attempt %s", outcome, extra={"durationMs": round(ran * 1000, 1)} if ran is not None else None)
 
     def main_work_horse(self, job, queue):
         """The horse is SIGKILLed if its worker dies: the sweep will run the job again elsewhere, and
@@ -379,6 +420,13 @@ class InkqWorker(Worker):
             os._exit(0)
         self._horse_pid = child_pid
         self.procline(f"Forked {child_pid} at {time.time()}")
+
+    def execute_job(self, job, queue):
+        """rq's execution; then this process's log lines no longer name the job."""
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            logs.clear()
 
     def work(self, *args, **kwargs):
         """Run the work loop; a stop requested during start-up ends it quietly."""

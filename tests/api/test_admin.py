@@ -27,7 +27,8 @@ def test_queue_stats(api, workers):
     stats = response.json()
     assert sorted(stats) == sorted(QUEUES)
     for row in stats.values():
-        assert set(row) == {"waiting", "active", "completed", "failed", "scheduled", "workers", "concurrency"}
+        assert set(row) == {"waiting", "active", "completed", "failed", "scheduled", "workers", "concurrency",
+                            "oldestWaitingS", "liveWorkers", "totals", "runTime", "queueWait"}
     assert stats["stencil-generation"]["completed"] >= 1
     assert stats["stencil-generation"]["workers"] == 2  # the test pools run CONCURRENCY_STENCIL=2
     assert stats["color-match"]["concurrency"] == 10  # the API reports its configured default

@@ -1,0 +1,180 @@
+"""Job metrics, kept in Redis so that they stay right with any number of worker services and API boxes.
+
+Every process that sees a job's outcome adds it to one hash, `inkq:metrics`: the workers (completed,
+failed, retried, run and wait times, Gemini calls), the API (canceled) and the recovery sweep, inside
+its script (recovered, and the jobs it fails or cancels). The API's `/metrics` reads the hash on
+each scrape and exposes counters and histograms (`api/metrics.py`); nothing is per process, so a
+restart resets nothing and several API boxes report the same totals.
+
+Fields: `c|<queue>|<outcome>` counts; `h|<histogram>|<label>|<i>` counts observations in bucket i (not
+cumulative), with `...|sum` and `...|count`. Recording is best effort: a metric never fails a job.
+"""
+from __future__ import annotations
+
+import logging
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+KEY = "inkq:metrics"
+OUTCOMES = ("completed", "failed", "retried", "canceled", "recovered")
+GEMINI_OUTCOMES = ("ok", "retryable", "final")
+BUCKETS = {
+    "run": (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+    "wait": (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
+    "gemini": (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+}
+
+log = logging.getLogger("inkq.metrics")
+
+
+def count(redis, queue: str, outcome: str, n: int = 1, pipeline=None) -> None:
+    """Add n to a queue's outcome counter."""
+    _write(redis, pipeline, lambda p: p.hincrby(KEY, f"c|{queue}|{outcome}", n))
+
+
+def observe(redis, histogram: str, label: str, seconds: float, pipeline=None) -> None:
+    """Add one observation to a histogram (`run`, `wait` or `gemini`) under a label (a queue, an outcome)."""
+    seconds = max(0.0, float(seconds))
+    index = bisect_left(BUCKETS[histogram], seconds)
+    prefix = f"h|{histogram}|{label}|"
+
+    def write(p):
+        p.hincrby(KEY, f"{prefix}{index}", 1)
+        p.hincrby(KEY, f"{prefix}count", 1)
+        p.hincrbyfloat(KEY, f"{prefix}sum", seconds)
+    _write(redis, pipeline, write)
+
+
+def _write(redis, pipeline, commands) -> None:
+    if pipeline is not None:
+        commands(pipeline)
+        return
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            commands(pipe)
+            pipe.execute()
+    except RedisError as exc:
+        log.warning("could not record a metric: %s", exc)
+
+
+def gemini_call(outcome: str, seconds: float) -> None:
+    """Record one Gemini call from inside a job (the current job's connection); outside a job, nothing."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:
+        return
+    with job.connection.pipeline(transaction=False) as pipe:
+        count(job.connection, "gemini", outcome, pipeline=pipe)
+        observe(job.connection, "gemini", outcome, seconds, pipeline=pipe)
+        try:
+            pipe.execute()
+        except RedisError as exc:
+            log.warning("could not record a Gemini call: %s", exc)
+
+
+def seconds_between(start, end) -> float | None:
+    """Seconds from one datetime to another, or None if either is missing."""
+    try:
+        return (end - start).total_seconds()
+    except TypeError:  # missing, or naive beside aware
+        return None
+
+
+@dataclass
+class Histogram:
+    """One labelled histogram as read back: cumulative bucket counts, sum and count."""
+
+    buckets: list[tuple[float, int]] = field(default_factory=list)  # (upper bound, cumulative count), +Inf last
+    sum: float = 0.0
+    count: int = 0
+
+
+@dataclass
+class Snapshot:
+    """Everything in the hash: counters by (queue, outcome), histograms by (name, label)."""
+
+    counters: dict[tuple[str, str], int] = field(default_factory=dict)
+    histograms: dict[tuple[str, str], Histogram] = field(default_factory=dict)
+
+
+def read(redis) -> Snapshot:
+    """Read the hash back (one HGETALL)."""
+    raw = {k.decode() if isinstance(k, bytes) else k: v for k, v in redis.hgetall(KEY).items()}
+    snap = Snapshot()
+    per_bucket: dict[tuple[str, str], dict[str, float]] = {}
+    for name, value in raw.items():
+        kind, _, rest = name.partition("|")
+        if kind == "c":
+            queue, _, outcome = rest.rpartition("|")
+            snap.counters[(queue, outcome)] = int(value)
+        elif kind == "h":
+            histogram, _, rest = rest.partition("|")
+            label, _, slot = rest.rpartition("|")
+            if histogram in BUCKETS:
+                per_bucket.setdefault((histogram, label), {})[slot] = float(value)
+    for (histogram, label), slots in per_bucket.items():
+        bounds = (*BUCKETS[histogram], float("inf"))
+        running, buckets = 0, []
+        for i, bound in enumerate(bounds):
+            running += int(slots.get(str(i), 0))
+            buckets.append((bound, running))
+        snap.histograms[(histogram, label)] = Histogram(buckets, slots.get("sum", 0.0), int(slots.get("count", 0)))
+    return snap
+
+
+def queue_gauges(redis, queues) -> dict[str, dict]:
+    """Per queue, read now: the oldest waiting job's age in seconds (0 when none waits) and the live
+    workers (those whose liveness key, `tasks/recovery.py`, has not lapsed). Two round trips."""
+    from rq.utils import now as utcnow, str_to_date
+
+    from .recovery import alive_key, queue_key, workers_key
+
+    pipe = redis.pipeline(transaction=False)
+    for name in queues:
+        pipe.lindex(queue_key(name), 0)
+        pipe.smembers(workers_key(name))
+    raw = pipe.execute()
+    heads = {name: raw[2 * i] for i, name in enumerate(queues)}
+    members = {name: sorted(raw[2 * i + 1]) for i, name in enumerate(queues)}
+    pipe = redis.pipeline(transaction=False)
+    for name in queues:
+        if heads[name] is not None:
+            pipe.hget(b"rq:job:" + heads[name], "enqueued_at")
+        for worker in members[name]:
+            pipe.exists(alive_key(worker.decode()))
+    answers = iter(pipe.execute())
+    gauges, at = {}, utcnow()
+    for name in queues:
+        oldest = 0.0
+        if heads[name] is not None:
+            enqueued = next(answers)
+            if enqueued:
+                oldest = max(0.0, (at - str_to_date(enqueued)).total_seconds())
+        live = sum(1 for _ in members[name] if next(answers))
+        gauges[name] = {"oldestWaitingS": round(oldest, 3), "liveWorkers": live}
+    return gauges
+
+
+def summary(snapshot: Snapshot, queue: str) -> dict:
+    """A queue's totals and timing in JSON (for /admin/queue-stats)."""
+    totals = {outcome: snapshot.counters.get((queue, outcome), 0) for outcome in OUTCOMES}
+    timing = {}
+    for histogram in ("run", "wait"):
+        h = snapshot.histograms.get((histogram, queue), Histogram())
+        timing[histogram] = {"count": h.count, "meanS": round(h.sum / h.count, 3) if h.count else None,
+                             "p50S": quantile(h, 0.5), "p95S": quantile(h, 0.95)}
+    return {"totals": totals, "runTime": timing["run"], "queueWait": timing["wait"]}
+
+
+def quantile(h: Histogram, q: float) -> float | None:
+    """The upper bound of the bucket holding quantile q (as Prometheus' histogram_quantile would bound it)."""
+    if not h.count:
+        return None
+    rank = q * h.count
+    for bound, cumulative in h.buckets:
+        if cumulative >= rank:
+            return bound if bound != float("inf") else h.buckets[-2][0]
+    return None
