@@ -3,6 +3,7 @@ an API served over real HTTP per test, built by `create_app(config)` with a mapp
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import io
 import queue
@@ -161,8 +162,8 @@ def drawing(size=(256, 256), fmt="PNG") -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def receiver():
+@contextlib.contextmanager
+def webhook_receiver():
     """A local webhook receiver: (url, queue of (headers, body))."""
     calls: queue.Queue = queue.Queue()
 
@@ -178,5 +179,14 @@ def receiver():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", calls
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", calls
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    """A local webhook receiver: (url, queue of (headers, body))."""
+    with webhook_receiver() as made:
+        yield made

@@ -17,7 +17,7 @@ import requests
 import redis as redis_lib
 
 from tests import fakegemini as fg
-from tests.conftest import ADMIN_TOKEN, photo
+from tests.conftest import ADMIN_TOKEN, photo, webhook_receiver
 from tests.servers import ROOT, GunicornApi, RedisServer, Workers, wait_until
 
 RID = "req-obs.42:A_b"
@@ -66,7 +66,9 @@ def services(tmp_path_factory):
     client = redis_lib.Redis.from_url(server.url)
     try:
         workers.wait_ready(client, 5)
-        yield {"api": api, "workers": workers, "gemini": gemini, "redis": client, "tmp": tmp}
+        with webhook_receiver() as (hook_url, hooks):
+            yield {"api": api, "workers": workers, "gemini": gemini, "redis": client, "tmp": tmp,
+                   "hook_url": hook_url, "hooks": hooks}
     finally:
         api.stop()
         workers.stop()
@@ -98,7 +100,8 @@ def ran(services):
 
     api, gemini = services["api"], services["gemini"]
     image = base64.b64encode(photo((96, 96))).decode()
-    stencil = _post(api, "/generate", headers={"X-Request-ID": RID}, json={"image": image, "engine": "local"})
+    stencil = _post(api, "/generate", headers={"X-Request-ID": RID},
+                    json={"image": image, "engine": "local", "webhookUrl": services["hook_url"]})
     assert stencil.status_code == 202 and stencil.headers["X-Request-ID"] == RID
     gemini.push(fg.error(503), fg.ok())
     retried = _post(api, "/generate", json={"operation": "ia-gen", "prompt": "a swallow"}).json()["jobId"]
@@ -108,6 +111,7 @@ def ran(services):
     assert _wait(api, failed)["status"] == "failed"
     first = _wait(api, stencil.json()["jobId"])
     assert first["status"] == "completed"
+    services["hooks"].get(timeout=30)
     file_url = first["result"]["image"]
     assert requests.get(file_url, timeout=30).status_code == 200
     gemini.push(fg.slow(30))
@@ -208,6 +212,7 @@ def test_every_line_of_both_logs_is_json_and_the_request_id_reaches_the_workers(
     loggers = {e["logger"] for e in api_lines} | {e["logger"] for e in worker_lines}
     assert {"gunicorn.error", "inkq.access", "rq.worker", "inkq.workers"} <= loggers, loggers
     assert any(e["logger"] == "inkq.gemini" and "durationMs" in e for e in worker_lines)
+    assert any(e["logger"] == "inkq.webhooks" and "delivered" in e["message"] and "durationMs" in e for e in mine)
     retried = [e for e in worker_lines if e.get("jobId") == ran["retried"]]
     assert {1, 2} <= {e.get("attempt") for e in retried}
 

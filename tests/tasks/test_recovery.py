@@ -237,6 +237,8 @@ def test_failover_to_another_worker_service(credit_stack, gemini):
     wait_until(lambda: not os.path.exists(f"/proc/{meta_pid}"), timeout=5, what="the dead service's horse to die")
     assert stack.api.get("/credits").json()["balance"] == 1000 - 2  # ia-gen costs 2, once
     assert second.proc.poll() is None
+    assert stack.redis.hget("inkq:metrics", "c|ia-gen|recovered") == b"1"  # /metrics: inkq_jobs_total
+    assert stack.redis.hget("inkq:metrics", "c|ia-gen|completed") == b"1"
     print(f"failover: job completed {took:.1f}s after its worker service was SIGKILLed")
 
 
