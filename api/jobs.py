@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
@@ -188,5 +187,5 @@ def cancel(job_id: str):
     log.info("job canceled (%s)", how, extra={"jobId": job.id, "queue": job.origin})
     if how == "canceled":
         blobs.discard_input(_ctx().redis, job.id)  # a stopped job's webhook is sent by its worker
-        threading.Thread(target=webhooks.deliver, args=(job, "canceled", _ctx().settings.env), daemon=True).start()
+        webhooks.schedule(job, "canceled", _ctx().redis, _ctx().settings.env)
     return jsonify({"jobId": job.id, "status": "canceled"})

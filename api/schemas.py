@@ -59,6 +59,16 @@ class JobResult(BaseModel):
     palette: Optional[list[PaletteEntry]] = None
 
 
+class WebhookState(BaseModel):
+    """Delivery of a job's webhook (Standard Webhooks v1), present only when `webhookUrl` was given."""
+
+    state: Literal["waiting", "pending", "retrying", "delivered", "failed"]
+    attempts: int = Field(ge=0)
+    eventId: Optional[str] = Field(None, description="The `webhook-id` header, the same on every retry.")
+    lastResponse: Optional[int] = Field(None, description="HTTP status of the last attempt.")
+    lastError: Optional[str] = None
+
+
 class JobStatusBody(BaseModel):
     """Body of `GET /status/<jobId>`."""
 
@@ -74,6 +84,7 @@ class JobStatusBody(BaseModel):
     createdAt: Optional[str]
     startedAt: Optional[str]
     endedAt: Optional[str]
+    webhook: Optional[WebhookState] = None
 
 
 class JobList(BaseModel):

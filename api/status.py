@@ -173,4 +173,5 @@ def describe(view: View, result_url=None) -> dict:
         "createdAt": view.created_at,
         "startedAt": meta.get("startedAt"),
         "endedAt": ended,
+        **({"webhook": meta["webhook"]} if meta.get("webhook") else {}),
     }

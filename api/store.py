@@ -65,7 +65,8 @@ class JobStore:
             job = queue_for(self.redis, spec).enqueue(
                 spec.function, job_spec, job_id=job_id, job_timeout=spec.timeout_s,
                 result_ttl=self.result_ttl_s, failure_ttl=self.failure_ttl_s, retry=retry,
-                meta={"user": user_id, "operation": operation, "progress": 0, "attempts": 0, "requestId": request_id},
+                meta={"user": user_id, "operation": operation, "progress": 0, "attempts": 0, "requestId": request_id,
+                      **({"webhook": {"state": "waiting", "attempts": 0}} if params.get("webhookUrl") else {})},
                 description=f"{operation} for {user_id}", pipeline=pipe,
                 on_success=Callback("tasks.callbacks.on_success"), on_failure=Callback("tasks.callbacks.on_failure"),
                 on_stopped=Callback("tasks.callbacks.on_stopped"))

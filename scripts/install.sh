@@ -10,6 +10,6 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 \
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[worker,test]' 2>&1 \
   | { grep -vE '^WARNING: Location|BuildBackendWarning|^\s*(return|with strategy)|^\s*$|!!|\*\*\*|Please be careful|name as your package' || true; }
 echo "installed inkq into $VENV"

@@ -1,5 +1,5 @@
 """RQ callbacks, run by the worker when a job ends: settle its credits, drop its input image
-(kept only for retries), then call its webhook.
+(kept only for retries), then schedule its webhook (`tasks/webhooks.py`).
 
 `on_failure` runs after every failed attempt; only a final one (no retry left) settles.
 A work-horse that dies with no retry left runs no callback: the API settles such a job the next
@@ -14,7 +14,7 @@ def on_success(job, connection, result) -> None:
     """The charge is final; tell the webhook."""
     credits.settle(connection, job.id, job.meta.get("user"), refund=False)
     blobs.discard_input(connection, job.id)
-    webhooks.deliver(job, "completed")
+    webhooks.schedule(job, "completed", connection)
 
 
 def on_failure(job, connection, exc_type=None, exc_value=None, traceback=None) -> None:
@@ -23,11 +23,11 @@ def on_failure(job, connection, exc_type=None, exc_value=None, traceback=None) -
         credits.settle(connection, job.id, job.meta.get("user"), refund=True)
         blobs.discard_input(connection, job.id)
         if not job.meta.get("canceled"):  # the API reported the cancellation
-            webhooks.deliver(job, "failed")
+            webhooks.schedule(job, "failed", connection)
 
 
 def on_stopped(job, connection) -> None:
     """A job stopped by its owner is refunded and reported."""
     credits.settle(connection, job.id, job.meta.get("user"), refund=True)
     blobs.discard_input(connection, job.id)
-    webhooks.deliver(job, "canceled")
+    webhooks.schedule(job, "canceled", connection)

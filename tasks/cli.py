@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from . import durability, logs
 from .orphans import die_with_parent
-from .queues import QUEUES, SERIALIZER
+from .queues import SERIALIZER, WORKER_QUEUES
 from .recovery import SWEEP_EVERY_S, Recovery, notify_ended
 from .settings import WorkerSettings, env_bool
 
@@ -56,7 +56,7 @@ def pool_commands(env) -> list[list[str]]:
          "--serializer", SERIALIZER, "--worker-class", "tasks.worker.InkqWorker",
          "--queue-class", "tasks.worker.InkqQueue",
          "--logging-level", env.get("LOG_LEVEL", "INFO")]
-        for spec in QUEUES.values()
+        for spec in WORKER_QUEUES
     ]
 
 
@@ -79,10 +79,10 @@ def main() -> int:
     wait_for_redis(url)
     redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
-    recovery = Recovery(redis)
+    recovery = Recovery(redis, [spec.name for spec in WORKER_QUEUES])
     me = f"{socket.gethostname()}:{os.getpid()}"
     procs = [subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env)]
-    for spec in QUEUES.values():
+    for spec in WORKER_QUEUES:
         log.info("queue %s: %d workers", spec.name, spec.concurrency(env))
     stopping = False
 

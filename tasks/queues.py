@@ -1,4 +1,5 @@
-"""The four queues: which operation each serves, its job function, concurrency, timeout and retries.
+"""The four queues: which operation each serves, its job function, concurrency, timeout and retries
+(and the internal `webhooks` queue the worker service also runs).
 
 This module is imported by the API, so it holds plain data and no image or provider code.
 """
@@ -40,4 +41,8 @@ QUEUES: dict[str, QueueSpec] = {
 }
 
 QUEUE_NAMES = [spec.name for spec in QUEUES.values()]
+
+# Not an operation: webhook deliveries (tasks/webhooks.py), run by the worker service beside the four.
+WEBHOOKS = QueueSpec("webhook", "webhooks", "tasks.webhooks.send", "CONCURRENCY_WEBHOOKS", 2, 30, 0)
+WORKER_QUEUES = [*QUEUES.values(), WEBHOOKS]
 BY_QUEUE = {spec.name: spec for spec in QUEUES.values()}

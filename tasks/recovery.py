@@ -286,7 +286,7 @@ class Recovery:
 
 
 def notify_ended(redis, ended) -> None:
-    """Send the webhooks of jobs the sweep ended (failed or canceled), as their worker would have."""
+    """Schedule the webhooks of jobs the sweep ended (failed or canceled), as their worker would have."""
     if not ended:
         return
     from rq.exceptions import NoSuchJobError
@@ -303,9 +303,9 @@ def notify_ended(redis, ended) -> None:
         with logs.bound(jobId=job_id, queue=job.origin, userId=job.meta.get("user"),
                         requestId=job.meta.get("requestId")):
             try:
-                webhooks.deliver(job, word)
+                webhooks.schedule(job, word, redis)
             except Exception:  # a webhook must never stop the sweep
-                log.exception("webhook for recovered job %s failed", job_id)
+                log.exception("webhook for recovered job %s could not be scheduled", job_id)
 
 
 def waiting_counts(redis, queues=QUEUE_NAMES) -> dict[str, int]:

@@ -1,13 +1,25 @@
-"""Webhooks: when a job ends, POST its final status to the `webhookUrl` given at submission.
+"""Webhooks per Standard Webhooks v1: when a job ends, its final status object is POSTed to the
+`webhookUrl` given at submission, signed, and retried until it is delivered.
 
-The body is JSON; `X-Inkq-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">` signed
-with WEBHOOK_SECRET lets the receiver check origin and freshness. Addresses that resolve to private,
-loopback, link-local or reserved ranges are refused (at submission and again at delivery, against
-DNS rebinding) unless WEBHOOK_ALLOW_PRIVATE is true. Delivery is tried 3 times with short timeouts
-and never fails the job.
+Headers: `webhook-id` (one per event, `<jobId>.<status>`, the same on every retry so receivers can
+drop duplicates), `webhook-timestamp` (Unix seconds of this attempt) and `webhook-signature`
+(`v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`, keyed with the bytes of WEBHOOK_SECRET's
+`whsec_<base64>`; a secret without the prefix is used as UTF-8 bytes). A receiver verifies them with
+any Standard Webhooks library (`standardwebhooks` on PyPI, Svix's, ...).
+
+Delivery is durable: the job's end (callbacks, the recovery sweep, the API's cancel) only schedules
+it, once per event (`SET NX`), as an rq job on the `webhooks` queue, which the worker service runs
+with its own pool (CONCURRENCY_WEBHOOKS). Timeouts, connection errors, 429 and 5xx are retried by
+rq's scheduler with exponential backoff (WEBHOOK_RETRY_S, default 5, 20, 60, 180 and 420 s: six
+attempts over about 11 minutes), across restarts and crashes like any job. Other 4xx answers are
+final. The address is checked again at every attempt: private, loopback, link-local or reserved
+ranges are refused unless WEBHOOK_ALLOW_PRIVATE is true (against DNS rebinding). The source job's
+status object shows the delivery (`webhook`: state, attempts, last answer). A webhook never fails
+the job it reports.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -20,9 +32,20 @@ from urllib.parse import urlsplit
 
 import requests
 
+from .changes import announce
+from .settings import env_bool
+
 log = logging.getLogger("inkq.webhooks")
-TIMEOUT_S = 5
-ATTEMPTS = 3
+TIMEOUT_S = 10
+QUEUE = "webhooks"
+DEFAULT_RETRY_S = "5,20,60,180,420"
+SECRET_PREFIX = "whsec_"
+SCHEDULED_TTL_S = 7 * 86400
+RETRYABLE_STATUS = {408, 425, 429}
+
+
+class WebhookRetry(Exception):
+    """This attempt failed in a way another attempt may fix; rq schedules the next one."""
 
 
 class WebhookRefused(ValueError):
@@ -49,49 +72,143 @@ def check_url(url: str, allow_private: bool) -> None:
             raise WebhookRefused("webhookUrl resolves to a private or reserved address.")
 
 
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    """The signature header value for a body."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+def secret_key(secret: str) -> bytes:
+    """The HMAC key: the base64 bytes after `whsec_`, else the secret's UTF-8 bytes."""
+    if secret.startswith(SECRET_PREFIX):
+        return base64.b64decode(secret[len(SECRET_PREFIX):])
+    return secret.encode()
+
+
+def event_id(job_id: str, status: str) -> str:
+    """The event's id, stable across retries: one final event per job."""
+    return f"{job_id}.{status}"
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value for one attempt."""
+    mac = hmac.new(secret_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def webhook_url(job) -> str | None:
+    """The job's webhookUrl, if it was given one."""
+    return (job.args[0].get("params", {}) if job.args and isinstance(job.args[0], dict) else {}).get("webhookUrl")
 
 
 def payload(job, status: str) -> dict:
-    """What a webhook receives."""
+    """The job's final status object, as GET /status gives it (`result.image` is the path of
+    `GET /result/<jobId>`, which needs the owner's token: a worker cannot sign URLs)."""
     meta = job.meta
+    result = None
+    if status == "completed":
+        value = job.return_value() or {}
+        result = {k: v for k, v in value.items() if k != "outputKey"} if isinstance(value, dict) else {}
+        result["image"] = f"/result/{job.id}"
     return {"jobId": job.id, "queue": job.origin, "operation": meta.get("operation"), "status": status,
+            "progress": 100 if status == "completed" else int(meta.get("progress", 0)),
+            "stage": meta.get("stage") or status, "result": result,
             "error": meta.get("error") if status != "completed" else None,
-            "attempts": int(meta.get("attempts", 0)), "statusUrl": f"/status/{job.id}",
-            "resultUrl": f"/result/{job.id}" if status == "completed" else None}
+            "attempts": int(meta.get("attempts", 0)), "createdAt": _iso(job.created_at),
+            "startedAt": meta.get("startedAt"), "endedAt": _iso(job.ended_at) or meta.get("canceledAt"),
+            "statusUrl": f"/status/{job.id}"}
 
 
-def deliver(job, status: str, env=None) -> bool:
-    """POST the job's final status to its webhookUrl, if it has one; True when delivered."""
-    env = os.environ if env is None else env
-    url = (job.args[0].get("params", {}) if job.args else {}).get("webhookUrl")
-    if not url:
+def _iso(value) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def retry_intervals(env=None) -> list[int]:
+    """WEBHOOK_RETRY_S: the waits before each retry, in seconds."""
+    raw = (env if env is not None else os.environ).get("WEBHOOK_RETRY_S") or DEFAULT_RETRY_S
+    return [max(0, int(float(part))) for part in raw.split(",") if part.strip()]
+
+
+def schedule(job, status: str, connection=None, env=None) -> bool:
+    """Queue the delivery of this job's final status, once per event; False when it has no webhook."""
+    if not webhook_url(job):
         return False
-    allow_private = str(env.get("WEBHOOK_ALLOW_PRIVATE", "")).lower() in ("1", "true", "yes", "on")
+    from rq import Queue, Retry
+    from rq.serializers import JSONSerializer
+
+    connection = connection or job.connection
+    msg_id = event_id(job.id, status)
+    if not connection.set(f"inkq:webhook:{msg_id}", 1, nx=True, ex=SCHEDULED_TTL_S):
+        return False  # already scheduled (the callback and the sweep both saw the end)
+    intervals = retry_intervals(env)
+    Queue(QUEUE, connection=connection, serializer=JSONSerializer).enqueue(
+        "tasks.webhooks.send", job.id, status, msg_id, job_timeout=TIMEOUT_S * 3, result_ttl=3600,
+        failure_ttl=86400, retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
+        description=f"webhook {msg_id}", meta={"source": job.id})
+    state = _record(connection, job.id, {"state": "pending", "attempts": 0, "eventId": msg_id})
+    job.meta["webhook"] = state  # so that a later save of this copy of the job keeps it
+    return True
+
+
+def send(job_id: str, status: str, msg_id: str) -> dict:
+    """One delivery attempt, run as an rq job on the `webhooks` queue."""
+    from rq import get_current_job
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    me = get_current_job()
+    connection = me.connection
     try:
-        check_url(url, allow_private)
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return {"state": "dropped", "reason": "the job expired"}
+    url = webhook_url(job)
+    attempt = int((job.meta.get("webhook") or {}).get("attempts", 0)) + 1
+    last = not me.retries_left
+    where = {"jobId": job_id, "queue": job.origin, "delivery": attempt}
+    try:
+        check_url(url, env_bool(os.environ, "WEBHOOK_ALLOW_PRIVATE", False))
     except WebhookRefused as exc:
-        log.warning("webhook for job %s not sent: %s", job.id, exc, extra={"jobId": job.id})
-        return False
-    body = json.dumps(payload(job, status)).encode()
-    headers = {"Content-Type": "application/json", "User-Agent": "inkq-webhooks"}
-    if env.get("WEBHOOK_SECRET"):
-        headers["X-Inkq-Signature"] = sign(env["WEBHOOK_SECRET"], body, int(time.time()))
-    where = {"jobId": job.id, "queue": job.origin}
-    for attempt in range(ATTEMPTS):
-        started = time.perf_counter()
-        try:
-            response = requests.post(url, data=body, headers=headers, timeout=TIMEOUT_S, allow_redirects=False)
-            took = {"durationMs": round((time.perf_counter() - started) * 1000, 1), "delivery": attempt + 1}
-            if response.status_code < 300:
-                log.info("webhook for job %s delivered (%s)", job.id, response.status_code, extra={**where, **took})
-                return True
-            log.warning("webhook for job %s answered %s", job.id, response.status_code, extra={**where, **took})
-        except requests.RequestException as exc:
-            log.warning("webhook for job %s failed: %s", job.id, exc.__class__.__name__,
-                        extra={**where, "delivery": attempt + 1})
-        time.sleep(0.5 * 2 ** attempt)
-    return False
+        log.warning("webhook for job %s not sent: %s", job_id, exc, extra=where)
+        return _record(connection, job_id, {"state": "failed", "attempts": attempt, "eventId": msg_id,
+                                            "lastError": str(exc)})
+    body = json.dumps(payload(job, status), separators=(",", ":")).encode()
+    timestamp = int(time.time())
+    headers = {"Content-Type": "application/json", "User-Agent": "inkq-webhooks", "webhook-id": msg_id,
+               "webhook-timestamp": str(timestamp)}
+    secret = os.environ.get("WEBHOOK_SECRET")
+    if secret:
+        headers["webhook-signature"] = sign(secret, msg_id, timestamp, body)
+    started = time.perf_counter()
+    try:
+        response = requests.post(url, data=body, headers=headers, timeout=TIMEOUT_S, allow_redirects=False)
+        answer, error = response.status_code, None
+    except requests.RequestException as exc:
+        answer, error = None, exc.__class__.__name__
+    where["durationMs"] = round((time.perf_counter() - started) * 1000, 1)
+    state = {"attempts": attempt, "eventId": msg_id, "lastResponse": answer, "lastError": error}
+    if answer is not None and answer < 300:
+        log.info("webhook for job %s delivered (%s)", job_id, answer, extra=where)
+        return _record(connection, job_id, {**state, "state": "delivered"})
+    retryable = answer is None or answer >= 500 or answer in RETRYABLE_STATUS
+    if not retryable or last:
+        log.warning("webhook for job %s failed for good: %s", job_id, answer or error, extra=where)
+        return _record(connection, job_id, {**state, "state": "failed"})
+    log.warning("webhook for job %s failed (%s); will retry", job_id, answer or error, extra=where)
+    _record(connection, job_id, {**state, "state": "retrying"})
+    raise WebhookRetry(f"webhook answered {answer or error}")
+
+
+def _record(connection, job_id: str, state: dict) -> dict:
+    """Write the delivery state into the source job's meta and announce the change."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    state = {k: v for k, v in state.items() if v is not None}
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        job.get_meta(refresh=True)
+        job.meta["webhook"] = state
+        job.save_meta()
+        announce(connection, job_id)
+    except NoSuchJobError:
+        pass
+    return state

@@ -57,9 +57,9 @@ def _reset_fake(request):
 def workers(redis_url, fake_gemini, tmp_path_factory):
     log = tmp_path_factory.mktemp("workers") / "workers.log"
     env = {"REDIS_URL": redis_url, "CONCURRENCY_STENCIL": "2", "CONCURRENCY_ENHANCE": "1",
-           "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1",
+           "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1",
            "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": fake_gemini.url, "GEMINI_TIMEOUT_S": "3",
-           "WEBHOOK_SECRET": "hook-secret", "WEBHOOK_ALLOW_PRIVATE": "true",
+           "WEBHOOK_SECRET": "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz", "WEBHOOK_RETRY_S": "1,1,1,1,1", "WEBHOOK_ALLOW_PRIVATE": "true",
            "LOG_LEVEL": "WARNING"}
     procs = Workers(env, str(log))
     client = redis_lib.Redis.from_url(redis_url)
@@ -162,16 +162,22 @@ def drawing(size=(256, 256), fmt="PNG") -> bytes:
     return buf.getvalue()
 
 
+WEBHOOK_SECRET = "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz"
+
+
 @contextlib.contextmanager
-def webhook_receiver():
-    """A local webhook receiver: (url, queue of (headers, body))."""
+def webhook_receiver(answers=()):
+    """A local webhook receiver: (url, queue of (headers, body)); it answers the status codes in
+    `answers` in turn, then 204."""
     calls: queue.Queue = queue.Queue()
+    script = list(answers)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            calls.put((dict(self.headers), body))
-            self.send_response(204)
+            calls.put(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(script.pop(0) if script else 204)
+            self.send_header("Content-Length", "0")
             self.end_headers()
 
         def log_message(self, *args):

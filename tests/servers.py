@@ -246,9 +246,9 @@ class Stack:
     def workers(self, stencil=2, ia_gen=1, **extra) -> Workers:
         """Start one worker service (all four queues) and wait until all its workers are alive."""
         env = {"REDIS_URL": self.server.url, "CONCURRENCY_STENCIL": str(stencil), "CONCURRENCY_ENHANCE": "1",
-               "CONCURRENCY_IA_GEN": str(ia_gen), "CONCURRENCY_COLOR_MATCH": "1",
+               "CONCURRENCY_IA_GEN": str(ia_gen), "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1",
                "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": self.gemini_url, "GEMINI_TIMEOUT_S": "90",
-               "WEBHOOK_SECRET": "hook-secret", "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING",
+               "WEBHOOK_SECRET": "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz", "WEBHOOK_RETRY_S": "1,1,1,1,1", "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING",
                **extra}
         service = Workers(env, str(self.tmp_path / f"workers-{len(self.services)}.log"))
         self.services.append(service)

@@ -83,14 +83,14 @@ def test_work_horses_run_at_a_lower_cpu_priority_than_the_api(fake_gemini, tmp_p
 
     server = RedisServer()
     service = Workers({"REDIS_URL": server.url, "CONCURRENCY_STENCIL": "1", "CONCURRENCY_ENHANCE": "1",
-                       "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "WORKER_NICE": "7",
+                       "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1", "WORKER_NICE": "7",
                        "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": fake_gemini.url, "LOG_LEVEL": "WARNING"},
                       str(tmp_path / "workers.log"))
     try:
         client = redis_lib.Redis.from_url(server.url)
         service.wait_ready(client, 4)
         pools = children(service.proc.pid)
-        assert len(pools) == 4
+        assert len(pools) == 5  # the four queues and webhooks
         assert all(os.getpriority(os.PRIO_PROCESS, pid) == 0 for pid in [service.proc.pid, *pools])
 
         fake_gemini.push(fg.slow(6, fg.ok()))
@@ -123,7 +123,7 @@ def test_start_workers_warm_shutdown(fake_gemini, tmp_path):
 
     server = RedisServer()
     workers = Workers({"REDIS_URL": server.url, "CONCURRENCY_STENCIL": "1", "CONCURRENCY_ENHANCE": "1",
-                       "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "GEMINI_API_KEY": "test-key",
+                       "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1", "GEMINI_API_KEY": "test-key",
                        "GEMINI_BASE_URL": fake_gemini.url, "GEMINI_TIMEOUT_S": "20"}, str(tmp_path / "w.log"))
     app_server = ApiServer(create_app(base_config(server.url, GEMINI_API_KEY="test-key")))
     try:
@@ -241,7 +241,7 @@ def test_group_sigterm_stops_an_idle_service_promptly(tmp_path):
     try:
         for trial in range(3):
             workers = Workers({"REDIS_URL": server.url, "CONCURRENCY_STENCIL": "2", "CONCURRENCY_ENHANCE": "1",
-                               "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1",
+                               "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1",
                                "INKQ_DEQUEUE_WAIT_S": "300"}, str(tmp_path / f"w{trial}.log"))
             try:
                 workers.wait_ready(client, 5)

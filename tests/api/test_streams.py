@@ -55,7 +55,7 @@ def test_two_thousand_streams_each_see_their_job_end(own_redis, tmp_path):
         assert health.status_code == 200
 
         workers = Workers({"REDIS_URL": own_redis.url, "CONCURRENCY_STENCIL": "5", "CONCURRENCY_ENHANCE": "1",
-                           "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "GEMINI_API_KEY": "",
+                           "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1", "GEMINI_API_KEY": "",
                            "LOG_LEVEL": "WARNING"}, str(tmp_path / "workers.log"))
         follower.join(200)
         assert not follower.is_alive(), "streams still open after 200 s"
@@ -94,7 +94,7 @@ def test_streams_recover_from_a_lost_listener_connection(own_redis, tmp_path):
                    what="the listener's connection to be killed")
         started = time.time()
         workers = Workers({"REDIS_URL": own_redis.url, "CONCURRENCY_STENCIL": "1", "CONCURRENCY_ENHANCE": "1",
-                           "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "GEMINI_API_KEY": "",
+                           "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1", "GEMINI_API_KEY": "",
                            "LOG_LEVEL": "WARNING"}, str(tmp_path / "workers.log"))
         follower.join(60)
         assert stream.error is None and stream.last["status"] == "completed", (stream.error, stream.events)

@@ -1,0 +1,120 @@
+"""The `inkq` command line, installed as a console script, against the real API and workers."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import fakegemini as fg
+from tests.conftest import drawing, photo
+
+INKQ = os.path.join(os.path.dirname(sys.executable), "inkq")
+
+
+@pytest.fixture
+def gem_api(make_api):
+    """The API with the (fake) Gemini provider configured, so ia-gen is accepted."""
+    return make_api(GEMINI_API_KEY="test-key")
+
+
+def inkq(api, *args, token="tok-alice", timeout=120, **env) -> subprocess.CompletedProcess:
+    """Run the installed `inkq` with INKQ_URL/INKQ_TOKEN pointing at the test API."""
+    full = {**os.environ, "INKQ_URL": api.url, "INKQ_TOKEN": token or "", **env}
+    return subprocess.run([INKQ, *args], capture_output=True, text=True, timeout=timeout, env=full)
+
+
+def test_generate_wait_and_save(api, workers, tmp_path):
+    source = tmp_path / "photo.jpg"
+    source.write_bytes(photo((128, 128)))
+    out = tmp_path / "stencil.png"
+    done = inkq(api, "generate", str(source), "--engine", "local", "--style", "bold", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = done.stdout.splitlines()
+    assert re.match(r"\w+ queued on stencil-generation", lines[0]) and lines[-1].endswith(f"saved {out}")
+    assert any(" completed 100% " in line for line in lines)
+    assert "Traceback" not in done.stderr
+
+
+def test_json_output_and_the_other_commands(api, workers, tmp_path):
+    source = tmp_path / "d.png"
+    source.write_bytes(drawing())
+    done = inkq(api, "--json", "generate", str(source), "--engine", "local", "--wait")
+    assert done.returncode == 0, done.stderr
+    final = json.loads(done.stdout.splitlines()[-1])
+    assert final["status"] == "completed" and final["result"]["image"].startswith("http")
+    job_id = final["jobId"]
+    status = inkq(api, "status", job_id, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["jobId"] == job_id
+    assert inkq(api, "status", job_id).stdout.startswith(f"{job_id} completed 100%")
+    listed = inkq(api, "jobs", "--limit", "5", "--json")
+    assert job_id in [j["jobId"] for j in json.loads(listed.stdout)["jobs"]]
+    assert job_id in inkq(api, "jobs").stdout
+    assert inkq(api, "credits").stdout.strip().lstrip("-").isdigit()
+    again = inkq(api, "cancel", job_id)
+    assert again.returncode == 2 and "conflict" in again.stderr  # already ended
+
+
+def test_cancel_and_failed_jobs_exit_1(gem_api, workers, fake_gemini):
+    api = gem_api
+    fake_gemini.push(fg.blocked("SAFETY"))
+    failed = inkq(api, "generate", "--operation", "ia-gen", "--prompt", "a rose", "--wait")
+    assert failed.returncode == 1 and "failed" in failed.stderr and "safety" in failed.stderr.lower()
+    fake_gemini.push(fg.slow(8))
+    busy = json.loads(inkq(api, "--json", "generate", "--operation", "ia-gen", "--prompt", "a rose").stdout)
+    waiting = json.loads(inkq(api, "--json", "generate", "--operation", "ia-gen", "--prompt", "x").stdout)
+    assert inkq(api, "cancel", waiting["jobId"]).stdout.strip() == f"{waiting['jobId']} canceled"
+    assert inkq(api, "status", waiting["jobId"]).returncode == 1
+    inkq(api, "cancel", busy["jobId"])
+
+
+def test_usage_input_and_server_errors(api, tmp_path):
+    assert inkq(api, "generate", str(tmp_path / "missing.jpg")).returncode == 2
+    gif = tmp_path / "a.gif"
+    gif.write_bytes(b"GIF89a" + b"\0" * 64)
+    refused = inkq(api, "generate", str(gif))
+    assert refused.returncode == 2 and "not a JPEG, PNG or WebP" in refused.stderr
+    assert inkq(api, "generate").returncode == 2  # a stencil needs a photo
+    assert inkq(api, "frobnicate").returncode == 2
+    assert inkq(api, "status", "0" * 32).returncode == 2  # 404 not_found
+    bad = inkq(api, "credits", token="wrong")
+    assert bad.returncode == 3 and "unauthenticated" in bad.stderr
+    gone = inkq(api, "--url", "http://127.0.0.1:9", "credits")
+    assert gone.returncode == 3 and "cannot reach" in gone.stderr
+    for run in (refused, bad, gone):
+        assert "Traceback" not in run.stderr
+
+
+def test_progress_bar_on_a_terminal(gem_api, workers, fake_gemini):
+    """In a pseudo-terminal `--wait` draws a bar that moves through the job's stages to 100%."""
+    api = gem_api
+    fake_gemini.push(fg.slow(2.5))
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: inkq on the terminal
+        os.environ.update({"INKQ_URL": api.url, "INKQ_TOKEN": "tok-alice", "COLUMNS": "100", "TERM": "xterm"})
+        os.execv(INKQ, [INKQ, "generate", "--operation", "ia-gen", "--prompt", "a swallow", "--wait"])
+    seen, deadline = b"", time.monotonic() + 90
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    _, status = os.waitpid(pid, 0)
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).decode(errors="replace")
+    assert os.WEXITSTATUS(status) == 0, text
+    assert "━" in text  # rich's bar
+    percents = [int(p) for p in re.findall(r"(\d+)%", text)]
+    assert 25 in percents and 100 in percents and percents.index(25) < len(percents) - 1, percents
+    assert "sending to Gemini" in text and "completed" in text
