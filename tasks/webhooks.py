@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from . import logs
 from .changes import announce
 from .settings import env_bool
 
@@ -159,6 +160,8 @@ def send(job_id: str, status: str, msg_id: str) -> dict:
         job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
         return {"state": "dropped", "reason": "the job expired"}
+    # this attempt's lines are about the source job: its id, owner and submitting request
+    logs.bind(jobId=job_id, queue=job.origin, userId=job.meta.get("user"), requestId=job.meta.get("requestId"))
     url = webhook_url(job)
     attempt = int((job.meta.get("webhook") or {}).get("attempts", 0)) + 1
     last = not me.retries_left
