@@ -26,7 +26,7 @@ pick_engine() {
   if [ -n "${INKQ_OCI_RUNTIME-runc}" ]; then ENGINE+=(--runtime "${INKQ_OCI_RUNTIME-runc}"); fi
   if ! "${ENGINE[@]}" info >/dev/null 2>&1; then
     say "no container engine can build here: '${ENGINE[*]} info' fails:"
-    "${ENGINE[@]}" info 2>&1 | tail -3 >&2; exit 1
+    "${ENGINE[@]}" info 2>&1 | tail -3 >&2 || true; exit 1
   fi
 }
 
