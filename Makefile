@@ -2,7 +2,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench lint images clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ bench: install
 
 lint: install
 	VENV=$(VENV) scripts/lint.sh
+
+images:
+	scripts/build_images.sh
 
 clean:
 	rm -rf $(VENV) .run *.egg-info .pytest_cache

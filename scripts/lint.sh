@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint the deployment files: hadolint on both Dockerfiles, fly.toml parses, every shell script parses.
+# Lint the deployment files: hadolint on both Dockerfiles, fly.toml and compose.yaml parse, every shell script parses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -19,6 +19,9 @@ echo "hadolint Dockerfile.api Dockerfile.worker"
 
 echo "fly.toml"
 "$PYTHON" -c 'import sys, tomllib; tomllib.load(open(sys.argv[1], "rb"))' fly.toml
+
+echo "compose.yaml"
+"$PYTHON" -c 'import sys, yaml; yaml.safe_load(open(sys.argv[1]))' compose.yaml
 
 echo "bash -n scripts/*.sh"
 for script in scripts/*.sh; do

@@ -1,8 +1,8 @@
 """The deployment files agree with the repository and the contract.
 
-Docker cannot run here, so these tests read the Dockerfiles, .dockerignore and fly.toml as data:
-they lint, resolve every command to a script in the repository, and check configuration names
-against the contract (`../shared/API.md`, beside the repository).
+These tests read the Dockerfiles, .dockerignore, fly.toml and compose.yaml as data: they lint,
+resolve every command to a script in the repository, and check configuration names against the
+contract (`../shared/API.md`, beside the repository). tests/test_images.py builds and runs the images.
 """
 from __future__ import annotations
 
@@ -328,3 +328,81 @@ def test_lint_script_parses():
     script = REPO / "scripts" / "lint.sh"
     assert os.access(script, os.X_OK)
     subprocess.run(["bash", "-n", str(script)], check=True, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    """compose.yaml, parsed."""
+    import yaml
+
+    return yaml.safe_load((REPO / "compose.yaml").read_text())
+
+
+def seconds(duration: str) -> float:
+    """A Compose duration such as `200s`, `3m20s` or `1m`, in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", str(duration))
+    assert parts and "".join(n + u for n, u in parts) == str(duration), f"not a duration: {duration}"
+    return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+
+
+def test_compose_services_and_redis(compose):
+    services = compose["services"]
+    assert set(services) == {"redis", "api", "worker"}
+    redis = services["redis"]
+    assert redis["image"] == "redis:7"
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    volume, _, target = redis["volumes"][0].partition(":")
+    assert target == "/data" and volume in compose["volumes"], "Redis data needs a named volume"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+
+def test_compose_api_and_worker(compose, stages):
+    from tasks.queues import QUEUES
+
+    services = compose["services"]
+    for name, dockerfile in (("api", "Dockerfile.api"), ("worker", "Dockerfile.worker")):
+        service = services[name]
+        assert service["build"]["dockerfile"] == dockerfile and (REPO / dockerfile).is_file()
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1] == "python", f"{name}: a dependency-free stdlib check"
+    probe = dict(stages["Dockerfile.api"][-1].instructions)["HEALTHCHECK"].split(" CMD ", 1)[1]
+    assert services["api"]["healthcheck"]["test"][1:] == exec_form(probe), "not Dockerfile.api's probe"
+    exposed = dict(stages["Dockerfile.api"][-1].instructions)["EXPOSE"]
+    assert f"{exposed}:{exposed}" in services["api"]["ports"]
+    assert "tasks.cli" in services["worker"]["healthcheck"]["test"][-1]
+    longest_job = max(spec.timeout_s for spec in QUEUES.values())
+    assert seconds(services["worker"]["stop_grace_period"]) > longest_job, "SIGTERM must let jobs finish"
+    assert services["worker"].get("stop_signal", "SIGTERM") == "SIGTERM"
+
+
+def readme_config_names() -> set[str]:
+    """Variable names in the README's configuration tables."""
+    section = (REPO / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    names = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", section))
+    names |= {"CONCURRENCY" + suffix for suffix in re.findall(r"`(_[A-Z][A-Z0-9_]+)`", section)}
+    return names
+
+
+def test_compose_env_is_known_and_has_no_secrets(compose):
+    text = (REPO / "compose.yaml").read_text()
+    known = readme_config_names()
+    if CONTRACT.exists():
+        table = CONTRACT.read_text().split("## Configuration (environment)", 1)[1]
+        known |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
+    names = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+    for service in compose["services"].values():
+        environment = service.get("environment", {})
+        assert isinstance(environment, dict), "environment as a mapping"
+        names.update(environment)
+        for name, value in environment.items():
+            if any(word in name for word in SECRET_WORDS):
+                assert re.fullmatch(rf"\$\{{{name}(:\?[^}}]*|:-)?\}}", str(value)), f"{name}: a literal secret"
+            assert not re.search(r"://[^/\s]*:[^/\s]*@", str(value)), f"{name}: credentials in a URL"
+    unknown = sorted(name for name in names if name not in known and not RUNTIME_VARS.match(name))
+    assert not unknown, f"not in API.md or the README's configuration tables: {unknown}"
+    for required in ("SECRET_KEY", "API_KEYS"):
+        assert f"${{{required}:?" in text, f"compose must refuse to start without {required}"
