@@ -251,11 +251,22 @@ def test_fly_toml_runs_scripts_that_exist(fly, stages):
         assert os.access(path, os.X_OK), f"[processes] {group}: {path.relative_to(REPO)} is not executable"
 
 
+def test_fly_image_holds_what_both_groups_import(fly, stages):
+    """fly runs both groups from one image, so it must install the `worker` extra (numpy, ...): the
+    API image leaves it out, and a worker started from it fails on its first import."""
+    builder = stages[fly["build"]["dockerfile"]][0]
+    pips = [args for instruction, args in builder.instructions if instruction == "RUN" and "pip install" in args]
+    assert pips and all("[worker]" in args for args in pips), pips
+    api_pips = [args for instruction, args in stages["Dockerfile.api"][0].instructions
+                if instruction == "RUN" and "pip install" in args]
+    assert api_pips and not any("[worker]" in args for args in api_pips)
+
+
 def test_fly_toml_service_and_shutdown(fly, stages):
     from tasks.queues import QUEUES
 
     service = fly["http_service"]
-    exposed = dict(stages[fly["build"]["dockerfile"]][-1].instructions)["EXPOSE"]
+    exposed = dict(stages["Dockerfile.api"][-1].instructions)["EXPOSE"]  # the API's port
     assert service["internal_port"] == int(exposed) == int(fly["env"].get("PORT", 8000))
     assert service["force_https"] is True
     assert service["processes"] == ["app"]
