@@ -1,7 +1,8 @@
 """`inkq`: the command-line client of the HTTP API (installed as a console script).
 
     inkq generate PHOTO [--operation stencil|enhance|color-match|ia-gen] [--style S] [--line-weight W]
-                        [--colors N] [--prompt TEXT] [--engine E] [--webhook-url URL] [--wait] [-o OUT.png]
+                        [--colors N] [--prompt TEXT] [--engine E] [--webhook-url URL] [--format png|svg]
+                        [--wait] [-o OUT.png|OUT.svg]
     inkq status ID | inkq jobs [--limit N] [--status WORD] | inkq cancel ID | inkq credits
 
 It reads INKQ_URL and INKQ_TOKEN; `--url` and `--token` override them. `--wait` follows the job's
@@ -183,8 +184,11 @@ def cmd_generate(client: Client, args) -> int:
         body["image"] = _image_field(args.photo)
     elif args.operation != "ia-gen":
         raise Exit(USAGE, f"{args.operation} needs a PHOTO")
+    svg_out = bool(args.output and args.output.lower().endswith(".svg"))
+    fmt = "svg" if svg_out else args.format
     for field, value in (("style", args.style), ("lineWeight", args.line_weight), ("colors", args.colors),
-                         ("prompt", args.prompt), ("engine", args.engine), ("webhookUrl", args.webhook_url)):
+                         ("prompt", args.prompt), ("engine", args.engine), ("webhookUrl", args.webhook_url),
+                         ("format", fmt)):
         if value is not None:
             body[field] = value
     accepted = client.call("POST", "/generate", json=body)
@@ -198,7 +202,7 @@ def cmd_generate(client: Client, args) -> int:
     with Follower(mode) as follower:
         final = follow(client, job_id, follower)
     if final["status"] == "completed" and args.output:
-        client.download(final["result"]["image"], args.output)
+        client.download(final["result"]["svg" if svg_out else "image"], args.output)
     if args.json:
         print(json.dumps(final))
     elif final["status"] == "completed":
@@ -262,8 +266,9 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt")
     gen.add_argument("--engine", choices=["auto", "local", "gemini"])
     gen.add_argument("--webhook-url")
+    gen.add_argument("--format", choices=["png", "svg"], help="stencil: also an SVG (implied by -o NAME.svg)")
     gen.add_argument("--wait", action="store_true", help="follow the job until it ends")
-    gen.add_argument("-o", "--output", help="save the result image here (implies --wait)")
+    gen.add_argument("-o", "--output", help="save the result here, PNG or .svg (implies --wait)")
     gen.set_defaults(run=cmd_generate)
     for name, helptext, run in (("status", "a job's status", cmd_status), ("cancel", "cancel a job", cmd_cancel)):
         one = sub.add_parser(name, help=helptext)

@@ -16,7 +16,7 @@ from .events import stream as event_stream
 from .errors import ApiError, bad_request, not_found
 from .guard import require_user
 from .schemas import JobsQuery
-from .status import COMPLETED, describe, word_of
+from .status import COMPLETED, SVG_SUFFIX, describe, word_of
 from .store import new_job_id
 from .submission import parse
 
@@ -70,6 +70,8 @@ def generate():
     operation = submission.fields.operation
     params = submission.params
     params["engine"] = _engine_for(operation, submission.fields.engine)
+    if submission.fields.format == "svg" and operation != "stencil":
+        raise bad_request("format svg is only for stencil jobs.")
     if submission.fields.webhookUrl:
         try:
             webhooks.check_url(submission.fields.webhookUrl, ctx.settings.webhook_allow_private)
@@ -145,12 +147,25 @@ def result(job_id: str):
 
 @bp.get("/files/<token>")
 def file(token: str):
-    """The output PNG behind a signed, expiring URL (no Authorization needed)."""
-    job_id = _ctx().links.verify(token)
+    """The output PNG (or SVG) behind a signed, expiring URL (no Authorization needed)."""
+    signed = _ctx().links.verify(token) or ""
+    job_id = signed.removesuffix(SVG_SUFFIX)
     job = _ctx().store.fetch_any(job_id) if job_id else None
     if job is None or word_of(job, refresh=True) != COMPLETED:
         raise not_found("This result link is invalid or has expired.")
-    return _png(job)
+    return _svg(job) if signed.endswith(SVG_SUFFIX) else _png(job)
+
+
+def _svg(job) -> Response:
+    """The stencil's SVG: our tracer's paths only, served so that no script in it could ever run."""
+    value = job.return_value() or {}
+    data = blobs.get(_ctx().redis, value.get("svgKey", "")) if value.get("svgKey") else None
+    if data is None:
+        raise not_found("The job has no SVG, or it has expired.")
+    return Response(data, mimetype="image/svg+xml", headers={
+        "Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+        "Content-Disposition": f'inline; filename="inkq-{job.id}.svg"'})
 
 
 @bp.get("/jobs")

@@ -28,6 +28,9 @@ class GenerateRequest(BaseModel):
     lineWeight: Optional[float] = Field(None, ge=0.5, le=3.0, description="Stencil line weight, 1.0 = standard.")
     transparent: Optional[bool] = Field(None, description="Stencil on a transparent background.")
     colors: Optional[int] = Field(None, ge=2, le=12, description="color-match: how many dominant colours.")
+    format: Optional[Literal["png", "svg"]] = Field(
+        None, description="stencil: `png` (default) or `svg`; with `svg` the result also has `svg`, a signed URL "
+        "of the same strokes as closed SVG outlines.")
 
 
 class JobAccepted(BaseModel):
@@ -56,6 +59,7 @@ class JobResult(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     image: Optional[str] = Field(None, description="Signed URL, valid without Authorization for RESULT_URL_TTL_S.")
+    svg: Optional[str] = Field(None, description="stencil with `format: svg`: the SVG, a signed URL like `image`.")
     palette: Optional[list[PaletteEntry]] = None
 
 

@@ -18,6 +18,7 @@ from tasks.errors import CANCELED_MESSAGE, CRASH_FAILURE, GENERIC_FAILURE
 WAITING, ACTIVE, COMPLETED, FAILED, CANCELED = "waiting", "active", "completed", "failed", "canceled"
 STATUS_WORDS = (WAITING, ACTIVE, COMPLETED, FAILED, CANCELED)
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELED})
+SVG_SUFFIX = ".svg"  # a signed link to "<jobId>.svg" names the job's SVG instead of its PNG
 
 _WORDS = {
     JobStatus.QUEUED: WAITING,
@@ -151,8 +152,11 @@ def describe(view: View, result_url=None) -> dict:
     word = view.word
     result = None
     if word == COMPLETED:
-        result = {k: v for k, v in (view.value or {}).items() if k != "outputKey"}
+        value = view.value or {}
+        result = {k: v for k, v in value.items() if k not in ("outputKey", "svgKey")}
         result["image"] = result_url(view.id) if result_url else None
+        if value.get("svgKey"):
+            result["svg"] = result_url(view.id + SVG_SUFFIX) if result_url else None
     progress = 100 if word == COMPLETED else int(meta.get("progress", 0))
     stage = meta.get("stage") or {WAITING: "queued", COMPLETED: "done", CANCELED: "canceled"}.get(word, "")
     if word == WAITING and meta.get("attempts"):

@@ -27,6 +27,8 @@ except Exception:
 PY
 }
 
+scripts/system_deps.sh potrace:potrace || echo "potrace is missing: stencils with format svg will fail" >&2
+
 if [ -z "${REDIS_URL:-}" ]; then
   REDIS_URL="redis://127.0.0.1:6379/0"
   if redis_answers "$REDIS_URL"; then

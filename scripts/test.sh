@@ -8,6 +8,7 @@ scripts/system_deps.sh redis-server:redis-server
 if ! scripts/system_deps.sh chromium:chromium; then
   echo "chromium is missing: the browser test will be skipped" >&2
 fi
+scripts/system_deps.sh potrace:potrace  # SVG stencils (tasks/vector.py)
 if ! scripts/system_deps.sh promtool:prometheus; then
   echo "promtool is missing: the alert rules check will be skipped" >&2
 fi

@@ -14,6 +14,11 @@ def output_key(job_id: str) -> str:
     return f"{PREFIX}out:{job_id}"
 
 
+def svg_key(job_id: str) -> str:
+    """Key of a stencil's SVG, when one was asked for."""
+    return f"{PREFIX}svg:{job_id}"
+
+
 def put(redis, key: str, data: bytes, ttl_s: int, pipeline=None) -> str:
     """Store bytes under key for ttl_s seconds; returns the key."""
     (pipeline or redis).set(key, data, ex=max(1, int(ttl_s)))

@@ -113,15 +113,35 @@ def _from_provider(spec: dict, data: bytes | None, settings: WorkerSettings, rep
 
 def _stencil_work(spec, data, settings, report):
     if _engine(spec, settings) == "gemini":
-        return _from_provider(spec, data, settings, report)
+        png, extras = _from_provider(spec, data, settings, report)
+        if spec.get("params", {}).get("format") != "svg":
+            return png, extras
+        import io
+
+        from PIL import Image
+
+        from .vector import from_image
+
+        report(86, "tracing the SVG")
+        return png, {**extras, **_stored_svg({"svg": from_image(Image.open(io.BytesIO(png)))}, settings)}
     from .stencil import stencil as make_stencil
 
     params = spec.get("params", {})
     img = _decoded(data, settings, report)
+    vector = {} if params.get("format") == "svg" else None
     out = make_stencil(img, style=params.get("style") or "standard", line_weight=params.get("lineWeight"),
-                       transparent=bool(params.get("transparent")), report=report)
-    return _encoded(out, report), {"width": out.width, "height": out.height, "engine": "local",
-                                   "style": params.get("style") or "standard"}
+                       transparent=bool(params.get("transparent")), report=report, vector=vector)
+    extras = {"width": out.width, "height": out.height, "engine": "local", "style": params.get("style") or "standard"}
+    return _encoded(out, report), {**extras, **_stored_svg(vector, settings)}
+
+
+def _stored_svg(vector: dict | None, settings: WorkerSettings) -> dict:
+    """Store the stencil's SVG beside its PNG; the key for the result, or nothing without one."""
+    if not vector or not vector.get("svg"):
+        return {}
+    job = get_current_job()
+    key = blobs.put(job.connection, blobs.svg_key(job.id), vector["svg"].encode(), settings.result_ttl_s)
+    return {"svgKey": key}
 
 
 def _enhance_work(spec, data, settings, report):

@@ -69,8 +69,10 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 
 def stencil(img: Image.Image, style: str = "standard", line_weight: float | None = None,
-            transparent: bool = False, report: Reporter = silent) -> Image.Image:
-    """Trace `img` into a stencil: mode L black on white, or RGBA black lines on transparent."""
+            transparent: bool = False, report: Reporter = silent, vector: dict | None = None) -> Image.Image:
+    """Trace `img` into a stencil: mode L black on white, or RGBA black lines on transparent.
+
+    With `vector` (a dict), its "svg" is also set: the same strokes as SVG outlines (`tasks/vector.py`)."""
     if style not in STYLES:
         raise FinalError(f"Unknown stencil style {style!r}: choose one of {', '.join(STYLES)}.")
     low, high = LINE_WEIGHT_RANGE
@@ -99,6 +101,12 @@ def stencil(img: Image.Image, style: str = "standard", line_weight: float | None
         raise FinalError("No outlines could be traced: the image is too small, too blurry or too flat.")
     report(80, "drawing")
     width = weight * max(out_size) * STROKE_PER_SIDE
+    if vector is not None:
+        from . import vector as vectors
+
+        report(85, "tracing the SVG")
+        big = (out_size[0] * vectors.SCALE, out_size[1] * vectors.SCALE)
+        vector["svg"] = vectors.trace(_render(distance, big, width * vectors.SCALE, False), out_size)
     return _render(distance, out_size, width, transparent)
 
 

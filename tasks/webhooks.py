@@ -103,7 +103,7 @@ def payload(job, status: str) -> dict:
     result = None
     if status == "completed":
         value = job.return_value() or {}
-        result = {k: v for k, v in value.items() if k != "outputKey"} if isinstance(value, dict) else {}
+        result = {k: v for k, v in value.items() if k not in ("outputKey", "svgKey")} if isinstance(value, dict) else {}
         result["image"] = f"/result/{job.id}"
     return {"jobId": job.id, "queue": job.origin, "operation": meta.get("operation"), "status": status,
             "progress": 100 if status == "completed" else int(meta.get("progress", 0)),

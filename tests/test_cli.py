@@ -41,6 +41,10 @@ def test_generate_wait_and_save(api, workers, tmp_path):
     assert re.match(r"\w+ queued on stencil-generation", lines[0]) and lines[-1].endswith(f"saved {out}")
     assert any(" completed 100% " in line for line in lines)
     assert "Traceback" not in done.stderr
+    vector = tmp_path / "stencil.svg"
+    done = inkq(api, "generate", str(source), "--engine", "local", "-o", str(vector))
+    assert done.returncode == 0, done.stderr
+    assert vector.read_text().startswith("<?xml") and "<path" in vector.read_text()
 
 
 def test_json_output_and_the_other_commands(api, workers, tmp_path):

@@ -127,7 +127,7 @@ def test_the_images_serve_a_stencil_job(engine, sizes):
         wait_until(ready, timeout=120, interval=0.5, what="the API container")
         started = time.monotonic()
         auth = {"Authorization": f"Bearer {TOKEN}"}
-        body = {"image": base64.b64encode(photo((128, 128))).decode(), "engine": "local"}
+        body = {"image": base64.b64encode(photo((128, 128))).decode(), "engine": "local", "format": "svg"}
         submitted = requests.post(url + "/generate", json=body, headers=auth, timeout=30)
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["jobId"]
@@ -145,6 +145,8 @@ def test_the_images_serve_a_stencil_job(engine, sizes):
         assert result.status_code == 200, result.text
         assert result.content.startswith(b"\x89PNG\r\n\x1a\n")
         assert Image.open(io.BytesIO(result.content)).format == "PNG"
+        svg = requests.get(status["result"]["svg"], timeout=30)  # traced by the image's potrace
+        assert svg.status_code == 200 and "<path" in svg.text, svg.text[:300]
         print(f"stencil job completed through the containers in {time.monotonic() - started:.1f} s")
 
         for service, container in (("api", api), ("worker", worker)):

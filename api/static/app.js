@@ -32,7 +32,7 @@
     empty: $("dropzone-empty"), preview: $("dropzone-preview"), previewImg: $("preview-img"),
     previewName: $("preview-name"), previewSize: $("preview-size"), clearImage: $("clear-image"),
     stencilOptions: $("stencil-options"), colorOptions: $("color-options"),
-    style: $("style"), lineWeight: $("line-weight"), lineWeightOut: $("line-weight-out"), transparent: $("transparent"),
+    style: $("style"), lineWeight: $("line-weight"), lineWeightOut: $("line-weight-out"), transparent: $("transparent"), svg: $("svg"),
     colors: $("colors"), colorsOut: $("colors-out"),
     promptField: $("prompt-field"), prompt: $("prompt"), promptLabel: $("prompt-label"), engine: $("engine"),
     formError: $("form-error"), submit: $("submit"), submitText: $("submit-text"),
@@ -42,7 +42,7 @@
     figInput: $("fig-input"), inputImg: $("input-img"), figResult: $("fig-result"), resultImg: $("result-img"),
     resultCaption: $("result-caption"), resultPlaceholder: $("result-placeholder"), jobEmpty: $("job-empty"),
     paletteWrap: $("palette-wrap"), palette: $("palette"), paletteLegend: $("palette-legend"),
-    download: $("download"), cancel: $("cancel"), meta: $("job-meta"),
+    download: $("download"), downloadSvg: $("download-svg"), cancel: $("cancel"), meta: $("job-meta"),
     jobs: $("jobs"), jobsEmpty: $("jobs-empty"), refreshJobs: $("refresh-jobs")
   };
 
@@ -257,6 +257,7 @@
       body.append("style", ui.style.value);
       if (Number(ui.lineWeight.value) !== 1) body.append("lineWeight", ui.lineWeight.value);
       if (ui.transparent.checked) body.append("transparent", "true");
+      if (ui.svg.checked) body.append("format", "svg");
     }
     if (op === "color-match") body.append("colors", ui.colors.value);
 
@@ -441,6 +442,14 @@
       ui.download.href = imageUrl;
       ui.download.setAttribute("download", "inkq-" + job.operation + "-" + job.jobId + ".png");
       ui.download.hidden = false;
+      var svgUrl = result.svg ? safeUrl(result.svg) : null;
+      ui.downloadSvg.hidden = !svgUrl;
+      if (svgUrl) {
+        ui.downloadSvg.href = svgUrl;
+        ui.downloadSvg.setAttribute("download", "inkq-" + job.operation + "-" + job.jobId + ".svg");
+      } else {
+        ui.downloadSvg.removeAttribute("href");
+      }
     } else {
       ui.resultImg.hidden = true;
       ui.resultImg.removeAttribute("src");
@@ -452,6 +461,8 @@
       state.shownImage = null;
       ui.download.hidden = true;
       ui.download.removeAttribute("href");
+      ui.downloadSvg.hidden = true;
+      ui.downloadSvg.removeAttribute("href");
     }
     ui.resultCaption.textContent = job.operation === "color-match" ? "Ink preview" : "Result";
     renderPalette(result && Array.isArray(result.palette) ? result.palette : null);

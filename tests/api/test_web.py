@@ -94,6 +94,7 @@ def test_web_page_stencil_and_color_match(make_api, workers, browser, tmp_path):
     page.wait_for_selector("#dropzone-preview:not([hidden])")
     assert page.text_content("#preview-name") == "astronaut.jpg"
     page.select_option("#style", "bold")
+    page.check("#svg")
     page.click("#submit")
     page.wait_for_selector("#job-body:not([hidden])", timeout=5_000)
     assert page.text_content("#job-title") == "Stencil"
@@ -106,6 +107,9 @@ def test_web_page_stencil_and_color_match(make_api, workers, browser, tmp_path):
     assert page.is_visible("#input-img")                       # before / after
     href = page.get_attribute("#download", "href")
     assert href and "/files/" in href and page.get_attribute("#download", "download").endswith(".png")
+    svg_href = page.get_attribute("#download-svg", "href")
+    assert page.is_visible("#download-svg") and svg_href and svg_href != href
+    assert page.get_attribute("#download-svg", "download").endswith(".svg")
     stencil_id = page.text_content("#job-sub code")
 
     # The job list shows it, completed.
