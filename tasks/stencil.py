@@ -4,16 +4,24 @@ Lines are found on a fixed analysis grid (long side `ANALYSIS_SIDE`), so a 12 MP
 1 MP copy give the same drawing, and drawn as pen strokes of one width on the output grid (long
 side clamped to `MIN_OUTPUT_SIDE`..`MAX_OUTPUT_SIDE`, the input's aspect ratio kept).
 
-Standard pipeline, all vectorised: edge-preserving denoise (fast guided filter); dark-side
-difference of Gaussians normalised by local contrast, at the analysis scale blended with the
-same at half of it (so soft, upscaled photos still give closed outlines); smoothing of that response along the edge flow
-where the orientation is coherent (a cheap flow-based DoG); surround suppression, which weakens
-responses packed among many others (fur, grain, foliage) more than isolated contours;
-hysteresis on connected components, which also drops short isolated strokes and specks;
-non-maximum suppression across the edge for one-pixel centrelines; skeleton, removal of short
-spurs, bridging of small gaps between a stroke end and the stroke it points at; and rendering
+Standard pipeline, all vectorised: luminance and CIELAB a*, b* (in the same units, so a step of
+ΔE in hue weighs like the same step in L*) on the analysis grid; edge-preserving denoise (fast
+guided filter, per channel); two edge responses, the dark-side difference of Gaussians of the
+luminance (lines on the dark side of brightness edges, and dark lines themselves) and the Gaussian
+gradient magnitude of a*, b* (edges between colours of equal brightness), each minus a multiple of
+its own noise floor: the robust (MAD) spread of that response over the picture, which is the sensor
+noise and fine grain as they reach that filter after resampling and denoising, so flat areas give
+exactly nothing whatever their noise or texture; the larger of the two, mildly normalised by local
+contrast, at the analysis scale blended with the same at half of it (so soft, upscaled photos still
+give closed outlines); smoothing of that response along the edge flow where the orientation
+(Di Zenzo's structure tensor over luminance and colour) is coherent (a cheap flow-based DoG); surround
+suppression, which weakens responses packed among many others (fur, grain, foliage) more than
+isolated contours; hysteresis on connected components, which also drops short isolated strokes and
+specks; non-maximum suppression across the edge for one-pixel centrelines; skeleton, removal of
+short spurs, bridging of small gaps between a stroke end and the stroke it points at; and rendering
 from a sub-pixel distance field, so strokes are smooth, anti-aliased and exactly as wide as the
-line weight asks.
+line weight asks. tests/tasks/test_colour_edges.py and scripts/bench_colour.py score it on
+generated scenes with known boundaries (boundary F-measure) against a blur + Canny reference.
 
 Topographic: isolines at `CONTOUR_LEVELS` levels of the luminance after a strong edge-preserving
 smoothing (half equalised, so each band covers a fair share of the picture), drawn from their
@@ -49,12 +57,11 @@ DENOISE_EPS = 0.001
 DOG_SIGMA = 1.3
 DOG_K = 1.6
 CONTRAST_FLOOR = 0.06
-CONTRAST_WEIGHT = 0.25
-NOISE_K = 2.5
-COLOUR_NOISE_K = 2.5
-COLOUR_WEIGHT = 0.36
-LSTAR_TO_LEVELS = 2.4
-LUMA_GRADIENT = 0.0
+CONTRAST_WEIGHT = 0.25  # of the local luminance std in the normaliser (1.0 before noise gating)
+NOISE_K = 2.5  # luminance DoG kept above this many noise stds (MAD) of itself
+COLOUR_NOISE_K = 2.5  # colour gradient kept above this many rms noise stds of its components
+COLOUR_WEIGHT = 0.36  # DoG peak / gradient peak for one step: a hue step draws like an L* step
+LSTAR_TO_LEVELS = 2.4  # grey levels per unit of L* (and of a*, b*)
 SURROUND = 1.0
 HIGH = 0.055
 LOW = 0.02
@@ -189,8 +196,8 @@ def _line_strength(gray: np.ndarray, chroma: np.ndarray) -> tuple[np.ndarray, np
     fine = ndi.gaussian_filter(gray, DOG_SIGMA, truncate=3.0)
     dog = ndi.gaussian_filter(gray, DOG_SIGMA * DOG_K, truncate=3.0) - fine
     dog = np.maximum(dog - np.float32(NOISE_K * _mad(dog)), 0)
-    channels = [gray * np.float32(LUMA_GRADIENT), *chroma] if LUMA_GRADIENT else chroma
-    gradients = [ndi.gaussian_filter(c, DOG_SIGMA, order=order, truncate=3.0) for c in channels for order in ((0, 1), (1, 0))]
+    gradients = [ndi.gaussian_filter(c, DOG_SIGMA, order=order, truncate=3.0)
+                 for c in chroma for order in ((0, 1), (1, 0))]
     noise = np.sqrt(sum(_mad(g) ** 2 for g in gradients))
     colour = np.sqrt(sum(g * g for g in gradients))
     colour = np.maximum(colour - np.float32(COLOUR_NOISE_K * noise), 0) * np.float32(COLOUR_WEIGHT)

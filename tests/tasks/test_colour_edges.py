@@ -10,6 +10,8 @@ scripts/bench_colour.py.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -56,8 +58,10 @@ def _palette(kind: str, rng: np.random.Generator, count: int) -> np.ndarray:
     return lab[rng.permutation(count)]
 
 
+@lru_cache(maxsize=8)
 def scene(kind: str, seed: int, size: int = SIZE, shapes: int = SHAPES) -> tuple[Image.Image, np.ndarray]:
-    """An RGB test image and its label map (0 = background, 1.. = the shapes in painting order)."""
+    """An RGB test image and its label map (0 = background, 1.. = the shapes in painting order); cached,
+    so treat both as read-only."""
     rng = np.random.default_rng([seed, 0 if kind == "equal" else 1])
     labels = np.zeros((size, size), dtype=np.int32)
     for k in range(1, shapes + 1):
