@@ -9,9 +9,10 @@ Standard pipeline, all vectorised: luminance and CIELAB a*, b* (in the same unit
 guided filter, per channel); two edge responses, the dark-side difference of Gaussians of the
 luminance (lines on the dark side of brightness edges, and dark lines themselves) and the Gaussian
 gradient magnitude of a*, b* (edges between colours of equal brightness), each minus a multiple of
-its own noise floor: the robust (MAD) spread of that response over the picture, which is the sensor
-noise and fine grain as they reach that filter after resampling and denoising, so flat areas give
-exactly nothing whatever their noise or texture; the larger of the two, mildly normalised by local
+its own noise floor: the robust (MAD) spread of that response over the picture, or over its
+`NOISE_TILE` px tile where that is larger (a noisier part of the picture), which is the sensor noise
+and fine grain as they reach that filter after resampling and denoising, so flat areas give exactly
+nothing whatever their noise or texture; the larger of the two, mildly normalised by local
 contrast, at the analysis scale blended with the same at half of it (so soft, upscaled photos still
 give closed outlines); smoothing of that response along the edge flow where the orientation
 (Di Zenzo's structure tensor over luminance and colour) is coherent (a cheap flow-based DoG); surround
@@ -60,6 +61,8 @@ CONTRAST_FLOOR = 0.06
 CONTRAST_WEIGHT = 0.25  # of the local luminance std in the normaliser (1.0 before noise gating)
 NOISE_K = 2.5  # luminance DoG kept above this many noise stds (MAD) of itself
 COLOUR_NOISE_K = 2.5  # colour gradient kept above this many rms noise stds of its components
+NOISE_LOCAL = 0.75  # weight of the tile floor against the whole picture's
+NOISE_TILE = 128  # px of the analysis grid per tile of the local noise floor
 COLOUR_WEIGHT = 0.36  # DoG peak / gradient peak for one step: a hue step draws like an L* step
 LSTAR_TO_LEVELS = 2.4  # grey levels per unit of L* (and of a*, b*)
 SURROUND = 1.0
@@ -195,12 +198,12 @@ def _line_strength(gray: np.ndarray, chroma: np.ndarray) -> tuple[np.ndarray, np
     contrast-normalised, flow-smoothed, texture-suppressed) and edge angles."""
     fine = ndi.gaussian_filter(gray, DOG_SIGMA, truncate=3.0)
     dog = ndi.gaussian_filter(gray, DOG_SIGMA * DOG_K, truncate=3.0) - fine
-    dog = np.maximum(dog - np.float32(NOISE_K * _mad(dog)), 0)
+    dog = np.maximum(dog - np.float32(NOISE_K) * _noise_floor(dog), 0)
     gradients = [ndi.gaussian_filter(c, DOG_SIGMA, order=order, truncate=3.0)
                  for c in chroma for order in ((0, 1), (1, 0))]
-    noise = np.sqrt(sum(_mad(g) ** 2 for g in gradients))
+    noise = np.sqrt(sum(_noise_floor(g) ** 2 for g in gradients))
     colour = np.sqrt(sum(g * g for g in gradients))
-    colour = np.maximum(colour - np.float32(COLOUR_NOISE_K * noise), 0) * np.float32(COLOUR_WEIGHT)
+    colour = np.maximum(colour - np.float32(COLOUR_NOISE_K) * noise, 0) * np.float32(COLOUR_WEIGHT)
     mean = _wide_blur(gray, 24)
     std = np.sqrt(np.maximum(_wide_blur(gray * gray, 24) - mean * mean, 0))
     strength = np.maximum(dog, colour) / (np.float32(CONTRAST_WEIGHT) * std + np.float32(CONTRAST_FLOOR))
@@ -216,6 +219,21 @@ def _mad(arr: np.ndarray) -> float:
     """Robust noise std of a filter response (median absolute deviation, on a quarter of the pixels)."""
     sample = arr[::2, ::2].ravel()
     return 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+
+
+def _noise_floor(arr: np.ndarray) -> np.ndarray | float:
+    """Noise std of a filter response, per pixel: the larger of the picture's MAD and that of its
+    `NOISE_TILE` px tile (so a noisier or grainier part of the picture gets its own, higher floor)."""
+    whole = _mad(arr)
+    sample = arr[::2, ::2]
+    tile = int(NOISE_TILE) // 2
+    rows, cols = sample.shape[0] // tile, sample.shape[1] // tile
+    if rows < 2 or cols < 2:
+        return whole
+    tiles = sample[:rows * tile, :cols * tile].reshape(rows, tile, cols, tile).transpose(0, 2, 1, 3)
+    tiles = tiles.reshape(rows, cols, -1)
+    local = 1.4826 * np.median(np.abs(tiles - np.median(tiles, axis=2, keepdims=True)), axis=2)
+    return np.maximum(_resize(local.astype(np.float32), arr.shape) * np.float32(NOISE_LOCAL), np.float32(whole))
 
 
 def _orientation(channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
