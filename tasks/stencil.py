@@ -4,16 +4,25 @@ Lines are found on a fixed analysis grid (long side `ANALYSIS_SIDE`), so a 12 MP
 1 MP copy give the same drawing, and drawn as pen strokes of one width on the output grid (long
 side clamped to `MIN_OUTPUT_SIDE`..`MAX_OUTPUT_SIDE`, the input's aspect ratio kept).
 
-Standard pipeline, all vectorised: edge-preserving denoise (fast guided filter); dark-side
-difference of Gaussians normalised by local contrast, at the analysis scale blended with the
-same at half of it (so soft, upscaled photos still give closed outlines); smoothing of that response along the edge flow
-where the orientation is coherent (a cheap flow-based DoG); surround suppression, which weakens
-responses packed among many others (fur, grain, foliage) more than isolated contours;
-hysteresis on connected components, which also drops short isolated strokes and specks;
-non-maximum suppression across the edge for one-pixel centrelines; skeleton, removal of short
-spurs, bridging of small gaps between a stroke end and the stroke it points at; and rendering
+Standard pipeline, all vectorised: luminance and CIELAB a*, b* (in the same units, so a step of
+ΔE in hue weighs like the same step in L*) on the analysis grid; edge-preserving denoise (fast
+guided filter, per channel); two edge responses, the dark-side difference of Gaussians of the
+luminance (lines on the dark side of brightness edges, and dark lines themselves) and the Gaussian
+gradient magnitude of a*, b* (edges between colours of equal brightness), each minus a multiple of
+its own noise floor: the robust (MAD) spread of that response over the picture, or over its
+`NOISE_TILE` px tile where that is larger (a noisier part of the picture), which is the sensor noise
+and fine grain as they reach that filter after resampling and denoising, so flat areas give exactly
+nothing whatever their noise or texture; the larger of the two, mildly normalised by local
+contrast, at the analysis scale blended with the same at half of it (so soft, upscaled photos still
+give closed outlines); smoothing of that response along the edge flow where the orientation
+(Di Zenzo's structure tensor over luminance and colour) is coherent (a cheap flow-based DoG); surround
+suppression, which weakens responses packed among many others (fur, grain, foliage) more than
+isolated contours; hysteresis on connected components, which also drops short isolated strokes and
+specks; non-maximum suppression across the edge for one-pixel centrelines; skeleton, removal of
+short spurs, bridging of small gaps between a stroke end and the stroke it points at; and rendering
 from a sub-pixel distance field, so strokes are smooth, anti-aliased and exactly as wide as the
-line weight asks.
+line weight asks. tests/tasks/test_colour_edges.py and scripts/bench_colour.py score it on
+generated scenes with known boundaries (boundary F-measure) against a blur + Canny reference.
 
 Topographic: isolines at `CONTOUR_LEVELS` levels of the luminance after a strong edge-preserving
 smoothing (half equalised, so each band covers a fair share of the picture), drawn from their
@@ -42,13 +51,21 @@ CONTOUR_FLAT = 0.025
 CONTOUR_EQUALISE = 0.5
 CONTOUR_GUIDED = 12
 CONTOUR_EPS = 0.02
+TOPO_OUTLINE = 6.0
 
 DENOISE_RADIUS = 2
 DENOISE_EPS = 0.001
 DOG_SIGMA = 1.3
 DOG_K = 1.6
 CONTRAST_FLOOR = 0.06
-SURROUND = 1.4
+CONTRAST_WEIGHT = 0.25  # of the local luminance std in the normaliser (1.0 before noise gating)
+NOISE_K = 2.5  # luminance DoG kept above this many noise stds (MAD) of itself
+COLOUR_NOISE_K = 2.5  # colour gradient kept above this many rms noise stds of its components
+NOISE_LOCAL = 0.75  # weight of the tile floor against the whole picture's
+NOISE_TILE = 128  # px of the analysis grid per tile of the local noise floor
+COLOUR_WEIGHT = 0.36  # DoG peak / gradient peak for one step: a hue step draws like an L* step
+LSTAR_TO_LEVELS = 2.4  # grey levels per unit of L* (and of a*, b*)
+SURROUND = 1.0
 HIGH = 0.055
 LOW = 0.02
 MIN_STROKE = 30
@@ -85,15 +102,16 @@ def stencil(img: Image.Image, style: str = "standard", line_weight: float | None
 
     out_size = output_size(img.size)
     report(30, "denoising")
-    gray = _analysis_gray(img)
+    gray, chroma = _analysis_image(img)
     smooth = _guided(gray, DENOISE_RADIUS, DENOISE_EPS)
+    chroma = np.stack([_guided(c, DENOISE_RADIUS, DENOISE_EPS) for c in chroma])
     report(45, "tracing lines")
-    strength, angle = _line_strength(smooth)
-    coarse, _ = _line_strength(_shrink(smooth, 2))
+    strength, angle = _line_strength(smooth, chroma)
+    coarse, _ = _line_strength(_shrink(smooth, 2), np.stack([_shrink(c, 2) for c in chroma]))
     strength = np.float32(FINE_WEIGHT) * strength + np.float32(COARSE_WEIGHT) * _resize(coarse, strength.shape)
     report(65, "cleaning")
     if style == "topographic":
-        outline = _lines(strength, angle, HIGH * 2.5, LOW * 2)
+        outline = _lines(strength, angle, HIGH * TOPO_OUTLINE, LOW * TOPO_OUTLINE)
         distance = np.minimum(_stroke_distance(outline, strength, angle, MIN_STROKE), _contour_distance(smooth))
     else:
         distance = _stroke_distance(_lines(strength, angle, HIGH, LOW), strength, angle, MIN_FRAGMENT)
@@ -118,21 +136,41 @@ def output_size(size: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _analysis_gray(img: Image.Image) -> np.ndarray:
+def _analysis_image(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Luminance stretched to 0..1 and CIELAB a*, b* in the same units, on the analysis grid."""
     if img.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img.convert("RGBA"))
-    gray = img.convert("L")
-    width, height = gray.size
+    rgb = img.convert("RGB")
+    width, height = rgb.size
     scale = ANALYSIS_SIDE / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    gray = gray.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    arr = np.asarray(gray, dtype=np.float32)
+    rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    arr = np.asarray(rgb.convert("L"), dtype=np.float32)
+    chroma = _chroma(np.asarray(rgb))
     if scale > 1.5:
         arr = ndi.gaussian_filter(arr, UPSCALE_BLUR * scale, truncate=3.0)
+        chroma = ndi.gaussian_filter(chroma, (0, UPSCALE_BLUR * scale, UPSCALE_BLUR * scale), truncate=3.0)
     lo, hi = np.percentile(arr[::4, ::4], [0.5, 99.5])
     span = max(float(hi - lo), 25.0)
-    return np.clip((arr - np.float32(lo)) * np.float32(1 / span), 0, 1)
+    chroma *= np.float32(LSTAR_TO_LEVELS / span)
+    return np.clip((arr - np.float32(lo)) * np.float32(1 / span), 0, 1), chroma
+
+
+_LINEAR = np.where(np.arange(256) <= 10, np.arange(256) / 255 / 12.92,
+                   ((np.arange(256) / 255 + 0.055) / 1.055) ** 2.4).astype(np.float32)
+_XYZ = (np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+        / np.array([[0.95047], [1.0], [1.08883]])).astype(np.float32)
+
+
+def _chroma(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB a*, b* (D65) of 8-bit sRGB, as a (2, h, w) float32 array."""
+    linear = _LINEAR[rgb]
+    f = []
+    for row in _XYZ:
+        t = linear @ row
+        f.append(np.where(t > 0.008856, np.cbrt(t), t * np.float32(7.787) + np.float32(16 / 116)))
+    return np.stack([np.float32(500) * (f[0] - f[1]), np.float32(200) * (f[1] - f[2])])
 
 
 def _resize(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -163,15 +201,21 @@ def _guided(gray: np.ndarray, radius: int, eps: float) -> np.ndarray:
     return a * gray + b
 
 
-def _line_strength(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Line response (dark-side DoG, contrast-normalised, flow-smoothed, texture-suppressed) and edge angles."""
-    dog = ndi.gaussian_filter(gray, DOG_SIGMA * DOG_K, truncate=3.0)
-    dog -= ndi.gaussian_filter(gray, DOG_SIGMA, truncate=3.0)
-    np.maximum(dog, 0, out=dog)
+def _line_strength(gray: np.ndarray, chroma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Line response (dark-side DoG of luminance or colour gradient, above the noise floor,
+    contrast-normalised, flow-smoothed, texture-suppressed) and edge angles."""
+    fine = ndi.gaussian_filter(gray, DOG_SIGMA, truncate=3.0)
+    dog = ndi.gaussian_filter(gray, DOG_SIGMA * DOG_K, truncate=3.0) - fine
+    dog = np.maximum(dog - np.float32(NOISE_K) * _noise_floor(dog), 0)
+    gradients = [ndi.gaussian_filter(c, DOG_SIGMA, order=order, truncate=3.0)
+                 for c in chroma for order in ((0, 1), (1, 0))]
+    noise = np.sqrt(sum(_noise_floor(g) ** 2 for g in gradients))
+    colour = np.sqrt(sum(g * g for g in gradients))
+    colour = np.maximum(colour - np.float32(COLOUR_NOISE_K) * noise, 0) * np.float32(COLOUR_WEIGHT)
     mean = _wide_blur(gray, 24)
     std = np.sqrt(np.maximum(_wide_blur(gray * gray, 24) - mean * mean, 0))
-    strength = dog / (std + np.float32(CONTRAST_FLOOR))
-    angle, coherence = _orientation(gray)
+    strength = np.maximum(dog, colour) / (np.float32(CONTRAST_WEIGHT) * std + np.float32(CONTRAST_FLOOR))
+    angle, coherence = _orientation(np.concatenate([gray[None], chroma]))
     strength = _flow_smooth(strength, angle, coherence)
     near = ndi.gaussian_filter(strength, 2.0, truncate=3.0)
     far = _wide_blur(strength, 8.0)
@@ -179,17 +223,42 @@ def _line_strength(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(strength - np.float32(SURROUND) * ring, 0), angle
 
 
-def _orientation(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient direction quantised to `ANGLES` bins over 180°, and its coherence 0..1 (structure tensor)."""
-    small = _shrink(gray, 2)
-    gx = ndi.sobel(small, axis=1)
-    gy = ndi.sobel(small, axis=0)
-    jxx = ndi.gaussian_filter(gx * gx, 1.5, truncate=3.0)
-    jxy = ndi.gaussian_filter(gx * gy, 1.5, truncate=3.0)
-    jyy = ndi.gaussian_filter(gy * gy, 1.5, truncate=3.0)
+def _mad(arr: np.ndarray) -> float:
+    """Robust noise std of a filter response (median absolute deviation, on a quarter of the pixels)."""
+    sample = arr[::2, ::2].ravel()
+    return 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+
+
+def _noise_floor(arr: np.ndarray) -> np.ndarray | float:
+    """Noise std of a filter response, per pixel: the larger of the picture's MAD and that of its
+    `NOISE_TILE` px tile (so a noisier or grainier part of the picture gets its own, higher floor)."""
+    whole = _mad(arr)
+    sample = arr[::2, ::2]
+    tile = int(NOISE_TILE) // 2
+    rows, cols = sample.shape[0] // tile, sample.shape[1] // tile
+    if rows < 2 or cols < 2:
+        return whole
+    tiles = sample[:rows * tile, :cols * tile].reshape(rows, tile, cols, tile).transpose(0, 2, 1, 3)
+    tiles = tiles.reshape(rows, cols, -1)
+    local = 1.4826 * np.median(np.abs(tiles - np.median(tiles, axis=2, keepdims=True)), axis=2)
+    return np.maximum(_resize(local.astype(np.float32), arr.shape) * np.float32(NOISE_LOCAL), np.float32(whole))
+
+
+def _orientation(channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient direction quantised to `ANGLES` bins over 180°, and its coherence 0..1 (Di Zenzo's
+    colour structure tensor, summed over the channels)."""
+    jxx = jxy = jyy = 0
+    for channel in channels:
+        small = _shrink(channel, 2)
+        gx = ndi.sobel(small, axis=1)
+        gy = ndi.sobel(small, axis=0)
+        jxx, jxy, jyy = jxx + gx * gx, jxy + gx * gy, jyy + gy * gy
+    jxx = ndi.gaussian_filter(jxx, 1.5, truncate=3.0)
+    jxy = ndi.gaussian_filter(jxy, 1.5, truncate=3.0)
+    jyy = ndi.gaussian_filter(jyy, 1.5, truncate=3.0)
     angle = np.rint(np.arctan2(2 * jxy, jxx - jyy) * np.float32(ANGLES / (2 * np.pi))).astype(np.intp) % ANGLES
     coherence = np.hypot(jxx - jyy, 2 * jxy) / (jxx + jyy + np.float32(1e-6))
-    return _half_to_full(angle, gray.shape), _half_to_full(coherence, gray.shape)
+    return _half_to_full(angle, channels.shape[1:]), _half_to_full(coherence, channels.shape[1:])
 
 
 def _offsets(angle: np.ndarray, step: float, stride: int, along: bool) -> np.ndarray:
