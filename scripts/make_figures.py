@@ -3,6 +3,8 @@
 stencil-comparison.png  photo | Canny reference | inkq standard | inkq topographic, one row per photo
 enhance-comparison.png  crops of a plain bicubic 2× resize beside inkq enhance
 color-match.png         photo | ink preview | palette swatches
+flat-colour.png         generated flat-colour designs (equal-brightness and brightness edges, with texture and
+                        noise): input | Canny reference | inkq before colour edges | inkq now
 """
 from __future__ import annotations
 
@@ -102,6 +104,20 @@ def color_match_figure(name: str, colors: int) -> Image.Image:
     return labelled([[img, preview, panel]], ["photo", "ink preview", "photo colour | ink, coverage, CIEDE2000"])
 
 
+def flat_colour_figure(before: str) -> Image.Image:
+    """The issue-11 test designs through Canny, the engine at git revision `before`, and this one."""
+    from bench_colour import engine_at
+    from tests.tasks.test_colour_edges import canny_ink, scene, stencil_ink
+
+    old = engine_at(before)
+    rows = []
+    for kind in ("equal", "brightness"):
+        img, _ = scene(kind, 1)
+        ink = [canny_ink(img), stencil_ink(img, old), stencil_ink(img)]
+        rows.append([img] + [Image.fromarray(np.where(drawn, 0, 255).astype(np.uint8)) for drawn in ink])
+    return labelled(rows, ["design (top: equal brightness)", "Canny reference", f"inkq before ({before})", "inkq now"])
+
+
 def save(img: Image.Image, path: Path, colors: int | None = None) -> None:
     """Save as PNG, palettised to `colors` entries when given (keeps line-art sheets small)."""
     if colors:
@@ -115,11 +131,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "images")
     parser.add_argument("--side", type=int, default=2000, help="long side of the phone-like JPEGs")
+    parser.add_argument("--before", default="8083e01", help="git revision of the engine before colour edges")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     save(stencil_comparison(["astronaut", "chelsea", "coffee"], args.side), args.out / "stencil-comparison.png", 128)
     save(enhance_comparison(), args.out / "enhance-comparison.png")
     save(color_match_figure("coffee", 6), args.out / "color-match.png", 256)
+    save(flat_colour_figure(args.before), args.out / "flat-colour.png", 128)
     return 0
 
 
