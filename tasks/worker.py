@@ -77,6 +77,7 @@ class InkqQueue(Queue):
     claims_key: str | None = None  # the claims list of the worker in this process
     blocking = False  # inside the blocking dequeue, where a stop must interrupt the wait
     stop_requested = False
+    holding = False  # a job was dequeued and is not yet handled
     _release_own = None
 
     @classmethod
@@ -84,6 +85,7 @@ class InkqQueue(Queue):
         """rq's dequeue; the job taken is bound to this process's log lines (`bind_job`) until it is handled."""
         result = super().dequeue_any(*args, **kwargs)
         if result is not None:
+            cls.holding = True
             bind_job(result[0])
         return result
 
@@ -320,9 +322,14 @@ class InkqWorker(Worker):
         super()._shutdown()
 
     def teardown(self):
-        """rq's teardown, then the liveness key goes: whatever this worker still claims goes back at once."""
+        """rq's teardown, then the liveness key goes: whatever this worker still claims goes back at once.
+
+        With Redis unreachable the worker still leaves cleanly: its registration and liveness key lapse
+        on their own, and the recovery sweep takes back whatever it held."""
         try:
             super().teardown()
+        except RedisError as exc:
+            log.warning("worker %s leaves without unregistering: Redis is unreachable (%s)", self.name, exc)
         finally:
             if self.liveness is not None and not self.is_horse:
                 self.liveness.stop()
@@ -426,7 +433,20 @@ class InkqWorker(Worker):
         try:
             return super().execute_job(job, queue)
         finally:
+            InkqQueue.holding = False
             logs.clear()
+
+    def heartbeat(self, *args, **kwargs):
+        """rq's heartbeat, where an idle worker asked to stop (`_shutdown`) stops.
+
+        rq's dequeue loop retries a lost Redis for ever, each round starting with a heartbeat and never
+        looking at the stop flag: a worker stopped during a Redis outage (its service SIGTERMed, or its
+        pool gone) never exited. The heartbeat opens every round of that loop and of the work loop, and
+        rq's work loop ends on `StopRequested`. Not while a job is in hand: that one is handled first.
+        """
+        if InkqQueue.stop_requested and not InkqQueue.holding and not self.is_horse:
+            raise StopRequested()
+        return super().heartbeat(*args, **kwargs)
 
     def work(self, *args, **kwargs):
         """Run the work loop; a stop requested during start-up ends it quietly."""

@@ -142,3 +142,42 @@ def test_a_scheduler_that_lost_its_stop_is_stopped_again(redis_url):
     out = run_worker_program(SCHEDULER_DROPS_A_STOP, own_db)
     assert "work returned False" in out, out
     assert int(out.split()[-1]) <= 10, out
+
+
+IDLE_WORKER = """
+import sys
+from redis import Redis
+from tasks.worker import InkqWorker
+worker = InkqWorker(["enhance"], connection=Redis.from_url(sys.argv[1], socket_timeout=2, socket_connect_timeout=2))
+print("work returned", worker.work(burst=False, with_scheduler=False), flush=True)
+"""
+
+
+def test_a_worker_stopped_during_a_redis_outage_exits():
+    """rq retries a lost Redis for ever in its dequeue loop without looking at the stop flag: a worker
+    SIGTERMed while Redis was down never exited (found as an orphan worker after a suite run)."""
+    import os
+    import signal
+    import time
+
+    import redis as redis_lib
+
+    from tests.servers import RedisServer, wait_until
+
+    server = RedisServer()
+    proc = subprocess.Popen([sys.executable, "-c", IDLE_WORKER, server.url], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        client = redis_lib.Redis.from_url(server.url)
+        wait_until(lambda: list(client.scan_iter("inkq:alive:*")), timeout=30, what="the worker to start")
+        server.stop()
+        time.sleep(3)  # the worker is now retrying Redis in rq's dequeue loop
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "work returned" in out, err[-2000:]
+        assert "leaves without unregistering" in err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError("the worker did not exit after SIGTERM during the Redis outage")
