@@ -50,13 +50,18 @@ def observe(redis, histogram: str, label: str, seconds: float, pipeline=None) ->
 def _write(redis, pipeline, commands) -> None:
     if pipeline is not None:
         commands(pipeline)
-        return
+    else:
+        batch(redis, commands)
+
+
+def batch(redis, commands) -> None:
+    """Run `commands(pipeline)` (counts and observations) in one round trip; a Redis error is logged."""
     try:
         with redis.pipeline(transaction=False) as pipe:
             commands(pipe)
             pipe.execute()
     except RedisError as exc:
-        log.warning("could not record a metric: %s", exc)
+        log.warning("could not record metrics: %s", exc)
 
 
 def gemini_call(outcome: str, seconds: float) -> None:
@@ -66,13 +71,11 @@ def gemini_call(outcome: str, seconds: float) -> None:
     job = get_current_job()
     if job is None:
         return
-    with job.connection.pipeline(transaction=False) as pipe:
+
+    def commands(pipe):
         count(job.connection, "gemini", outcome, pipeline=pipe)
         observe(job.connection, "gemini", outcome, seconds, pipeline=pipe)
-        try:
-            pipe.execute()
-        except RedisError as exc:
-            log.warning("could not record a Gemini call: %s", exc)
+    batch(job.connection, commands)
 
 
 def seconds_between(start, end) -> float | None:

@@ -394,15 +394,13 @@ class InkqWorker(Worker):
         (cancel) is counted by whoever canceled."""
         if outcome is None:
             return
-        with self.connection.pipeline(transaction=False) as pipe:
+        ran = metrics.seconds_between(job.started_at, job.ended_at or utcnow())
+
+        def commands(pipe):
             metrics.count(self.connection, job.origin, outcome, pipeline=pipe)
-            ran = metrics.seconds_between(job.started_at, job.ended_at or utcnow())
             if ran is not None:
                 metrics.observe(self.connection, "run", job.origin, ran, pipeline=pipe)
-            try:
-                pipe.execute()
-            except RedisError as exc:
-                log.warning("could not record the outcome of job %s: %s", job.id, exc)
+        metrics.batch(self.connection, commands)
         log.info("job attempt %s", outcome, extra={"durationMs": round(ran * 1000, 1)} if ran is not None else None)
 
     def main_work_horse(self, job, queue):
