@@ -86,6 +86,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env), redis, settings.queue_max_depth)
     for blueprint in (jobs.bp, credits.bp, admin.bp, health.bp, web.bp):
         app.register_blueprint(blueprint)
+    admin.init_app(app)
     admin.mount_dashboard(app, settings.redis_url)
     openapi.init_app(app)
     logging.getLogger("inkq.api").info("inkq api ready (redis %s)", settings.redis_url.split("@")[-1])

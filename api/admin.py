@@ -3,8 +3,31 @@
 rq-dashboard leaves authentication to its host app (its own docstring says so): every request
 under /admin/rq/ needs the admin token, as a Bearer token or as the HTTP Basic password
 (browsers). Its state-changing actions are accepted only as POST.
+
+Browsers resend cached Basic credentials on any request to the host, a cross-site form POST
+included, so every request under /admin/ other than GET, HEAD and OPTIONS must prove it comes from
+this origin (`same_origin`), else 403 `forbidden`: `Sec-Fetch-Site` when the browser sends it
+(`same-origin`, or `none` for the user's own action), else `Origin`, else `Referer`, compared with
+the scheme and host Flask sees for the request. A request without credentials is left to the
+admin check (401). One carrying none of these headers comes from no web page; it is let through
+only with a Bearer token, which no browser adds on its own (and a page on
+another origin cannot add without a CORS preflight, never answered on /admin/).
+
+rq-dashboard 0.9.0 renders a job's description, metadata, result and exception, and a worker's
+current call string (the job's arguments, a prompt included), into HTML unescaped (`<%= %>` in
+its underscore templates, then `innerHTML`). So the two JSON endpoints those pages read
+(`job_info`, `list_workers`) leave here with every string HTML-escaped, and every /admin/ response
+carries a Content-Security-Policy: scripts only from the dashboard's own static files and its one
+inline block (given a per-response nonce; its templates need `'unsafe-eval'` for
+`_.template`), so an injected `onerror=` or `<script>` does not run even if some text is missed.
+Admin pages may not be framed (`frame-ancestors 'none'`, `X-Frame-Options: DENY`).
 """
 from __future__ import annotations
+
+import html
+import json
+import secrets
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from pydantic import ValidationError
@@ -16,12 +39,23 @@ from tasks import metrics as job_metrics
 from tasks import recovery
 from tasks.queues import QUEUES
 
+from .auth import valid_user_id
 from .errors import ApiError, bad_request, error_response
 from .guard import check_admin, require_admin
 from .schemas import CreditChange
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 DASHBOARD_PREFIX = "/admin/rq"
+ADMIN_PREFIX = "/admin/"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SAME_ORIGIN_SITES = frozenset({"same-origin", "none"})
+# rq-dashboard 0.9.0's endpoints whose JSON its pages insert into HTML unescaped
+RAW_RENDERED = frozenset({"rq_dashboard.job_info", "rq_dashboard.list_workers"})
+# rq-dashboard 0.9.0's base.html: its one inline script, which the CSP admits by nonce
+INLINE_SCRIPT = '<script type="text/javascript">'
+CSP = ("default-src 'none'; script-src 'self' 'nonce-{nonce}' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data:; font-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+       "frame-ancestors 'none'")
 
 
 def _count(redis, key: str, kind: str) -> int:
@@ -69,8 +103,8 @@ def stats():
 @require_admin
 def change_credits(user_id: str):
     """Add to or set a user's balance."""
-    if not 0 < len(user_id) <= 200:
-        raise bad_request("Bad user id.")
+    if not valid_user_id(user_id):
+        raise bad_request("Bad user id: an API key's user id, or jwt:<sub> for a JWT user.")
     try:
         body = request.get_json(force=True, silent=True)
     except RecursionError:
@@ -83,6 +117,62 @@ def change_credits(user_id: str):
         raise bad_request("Send exactly one of `add` or `set`.")
     balance = current_app.extensions["inkq"].admission.change(user_id, add=change.add, set_to=change.set)
     return jsonify({"balance": balance})
+
+
+def _origin(url: str) -> str | None:
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def same_origin() -> bool:
+    """Whether this request provably comes from a page of this service, or from no web page with a Bearer token."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in SAME_ORIGIN_SITES
+    claimed = request.headers.get("Origin") or request.headers.get("Referer")
+    if claimed is not None:
+        return _origin(claimed) == _origin(request.host_url)
+    return request.headers.get("Authorization", "").lstrip().lower().startswith("bearer ")
+
+
+def _escaped(value):
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    return value
+
+
+def init_app(app: Flask) -> None:
+    """Refuse cross-site state changes under /admin/; escape and confine what admin pages render."""
+
+    @app.before_request
+    def _admin_same_origin_only():
+        if (request.path.startswith(ADMIN_PREFIX) and request.method not in SAFE_METHODS
+                and "Authorization" in request.headers and not same_origin()):
+            return error_response(403, "forbidden", "Admin actions must come from this service's own pages.")
+        return None
+
+    @app.after_request
+    def _admin_page_headers(response):
+        if not request.path.startswith(ADMIN_PREFIX):
+            return response
+        nonce = secrets.token_urlsafe(16)
+        response.headers["Content-Security-Policy"] = CSP.format(nonce=nonce)
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if response.direct_passthrough or response.is_streamed:
+            return response
+        if response.mimetype == "text/html":
+            page = response.get_data(as_text=True)
+            response.set_data(page.replace(INLINE_SCRIPT, f'<script nonce="{nonce}" type="text/javascript">'))
+        elif request.endpoint in RAW_RENDERED and response.is_json:
+            response.set_data(json.dumps(_escaped(response.get_json())))
+        return response
 
 
 def mount_dashboard(app: Flask, redis_url: str) -> None:

@@ -17,13 +17,24 @@ Design decisions:
   JWKS are ignored. So ``alg: none``, HS256 signed with an RSA public key, and RS/ES mix-ups fail.
 - Claims: ``exp`` and ``sub`` are required; ``exp``, ``nbf`` and ``iat`` are checked with
   ``leeway_s`` (30 s) of clock skew; ``iss`` and ``aud`` only when JWT_ISSUER / JWT_AUDIENCE are
-  set (a token carrying ``aud`` is accepted when JWT_AUDIENCE is unset). ``sub`` must be a
-  non-blank string of at most 255 characters; it is the user id.
-- JWKS: ``PyJWKClient`` with its JWK-set cache (5 minutes). A ``kid`` missing from the cached set
-  triggers a refetch at most once per ``jwks_refresh_interval_s`` (30 s), counted from the last
-  such refetch rather than from routine fetches, so a rotated key is picked up at once while a
-  flood of random ``kid`` values costs one request per interval. After a failed fetch the URL is
-  left alone for min(5 s, interval); requests needing it get ``AuthUnavailable`` meanwhile.
+  set (a token carrying ``aud`` is accepted when JWT_AUDIENCE is unset).
+- User ids: a JWT's ``sub`` and every API key's user id are 1-255 characters of
+  ``A-Za-z0-9._@|+-`` not starting with ``@`` (Clerk's ``user_2a…``, Auth0's ``google-oauth2|1…``
+  and e-mail addresses fit). Anything else is refused (401 for a token, a ConfigError naming the
+  entry for API_KEYS), so no user id carries markup into a log line or an operator's page
+  (rq-dashboard prints job descriptions raw), nor a ``:`` into a Redis key.
+- One namespace per issuer: a JWT user is ``jwt:<sub>``; an API-key user is its configured id,
+  which cannot contain ``:``. So a JWT whose ``sub`` equals an API-key user's id is another user,
+  and the id an admin uses in ``POST /admin/credits/<userId>`` is the one jobs are stored under.
+  ``@`` starts only the admin's own id.
+- JWKS: fetched with ``PyJWKClient`` and kept for 5 minutes, then refreshed in the background
+  while the cached keys go on verifying (see ``_JWKSKeys``: no login with a cached key ever waits
+  for the endpoint, and concurrent fetches collapse into one, bounded by the timeout). A ``kid``
+  missing from the cached set triggers a refetch at most once per ``jwks_refresh_interval_s``
+  (30 s), counted from the last such refetch rather than from routine fetches, so a rotated key is
+  picked up at once while a flood of random ``kid`` values costs one request per interval. After a
+  failed fetch the URL is left alone for min(5 s, interval); requests needing a fetch get
+  ``AuthUnavailable`` meanwhile, and cached keys stay in use until a fetch succeeds.
 - JWT_JWKS_URL must be https; plain http is accepted only for loopback hosts (tests, local dev).
 - Error messages are fixed strings that never contain the presented credential or a secret.
 """
@@ -48,8 +59,10 @@ import jwt
 log = logging.getLogger(__name__)
 
 MAX_HEADER_CHARS = 8192
-MAX_SUB_CHARS = 255
 ADMIN_USER_ID = "admin"
+JWT_USER_PREFIX = "jwt:"
+USER_ID_TEXT = re.compile(r"[A-Za-z0-9._|+-][A-Za-z0-9._@|+-]{0,254}")
+USER_ID_RULE = "1-255 characters of A-Za-z0-9._@|+- not starting with @"
 METHODS = ("api_key", "jwt", "admin")
 
 HMAC_ALGORITHMS = ("HS256",)
@@ -96,6 +109,11 @@ class AuthUnavailable(AuthError):
         self.retry_after_s = retry_after_s
 
 
+def valid_user_id(user_id: str) -> bool:
+    """Whether a user id is one authentication can produce: an API-key id or ``jwt:<sub>``."""
+    return bool(USER_ID_TEXT.fullmatch(user_id.removeprefix(JWT_USER_PREFIX)))
+
+
 def parse_api_keys(value: str | None) -> dict[str, str]:
     """Parse API_KEYS (``token:userId,token:userId``) into ``{token: userId}``."""
     keys: dict[str, str] = {}
@@ -107,6 +125,8 @@ def parse_api_keys(value: str | None) -> dict[str, str]:
         token, user_id = token.strip(), user_id.strip()
         if not sep or not token or not user_id:
             raise ValueError(f"API_KEYS entry {number} is malformed: expected token:userId")
+        if not USER_ID_TEXT.fullmatch(user_id):
+            raise ValueError(f"API_KEYS entry {number}: the user id must be {USER_ID_RULE}")
         if not _TOKEN_TEXT.fullmatch(token):
             raise ValueError(f"API_KEYS entry {number}: the token must be printable ASCII without spaces")
         if keys.get(token, user_id) != user_id:
@@ -116,7 +136,12 @@ def parse_api_keys(value: str | None) -> dict[str, str]:
 
 
 def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode("utf-8")).digest()
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Whether two secrets are equal, in time that depends on neither's value nor length."""
+    return hmac.compare_digest(_digest(given), _digest(expected))
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -137,34 +162,40 @@ def _check_jwks_url(url: str) -> None:
     raise ValueError("JWT_JWKS_URL must be an https:// URL (http:// only for localhost)")
 
 
-class _JWKSKeys(jwt.PyJWKClient):
-    """PyJWKClient with a throttled refetch for unknown kids and a backoff after failed fetches."""
+class _Flight:
+    """One JWKS fetch in progress: the callers waiting for it share its outcome."""
 
-    def __init__(self, url: str, timeout_s: float, refresh_interval_s: float) -> None:
-        super().__init__(
-            url,
-            cache_jwk_set=True,
-            lifespan=JWKS_CACHE_LIFESPAN_S,
-            timeout=timeout_s,
-            headers={"User-Agent": JWKS_USER_AGENT},
-            cooldown_duration=0,  # our own throttle below; PyJWT's would also count routine fetches
-        )
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: Exception | None = None
+
+
+class _JWKSKeys(jwt.PyJWKClient):
+    """The JWKS's signing keys by ``kid``: served from memory, refreshed by one fetch at a time.
+
+    PyJWKClient (PyJWT 2.15) is used for the fetch only (URL, timeout, headers, no redirects) and its
+    own caches are off: it fetches in the caller's thread, so a serialised caller waited for a slow
+    endpoint and every login behind it waited too. Here a fetch runs in its own thread; a lock is
+    held only to read or swap state, never across I/O. Callers that need the fetch (nothing cached
+    yet, or an unknown ``kid`` when the throttle allows) wait for the one in flight, at most
+    ``timeout_s`` + 1 s; a caller whose key is cached never waits: a set older than the lifespan is
+    served while a refresh runs behind it, and it stays in use if that refresh fails.
+    """
+
+    def __init__(self, url: str, timeout_s: float, refresh_interval_s: float,
+                 lifespan_s: float = JWKS_CACHE_LIFESPAN_S) -> None:
+        super().__init__(url, cache_jwk_set=False, cache_keys=False, timeout=timeout_s,
+                         headers={"User-Agent": JWKS_USER_AGENT})
+        self.timeout_s = timeout_s
+        self.lifespan_s = lifespan_s
         self.refresh_interval_s = refresh_interval_s
         self.failure_backoff_s = min(JWKS_FAILURE_BACKOFF_S, refresh_interval_s)
-        self._lock = threading.Lock()
+        self._guard = threading.Lock()
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._flight: _Flight | None = None
         self._last_refresh: float | None = None
         self._retry_at = 0.0
-
-    def fetch_data(self):
-        """Fetch the JWK set, unless a recent failure says to wait."""
-        if time.monotonic() < self._retry_at:
-            raise jwt.PyJWKClientConnectionError("JWKS fetch backing off after a failure")
-        try:
-            return super().fetch_data()
-        except Exception as exc:
-            self._retry_at = time.monotonic() + self.failure_backoff_s
-            log.warning("JWKS fetch from %s failed: %s", self.uri, exc)
-            raise
 
     def retry_after_s(self) -> int:
         """Whole seconds until the next fetch attempt is allowed (at least 1)."""
@@ -172,15 +203,56 @@ class _JWKSKeys(jwt.PyJWKClient):
 
     def key_for(self, kid: str) -> jwt.PyJWK | None:
         """The signing key for ``kid``, refetching the JWKS (throttled) when it is unknown."""
-        with self._lock:
-            key = self.match_kid(self.get_signing_keys(), kid)
-            if key is None and self._refresh_allowed():
-                self._last_refresh = time.monotonic()
-                key = self.match_kid(self.get_signing_keys(refresh=True), kid)
+        if self._fetched_at is None:
+            self._refresh(wait=True)
+            return self._keys.get(kid)
+        key = self._keys.get(kid)
+        if key is not None:
+            if time.monotonic() - self._fetched_at >= self.lifespan_s:
+                self._refresh(wait=False)
             return key
+        with self._guard:
+            allowed = self._last_refresh is None or time.monotonic() - self._last_refresh >= self.refresh_interval_s
+            if allowed:
+                self._last_refresh = time.monotonic()
+        if allowed:
+            self._refresh(wait=True)
+            return self._keys.get(kid)
+        return None
 
-    def _refresh_allowed(self) -> bool:
-        return self._last_refresh is None or time.monotonic() - self._last_refresh >= self.refresh_interval_s
+    def _refresh(self, wait: bool) -> None:
+        with self._guard:
+            flight = self._flight
+            if flight is None:
+                if time.monotonic() < self._retry_at:
+                    if wait:
+                        raise jwt.PyJWKClientConnectionError("JWKS fetch backing off after a failure")
+                    return
+                flight = self._flight = _Flight()
+                threading.Thread(target=self._fetch, args=(flight,), name="jwks-fetch", daemon=True).start()
+        if not wait:
+            return
+        if not flight.done.wait(self.timeout_s + 1):
+            raise jwt.PyJWKClientConnectionError("JWKS fetch is taking too long")
+        if flight.error is not None:
+            raise flight.error
+
+    def _fetch(self, flight: _Flight) -> None:
+        try:
+            jwk_set = jwt.PyJWKSet.from_dict(self.fetch_data())
+            keys = {key.key_id: key for key in self._get_signing_keys_from_jwk_set(jwk_set)}
+        except Exception as exc:
+            flight.error = exc
+            with self._guard:
+                self._retry_at = time.monotonic() + self.failure_backoff_s
+            log.warning("JWKS fetch from %s failed: %s", self.uri, exc)
+        else:
+            with self._guard:
+                self._keys, self._fetched_at = keys, time.monotonic()
+        finally:
+            with self._guard:
+                self._flight = None
+            flight.done.set()
 
 
 class Authenticator:
@@ -198,13 +270,14 @@ class Authenticator:
         leeway_s: int = 30,
         jwks_timeout_s: float = 5,
         jwks_refresh_interval_s: float = 30,
+        jwks_cache_s: float = JWKS_CACHE_LIFESPAN_S,
     ) -> None:
         api_keys = dict(api_keys or {})
         for token, user_id in api_keys.items():
             if not isinstance(token, str) or not _TOKEN_TEXT.fullmatch(token):
                 raise ValueError("API keys must be printable ASCII without spaces")
-            if not isinstance(user_id, str) or not user_id.strip():
-                raise ValueError("every API key needs a user id")
+            if not isinstance(user_id, str) or not USER_ID_TEXT.fullmatch(user_id):
+                raise ValueError(f"every API key needs a user id of {USER_ID_RULE}")
         if admin_token is not None and not _TOKEN_TEXT.fullmatch(admin_token):
             raise ValueError("ADMIN_TOKEN must be printable ASCII without spaces")
         if admin_token is not None and admin_token in api_keys:
@@ -217,7 +290,7 @@ class Authenticator:
         self._admin_digest = _digest(admin_token) if admin_token is not None else None
         self._api_keys = [(_digest(token), user_id) for token, user_id in api_keys.items()]
         self._jwt_secret = jwt_secret or None
-        self._jwks = _JWKSKeys(jwks_url, jwks_timeout_s, jwks_refresh_interval_s) if jwks_url else None
+        self._jwks = _JWKSKeys(jwks_url, jwks_timeout_s, jwks_refresh_interval_s, jwks_cache_s) if jwks_url else None
         self.jwks_url = jwks_url or None
         self.issuer = issuer or None
         self.audience = audience or None
@@ -268,7 +341,7 @@ class Authenticator:
         if found is not None:
             return Principal(found, False, "api_key")
         if (self._jwt_secret or self._jwks) and _JWT_SHAPE.fullmatch(token):
-            return Principal(self._verify_jwt(token), False, "jwt")
+            return Principal(JWT_USER_PREFIX + self._verify_jwt(token), False, "jwt")
         raise AuthError("invalid credentials")
 
     def _basic(self, credentials: str) -> Principal:
@@ -319,7 +392,7 @@ class Authenticator:
         except (jwt.PyJWTError, ValueError, TypeError):
             raise AuthError("invalid token") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub.strip() or len(sub) > MAX_SUB_CHARS:
+        if not isinstance(sub, str) or not USER_ID_TEXT.fullmatch(sub):
             raise AuthError("invalid token subject")
         return sub
 

@@ -1,11 +1,10 @@
 """Liveness, readiness and metrics."""
 from __future__ import annotations
 
-import hmac
-
 from flask import Blueprint, current_app, jsonify, request
 from redis.exceptions import RedisError
 
+from .auth import same_secret
 from .errors import ApiError
 
 bp = Blueprint("health", __name__)
@@ -34,6 +33,6 @@ def metrics():
     token = ctx.settings.metrics_token
     if token:
         given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        if not same_secret(given, f"Bearer {token}"):
             raise ApiError(401, "unauthenticated", "Metrics need the metrics token.")
     return ctx.metrics.render()

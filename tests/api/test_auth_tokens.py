@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from api.auth import AuthError, Authenticator, AuthUnavailable, Principal, parse_api_keys
+from api.auth import AuthError, Authenticator, AuthUnavailable, Principal, parse_api_keys, same_secret
 
 SECRET = "s3cret-for-hs256-tests-0123456789abcdef"
 ADMIN = "admin-token-0123456789"
@@ -86,11 +86,14 @@ class JWKSServer:
         self.jwks = {"keys": []}
         self.status = 200
         self.hits = 0
+        self.gate = threading.Event()  # cleared: requests hang until it is set again
+        self.gate.set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.hits += 1
+                server.gate.wait(30)
                 status = server.status if self.path == server.path else 404
                 body = json.dumps(server.jwks if status == 200 else {"error": "nope"}).encode()
                 self.send_response(status)
@@ -114,6 +117,7 @@ class JWKSServer:
         self.jwks = {"keys": list(jwks)}
 
     def close(self):
+        self.gate.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -143,7 +147,7 @@ def refused(auth, header, message=None, **kwargs):
 
 def test_hs256_valid():
     auth = make(jwt_secret=SECRET)
-    assert auth.authenticate(f"Bearer {hs_token()}") == Principal("user_2abc", False, "jwt")
+    assert auth.authenticate(f"Bearer {hs_token()}") == Principal("jwt:user_2abc", False, "jwt")
 
 
 def test_hs256_wrong_secret_is_refused():
@@ -176,6 +180,22 @@ def test_hs256_claims_are_enforced(body, message):
     refused(make(jwt_secret=SECRET), f"Bearer {hs_token(body)}", message)
 
 
+@pytest.mark.parametrize("sub", ["<img src=x onerror=alert(1)>", "a b", "@admin", "user:2abc", 'q"uote', "é"])
+def test_sub_outside_the_user_id_alphabet_is_refused(sub):
+    refused(make(jwt_secret=SECRET), f"Bearer {hs_token(claims(sub=sub))}", "invalid token subject")
+
+
+def test_jwt_users_and_api_key_users_never_share_an_id():
+    auth = make(api_keys={"key-1": "alice"}, jwt_secret=SECRET)
+    assert auth.authenticate("Bearer key-1").user_id == "alice"
+    assert auth.authenticate(f"Bearer {hs_token(claims(sub='alice'))}").user_id == "jwt:alice"
+
+
+def test_secrets_compare_by_digest():
+    assert same_secret("Bearer abc", "Bearer abc")
+    assert not same_secret("Bearer ab", "Bearer abc") and not same_secret("", "Bearer abc")
+
+
 def test_non_string_sub_is_refused():
     refused(make(jwt_secret=SECRET), f"Bearer {hs_token(claims(sub=12345))}", "invalid token")
 
@@ -183,13 +203,13 @@ def test_non_string_sub_is_refused():
 def test_clock_skew_within_leeway_is_accepted():
     now = int(time.time())
     auth = make(jwt_secret=SECRET)
-    assert auth.authenticate(f"Bearer {hs_token(claims(exp=now - 10, nbf=now + 10, iat=now + 10))}").user_id == "user_2abc"
+    assert auth.authenticate(f"Bearer {hs_token(claims(exp=now - 10, nbf=now + 10, iat=now + 10))}").user_id == "jwt:user_2abc"
     refused(make(jwt_secret=SECRET, leeway_s=0), f"Bearer {hs_token(claims(exp=now - 10))}", "token expired")
 
 
 def test_issuer_and_audience_when_configured():
     auth = make(jwt_secret=SECRET, issuer=ISSUER, audience=AUDIENCE)
-    assert auth.authenticate(f"Bearer {hs_token(claims(iss=ISSUER, aud=AUDIENCE))}").user_id == "user_2abc"
+    assert auth.authenticate(f"Bearer {hs_token(claims(iss=ISSUER, aud=AUDIENCE))}").user_id == "jwt:user_2abc"
     assert auth.authenticate(f"Bearer {hs_token(claims(iss=ISSUER, aud=['other', AUDIENCE]))}").method == "jwt"
     refused(auth, f"Bearer {hs_token(claims(iss='https://evil.test', aud=AUDIENCE))}", "invalid token issuer")
     refused(auth, f"Bearer {hs_token(claims(iss=ISSUER, aud='other-api'))}", "invalid token audience")
@@ -199,14 +219,14 @@ def test_issuer_and_audience_when_configured():
 
 def test_audience_unset_accepts_tokens_carrying_aud():
     auth = make(jwt_secret=SECRET)
-    assert auth.authenticate(f"Bearer {hs_token(claims(aud='whatever', iss='anyone'))}").user_id == "user_2abc"
+    assert auth.authenticate(f"Bearer {hs_token(claims(aud='whatever', iss='anyone'))}").user_id == "jwt:user_2abc"
 
 
 def test_privileged_sub_does_not_make_an_admin():
     auth = make(jwt_secret=SECRET, admin_token=ADMIN)
     for sub in ("admin", "root", ADMIN):
         principal = auth.authenticate(f"Bearer {hs_token(claims(sub=sub, role='admin', is_admin=True))}")
-        assert principal == Principal(sub, False, "jwt")
+        assert principal == Principal("jwt:" + sub, False, "jwt")
 
 
 # ---- alg none and algorithm confusion --------------------------------------------------------
@@ -256,7 +276,7 @@ def test_jwks_key_only_verifies_with_its_own_algorithm(jwks, rsa_keys, ec_key):
     # an ES256 key is accepted for ES256 only
     jwks.serve(jwk(rsa_keys[0], "k1"), jwk(ec_key, "e1", alg="ES256"))
     auth = make(jwks_url=jwks.url)
-    assert auth.authenticate(f"Bearer {rs_token(ec_key, 'e1', alg='ES256')}") == Principal("user_2abc", False, "jwt")
+    assert auth.authenticate(f"Bearer {rs_token(ec_key, 'e1', alg='ES256')}") == Principal("jwt:user_2abc", False, "jwt")
     refused(auth, f"Bearer {rs_token(ec_key, 'k1', alg='ES256')}", "invalid token")
 
 
@@ -265,31 +285,31 @@ def test_jwks_key_only_verifies_with_its_own_algorithm(jwks, rsa_keys, ec_key):
 
 def test_rs256_valid_via_jwks(jwks, rsa_keys):
     auth = make(jwks_url=jwks.url)
-    assert auth.authenticate(f"Bearer {rs_token(rsa_keys[0], 'k1')}") == Principal("user_2abc", False, "jwt")
+    assert auth.authenticate(f"Bearer {rs_token(rsa_keys[0], 'k1')}") == Principal("jwt:user_2abc", False, "jwt")
     assert jwks.hits == 1
 
 
 def test_jwks_is_cached(jwks, rsa_keys):
     auth = make(jwks_url=jwks.url)
     for sub in ("user_a", "user_b", "user_c"):
-        assert auth.authenticate(f"Bearer {rs_token(rsa_keys[0], 'k1', claims(sub=sub))}").user_id == sub
+        assert auth.authenticate(f"Bearer {rs_token(rsa_keys[0], 'k1', claims(sub=sub))}").user_id == "jwt:" + sub
     assert jwks.hits == 1
 
 
 def test_jwks_issuer_and_audience(jwks, rsa_keys):
     auth = make(jwks_url=jwks.url, issuer=ISSUER, audience=AUDIENCE)
     good = rs_token(rsa_keys[0], "k1", claims(iss=ISSUER, aud=AUDIENCE))
-    assert auth.authenticate(f"Bearer {good}").user_id == "user_2abc"
+    assert auth.authenticate(f"Bearer {good}").user_id == "jwt:user_2abc"
     refused(auth, f"Bearer {rs_token(rsa_keys[0], 'k1', claims(iss=ISSUER, aud='x'))}", "invalid token audience")
     refused(auth, f"Bearer {rs_token(rsa_keys[0], 'k1', claims(iss='https://x', aud=AUDIENCE))}", "invalid token issuer")
 
 
 def test_key_rotation_triggers_one_refetch(jwks, rsa_keys):
     auth = make(jwks_url=jwks.url)
-    assert auth.authenticate(f"Bearer {rs_token(rsa_keys[0], 'k1')}").user_id == "user_2abc"
+    assert auth.authenticate(f"Bearer {rs_token(rsa_keys[0], 'k1')}").user_id == "jwt:user_2abc"
     assert jwks.hits == 1
     jwks.serve(jwk(rsa_keys[0], "k1"), jwk(rsa_keys[1], "k2"))
-    assert auth.authenticate(f"Bearer {rs_token(rsa_keys[1], 'k2')}").user_id == "user_2abc"
+    assert auth.authenticate(f"Bearer {rs_token(rsa_keys[1], 'k2')}").user_id == "jwt:user_2abc"
     assert jwks.hits == 2
     for key, kid in ((rsa_keys[1], "k2"), (rsa_keys[0], "k1"), (rsa_keys[1], "k2")):
         auth.authenticate(f"Bearer {rs_token(key, kid)}")
@@ -316,8 +336,66 @@ def test_refresh_throttle_reopens_after_the_interval(jwks, rsa_keys):
     refused(auth, f"Bearer {rs_token(rsa_keys[1], 'k2')}", "invalid token")  # throttled
     assert jwks.hits == 2
     time.sleep(0.35)
-    assert auth.authenticate(f"Bearer {rs_token(rsa_keys[1], 'k2')}").user_id == "user_2abc"
+    assert auth.authenticate(f"Bearer {rs_token(rsa_keys[1], 'k2')}").user_id == "jwt:user_2abc"
     assert jwks.hits == 3
+
+
+def _in_thread(call):
+    """Run `call` in a thread; (thread, outcome list that gets its result or exception)."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(call())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_slow_jwks_refetch_does_not_stall_logins_with_cached_keys(jwks, rsa_keys):
+    auth = make(jwks_url=jwks.url, jwks_timeout_s=5)
+    cached = f"Bearer {rs_token(rsa_keys[0], 'k1')}"
+    assert auth.authenticate(cached).method == "jwt"
+    jwks.gate.clear()
+    refetching, _ = _in_thread(lambda: auth.authenticate(f"Bearer {rs_token(rsa_keys[1], 'k2')}"))
+    wait = time.monotonic() + 5
+    while jwks.hits < 2 and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert jwks.hits == 2  # the unknown kid's refetch hangs in the JWKS server
+    login, outcome = _in_thread(lambda: auth.authenticate(cached))
+    login.join(3)
+    assert outcome and outcome[0].user_id == "jwt:user_2abc", "a cached key waited for the hanging refetch"
+    assert refetching.is_alive()
+    jwks.gate.set()
+    refetching.join(5)
+
+
+def test_stale_jwks_is_served_while_one_refresh_runs_behind(jwks, rsa_keys):
+    auth = make(jwks_url=jwks.url, jwks_cache_s=0.05)
+    token = f"Bearer {rs_token(rsa_keys[0], 'k1')}"
+    auth.authenticate(token)
+    time.sleep(0.1)
+    jwks.gate.clear()
+    logins = [_in_thread(lambda: auth.authenticate(token)) for _ in range(8)]
+    for thread, outcome in logins:
+        thread.join(3)
+        assert outcome and outcome[0].method == "jwt"
+    assert jwks.hits == 2  # eight logins past the lifespan, one refresh, none of them waiting for it
+    jwks.gate.set()
+
+
+def test_concurrent_refetches_collapse_into_one_bounded_by_the_timeout(jwks, rsa_keys):
+    auth = make(jwks_url=jwks.url, jwks_timeout_s=0.5)
+    jwks.gate.clear()
+    logins = [_in_thread(lambda: auth.authenticate(f"Bearer {rs_token(rsa_keys[0], 'k1')}")) for _ in range(6)]
+    for thread, outcome in logins:
+        thread.join(5)
+        assert outcome and isinstance(outcome[0], AuthUnavailable)
+    assert jwks.hits == 1
+    jwks.gate.set()
 
 
 def test_forged_rs256_signature_is_refused(jwks, rsa_keys):
@@ -355,7 +433,7 @@ def test_jwks_server_error_backs_off_then_recovers(jwks, rsa_keys):
     assert jwks.hits == 1  # the second attempt did not hammer the failing server
     jwks.status = 200
     time.sleep(0.35)
-    assert auth.authenticate(token).user_id == "user_2abc"
+    assert auth.authenticate(token).user_id == "jwt:user_2abc"
     assert jwks.hits == 2
 
 
@@ -368,16 +446,16 @@ def test_jwks_with_junk_body_is_unavailable(jwks, rsa_keys):
 def test_api_keys_and_hs256_are_unaffected_by_jwks_outage(rsa_keys):
     auth = make(api_keys={"key-1": "alice"}, jwt_secret=SECRET, jwks_url="http://127.0.0.1:9/jwks.json")
     assert auth.authenticate("Bearer key-1").user_id == "alice"
-    assert auth.authenticate(f"Bearer {hs_token()}").user_id == "user_2abc"
+    assert auth.authenticate(f"Bearer {hs_token()}").user_id == "jwt:user_2abc"
 
 
 # ---- API keys, admin token, Basic ------------------------------------------------------------
 
 
 def test_api_keys():
-    auth = make(api_keys=parse_api_keys("key-1:alice, key-2:bob:smith"), jwt_secret=SECRET)
+    auth = make(api_keys=parse_api_keys("key-1:alice, key-2:bob.smith"), jwt_secret=SECRET)
     assert auth.authenticate("Bearer key-1") == Principal("alice", False, "api_key")
-    assert auth.authenticate("Bearer key-2") == Principal("bob:smith", False, "api_key")
+    assert auth.authenticate("Bearer key-2") == Principal("bob.smith", False, "api_key")
     refused(auth, "Bearer key-3", "invalid credentials")
     refused(auth, "Bearer key-1x", "invalid credentials")
     refused(auth, "Bearer KEY-1", "invalid credentials")
@@ -459,9 +537,8 @@ def test_jwt_shaped_tokens_without_jwt_config_are_plain_bad_credentials():
         ("tok:alice", {"tok": "alice"}),
         (" tok1 : alice , tok2:bob ", {"tok1": "alice", "tok2": "bob"}),
         ("tok1:alice,,tok2:bob,", {"tok1": "alice", "tok2": "bob"}),
-        ("tok:user:with:colons", {"tok": "user:with:colons"}),
         ("tok:alice,tok:alice", {"tok": "alice"}),
-        ("tok:John Doe", {"tok": "John Doe"}),
+        ("tok:google-oauth2|1234,tok2:a.b+c@example.com", {"tok": "google-oauth2|1234", "tok2": "a.b+c@example.com"}),
     ],
 )
 def test_parse_api_keys(value, expected):
@@ -470,7 +547,9 @@ def test_parse_api_keys(value, expected):
 
 @pytest.mark.parametrize(
     "value",
-    ["tok", "tok:", ":alice", " : ", "tok:alice,bad", "to k:alice", "tök:alice", "tok:alice,tok:bob"],
+    ["tok", "tok:", ":alice", " : ", "tok:alice,bad", "to k:alice", "tök:alice", "tok:alice,tok:bob",
+     "tok:user:with:colons", "tok:jwt:alice", "tok:John Doe", "tok:@admin", "tok:<img src=x onerror=alert(1)>",
+     "tok:al'ice", "tok:" + "a" * 256],
 )
 def test_parse_api_keys_rejects_malformed_entries(value):
     with pytest.raises(ValueError) as info:
@@ -490,7 +569,7 @@ def test_from_env():
     assert auth.configured
     assert auth.authenticate("Bearer key-1").user_id == "alice"
     assert auth.authenticate(f"Bearer {ADMIN}").is_admin
-    assert auth.authenticate(f"Bearer {hs_token(claims(iss=ISSUER, aud='any'))}").user_id == "user_2abc"
+    assert auth.authenticate(f"Bearer {hs_token(claims(iss=ISSUER, aud='any'))}").user_id == "jwt:user_2abc"
     assert not Authenticator.from_env({}).configured
     assert not Authenticator.from_env({"API_KEYS": " ", "ADMIN_TOKEN": "", "JWT_SECRET": ""}).configured
     refused(Authenticator.from_env({}), "Bearer anything", "invalid credentials")
