@@ -137,3 +137,79 @@ def test_metrics_and_docs(make_api):
     spec = api.get("/openapi.json", token=None).json()
     assert spec["openapi"].startswith("3.") and "/generate" in spec["paths"]
     assert api.get("/docs/", token=None).status_code == 200
+
+
+BASIC = basic(ADMIN_TOKEN)
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({**BASIC}, 403),                                                    # Basic from no page at all
+    ({**BASIC, "Origin": "http://evil.example"}, 403),
+    ({**BASIC, "Origin": "null"}, 403),
+    ({**BASIC, "Referer": "http://evil.example/page"}, 403),
+    ({**BASIC, "Sec-Fetch-Site": "cross-site", "Origin": "{self}"}, 403),  # Sec-Fetch-Site wins
+    ({**BASIC, "Sec-Fetch-Site": "same-site"}, 403),
+    ({**BASIC, "Origin": "{self}"}, 200),
+    ({**BASIC, "Referer": "{self}/admin/rq/"}, 200),
+    ({**BASIC, "Sec-Fetch-Site": "same-origin"}, 200),
+    ({"Authorization": f"Bearer {ADMIN_TOKEN}"}, 200),                   # an API client: no page, no Origin
+    ({"Authorization": f"Bearer {ADMIN_TOKEN}", "Origin": "http://evil.example"}, 403),
+    ({"Origin": "http://evil.example"}, 401),                            # no credentials: the admin check answers
+])
+def test_admin_state_changes_must_be_same_origin(api, headers, status):
+    headers = {k: v.replace("{self}", api.url) for k, v in headers.items()}
+    response = api.post("/admin/rq/queue/csrf-http/queued/empty", token=None, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 403:
+        assert response.json()["code"] == "forbidden"
+
+
+def test_admin_credits_for_bearer_clients_and_not_cross_site(api):
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert api.post("/admin/credits/alice", token=None, headers=bearer, json={"set": 5}).json() == {"balance": 5}
+    evil = api.post("/admin/credits/alice", token=None, json={"set": 99},
+                    headers={**bearer, "Sec-Fetch-Site": "cross-site"})
+    assert evil.status_code == 403 and evil.json()["code"] == "forbidden"
+    assert api.post("/admin/credits/jwt:user_2abc", token=ADMIN_TOKEN, json={"add": 1}).status_code == 200
+    bad = api.post("/admin/credits/%3Cimg%3E", token=ADMIN_TOKEN, json={"add": 1})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("path", ["/admin/rq/", "/admin/rq/0/data/queues.json", "/admin/queue-stats"])
+def test_admin_pages_cannot_be_framed_and_confine_scripts(api, path):
+    response = api.get(path, token=ADMIN_TOKEN)
+    assert response.status_code == 200
+    assert response.headers["X-Frame-Options"] == "DENY"
+    csp = response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+
+
+def test_jwt_sub_equal_to_an_api_key_user_is_another_user(make_api):
+    secret = "s" * 40
+    api = make_api(JWT_SECRET=secret)
+    job_id = api.submit(drawing(), operation="color-match").json()["jobId"]
+    alias = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, secret, algorithm="HS256")
+    assert api.get(f"/status/{job_id}", token=alias).status_code == 404
+    assert job_id not in [j["jobId"] for j in api.get("/jobs", token=alias).json()["jobs"]]
+    assert api.get(f"/status/{job_id}", token="tok-alice").status_code == 200
+
+
+def test_metrics_labels_stay_bounded_under_random_methods_and_paths(make_api):
+    import random
+    import string
+
+    api = make_api()
+    api.get("/healthz", token=None)
+    before = api.get("/metrics", token=None).text
+    rng = random.Random(7)
+    for _ in range(60):
+        method = "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 2000)))
+        path = "/" + "".join(rng.choices(string.ascii_lowercase + "/", k=rng.randint(1, 300)))
+        api.http.request(method, api.url + path, timeout=10)
+        api.get(path, token=None)
+    after = api.get("/metrics", token=None).text
+    series = [line for line in after.splitlines() if line.startswith("inkq_http_requests_total{")]
+    methods = {line.split('method="')[1].split('"')[0] for line in series}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}, methods
+    assert len(series) <= 12, series
+    assert len(after) < len(before) + 5000

@@ -1,0 +1,111 @@
+"""The admin surfaces attacked from a real browser (system Chromium via Playwright): a page on
+another origin posting to rq-dashboard with the admin's cached Basic credentials, and hostile text
+(a job's description and metadata, an ia-gen prompt, a provider's reply) on the dashboard's pages."""
+from __future__ import annotations
+
+import contextlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from tests import fakegemini as fg
+from tests.api.test_web import CHROMIUM, browser  # noqa: F401  (the Chromium fixture)
+from tests.conftest import ADMIN_TOKEN
+
+pytestmark = pytest.mark.skipif(not __import__("os").path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
+
+# Each payload bumps window.__pwned if the browser ever runs it.
+HOSTILE = ['<img src=x onerror="window.__pwned=(window.__pwned||0)+1">',
+           '<svg onload="window.__pwned=(window.__pwned||0)+1"></svg>',
+           '<iframe srcdoc="<script>parent.__pwned=1</script>"></iframe>']
+PAYLOAD = "Sorry: " + " ".join(HOSTILE)
+
+
+@contextlib.contextmanager
+def page_server(html: str):
+    """Serve one HTML page at http://localhost:<port>/ (another origin than the API's 127.0.0.1)."""
+    body = html.encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://localhost:{server.server_port}/"
+    finally:
+        server.shutdown()
+
+
+def admin_page(browser, api):  # noqa: F811
+    """A page whose context answers the dashboard's Basic challenge with the admin token; console errors kept."""
+    context = browser.new_context(http_credentials={"username": "ops", "password": ADMIN_TOKEN})
+    page = context.new_page()
+    page.problems = []
+    page.on("console", lambda msg: page.problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: page.problems.append(f"uncaught: {exc}"))
+    return page
+
+
+def park(redis, queue: str, **job) -> str:
+    """A job left waiting in a queue no worker serves; its id."""
+    return Queue(queue, connection=redis, serializer=JSONSerializer).enqueue("tasks.jobs.nothing", **job).id
+
+
+def test_cross_site_form_post_with_cached_basic_credentials_is_refused(make_api, browser, redis):  # noqa: F811
+    api = make_api()
+    victim = park(redis, "csrf-victim")
+    page = admin_page(browser, api)
+    page.goto(api.url + "/admin/rq/")
+    page.wait_for_selector("text=csrf-victim", timeout=10_000)  # the dashboard's own scripts ran under its CSP
+    attack = f"""<form method="post" action="{api.url}/admin/rq/queue/csrf-victim/queued/empty"></form>
+                 <script>document.forms[0].submit()</script>"""
+    with page_server(attack) as evil:
+        with page.expect_navigation(url=f"{api.url}/admin/rq/queue/csrf-victim/queued/empty"):
+            page.goto(evil)
+        assert '"forbidden"' in page.content()
+    queue = Queue("csrf-victim", connection=redis, serializer=JSONSerializer)
+    assert queue.job_ids == [victim], "a cross-site POST emptied the queue"
+
+    park(redis, "csrf-own")
+    page.goto(api.url + "/admin/rq/")
+    status = page.evaluate("fetch('/admin/rq/queue/csrf-own/queued/empty', {method: 'POST'}).then(r => r.status)")
+    assert status == 200  # the dashboard's own same-origin POST still works
+    assert Queue("csrf-own", connection=redis, serializer=JSONSerializer).count == 0
+    assert not [p for p in page.problems if "Content Security Policy" in p], page.problems
+
+
+def test_hostile_text_does_not_run_on_dashboard_pages(make_api, browser, redis, workers, fake_gemini):  # noqa: F811
+    api = make_api(GEMINI_API_KEY="test-key", JWT_SECRET="j" * 40)
+    hostile_sub = jwt.encode({"sub": HOSTILE[0], "exp": 2**31}, "j" * 40, algorithm="HS256")
+    refused = api.post("/generate", token=hostile_sub, json={"operation": "ia-gen", "prompt": "a koi"})
+    assert refused.status_code == 401 and refused.json()["code"] == "unauthenticated"
+
+    parked = park(redis, "xss-parked", description=PAYLOAD, meta={"user": "alice", "error": PAYLOAD})
+    fake_gemini.push(fg.text_only(PAYLOAD))
+    failed = api.post("/generate", json={"operation": "ia-gen", "prompt": PAYLOAD}).json()["jobId"]
+    assert "It said" in api.wait(failed)["error"]  # the provider's reply, quoted into meta.error
+
+    page = admin_page(browser, api)
+    for job_id in (parked, failed):
+        page.goto(f"{api.url}/admin/rq/0/view/job/{job_id}")
+        page.wait_for_selector("#job-data p", timeout=10_000)
+        page.wait_for_timeout(300)  # an image's error event fires after it has been inserted
+        assert page.evaluate("window.__pwned") is None, job_id
+        assert "onerror" in page.text_content("#job-data")  # the hostile text is on the page, as text
+    for listing in ("xss-parked/queued", "ia-gen/failed"):
+        page.goto(f"{api.url}/admin/rq/0/view/jobs/{listing}/8/asc/1")
+        page.wait_for_selector("td", timeout=10_000)
+        assert page.evaluate("window.__pwned") is None, listing
