@@ -9,6 +9,7 @@ from flask import Blueprint, Flask, jsonify
 from pydantic import BaseModel
 
 from . import schemas as s
+from .auth import JWT_USER_PREFIX, USER_ID_TEXT
 
 bp = Blueprint("openapi", __name__)
 REF = "#/components/schemas/{model}"
@@ -124,7 +125,9 @@ def build_spec() -> dict:
                 {"type": "object", "additionalProperties": _ref(s.QueueStats)})}}, (401, 403))}},
         "/admin/credits/{userId}": {"post": {
             "summary": "Add to or set a user's balance (admin)", "security": user,
-            "parameters": [_job_id("userId")],
+            "parameters": [{"name": "userId", "in": "path", "required": True, "description":
+                            "An API key's user id, or jwt:<sub> for a JWT's user", "schema": {
+                                "type": "string", "pattern": f"^({JWT_USER_PREFIX})?{USER_ID_TEXT.pattern}$"}}],
             "requestBody": {"required": True, "content": _json(s.CreditChange)},
             "responses": _responses({"200": {"description": "Balance", "content": _json(s.Balance)}},
                                     (400, 401, 403))}},
