@@ -109,3 +109,7 @@ def test_hostile_text_does_not_run_on_dashboard_pages(make_api, browser, redis, 
         page.goto(f"{api.url}/admin/rq/0/view/jobs/{listing}/8/asc/1")
         page.wait_for_selector("td", timeout=10_000)
         assert page.evaluate("window.__pwned") is None, listing
+    # Should some text slip through unescaped, the page's CSP still refuses inline handlers.
+    page.evaluate("""document.body.insertAdjacentHTML('beforeend', '<img src=x onerror="window.__pwned=1">')""")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__pwned") is None, "an inline handler ran despite the CSP"
