@@ -4,6 +4,7 @@ another origin posting to rq-dashboard with the admin's cached Basic credentials
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,7 +17,7 @@ from tests import fakegemini as fg
 from tests.api.test_web import CHROMIUM, browser  # noqa: F401  (the Chromium fixture)
 from tests.conftest import ADMIN_TOKEN
 
-pytestmark = pytest.mark.skipif(not __import__("os").path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
 
 # Each payload bumps window.__pwned if the browser ever runs it.
 HOSTILE = ['<img src=x onerror="window.__pwned=(window.__pwned||0)+1">',
