@@ -6,7 +6,7 @@ started, see `tasks/recovery.py`), then credits (403 `insufficient_credits`), wh
 reserved in the same Lua script. A refused submission is never charged. An admitted job is marked as
 being written until its enqueue transaction lands (`tasks.credits.admitting_key`), so `prune` never
 takes a job that is still being stored for one that ended. The request rate per
-user is limited separately by Flask-Limiter (see `limits.py`).
+user is limited separately (`limits.py`, with the `limits` library behind Flask-Limiter).
 """
 from __future__ import annotations
 
