@@ -33,7 +33,8 @@ def served(redis_url, tmp_path_factory):
     api = GunicornApi({"REDIS_URL": redis_url, "API_KEYS": f"tok-race:{RACER},tok-dup:{DUPER}",
                        "ADMIN_TOKEN": ADMIN_TOKEN, "SECRET_KEY": "k" * 32, "WEB_CONCURRENCY": 2,
                        "CREDITS_ENABLED": "true", "CREDITS_INITIAL": INITIAL, "MAX_INFLIGHT_PER_USER": 100,
-                       "RATE_LIMIT": "100000/minute", "GEMINI_API_KEY": "", "ACCESS_LOG": "",
+                       "RATE_LIMIT": "100000/minute", "READ_RATE_LIMIT": "1000000/minute", "GEMINI_API_KEY": "",
+                       "ACCESS_LOG": "",
                        "LOG_FORMAT": "text"}, str(tmp_path_factory.mktemp("race") / "api.log"))
     yield api.url
     api.stop()
@@ -120,3 +121,24 @@ def test_an_idempotent_duplicate_never_names_a_job_that_does_not_exist(served, w
         assert sorted(code for code, *_ in seen) == [200] * 7 + [202], seen
         assert len({named for *_, named in seen}) == 1 and all(stored for _, _, stored, _ in seen), seen
     assert call(served, "GET", "/credits", "tok-dup").json()["balance"] == 98
+
+
+def test_prune_leaves_an_admitted_job_alone_until_its_record_is_due(redis_url, redis):
+    """The same race without timing: a prune between admission and enqueue keeps the charge; once the
+    admission's grace has passed with no record (its request died), prune refunds it once."""
+    from api import create_app
+    from tasks import credits
+    from tests.conftest import base_config
+
+    user = "pruned-" + uuid.uuid4().hex[:8]
+    app = create_app(base_config(redis_url, CREDITS_ENABLED="true", CREDITS_INITIAL=1))
+    admission, job_id = app.extensions["inkq"].admission, uuid.uuid4().hex
+    try:
+        admission.admit(user, "color-match", job_id)
+        assert admission.balance(user) == 0 and redis.sismember(credits.inflight_key(user), job_id)
+        assert 0 < redis.ttl(credits.admitting_key(job_id)) <= credits.ADMIT_GRACE_S
+        redis.delete(credits.admitting_key(job_id))  # the grace has passed and no record was written
+        assert admission.balance(user) == 1 and not redis.sismember(credits.inflight_key(user), job_id)
+        assert admission.balance(user) == 1
+    finally:
+        app.extensions["inkq"].hub.stop()
