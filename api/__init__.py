@@ -28,6 +28,7 @@ class Inkq:
     store: object
     admission: object
     limiter: object
+    read_limiter: object
     links: object
     metrics: object
     auth: object
@@ -49,7 +50,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .auth import Authenticator
     from .events import Hub
     from .fastpath import FastStatus
-    from .limits import SubmissionLimiter
+    from . import limits
     from .links import ResultLinks
     from .metrics import Metrics
     from .store import JobStore
@@ -75,7 +76,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         settings=settings, redis=redis,
         store=JobStore(redis, settings.result_ttl_s, settings.failure_ttl_s),
         admission=Admission(redis, settings),
-        limiter=SubmissionLimiter(settings.redis_url, settings.rate_limit),
+        limiter=limits.submissions(settings.redis_url, settings.rate_limit),
+        read_limiter=limits.reads(settings.redis_url, settings.read_rate_limit),
         links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
         metrics=metrics, auth=auth, hub=Hub(settings.redis_url))
     # GET /status/<id> is most of the traffic: served below Flask, after ProxyFix (api/fastpath.py)

@@ -3,8 +3,10 @@
 Checked in this order, before anything is queued: in-flight jobs (429 `too_many_jobs`), the
 queue's waiting depth (503 `queue_full`: ids in the queue plus ids a worker has claimed and not yet
 started, see `tasks/recovery.py`), then credits (403 `insufficient_credits`), which are
-reserved in the same Lua script. A refused submission is never charged. The request rate per
-user is limited separately by Flask-Limiter (see `limits.py`).
+reserved in the same Lua script. A refused submission is never charged. An admitted job is marked as
+being written until its enqueue transaction lands (`tasks.credits.admitting_key`), so `prune` never
+takes a job that is still being stored for one that ended. The request rate per
+user is limited separately (`limits.py`, with the `limits` library behind Flask-Limiter).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from .store import queue_for
 log = logging.getLogger("inkq.api")
 
 _ADMIT = """
-local inflight, qkey, bkey, ckey, wkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local inflight, qkey, bkey, ckey, wkey, akey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local max_inflight, max_depth = tonumber(ARGV[1]), tonumber(ARGV[2])
 local use_credits, cost, initial = ARGV[3] == '1', tonumber(ARGV[4]), tonumber(ARGV[5])
 local job_id, user_id, ttl, claims_p = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
@@ -39,6 +41,7 @@ if use_credits then
   balance = redis.call('DECRBY', bkey, cost)
   redis.call('SET', ckey, cjson.encode({user_id, cost}), 'EX', ttl)
 end
+redis.call('SET', akey, 1, 'EX', ARGV[10])
 redis.call('SADD', inflight, job_id)
 redis.call('EXPIRE', inflight, ttl)
 return {'ok', balance}
@@ -59,8 +62,8 @@ class Admission:
         if not ids:
             return
         for job_id, view in zip(ids, read_many(self.redis, ids)):
-            if view is None:
-                credits.settle(self.redis, job_id, user_id, refund=True)
+            if view is None:  # ended long ago and expired, or not yet written: the script tells
+                credits.settle_unqueued(self.redis, job_id, user_id, wait_for_admission=True)
             else:
                 self.settle(job_id, user_id, view.word)
 
@@ -68,10 +71,11 @@ class Admission:
         s = self.settings
         verdict, value = self._admit(
             keys=[credits.inflight_key(user_id), queue_for(self.redis, spec).key,
-                  credits.balance_key(user_id), credits.charge_key(job_id), recovery.workers_key(spec.name)],
+                  credits.balance_key(user_id), credits.charge_key(job_id), recovery.workers_key(spec.name),
+                  credits.admitting_key(job_id)],
             args=[s.max_inflight_per_user, s.queue_max_depth, "1" if s.credits_enabled else "0",
                   s.credit_costs[operation], s.credits_initial, job_id, user_id, credits.CHARGE_TTL_S,
-                  recovery.claims_key("")])
+                  recovery.claims_key(""), credits.ADMIT_GRACE_S])
         return (verdict.decode() if isinstance(verdict, bytes) else verdict), value
 
     def admit(self, user_id: str, operation: str, job_id: str) -> None:
@@ -96,8 +100,8 @@ class Admission:
                            f"{operation} costs {s.credit_costs[operation]} credits and your balance is {value}.")
 
     def release(self, user_id: str, job_id: str) -> None:
-        """Undo an admission whose job was not queued (refunds its charge)."""
-        credits.settle(self.redis, job_id, user_id, refund=True)
+        """Undo an admission whose job was not queued (refunds its charge; a job whose record exists is kept)."""
+        credits.settle_unqueued(self.redis, job_id, user_id, wait_for_admission=False)
 
     def settle(self, job_id: str, user_id: str | None, word: str) -> None:
         """Settle an ended job's charge: refund failed and canceled jobs, commit completed ones."""

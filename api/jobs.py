@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
@@ -15,6 +16,7 @@ from .access import ENVIRON_ID
 from .events import stream as event_stream
 from .errors import ApiError, bad_request, not_found
 from .guard import require_user
+from .limits import limit_reads
 from .schemas import JobsQuery
 from .status import COMPLETED, SVG_SUFFIX, describe, word_of
 from .store import new_job_id
@@ -81,14 +83,17 @@ def generate():
     job_id = new_job_id()
     answer = {"jobId": job_id, "queue": QUEUES[operation].name, "operation": operation,
               "status": "waiting", "statusUrl": f"/status/{job_id}"}
+    confirm = None
     if key is not None:
-        earlier = idempotency.claim(ctx.redis, user_id, key, submission.fingerprint(), answer)
+        fingerprint = submission.fingerprint()
+        earlier = idempotency.claim(ctx.redis, user_id, key, fingerprint, answer)
         if earlier is not None:
             return jsonify(earlier), 200, {"Location": earlier["statusUrl"]}
+        confirm = partial(idempotency.confirm, user_id, key, fingerprint, answer)
     try:
         ctx.admission.admit(user_id, operation, job_id)
         ctx.store.enqueue(job_id, user_id, operation, params, submission.image, submission.mime_type,
-                          request.environ.get(ENVIRON_ID))
+                          request.environ.get(ENVIRON_ID), also=confirm)
     except Exception:
         ctx.admission.release(user_id, job_id)
         if key is not None:
@@ -101,6 +106,7 @@ def generate():
 
 @bp.get("/status/<job_id>")
 @require_user
+@limit_reads
 def status(job_id: str):
     """The job's status object; `?queue=` is accepted and ignored."""
     view = _ctx().store.view(job_id, g.principal.user_id)
@@ -114,6 +120,7 @@ def status(job_id: str):
 
 @bp.get("/status/<job_id>/events")
 @require_user
+@limit_reads
 def events(job_id: str):
     """A text/event-stream of status objects as they change, ending after the terminal one."""
     ctx = _ctx()
@@ -137,6 +144,7 @@ def _png(job) -> Response:
 
 @bp.get("/result/<job_id>")
 @require_user
+@limit_reads
 def result(job_id: str):
     """The output PNG for its owner; 404 until completed."""
     job = _owned(job_id)
@@ -170,6 +178,7 @@ def _svg(job) -> Response:
 
 @bp.get("/jobs")
 @require_user
+@limit_reads
 def list_jobs():
     """The caller's jobs, newest first."""
     unknown = set(request.args) - {"limit", "status"}
@@ -190,6 +199,7 @@ def list_jobs():
 
 @bp.delete("/jobs/<job_id>")
 @require_user
+@limit_reads
 def cancel(job_id: str):
     """Cancel: a waiting job never runs, an active one is stopped; 409 once it has ended."""
     job = _owned(job_id)

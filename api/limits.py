@@ -1,31 +1,66 @@
-"""Submissions per user (`RATE_LIMIT`, e.g. `120/minute`), counted in Redis across API processes.
+"""Request rates per user, counted in Redis across API processes: submissions (`RATE_LIMIT`, e.g.
+`120/minute`, a moving window) and every other authenticated request (`READ_RATE_LIMIT`, default
+`3000/minute`, a sliding window counter: two counters per user, where a moving window would keep one
+list entry per request).
 
 Uses the `limits` library (the engine behind Flask-Limiter) directly, because the key is the
 authenticated user, known only after authentication inside the view.
+
+Reads: the default is far above what the web page does (the job list every 5 s, the balance on
+changes) and above `make bench`'s heaviest read burst through Flask (2,000 event streams opened by
+one user in 2 s). `GET /status/<id>` answered by the fast path (`fastpath.py`) is not counted: it
+costs one read of one job (none while cached), less than the limiter's own round trip would, so
+counting it would double the Redis work of the busiest route to protect nothing; its fall-throughs
+(unknown ids, errors) reach the Flask view and are counted.
 """
 from __future__ import annotations
 
 import math
 import time
+from functools import wraps
 
+from flask import current_app, g
 from limits import parse_many
 from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
+from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 from .errors import ApiError
 
 
-class SubmissionLimiter:
-    """A moving-window limit on submissions per user."""
+class UserLimiter:
+    """A per-user limit on one kind of request."""
 
-    def __init__(self, redis_url: str, limit: str):
+    def __init__(self, redis_url: str, limit: str, scope: str, what: str, strategy=MovingWindowRateLimiter):
         self.items = parse_many(limit)
-        self.limiter = MovingWindowRateLimiter(storage_from_string(redis_url, socket_connect_timeout=2))
+        self.scope, self.what = scope, what
+        self.limiter = strategy(storage_from_string(redis_url, socket_connect_timeout=2))
 
     def hit(self, user_id: str) -> None:
-        """Count one submission; 429 `rate_limited` with Retry-After when over the limit."""
+        """Count one request; 429 `rate_limited` with Retry-After when over the limit."""
         for item in self.items:
-            if not self.limiter.hit(item, "inkq-submit", user_id):
-                reset_at, _ = self.limiter.get_window_stats(item, "inkq-submit", user_id)
-                raise ApiError(429, "rate_limited", f"Too many submissions (limit {item}); slow down.",
+            if not self.limiter.hit(item, self.scope, user_id):
+                reset_at, _ = self.limiter.get_window_stats(item, self.scope, user_id)
+                raise ApiError(429, "rate_limited", f"Too many {self.what} (limit {item}); slow down.",
                                retry_after=max(1, math.ceil(reset_at - time.time())))
+
+
+def submissions(redis_url: str, limit: str) -> UserLimiter:
+    """The limit on `POST /generate`."""
+    return UserLimiter(redis_url, limit, "inkq-submit", "submissions")
+
+
+def reads(redis_url: str, limit: str) -> UserLimiter:
+    """The limit on every other authenticated request."""
+    return UserLimiter(redis_url, limit, "inkq-read", "requests", SlidingWindowCounterRateLimiter)
+
+
+def limit_reads(view):
+    """Count the (authenticated) caller's request against `READ_RATE_LIMIT`; admins are not limited."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if not g.principal.is_admin:
+            current_app.extensions["inkq"].read_limiter.hit(g.principal.user_id)
+        return view(*args, **kwargs)
+
+    return wrapper

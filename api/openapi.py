@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from . import schemas as s
 from .auth import JWT_USER_PREFIX, USER_ID_TEXT
+from .store import INDEX_CAP, LIST_WINDOW
 
 bp = Blueprint("openapi", __name__)
 REF = "#/components/schemas/{model}"
@@ -79,7 +80,10 @@ def build_spec() -> dict:
         "/generate": {"post": {
             "summary": "Submit a job; answers at once with its id", "security": user,
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                            "description": "The same key and body within 24 h answers the original job with 200 once "
+                                           "it is stored; 409 `conflict` with another body, or (with Retry-After) "
+                                           "while the original request is still being processed."}],
             "requestBody": {"required": True, "content": {
                 **_json(s.GenerateRequest), "multipart/form-data": {"schema": _multipart_schema()}}},
             "responses": _responses({
@@ -91,34 +95,37 @@ def build_spec() -> dict:
             "parameters": [_job_id(), {"name": "queue", "in": "query", "required": False,
                                        "schema": {"type": "string"}, "description": "Accepted and ignored."}],
             "responses": _responses({"200": {"description": "Status", "content": _json(s.JobStatusBody)}},
-                                    (401, 404))}},
+                                    (401, 404, 429))}},
         "/status/{jobId}/events": {"get": {
             "summary": "Server-sent events: status objects as they change, until the terminal one",
             "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "Event stream",
                                              "content": {"text/event-stream": {"schema": _status_event()}}}},
-                                    (401, 404))}},
+                                    (401, 404, 429))}},
         "/result/{jobId}": {"get": {
             "summary": "The output PNG (owner only)", "security": user, "parameters": [_job_id()],
-            "responses": _responses({"200": {"description": "PNG", "content": png}}, (401, 404))}},
+            "responses": _responses({"200": {"description": "PNG", "content": png}}, (401, 404, 429))}},
         "/files/{token}": {"get": {
             "summary": "The output PNG behind a signed, expiring URL (no auth)", "security": [],
             "parameters": [_job_id("token")],
             "responses": _responses({"200": {"description": "PNG", "content": png}}, (404,))}},
         "/jobs": {"get": {
             "summary": "The caller's jobs, newest first", "security": user,
+            "description": f"Lists the caller's newest {LIST_WINDOW} jobs at most: `status` filters among those only, so "
+                           f"a request costs the same whatever the history. The index keeps a user's newest {INDEX_CAP} "
+                           "jobs; older ones stay readable by id until they expire.",
             "parameters": [{"name": "limit", "in": "query", "required": False,
                             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
                            {"name": "status", "in": "query", "required": False,
                             "schema": {"type": "string", "enum": list(s.StatusWord.__args__)}}],
-            "responses": _responses({"200": {"description": "Jobs", "content": _json(s.JobList)}}, (400, 401))}},
+            "responses": _responses({"200": {"description": "Jobs", "content": _json(s.JobList)}}, (400, 401, 429))}},
         "/jobs/{jobId}": {"delete": {
             "summary": "Cancel a waiting job or stop an active one", "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "Canceled", "content": _json(s.Canceled)}},
-                                    (401, 404, 409))}},
+                                    (401, 404, 409, 429))}},
         "/credits": {"get": {
             "summary": "The caller's credit balance", "security": user,
-            "responses": _responses({"200": {"description": "Balance", "content": _json(s.Balance)}}, (401,))}},
+            "responses": _responses({"200": {"description": "Balance", "content": _json(s.Balance)}}, (401, 429))}},
         "/admin/queue-stats": {"get": {
             "summary": "Per-queue counts (admin)", "security": user,
             "responses": _responses({"200": {"description": "Stats", "content": _json(

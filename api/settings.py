@@ -52,6 +52,7 @@ class Settings:
     max_pixels: int
     max_inflight_per_user: int
     rate_limit: str
+    read_rate_limit: str
     queue_max_depth: int
     credits_enabled: bool
     credits_initial: int
@@ -93,6 +94,7 @@ class Settings:
             max_pixels=env_int(env, "MAX_PIXELS", 40_000_000),
             max_inflight_per_user=env_int(env, "MAX_INFLIGHT_PER_USER", 10),
             rate_limit=env.get("RATE_LIMIT") or "120/minute",
+            read_rate_limit=env.get("READ_RATE_LIMIT") or "3000/minute",
             queue_max_depth=env_int(env, "QUEUE_MAX_DEPTH", 1000),
             credits_enabled=env_bool(env, "CREDITS_ENABLED", False),
             credits_initial=env_int(env, "CREDITS_INITIAL", 0),

@@ -1,7 +1,19 @@
 """Jobs as the API sees them: enqueue by dotted name, fetch with ownership, list, cancel.
 
 A job carries ids, keys and parameters only; image bytes go to `tasks.blobs`. Each user has an
-index (sorted set by creation time) that serves `GET /jobs` and expires with the jobs.
+index (sorted set by creation time) that serves `GET /jobs` and expires with the jobs. It keeps the
+user's newest `INDEX_CAP` jobs (trimmed in the enqueue transaction), so it is bounded however long
+the user's history; older jobs stay readable by id until they expire, but are no longer listed.
+
+A job canceled while waiting is given its failure TTL and an expiring entry in the canceled registry
+(`expire_canceled`): rq 3.0.0's `Job.cancel()` leaves the job's hash with no TTL and adds it to
+`CanceledJobRegistry` scored with the time of cancellation, and rq never cleans that registry
+(its `cleanup` is the base class's no-op and `clean_registries` skips it), so every canceled job
+stayed for ever (4.2 KB each: 2,500 submit-and-cancel rounds kept 10.4 MiB).
+
+`GET /jobs` reads at most `LIST_WINDOW` index entries per request, whatever the user's history: a
+`status` filter looks among the user's newest `LIST_WINDOW` jobs only. It used to walk the whole
+index until `limit` matches were found: 2,505 jobs cost 2,504 job reads for one request.
 """
 from __future__ import annotations
 
@@ -14,14 +26,17 @@ from rq import Callback, Queue, Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
+from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from tasks import blobs
+from tasks import blobs, credits
 from tasks.queues import QUEUES, QueueSpec
 
 from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
 
 _ID_CHARS = frozenset("0123456789abcdef")
+INDEX_CAP = 1000
+LIST_WINDOW = 200
 
 
 def user_index_key(user_id: str) -> str:
@@ -53,8 +68,10 @@ class JobStore:
         self.failure_ttl_s = failure_ttl_s
 
     def enqueue(self, job_id: str, user_id: str, operation: str, params: dict,
-                image: bytes | None, mime_type: str | None, request_id: str | None = None) -> Job:
-        """Store the input and queue the job in one transaction; the job keeps the submitting request's id."""
+                image: bytes | None, mime_type: str | None, request_id: str | None = None, also=None) -> Job:
+        """Store the input and queue the job in one transaction; the job keeps the submitting request's id.
+
+        `also(pipeline)` adds writes that must land with the job (the Idempotency-Key's record)."""
         spec = QUEUES[operation]
         keep_s = self.failure_ttl_s + spec.timeout_s * (spec.max_retries + 1)
         input_key = blobs.input_key(job_id) if image is not None else None
@@ -74,7 +91,11 @@ class JobStore:
                 blobs.put(self.redis, input_key, image, keep_s, pipeline=pipe)
             index = user_index_key(user_id)
             pipe.zadd(index, {job_id: time.time()})
+            pipe.zremrangebyrank(index, 0, -INDEX_CAP - 1)
             pipe.expire(index, max(self.result_ttl_s, self.failure_ttl_s))
+            pipe.delete(credits.admitting_key(job_id))
+            if also is not None:
+                also(pipe)
             pipe.execute()
         return job
 
@@ -102,12 +123,15 @@ class JobStore:
         return view if view is not None and view.user == user_id else None
 
     def list(self, user_id: str, limit: int, status: str | None = None) -> list[View]:
-        """The user's jobs, newest first, optionally only those with one status word."""
+        """The user's jobs, newest first, optionally only those with one status word (among the newest
+        `LIST_WINDOW`)."""
         index = user_index_key(user_id)
         found: list[View] = []
-        start, page = 0, max(limit, 50)
-        while len(found) < limit:
-            ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrevrange(index, start, start + page - 1)]
+        start, page, examined = 0, max(limit, 50), 0
+        while len(found) < limit and examined < LIST_WINDOW:
+            count = min(page, LIST_WINDOW - examined)
+            ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrevrange(index, start, start + count - 1)]
+            examined += len(ids)
             if not ids:
                 break
             views = read_many(self.redis, ids)
@@ -118,8 +142,20 @@ class JobStore:
             for view in views:
                 if view is not None and view.user == user_id and (status is None or view.word == status):
                     found.append(view)
-            start += page
+            start += count
         return found[:limit]
+
+    def expire_canceled(self, job: Job) -> None:
+        """Let a canceled job expire after its failure TTL, scored so in the canceled registry (as the recovery
+        sweep does), and drop that registry's entries whose jobs have expired."""
+        ttl = job.failure_ttl or self.failure_ttl_s
+        registry = CanceledJobRegistry(job.origin, connection=self.redis, serializer=JSONSerializer).key
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.expire(job.key, ttl)
+            pipe.zadd(registry, {job.id: now + ttl})
+            pipe.zremrangebyscore(registry, "-inf", now)
+            pipe.execute()
 
     def cancel(self, job: Job, wait_s: float = 5.0) -> str | None:
         """Cancel a waiting job ("canceled") or stop an active one ("stopped"); None if it had ended."""
@@ -132,6 +168,7 @@ class JobStore:
             try:
                 job.cancel()
                 how = "canceled"
+                self.expire_canceled(job)
             except InvalidJobOperation:
                 pass
         deadline = time.monotonic() + wait_s

@@ -4,10 +4,20 @@ A job is charged once, at admission, and its charge is recorded under `inkq:char
 Settling the job consumes that record with GETDEL, so a refund (failed, canceled) or a commit
 (completed) happens exactly once however many processes try: retries, crash re-runs, repeated
 status reads and the worker's own callbacks all call `settle` safely.
+
+Between admission (the charge and the in-flight entry) and the transaction that writes the job,
+the job has no record. Admission marks that gap with `inkq:admitting:<jobId>` (expiring after
+`ADMIT_GRACE_S`; the enqueue transaction deletes it), and `settle_unqueued` refunds a job without
+a record only once it is neither being written nor written: one script, so a concurrent enqueue
+is seen either before or after, never half-way. Without it, `GET /credits` during an 8 MB
+upload's enqueue took the job as ended and refunded it, and the job then ran uncharged.
 """
 from __future__ import annotations
 
+from rq.job import Job
+
 CHARGE_TTL_S = 30 * 24 * 3600
+ADMIT_GRACE_S = 120  # far above an enqueue's worst case (10 s socket timeout on a 10 MB write)
 
 # The one rule of settling, shared by `settle` and the recovery sweep's script (tasks/recovery.py).
 SETTLE_FN = """
@@ -24,6 +34,16 @@ end
 
 _SETTLE = SETTLE_FN + "return settle_charge(KEYS[1], ARGV[2], ARGV[1] == 'refund')\n"
 
+# KEYS: the job's record, its admitting mark, its charge, the user's in-flight set.
+# ARGV: the balance prefix, the job id, '1' to wait for a job still being admitted.
+_SETTLE_UNQUEUED = SETTLE_FN + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -2 end
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[4], ARGV[2])
+return settle_charge(KEYS[3], ARGV[1], true)
+"""
+
 
 def balance_key(user_id: str) -> str:
     """Key of a user's balance."""
@@ -33,6 +53,11 @@ def balance_key(user_id: str) -> str:
 def charge_key(job_id: str) -> str:
     """Key of a job's pending charge: JSON [userId, cost]."""
     return f"inkq:charge:{job_id}"
+
+
+def admitting_key(job_id: str) -> str:
+    """Key that exists while an admitted job is being written (see the module docstring)."""
+    return f"inkq:admitting:{job_id}"
 
 
 def inflight_key(user_id: str) -> str:
@@ -47,3 +72,10 @@ def settle(redis, job_id: str, user_id: str | None, refund: bool) -> int:
     if user_id:
         pipe.srem(inflight_key(user_id), job_id)
     return int(pipe.execute()[0])
+
+
+def settle_unqueued(redis, job_id: str, user_id: str, wait_for_admission: bool) -> int:
+    """Refund an admitted job that has no record and forget it; -2 (nothing done) if its record exists, or
+    is still being written and `wait_for_admission`; else as `settle`."""
+    return int(redis.eval(_SETTLE_UNQUEUED, 4, Job.key_for(job_id), admitting_key(job_id), charge_key(job_id),
+                          inflight_key(user_id), balance_key(""), job_id, "1" if wait_for_admission else "0"))

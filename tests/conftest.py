@@ -73,7 +73,8 @@ def base_config(redis_url: str, **extra) -> dict:
     """The API config used by tests: two users, an admin, a signing key."""
     config = {"REDIS_URL": redis_url, "API_KEYS": "tok-alice:alice,tok-bob:bob",
               "ADMIN_TOKEN": ADMIN_TOKEN, "SECRET_KEY": "test-signing-key", "LOG_FORMAT": "text",
-              "RATE_LIMIT": "10000/minute", "GEMINI_API_KEY": "", "ENGINE": "auto"}
+              "RATE_LIMIT": "10000/minute", "READ_RATE_LIMIT": "100000/minute", "GEMINI_API_KEY": "",
+              "ENGINE": "auto"}
     config.update({k: str(v) for k, v in extra.items()})
     return config
 
