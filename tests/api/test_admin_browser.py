@@ -139,3 +139,4 @@ def test_workers_page_lists_a_running_job_with_hostile_text(make_api, browser, r
     page.wait_for_timeout(300)
     assert page.evaluate("window.__pwned") is None
     assert not [p for p in page.problems if "Content Security Policy" in p or "uncaught" in p], page.problems
+    wait_until(lambda: job.get_status(refresh=True) in ("finished", "failed"), timeout=30, what="the job to end")
