@@ -21,6 +21,9 @@ carries a Content-Security-Policy: scripts only from the dashboard's own static 
 inline block (given a per-response nonce; its templates need `'unsafe-eval'` for
 `_.template`), so an injected `onerror=` or `<script>` does not run even if some text is missed.
 Admin pages may not be framed (`frame-ancestors 'none'`, `X-Frame-Options: DENY`).
+
+rq-dashboard 0.9.0 lists workers without its configured serializer; `JsonWorker` makes it read a
+busy worker's job as JSON, as every inkq job is stored.
 """
 from __future__ import annotations
 
@@ -175,6 +178,23 @@ def init_app(app: Flask) -> None:
         return response
 
 
+class JsonWorker(Worker):
+    """rq's Worker whose `all()` reads each worker's current job with the JSON serializer unless told otherwise.
+
+    rq-dashboard 0.9.0 applies its configured serializer to queues and jobs but lists workers with
+    `Worker.all(connection=...)` (`list_workers`, the JSON its workers page polls, and
+    `workers_overview`), so each worker gets rq's default pickle serializer. inkq's jobs are JSON:
+    `list_workers` calls `worker.get_current_job().get_call_string()` for a busy worker, pickle
+    fails on the JSON payload (`DeserializationError`), and the listing answers 500 for as long as
+    any job runs. `mount_dashboard` puts this class where rq-dashboard's module looks up `Worker`.
+    """
+
+    @classmethod
+    def all(cls, *args, serializer=None, **kwargs):
+        """Every registered worker, reading its jobs with `serializer` (JSON when none is given)."""
+        return super().all(*args, serializer=serializer or JSONSerializer, **kwargs)
+
+
 def mount_dashboard(app: Flask, redis_url: str) -> None:
     """Mount rq-dashboard at /admin/rq/ behind the admin check, with the JSON serializer."""
     import rq_dashboard
@@ -183,6 +203,7 @@ def mount_dashboard(app: Flask, redis_url: str) -> None:
     app.config.from_object(rq_dashboard.default_settings)
     app.config["RQ_DASHBOARD_REDIS_URL"] = [redis_url]
     dashboard.config.serializer = JSONSerializer
+    dashboard.Worker = JsonWorker
     app.register_blueprint(dashboard.blueprint, url_prefix=DASHBOARD_PREFIX)
     dashboard.setup_rq_connection(app)
 

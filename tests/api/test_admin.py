@@ -10,8 +10,9 @@ from rq import Queue
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from tests import fakegemini as fg
 from tests.conftest import ADMIN_TOKEN, drawing
-from tests.servers import RedisServer
+from tests.servers import RedisServer, wait_until
 
 QUEUES = ["stencil-generation", "enhance", "ia-gen", "color-match"]
 
@@ -79,6 +80,20 @@ def test_dashboard_job_pages_read_json_jobs(api, workers):
     api.wait(job_id)
     response = api.get(f"/admin/rq/0/data/job/{job_id}.json", token=ADMIN_TOKEN)
     assert response.status_code == 200 and response.json()["id"] == job_id
+
+
+def test_dashboard_workers_listing_while_a_job_runs(make_api, workers, fake_gemini):
+    """The worker running a job names it: the dashboard reads that job with the JSON serializer."""
+    api = make_api(GEMINI_API_KEY="test-key")
+    fake_gemini.push(fg.slow(2.5))
+    job_id = api.submit(operation="ia-gen", prompt="a koi").json()["jobId"]
+    wait_until(lambda: fake_gemini.requests, timeout=30, what="the ia-gen job to call the provider")
+    response = api.get("/admin/rq/0/data/workers.json", token=ADMIN_TOKEN)
+    assert response.status_code == 200, response.text
+    running = {w["current_job"]["job_id"]: w["current_job"] for w in response.json()["workers"]
+               if w["current_job"] != "idle"}
+    assert running[job_id]["call_string"].startswith("tasks.jobs.ia_gen(")
+    api.wait(job_id)
 
 
 @pytest.mark.parametrize("path", ["/admin/rq/requeue/enhance", "/admin/rq/job/{job}/delete",

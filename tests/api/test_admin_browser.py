@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 from tests import fakegemini as fg
 from tests.api.test_web import CHROMIUM, browser  # noqa: F401  (the Chromium fixture)
 from tests.conftest import ADMIN_TOKEN
+from tests.servers import wait_until
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
 
@@ -114,3 +115,28 @@ def test_hostile_text_does_not_run_on_dashboard_pages(make_api, browser, redis, 
     page.evaluate("""document.body.insertAdjacentHTML('beforeend', '<img src=x onerror="window.__pwned=1">')""")
     page.wait_for_timeout(300)
     assert page.evaluate("window.__pwned") is None, "an inline handler ran despite the CSP"
+
+
+def test_workers_page_lists_a_running_job_with_hostile_text(make_api, browser, redis, workers, fake_gemini):  # noqa: F811
+    """The job a worker runs is listed, its call string and description shown as text.
+
+    Through the API a prompt sits past the 75 characters of each argument rq's call string keeps,
+    so this job is queued directly, as an operator's script could, with the prompt first."""
+    api = make_api()
+    page = admin_page(browser, api)
+    page.goto(f"{api.url}/admin/rq/0/view/workers")
+    page.wait_for_selector("#workers td", timeout=10_000)
+    fake_gemini.push(fg.slow(2.5))
+    spec = {"params": {"prompt": '<img src=x onerror="window.__pwned=1">', "engine": "gemini"},
+            "operation": "ia-gen", "jobId": "", "userId": "alice", "inputKey": None, "mimeType": None}
+    job = Queue("ia-gen", connection=redis, serializer=JSONSerializer).enqueue(
+        "tasks.jobs.ia_gen", spec, description=PAYLOAD, meta={"user": "alice"})
+    wait_until(lambda: fake_gemini.requests, timeout=30, what="the job to call the provider")
+    page.reload()
+    link = page.wait_for_selector(f'#workers a[href$="/job/{job.id}"]', timeout=2_000)
+    assert "onerror" in link.text_content()  # the hostile prompt is on the page, as text
+    assert page.eval_on_selector_all("#workers img, #workers svg, #workers iframe", "els => els.length") == 0
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__pwned") is None
+    assert not [p for p in page.problems if "Content Security Policy" in p or "uncaught" in p], page.problems
+    wait_until(lambda: job.get_status(refresh=True) in ("finished", "failed"), timeout=30, what="the job to end")
