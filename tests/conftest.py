@@ -166,7 +166,7 @@ WEBHOOK_SECRET = "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz"
 
 
 @contextlib.contextmanager
-def webhook_receiver(answers=()):
+def webhook_receiver(answers=(), host="127.0.0.1", port=0):
     """A local webhook receiver: (url, queue of (headers, body)); it answers the status codes in
     `answers` in turn, then 204."""
     calls: queue.Queue = queue.Queue()
@@ -183,10 +183,10 @@ def webhook_receiver(answers=()):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/hook", calls
+        yield f"http://{host}:{server.server_port}/hook", calls
     finally:
         server.shutdown()
 
