@@ -158,3 +158,49 @@ def test_a_rebinding_resolver_cannot_move_a_delivery(tmp_path):
     finally:
         stack.close()
         names.close()
+
+
+def test_a_pinned_https_connection_keeps_the_name_for_sni_and_the_certificate(tmp_path):
+    """PinnedAdapter connects to the checked IP, yet TLS names the host: SNI and the certificate check
+    are the name's, so a certificate for another name is refused."""
+    import datetime
+    import ssl
+
+    import requests
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tasks.webhooks import PinnedAdapter
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hook.example")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("hook.example")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    seen = {}
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    context.sni_callback = lambda _sock, server_name, _ctx: seen.update(sni=server_name)
+    with webhook_receiver(tls=context) as (url, calls):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        for host, ok in (("hook.example", True), ("other.example", False)):
+            with requests.Session() as session:
+                session.trust_env = False
+                session.mount("https://", PinnedAdapter("127.0.0.1"))
+                try:
+                    answer = session.post(f"https://{host}:{port}/hook", data=b"{}", verify=str(cert_file),
+                                          headers={"Host": f"{host}:{port}"}, timeout=5).status_code
+                except requests.exceptions.SSLError:
+                    answer = None
+            assert (answer == 204) is ok, (host, answer)
+        headers, _ = calls.get(timeout=1)
+        assert seen["sni"] == "other.example" and headers["host"] == f"hook.example:{port}" and calls.empty()
