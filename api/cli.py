@@ -26,7 +26,7 @@ def options(env) -> dict:
         "backlog": 4096,
         "accesslog": None,  # access lines come from the app (api/access.py), with user and request id
         "logger_class": "api.cli.GunicornLogger",
-        "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1",
+        "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1",
         "preload_app": True,
     }
 
@@ -92,6 +92,9 @@ def main() -> int:
         return 2
     ctx = app.extensions["inkq"]
     warn_if_unsafe(ctx.redis, dev=ctx.settings.dev, logger=logging.getLogger("inkq.api"))
+    if not ctx.settings.public_url and not ctx.settings.dev:
+        logging.getLogger("inkq.api").warning(
+            "PUBLIC_URL is not set: signed result URLs take their origin from each request's Host header")
     Server(options(os.environ)).run()
     return 0
 

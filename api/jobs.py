@@ -13,6 +13,7 @@ from tasks.queues import QUEUES
 from . import idempotency
 from .access import ENVIRON_ID
 from .events import stream as event_stream
+from .forwarding import origin
 from .errors import ApiError, bad_request, not_found
 from .guard import require_user
 from .schemas import JobsQuery
@@ -29,8 +30,8 @@ def _ctx():
 
 
 def _url_maker():
-    """A function giving a job's signed result URL, absolute on this request's host."""
-    base = request.host_url.rstrip("/")
+    """A function giving a job's signed result URL, absolute on PUBLIC_URL or this request's host."""
+    base = origin(request.environ, _ctx().settings.public_url)
     links = _ctx().links
     return lambda job_id: f"{base}/files/{links.token(job_id)}"
 

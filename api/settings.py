@@ -64,6 +64,8 @@ class Settings:
     status_cache_s: float
     log_format: str
     access_log: bool
+    forwarded_allow: list | None
+    public_url: str
 
     @classmethod
     def load(cls, overrides: Mapping[str, str] | None = None) -> "Settings":
@@ -76,6 +78,8 @@ class Settings:
             if not dev:
                 raise ConfigError("SECRET_KEY is required (it signs result URLs); set INKQ_DEV=1 for development")
             secret = secrets.token_hex(32)
+        from .forwarding import allowed_networks, public_url
+
         engine = (env.get("ENGINE") or "auto").lower()
         if engine not in ("auto", "local", "gemini"):
             raise ConfigError(f"ENGINE must be auto, local or gemini, not {engine!r}")
@@ -105,4 +109,6 @@ class Settings:
             status_cache_s=float(env.get("STATUS_CACHE_S") or 10),
             log_format=(env.get("LOG_FORMAT") or "json").lower(),
             access_log=env.get("ACCESS_LOG", "-") != "",
+            forwarded_allow=allowed_networks(env.get("FORWARDED_ALLOW_IPS", "")),
+            public_url=public_url(env.get("PUBLIC_URL", "")),
         )
