@@ -32,6 +32,7 @@ class Inkq:
     metrics: object
     auth: object
     hub: object
+    leases: object
 
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
@@ -50,6 +51,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .fastpath import FastStatus
     from .forwarding import TrustedProxies
     from .limits import SubmissionLimiter
+    from .leases import StreamLeases
     from .links import ResultLinks
     from .metrics import Metrics
     from .store import JobStore
@@ -77,7 +79,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         admission=Admission(redis, settings),
         limiter=SubmissionLimiter(settings.redis_url, settings.rate_limit),
         links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
-        metrics=metrics, auth=auth, hub=Hub(settings.redis_url))
+        metrics=metrics, auth=auth, hub=Hub(settings.redis_url),
+        leases=StreamLeases(redis, settings.max_streams_per_user, settings.events_poll_s))
     # GET /status/<id> is most of the traffic: served below Flask, after the trusted proxies' headers
     # are applied (api/fastpath.py, api/forwarding.py), and every response, that one included, carries a
     # request id and gets an access line (api/access.py)

@@ -120,10 +120,13 @@ def events(job_id: str):
     ctx = _ctx()
     if ctx.store.view(job_id, g.principal.user_id) is None:
         raise not_found()
+    lease = ctx.leases.open(g.principal.user_id)  # MAX_STREAMS_PER_USER (api/leases.py)
     body = event_stream(ctx.hub, ctx.redis, job_id, _url_maker(), ctx.settings.events_poll_s,
-                        ctx.settings.events_max_s)
-    return Response(body, mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                        ctx.settings.events_max_s, renew=lease.renew)
+    response = Response(body, mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(lease.release)
+    return response
 
 
 def _png(job) -> Response:

@@ -22,7 +22,7 @@ ERRORS = {
     409: "Conflict",
     413: "Body over the upload limit",
     415: "Unsupported image format or body type",
-    429: "Rate limited or too many jobs in flight (Retry-After)",
+    429: "Rate limited, too many jobs in flight or too many open event streams (Retry-After)",
     503: "Redis down, queue full, or no provider (Retry-After)",
 }
 
@@ -96,7 +96,7 @@ def build_spec() -> dict:
             "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "Event stream",
                                              "content": {"text/event-stream": {"schema": _status_event()}}}},
-                                    (401, 404))}},
+                                    (401, 404, 429))}},
         "/result/{jobId}": {"get": {
             "summary": "The output PNG (owner only)", "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "PNG", "content": png}}, (401, 404))}},

@@ -65,6 +65,7 @@ class Settings:
     log_format: str
     access_log: bool
     forwarded_allow: list | None
+    max_streams_per_user: int
     public_url: str
 
     @classmethod
@@ -109,6 +110,7 @@ class Settings:
             status_cache_s=float(env.get("STATUS_CACHE_S") or 10),
             log_format=(env.get("LOG_FORMAT") or "json").lower(),
             access_log=env.get("ACCESS_LOG", "-") != "",
+            max_streams_per_user=env_int(env, "MAX_STREAMS_PER_USER", 20),
             forwarded_allow=allowed_networks(env.get("FORWARDED_ALLOW_IPS", "")),
             public_url=public_url(env.get("PUBLIC_URL", "")),
         )
