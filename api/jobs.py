@@ -13,8 +13,8 @@ from tasks.queues import QUEUES
 from . import idempotency
 from .access import ENVIRON_ID
 from .events import stream as event_stream
-from .forwarding import origin
 from .errors import ApiError, bad_request, not_found
+from .forwarding import origin
 from .guard import require_user
 from .schemas import JobsQuery
 from .status import COMPLETED, SVG_SUFFIX, describe, word_of
