@@ -33,6 +33,7 @@ class Inkq:
     metrics: object
     auth: object
     hub: object
+    leases: object
 
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
@@ -40,7 +41,6 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     # Imported here, not at the top: `api.cli` patches the standard library for gevent first.
     from flask import Flask
     from redis import BlockingConnectionPool, Redis
-    from werkzeug.middleware.proxy_fix import ProxyFix
 
     from tasks import logs
 
@@ -51,6 +51,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .events import Hub
     from .fastpath import FastStatus
     from . import limits
+    from .forwarding import TrustedProxies
+    from .leases import StreamLeases
     from .links import ResultLinks
     from .metrics import Metrics
     from .store import JobStore
@@ -79,11 +81,13 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         limiter=limits.submissions(settings.redis_url, settings.rate_limit),
         read_limiter=limits.reads(settings.redis_url, settings.read_rate_limit),
         links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
-        metrics=metrics, auth=auth, hub=Hub(settings.redis_url))
-    # GET /status/<id> is most of the traffic: served below Flask, after ProxyFix (api/fastpath.py)
-    # and every response, that one included, carries a request id and gets an access line (api/access.py)
-    app.wsgi_app = RequestIds(ProxyFix(FastStatus(app.wsgi_app, app.extensions["inkq"]), x_for=1, x_proto=1,
-                                       x_host=1), access=settings.access_log)
+        metrics=metrics, auth=auth, hub=Hub(settings.redis_url),
+        leases=StreamLeases(redis, settings.max_streams_per_user, settings.events_poll_s))
+    # GET /status/<id> is most of the traffic: served below Flask, after the trusted proxies' headers
+    # are applied (api/fastpath.py, api/forwarding.py), and every response, that one included, carries a
+    # request id and gets an access line (api/access.py)
+    fast = FastStatus(app.wsgi_app, app.extensions["inkq"])
+    app.wsgi_app = RequestIds(TrustedProxies(fast, settings.forwarded_allow), access=settings.access_log)
     errors.init_app(app)
     metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env), redis, settings.queue_max_depth)
     for blueprint in (jobs.bp, credits.bp, admin.bp, health.bp, web.bp):

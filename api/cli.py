@@ -1,6 +1,7 @@
 """`inkq-api`: serve the API with gunicorn on HOST:PORT, configured only from the environment.
 
-gevent workers: status reads and event streams wait on Redis and on clients, so each request and
+gevent workers (`api.server.Worker`: gunicorn's `gevent_pywsgi` with read deadlines and shedding of
+slow clients): status reads and event streams wait on Redis and on clients, so each request and
 each open stream is a greenlet, not a thread; an open stream costs a few tens of KB and no thread.
 WEB_CONCURRENCY processes (default 2), each holding up to GUNICORN_WORKER_CONNECTIONS connections
 (default 5000). The standard library is patched for gevent before anything else is imported, so
@@ -13,11 +14,16 @@ import os
 import sys
 
 
+def deadlines(env) -> tuple[float, float]:
+    """REQUEST_HEADER_TIMEOUT_S and REQUEST_BODY_TIMEOUT_S (api/server.py)."""
+    return (float(env.get("REQUEST_HEADER_TIMEOUT_S") or 10), float(env.get("REQUEST_BODY_TIMEOUT_S") or 60))
+
+
 def options(env) -> dict:
     """gunicorn settings from the environment."""
     return {
         "bind": f"{env.get('HOST') or '0.0.0.0'}:{env.get('PORT') or '8000'}",
-        "worker_class": "gevent_pywsgi",
+        "worker_class": "api.server.Worker",  # gevent_pywsgi with read deadlines and shedding
         "workers": int(env.get("WEB_CONCURRENCY") or 2),
         "worker_connections": int(env.get("GUNICORN_WORKER_CONNECTIONS") or 5000),
         "timeout": int(env.get("GUNICORN_TIMEOUT") or 60),
@@ -26,7 +32,7 @@ def options(env) -> dict:
         "backlog": 4096,
         "accesslog": None,  # access lines come from the app (api/access.py), with user and request id
         "logger_class": "api.cli.GunicornLogger",
-        "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1",
+        "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1",
         "preload_app": True,
     }
 
@@ -70,6 +76,7 @@ def main() -> int:
     from tasks.durability import warn_if_unsafe
 
     from . import create_app
+    from .server import set_deadlines
     from .settings import ConfigError
 
     class Server(BaseApplication):
@@ -92,6 +99,10 @@ def main() -> int:
         return 2
     ctx = app.extensions["inkq"]
     warn_if_unsafe(ctx.redis, dev=ctx.settings.dev, logger=logging.getLogger("inkq.api"))
+    if not ctx.settings.public_url and not ctx.settings.dev:
+        logging.getLogger("inkq.api").warning(
+            "PUBLIC_URL is not set: signed result URLs take their origin from each request's Host header")
+    set_deadlines(*deadlines(os.environ))
     Server(options(os.environ)).run()
     return 0
 

@@ -161,14 +161,19 @@ class Hub:
 
 
 def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str],
-           recheck_s: float, limit_s: float) -> Iterator[str]:
-    """The event-stream body: status objects as they change, ending after the terminal one."""
+           recheck_s: float, limit_s: float, renew: Callable[[], None] | None = None) -> Iterator[str]:
+    """The event-stream body: status objects as they change, ending after the terminal one; `renew`
+    (the stream's lease, api/leases.py) is called at least every `recheck_s` while it runs."""
     yield "retry: 2000\n\n"
     woken = hub.watch(job_id)
     try:
         last = None
         deadline = time.monotonic() + limit_s
+        renewed = time.monotonic()
         while True:
+            if renew is not None and time.monotonic() - renewed >= recheck_s:
+                renew()
+                renewed = time.monotonic()
             woken.clear()  # cleared before the read: an announcement during it wakes the next wait
             try:
                 view = read(redis, job_id)

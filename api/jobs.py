@@ -15,6 +15,7 @@ from . import idempotency
 from .access import ENVIRON_ID
 from .events import stream as event_stream
 from .errors import ApiError, bad_request, not_found
+from .forwarding import origin
 from .guard import require_user
 from .limits import limit_reads
 from .schemas import JobsQuery
@@ -31,8 +32,8 @@ def _ctx():
 
 
 def _url_maker():
-    """A function giving a job's signed result URL, absolute on this request's host."""
-    base = request.host_url.rstrip("/")
+    """A function giving a job's signed result URL, absolute on PUBLIC_URL or this request's host."""
+    base = origin(request.environ, _ctx().settings.public_url)
     links = _ctx().links
     return lambda job_id: f"{base}/files/{links.token(job_id)}"
 
@@ -126,10 +127,13 @@ def events(job_id: str):
     ctx = _ctx()
     if ctx.store.view(job_id, g.principal.user_id) is None:
         raise not_found()
+    lease = ctx.leases.open(g.principal.user_id)  # MAX_STREAMS_PER_USER (api/leases.py)
     body = event_stream(ctx.hub, ctx.redis, job_id, _url_maker(), ctx.settings.events_poll_s,
-                        ctx.settings.events_max_s)
-    return Response(body, mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                        ctx.settings.events_max_s, renew=lease.renew)
+    response = Response(body, mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(lease.release)
+    return response
 
 
 def _png(job) -> Response:

@@ -24,7 +24,7 @@ ERRORS = {
     409: "Conflict",
     413: "Body over the upload limit",
     415: "Unsupported image format or body type",
-    429: "Rate limited or too many jobs in flight (Retry-After)",
+    429: "Rate limited, too many jobs in flight or too many open event streams (Retry-After)",
     503: "Redis down, queue full, or no provider (Retry-After)",
 }
 

@@ -65,6 +65,9 @@ class Settings:
     status_cache_s: float
     log_format: str
     access_log: bool
+    forwarded_allow: list | None
+    max_streams_per_user: int
+    public_url: str
 
     @classmethod
     def load(cls, overrides: Mapping[str, str] | None = None) -> "Settings":
@@ -77,6 +80,8 @@ class Settings:
             if not dev:
                 raise ConfigError("SECRET_KEY is required (it signs result URLs); set INKQ_DEV=1 for development")
             secret = secrets.token_hex(32)
+        from .forwarding import allowed_networks, public_url
+
         engine = (env.get("ENGINE") or "auto").lower()
         if engine not in ("auto", "local", "gemini"):
             raise ConfigError(f"ENGINE must be auto, local or gemini, not {engine!r}")
@@ -107,4 +112,7 @@ class Settings:
             status_cache_s=float(env.get("STATUS_CACHE_S") or 10),
             log_format=(env.get("LOG_FORMAT") or "json").lower(),
             access_log=env.get("ACCESS_LOG", "-") != "",
+            max_streams_per_user=env_int(env, "MAX_STREAMS_PER_USER", 20),
+            forwarded_allow=allowed_networks(env.get("FORWARDED_ALLOW_IPS", "")),
+            public_url=public_url(env.get("PUBLIC_URL", "")),
         )

@@ -148,7 +148,7 @@ class Service:
         self.name, self.tmp = name, tmp
         self.redis = RedisServer()
         self.env = {"REDIS_URL": self.redis.url, "API_KEYS": f"{TOKEN}:bench", "SECRET_KEY": "b" * 32,
-                    "RATE_LIMIT": "100000000/minute", "MAX_INFLIGHT_PER_USER": "100000000",
+                    "RATE_LIMIT": "100000000/minute", "MAX_INFLIGHT_PER_USER": "100000000", "MAX_STREAMS_PER_USER": "100000",
                     "QUEUE_MAX_DEPTH": "100000000", "ACCESS_LOG": "", "LOG_FORMAT": "text", "GEMINI_API_KEY": "",
                     "WEB_CONCURRENCY": "2", "CONCURRENCY_STENCIL": "5"}
         self.workers_proc = None

@@ -10,6 +10,13 @@ record's `extra`, else from `bind()`: the API binds the request id and user per 
 contextvar, so per greenlet under gevent), a worker binds the job it dequeued until it is handled,
 and its horse inherits that at fork. Lines carry no tokens, keys, image bytes or signed URLs: the
 code logs none, and access lines log the path without its query and with `/files/<token>` cut.
+
+Text lines cannot be forged: a request path, a user id or an error text carrying a newline would
+otherwise start a line of its own that reads like a record (issue 16). The text formatter escapes
+control characters (C0, DEL, C1 and the Unicode line and paragraph separators) in the message and the
+context fields as `\\n`, `\\r` or `\\xNN` / `\\uNNNN`, and indents every further line of a record (a
+traceback) by four spaces, so each line that starts at column 0 is the first line of a record.
+JSON lines are safe by construction (the encoder escapes control characters).
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _context: contextvars.ContextVar[dict] = contextvars.ContextVar("inkq_log_context", default={})
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _HANDLER_FLAG = "_inkq_handler"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def bind(**fields) -> contextvars.Token:
@@ -99,13 +108,22 @@ class Text(logging.Formatter):
     def __init__(self):
         super().__init__(TEXT_FORMAT)
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = escape_controls(super().formatMessage(record))
+        extras = " ".join(f"{key}={escape_controls(str(getattr(record, key)))}" for key in FIELDS
+                          if hasattr(record, key))
+        return f"{line} [{extras}]" if extras else line
+
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = " ".join(f"{key}={getattr(record, key)}" for key in FIELDS if hasattr(record, key))
-        if not extras:
-            return line
-        head, sep, tail = line.partition("\n")
-        return f"{head} [{extras}]{sep}{tail}"
+        head, sep, tail = super().format(record).partition("\n")
+        if not sep:
+            return head
+        return head + "".join("\n    " + escape_controls(part) for part in tail.split("\n"))
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as an escape, so it cannot break a line."""
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), m.group().encode("unicode_escape").decode()), text)
 
 
 def formatter(log_format: str) -> logging.Formatter:

@@ -167,9 +167,9 @@ WEBHOOK_SECRET = "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz"
 
 
 @contextlib.contextmanager
-def webhook_receiver(answers=()):
+def webhook_receiver(answers=(), host="127.0.0.1", port=0, tls=None):
     """A local webhook receiver: (url, queue of (headers, body)); it answers the status codes in
-    `answers` in turn, then 204."""
+    `answers` in turn, then 204. With `tls` (a server SSLContext) it speaks HTTPS."""
     calls: queue.Queue = queue.Queue()
     script = list(answers)
 
@@ -184,10 +184,12 @@ def webhook_receiver(answers=()):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/hook", calls
+        yield f"{'https' if tls else 'http'}://{host}:{server.server_port}/hook", calls
     finally:
         server.shutdown()
 

@@ -174,6 +174,33 @@ def thread_count(pid: int) -> int:
         return 0
 
 
+class NameServer:
+    """A name server for `tests/resolver/sitecustomize.py`: each lookup of a name gets the next of
+    `answers` in turn (a rebinding resolver), and every lookup is counted."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.queries: list[str] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.env = {"PYTHONPATH": os.path.join(ROOT, "tests", "resolver"), "INKQ_TEST_RESOLVER": self.address}
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                name, peer = self.sock.recvfrom(512)
+            except OSError:  # closed
+                return
+            answer = self.answers[len(self.queries) % len(self.answers)]
+            self.queries.append(name.decode())
+            self.sock.sendto(answer.encode(), peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class GunicornApi:
     """The API as deployed: scripts/start_api.sh (gunicorn, gevent workers) on a free port."""
 

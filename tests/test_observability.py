@@ -17,6 +17,7 @@ import requests
 import redis as redis_lib
 
 from tests import fakegemini as fg
+from tests.api.test_hostile_input import raw_request
 from tests.conftest import ADMIN_TOKEN, photo, webhook_receiver
 from tests.servers import ROOT, GunicornApi, RedisServer, Workers, wait_until
 
@@ -233,6 +234,26 @@ def test_text_logs_stay_readable(tmp_path):
     out = subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "python"), "-c", program], cwd=ROOT,
                          capture_output=True, text=True, timeout=30).stderr.strip()
     assert re.fullmatch(r"\S+ \S+ INFO rq\.worker Job OK \[jobId=j1 requestId=r1\]", out), out
+
+
+def test_text_logs_cannot_be_forged(redis_url, tmp_path):
+    """LOG_FORMAT=text under gunicorn: a path with an encoded newline (and other control characters)
+    is escaped on its access line; it never starts a line that reads like a record of its own."""
+    api = GunicornApi({"REDIS_URL": redis_url, "API_KEYS": "tok-l:logger", "SECRET_KEY": "k" * 32,
+                       "WEB_CONCURRENCY": 1, "LOG_FORMAT": "text"}, str(tmp_path / "api.log"))
+    try:
+        forged = "2020-01-01 00:00:00,000 INFO inkq.access GET /admin/forged 200"
+        target = "/nope%0A" + forged.replace(" ", "%20") + "%0D%1B%5B31m%E2%80%A8"
+        status, _, _ = raw_request(api.url, "GET", target)
+        assert status == 404
+    finally:
+        api.stop()
+    lines = open(tmp_path / "api.log", encoding="utf-8").read().splitlines()
+    assert not [line for line in lines if line.startswith("2020-01-01")], lines
+    access = [line for line in lines if " inkq.access GET /nope" in line]
+    assert len(access) == 1 and "/nope\\n2020-01-01" in access[0] and "\\r\\x1b[31m" in access[0], access
+    assert "\\x80" in access[0]  # WSGI paths are latin-1: U+2028's UTF-8 bytes arrive as C1 characters
+    assert all(re.match(r"\d{4}-\d\d-\d\d |    ", line) for line in lines), lines
 
 
 def test_alert_rules_are_valid():

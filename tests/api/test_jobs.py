@@ -233,6 +233,39 @@ def test_event_stream_follows_a_job_to_its_end(api, workers):
     assert progress == sorted(progress)
 
 
+def test_open_event_streams_are_capped_per_user_and_given_back(make_api, redis, user):
+    """MAX_STREAMS_PER_USER across API processes (two here); a stream whose client left gives its lease
+    back at its next write (EVENTS_POLL_S), and the lease set expires with its last lease."""
+    import requests
+
+    from api.leases import key
+
+    config = {"API_KEYS": f"tok-alice:{user},tok-bob:bob", "MAX_STREAMS_PER_USER": 2, "EVENTS_POLL_S": 0.3}
+    first, second = make_api(**config), make_api(**config)
+    job_id = first.submit(drawing()).json()["jobId"]
+    held = [requests.get(f"{api.url}/status/{job_id}/events", headers={"Authorization": "Bearer tok-alice"},
+                         stream=True, timeout=10) for api in (first, second)]
+    assert [r.status_code for r in held] == [200, 200]
+    refused = second.get(f"/status/{job_id}/events", stream=True)
+    assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) >= 1
+    bobs = first.submit(drawing(), token="tok-bob").json()["jobId"]
+    with requests.get(f"{first.url}/status/{bobs}/events", headers={"Authorization": "Bearer tok-bob"},
+                      stream=True, timeout=10) as other_user:
+        assert other_user.status_code == 200  # the cap is per user
+    first.delete(f"/jobs/{bobs}", token="tok-bob")
+    assert 0 < redis.pttl(key(user)) <= 30_000
+    held[0].close()
+    wait_until(lambda: redis.zcard(key(user)) == 1, timeout=10, what="the lease of the closed stream")
+    again = requests.get(f"{second.url}/status/{job_id}/events", headers={"Authorization": "Bearer tok-alice"},
+                         stream=True, timeout=10)
+    assert again.status_code == 200
+    for response in (again, held[1]):
+        response.close()
+    first.delete(f"/jobs/{job_id}")
+    wait_until(lambda: not redis.exists(key(user)), timeout=10, what="the leases to be given back")
+
+
 def test_redis_down_is_503_with_retry_after(make_api):
     from tests.servers import free_port
 

@@ -2,6 +2,8 @@
 announcements (tasks/changes.py) rather than by polling, and no thread held per stream."""
 from __future__ import annotations
 
+import base64
+import socket
 import threading
 import time
 
@@ -27,7 +29,7 @@ def test_two_thousand_streams_each_see_their_job_end(own_redis, tmp_path):
     # EVENTS_POLL_S=120: a stream re-reads on its own only every 2 minutes, so every event below
     # arrives because a writer announced it.
     api = GunicornApi({"REDIS_URL": own_redis.url, "API_KEYS": "tok-s:streamer", "SECRET_KEY": "k" * 32,
-                       "WEB_CONCURRENCY": 2, "MAX_INFLIGHT_PER_USER": 100, "RATE_LIMIT": "100000/minute",
+                       "WEB_CONCURRENCY": 2, "MAX_INFLIGHT_PER_USER": 100, "RATE_LIMIT": "100000/minute", "MAX_STREAMS_PER_USER": 5000,
                        "EVENTS_POLL_S": 120, "GEMINI_API_KEY": "", "ACCESS_LOG": "", "LOG_FORMAT": "text"},
                       str(tmp_path / "api.log"))
     workers = None
@@ -103,3 +105,123 @@ def test_streams_recover_from_a_lost_listener_connection(own_redis, tmp_path):
         if workers is not None:
             workers.stop()
         server.stop()
+
+
+def _partial_request(port: int) -> socket.socket:
+    """A connection that sends a request line and one header, then nothing more."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    sock.setblocking(False)
+    return sock
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server answered (408) or closed the connection."""
+    try:
+        sock.recv(4096)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_an_attacker_cannot_use_up_the_connections(own_redis, tmp_path):
+    """One gunicorn process with 30 connections. Mallory holds as many event streams as she can and
+    keeps 60 sockets that never finish their headers, opening a new one whenever the server drops
+    one. Bob's submissions and status reads still answer, each within 5 s (api/server.py: header
+    deadline and shedding; api/leases.py: MAX_STREAMS_PER_USER)."""
+    api = GunicornApi({"REDIS_URL": own_redis.url, "API_KEYS": "tok-m:mallory,tok-b:bob", "SECRET_KEY": "k" * 32,
+                       "WEB_CONCURRENCY": 1, "GUNICORN_WORKER_CONNECTIONS": 30, "MAX_STREAMS_PER_USER": 5,
+                       "REQUEST_HEADER_TIMEOUT_S": 3, "REQUEST_BODY_TIMEOUT_S": 3, "EVENTS_POLL_S": 1, "GEMINI_API_KEY": "",
+                       "ACCESS_LOG": "", "LOG_FORMAT": "text"}, str(tmp_path / "api.log"))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        image = photo((64, 64))
+        job = Api(api.url).submit(image, token="tok-m", engine="local").json()["jobId"]
+        streams = [Stream(job, "tok-m") for _ in range(40)]
+        follower = threading.Thread(target=run, args=("127.0.0.1", api.port, streams, 15), daemon=True)
+        follower.start()
+        wait_until(lambda: all(s.http_status or s.error for s in streams), timeout=30, what="every stream's answer")
+        assert not [s.error for s in streams if s.error], [s.error for s in streams if s.error][:3]
+        statuses = sorted(s.http_status for s in streams)
+        assert statuses.count(200) == 5 and statuses.count(429) == 35, statuses
+
+        def attack():
+            while not stop.is_set():
+                for sock in [s for s in held if _closed_by_server(s)]:
+                    held.remove(sock)
+                    sock.close()
+                while len(held) < 60 and not stop.is_set():
+                    try:
+                        held.append(_partial_request(api.port))
+                    except OSError:
+                        break
+                time.sleep(0.05)
+        attacker = threading.Thread(target=attack, daemon=True)
+        attacker.start()
+        wait_until(lambda: len(held) >= 60, timeout=20, what="60 partial requests")
+        bob = Api(api.url)
+        bob.http.close()
+        for _ in range(5):
+            with requests.Session() as fresh:  # a new connection each time, as a crowd of clients would
+                answer = fresh.post(api.url + "/generate", json={"image": base64.b64encode(image).decode()},
+                                    headers={"Authorization": "Bearer tok-b"}, timeout=5)
+                assert answer.status_code == 202, answer.text
+                status = fresh.get(api.url + answer.json()["statusUrl"], headers={"Authorization": "Bearer tok-b"},
+                                   timeout=5)
+                assert status.status_code == 200 and status.json()["status"] == "waiting"
+                assert fresh.get(api.url + "/healthz", timeout=5).status_code == 200
+        stop.set()
+        attacker.join(5)
+        for sock in held:
+            sock.close()
+
+        # a socket that sends one header line a second is answered 408 and closed at the header deadline
+        slow = socket.create_connection(("127.0.0.1", api.port), timeout=10)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        answer = b""
+        for n in range(8):
+            try:
+                slow.sendall(b"X-Dribble-%d: 1\r\n" % n)
+            except OSError:
+                break
+            slow.settimeout(1)
+            try:
+                answer += slow.recv(4096)
+                if answer:
+                    break
+            except socket.timeout:
+                pass
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        slow.close()
+
+        # a body that trickles in is refused at the body deadline, as contract JSON
+        trickle = socket.create_connection(("127.0.0.1", api.port), timeout=10)
+        trickle.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-b\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"image\": \"")
+        reply = b""
+        for _ in range(10):
+            try:
+                trickle.sendall(b"AAAA")
+            except OSError:
+                break
+            trickle.settimeout(1)
+            try:
+                reply += trickle.recv(4096)
+                if b"\r\n\r\n" in reply:
+                    break
+            except socket.timeout:
+                pass
+        trickle.settimeout(5)
+        while b'"}' not in reply:
+            reply += trickle.recv(4096) or b'"}'
+        assert reply.startswith(b"HTTP/1.1 400") and b'"invalid_request"' in reply, reply
+        trickle.close()
+        follower.join(20)  # the streams' client leaves; the server notices at its next write (EVENTS_POLL_S)
+    finally:
+        stop.set()
+        for sock in held:
+            sock.close()
+        api.stop()

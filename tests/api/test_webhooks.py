@@ -96,3 +96,111 @@ def test_no_webhook_no_field(api, workers):
 def test_private_or_odd_webhook_urls_are_refused(api, hook):
     response = api.submit(drawing(), webhookUrl=hook)
     assert response.status_code == 400 and response.json()["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("hook", ["http://[::1", "http://[notip]/", "http://example.com:port/", "http://[64:ff9b::7f00:1]/",
+                                  "http://[2002:7f00:1::]/", "http://[::127.0.0.1]/", "http://[::ffff:7f00:1]/",
+                                  "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "http://[64:ff9b:1::808:808]/",
+                                  "http://127.1/x", "http://2130706433/x", "http://localhost:8080/x",
+                                  "http://redis:8080/x", "http://example.com:25/x", "http://example.com:6379/x"])
+def test_malformed_embedded_or_local_webhook_urls_are_400(api, hook):
+    response = api.submit(drawing(), webhookUrl=hook)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_request" and "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("address, allowed", [
+    ("8.8.8.8", True), ("2001:4860:4860::8888", True), ("64:ff9b::808:808", True), ("2002:808:808::", True),
+    ("::ffff:8.8.8.8", True), ("127.0.0.1", False), ("64:ff9b::a00:1", False), ("2002:a9fe:a9fe::", False),
+    ("::7f00:1", False), ("::ffff:10.0.0.1", False), ("::1", False), ("::", False), ("fec0::1", False),
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", False), ("64:ff9b:1::808:808", False), ("224.0.0.251", False),
+    ("100.64.0.1", False), ("fd00::1", False), ("fe80::1", False)])
+def test_addresses_are_judged_by_the_ipv4_address_they_carry(address, allowed):
+    import ipaddress
+
+    from tasks.webhooks import address_allowed
+
+    assert address_allowed(ipaddress.ip_address(address)) is allowed
+
+
+def test_a_submission_does_not_resolve_the_webhook_host(api):
+    """The name is looked up only when a delivery is attempted: a name that can never resolve
+    (RFC 6761 `.invalid`) is accepted, so no resolver, slow or not, holds the request."""
+    response = api.submit(drawing(), engine="local", webhookUrl="https://hooks.example.invalid/x")
+    assert response.status_code == 202, response.text
+    api.delete(f"/jobs/{response.json()['jobId']}")
+
+
+def test_a_rebinding_resolver_cannot_move_a_delivery(tmp_path):
+    """Each attempt resolves the name once and connects to the address it checked.
+
+    The name server answers 127.0.0.1 and then 127.0.0.2, in turn; a receiver listens on the same port
+    of each. A second lookup by the HTTP client (what rebinding exploits: check one address, connect to
+    another) would send the delivery to 127.0.0.2."""
+    from tests.servers import NameServer, Stack
+
+    names = NameServer(["127.0.0.1", "127.0.0.2"])
+    stack = Stack(tmp_path, "http://127.0.0.1:9")
+    try:
+        with webhook_receiver() as (checked_url, checked), \
+                webhook_receiver(host="127.0.0.2", port=int(checked_url.rsplit(":", 1)[1].split("/")[0])) as (_, other):
+            port = checked_url.rsplit(":", 1)[1].split("/")[0]
+            stack.workers(stencil=1, **names.env)
+            hook = f"http://hook.rebind.test:{port}/hook"
+            job_id = stack.api.submit(drawing(), engine="local", webhookUrl=hook).json()["jobId"]
+            wait_until(lambda: (stack.api.get(f"/status/{job_id}").json().get("webhook") or {}).get("state")
+                       in ("delivered", "failed"), timeout=60)
+            assert stack.api.get(f"/status/{job_id}").json()["webhook"]["state"] == "delivered"
+            assert other.empty(), "the delivery went to an address that was never checked"
+            headers, body = checked.get(timeout=1)
+            assert headers["host"] == f"hook.rebind.test:{port}" and verified(headers, body)["jobId"] == job_id
+            assert names.queries == ["hook.rebind.test"]
+    finally:
+        stack.close()
+        names.close()
+
+
+def test_a_pinned_https_connection_keeps_the_name_for_sni_and_the_certificate(tmp_path):
+    """PinnedAdapter connects to the checked IP, yet TLS names the host: SNI and the certificate check
+    are the name's, so a certificate for another name is refused."""
+    import datetime
+    import ssl
+
+    import requests
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tasks.webhooks import PinnedAdapter
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hook.example")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("hook.example")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    seen = {}
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    context.sni_callback = lambda _sock, server_name, _ctx: seen.update(sni=server_name)
+    with webhook_receiver(tls=context) as (url, calls):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        for host, ok in (("hook.example", True), ("other.example", False)):
+            with requests.Session() as session:
+                session.trust_env = False
+                session.mount("https://", PinnedAdapter("127.0.0.1"))
+                try:
+                    answer = session.post(f"https://{host}:{port}/hook", data=b"{}", verify=str(cert_file),
+                                          headers={"Host": f"{host}:{port}"}, timeout=5).status_code
+                except requests.exceptions.SSLError:
+                    answer = None
+            assert (answer == 204) is ok, (host, answer)
+        headers, _ = calls.get(timeout=1)
+        assert seen["sni"] == "other.example" and headers["host"] == f"hook.example:{port}" and calls.empty()

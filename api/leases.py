@@ -1,0 +1,83 @@
+"""Open event streams per user (MAX_STREAMS_PER_USER, default 20), counted in Redis across API processes.
+
+Each open `GET /status/<id>/events` holds a lease: a member of the user's sorted set
+`inkq:streams:<user>` scored with its expiry (Redis `TIME`, so API boxes need not agree on the clock).
+Opening one is one Lua script: drop lapsed leases, refuse when the user holds the cap (429
+`rate_limited`, with Retry-After), else add the lease. A stream renews its lease as it runs (at
+least every EVENTS_POLL_S) and gives it back when its response is closed: when it ends, when the
+client goes away (noticed at the next write, within EVENTS_POLL_S), or when the server closes it.
+A lease of a process that died lapses after `lease_s` (three re-reads, at least 30 s). The set
+itself expires with its last lease.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from .errors import ApiError
+
+log = logging.getLogger("inkq.api")
+
+_TAKE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local key, cap, lease_ms, id, renew = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+if not renew and redis.call('ZCARD', key) >= cap then return 0 end
+redis.call('ZADD', key, now + lease_ms, id)
+redis.call('PEXPIRE', key, lease_ms)
+return 1
+"""
+
+
+def key(user_id: str) -> str:
+    """The user's set of stream leases."""
+    return f"inkq:streams:{user_id}"
+
+
+class StreamLeases:
+    """The per-user cap on open event streams."""
+
+    def __init__(self, redis: Redis, cap: int, poll_s: float):
+        self.redis = redis
+        self.cap = cap
+        self.lease_s = max(30.0, 3 * poll_s)
+        self.retry_after_s = max(1, math.ceil(poll_s))
+        self._take = redis.register_script(_TAKE)
+
+    def open(self, user_id: str) -> "Lease":
+        """A lease for one more stream; 429 `rate_limited` when the user holds the cap."""
+        lease = Lease(self, user_id, uuid.uuid4().hex)
+        if not self._take(keys=[key(user_id)], args=[self.cap, int(self.lease_s * 1000), lease.id, 0]):
+            raise ApiError(429, "rate_limited",
+                           f"Too many open event streams (at most {self.cap} per user); poll GET /status/<jobId> "
+                           "or close a stream.", retry_after=self.retry_after_s)
+        return lease
+
+
+class Lease:
+    """One stream's hold on a slot: renew it while the stream runs, release it when it ends."""
+
+    def __init__(self, leases: StreamLeases, user_id: str, lease_id: str):
+        self.leases = leases
+        self.user_id = user_id
+        self.id = lease_id
+
+    def renew(self) -> None:
+        """Push the lease's expiry on; a Redis error only leaves it to lapse later."""
+        try:
+            self.leases._take(keys=[key(self.user_id)], args=[0, int(self.leases.lease_s * 1000), self.id, 1])
+        except RedisError as exc:
+            log.warning("could not renew a stream lease: %s", exc)
+
+    def release(self) -> None:
+        """Give the slot back (idempotent)."""
+        try:
+            self.leases.redis.zrem(key(self.user_id), self.id)
+        except RedisError as exc:
+            log.warning("could not release a stream lease (it lapses on its own): %s", exc)

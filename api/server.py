@@ -1,0 +1,189 @@
+"""The gunicorn worker the API runs (`api.server.Worker`): gunicorn's `gevent_pywsgi` worker with read
+deadlines and connection shedding, so that slow or idle clients cannot use up the connection budget
+(GUNICORN_WORKER_CONNECTIONS per process; issue 16).
+
+gunicorn 27.0.1 has no request-header timeout, and its `keepalive` and `timeout` settings do not
+reach the `gevent_pywsgi` worker's connections: gevent 26.9's `pywsgi.WSGIHandler` reads a request
+line, headers and body with no deadline at all, so a client sending one header line every 10 s kept
+its connection, and its slot in the worker's pool, for as long as it liked. Here:
+
+- **Header deadline.** From the moment a connection waits for a request (a new connection, or a
+  kept-alive one between requests) its request line and headers must be complete within
+  REQUEST_HEADER_TIMEOUT_S (default 10 s), or the connection is closed (with a 408 once a request
+  line has arrived). An idle kept-alive connection is closed after the same time.
+- **Body deadline.** The body must then arrive within REQUEST_BODY_TIMEOUT_S (default 60 s: a 14 MB
+  body at about 2 Mbit/s). A read past it fails; the app answers 400 `invalid_request` (werkzeug
+  takes a failed read as a client that went away) and the connection is closed.
+  Both deadlines are enforced on the connection's reader (`_DeadlineReader`), which every read of
+  gevent's handler goes through: the request line, the headers, the app's body reads and gevent's
+  discarding of an unread body.
+- **Shedding.** While fewer than a tenth of the pool's slots are free (checked as each connection
+  arrives and every `SHED_EVERY_S`), every connection that has waited `SHED_AFTER_S` (1 s) or more
+  for its headers is closed, idle kept-alive ones included. A burst of clients that connect and
+  send their request at once is not shed; sockets that never finish their headers are, as fast as
+  an attacker can open them, so the listen queue keeps moving and other clients get their turn. A crowd of sockets that never finish their headers therefore cannot keep
+  others out, even one that opens new sockets as fast as they are closed; requests being served and
+  open event streams are never shed (streams are capped per user instead, `api/leases.py`).
+
+The hooks used are gevent's `WSGIHandler.read_requestline`, `read_request` and
+`_handle_client_error` (the last documented by gevent as experimental, since 1.1b6).
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections import OrderedDict
+
+import gevent
+from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
+
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 60.0
+SHED_SHARE = 10  # keep at least 1/SHED_SHARE of the pool free
+SHED_AFTER_S = 1.0  # a connection is shed only after waiting this long for its headers
+SHED_EVERY_S = 0.25
+
+
+class ReadDeadline(TimeoutError):
+    """A read on a client connection outlasted its deadline."""
+
+
+class _DeadlineReader:
+    """The connection's buffered reader, whose reads fail once the handler's deadline has passed."""
+
+    def __init__(self, raw, handler: "DeadlineHandler"):
+        self._raw = raw
+        self._handler = handler
+
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def _bounded(self, read, *args):
+        deadline = self._handler.read_deadline
+        if deadline is None:
+            return read(*args)
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise ReadDeadline("the client was too slow")
+            with gevent.Timeout(remaining, ReadDeadline("the client was too slow")):
+                return read(*args)
+        except ReadDeadline:
+            self._handler.close_connection = True
+            raise
+
+    def read(self, *args):
+        return self._bounded(self._raw.read, *args)
+
+    def readline(self, *args):
+        return self._bounded(self._raw.readline, *args)
+
+    def readinto(self, buffer):
+        return self._bounded(self._raw.readinto, buffer)
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+
+_waiting: "OrderedDict[int, DeadlineHandler]" = OrderedDict()  # this process's connections waiting for headers
+
+
+class DeadlineHandler(PyWSGIHandler):
+    """gunicorn's pywsgi handler with the read deadlines and shedding of the module docstring."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    body_timeout_s = BODY_TIMEOUT_S
+
+    def __init__(self, sock, address, server, rfile=None):
+        super().__init__(sock, address, server, rfile)
+        self.read_deadline: float | None = None
+        self.waiting_since = 0.0
+        self.was_shed = False
+        self.rfile = _DeadlineReader(self.rfile, self)
+
+    def read_requestline(self):
+        self.waiting_since = time.monotonic()
+        self.read_deadline = self.waiting_since + self.header_timeout_s
+        _shed(self.server.pool)
+        _waiting[id(self)] = self
+        try:
+            return super().read_requestline()
+        except BaseException:
+            _waiting.pop(id(self), None)
+            raise
+
+    def read_request(self, raw_requestline):
+        try:
+            parsed = super().read_request(raw_requestline)
+        finally:
+            _waiting.pop(id(self), None)
+        if self.was_shed:  # the headers ended because the connection was shut, not because they were complete
+            raise ReadDeadline("the connection was shed")
+        self.read_deadline = time.monotonic() + self.body_timeout_s
+        return parsed
+
+    def handle_one_request(self):
+        try:
+            return super().handle_one_request()
+        finally:
+            _waiting.pop(id(self), None)
+
+    def _handle_client_error(self, ex):
+        if isinstance(ex, ReadDeadline):
+            self.close_connection = True
+            if self.was_shed:
+                return None  # closed without an answer: nobody reads it
+            body = json.dumps({"error": "The request headers did not arrive in time.",
+                               "code": "invalid_request"}).encode()
+            return ("408", b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        return super()._handle_client_error(ex)
+
+    def shed(self) -> None:
+        """Close this connection, which is waiting for its request: its reader sees the end at once."""
+        _waiting.pop(id(self), None)
+        self.was_shed = True
+        self.close_connection = True
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+
+
+def _shed(pool) -> None:
+    """While the pool is nearly full, close its connections that have waited too long for their headers."""
+    size = getattr(pool, "size", None)
+    if not size or pool.free_count() >= max(1, size // SHED_SHARE):
+        return
+    patience = time.monotonic() - SHED_AFTER_S
+    for handler in [h for h in _waiting.values() if h.server.pool is pool and h.waiting_since <= patience]:
+        handler.shed()
+
+
+def _shed_forever() -> None:
+    """Shed on a timer too: a full pool accepts no connection that would trigger it."""
+    while True:
+        gevent.sleep(SHED_EVERY_S)
+        for pool in {id(h.server.pool): h.server.pool for h in list(_waiting.values())}.values():
+            _shed(pool)
+
+
+class Worker(GeventPyWSGIWorker):
+    """`gevent_pywsgi` with `DeadlineHandler`."""
+
+    wsgi_handler = DeadlineHandler
+
+    def run(self):
+        gevent.spawn(_shed_forever)
+        super().run()
+
+
+def set_deadlines(header_s: float, body_s: float) -> None:
+    """The read deadlines of every connection this process (and the workers it forks) will serve."""
+    DeadlineHandler.header_timeout_s = header_s
+    DeadlineHandler.body_timeout_s = body_s
