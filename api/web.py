@@ -1,12 +1,44 @@
-"""The web page at `/`: submit a photo, follow progress, see the stencil."""
+"""The web page at `/`: submit a photo, follow progress, see the stencil.
+
+The page is served with a strict Content-Security-Policy (issue 16): scripts, styles and fetches
+only from this origin, no inline script or style (the page has none; app.js sets styles through
+the CSSOM, which CSP allows), images from this origin (results are served under `/files/`) plus
+`data:` (the favicon) and `blob:` (the preview of the picked file), no framing, no `<base>`, forms
+only to this origin. Whatever text a job or user brings is set with textContent, so the policy is a
+second wall: injected markup could neither run script nor load from elsewhere. Every response of
+this blueprint (the page and its static files) also carries nosniff and `Referrer-Policy: no-referrer`.
+The API key is kept in sessionStorage (this tab) unless the user ticks "Remember on this device",
+which puts it in localStorage; app.js holds it in no other place.
+"""
 from __future__ import annotations
 
-from flask import Blueprint, send_from_directory
+from flask import Blueprint, request, send_from_directory
 
 bp = Blueprint("web", __name__, static_folder="static")
+
+PAGE_POLICY = "; ".join((
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data: blob:",
+    "connect-src 'self'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+    "form-action 'self'",
+))
 
 
 @bp.get("/")
 def index():
     """The single-page front end."""
     return send_from_directory(bp.static_folder, "index.html", max_age=300)
+
+
+@bp.after_request
+def _protected(response):
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if request.endpoint == "web.index":
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+        response.headers["X-Frame-Options"] = "DENY"
+    return response

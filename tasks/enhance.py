@@ -4,7 +4,8 @@ Work happens in YCbCr. Luma is denoised with a guided filter whose strength foll
 level measured in the photo (Immerkær's estimator), given mild CLAHE, upscaled with Lanczos and
 sharpened with a thresholded unsharp mask so flat areas gain no grain. Chroma is smoothed (colour
 noise is what makes phone photos look cheap) and upscaled. The input is first shrunk so the
-result stays within `MAX_OUTPUT_PIXELS`.
+result stays within `MAX_OUTPUT_PIXELS`; the job decodes a big upload straight to at least
+`INPUT_PIXELS` (`tasks/images.decode`'s `working_pixels`), so no float work is ever done above that.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tasks.progress import Reporter, silent
 
 SCALE = 2
 MAX_OUTPUT_PIXELS = 16_000_000
+INPUT_PIXELS = MAX_OUTPUT_PIXELS // SCALE ** 2
 DENOISE = 2.0
 CLAHE_LIMIT = 0.008
 CLAHE_MIX = 0.35

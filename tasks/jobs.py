@@ -83,11 +83,11 @@ def _engine(spec: dict, settings: WorkerSettings) -> str:
     return engine
 
 
-def _decoded(data: bytes, settings: WorkerSettings, report):
+def _decoded(data: bytes, settings: WorkerSettings, report, working_pixels: int = 0):
     from .images import decode
 
     report(10, "decoding image")
-    img = decode(data, settings.max_pixels)
+    img = decode(data, settings.max_pixels, working_pixels=working_pixels)
     report(20, "decoded")
     return img
 
@@ -147,9 +147,10 @@ def _stored_svg(vector: dict | None, settings: WorkerSettings) -> dict:
 def _enhance_work(spec, data, settings, report):
     if _engine(spec, settings) == "gemini":
         return _from_provider(spec, data, settings, report)
+    from .enhance import INPUT_PIXELS
     from .enhance import enhance as make_enhanced
 
-    img = _decoded(data, settings, report)
+    img = _decoded(data, settings, report, working_pixels=INPUT_PIXELS)
     out = make_enhanced(img, report=report)
     return _encoded(out, report), {"width": out.width, "height": out.height, "engine": "local"}
 

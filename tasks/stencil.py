@@ -138,14 +138,14 @@ def output_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def _analysis_image(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """Luminance stretched to 0..1 and CIELAB a*, b* in the same units, on the analysis grid."""
-    if img.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img.convert("RGBA"))
-    rgb = img.convert("RGB")
-    width, height = rgb.size
+    width, height = img.size
     scale = ANALYSIS_SIDE / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if img.mode not in ("RGB", "RGBA"):
+        img = img.convert("RGBA" if img.mode in ("LA", "PA") else "RGB")
+    rgb = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if rgb.mode == "RGBA":  # resized first (Pillow resizes RGBA premultiplied), then laid on white
+        rgb = Image.alpha_composite(Image.new("RGBA", size, (255, 255, 255, 255)), rgb).convert("RGB")
     arr = np.asarray(rgb.convert("L"), dtype=np.float32)
     chroma = _chroma(np.asarray(rgb))
     if scale > 1.5:

@@ -26,7 +26,7 @@
   }
 
   var ui = {
-    key: $("api-key"), keyToggle: $("key-toggle"), keyState: $("key-state"), keyStateText: $("key-state-text"),
+    key: $("api-key"), keyToggle: $("key-toggle"), remember: $("remember-key"), keyState: $("key-state"), keyStateText: $("key-state-text"),
     credits: $("credits"),
     form: $("job-form"), dropzone: $("dropzone"), file: $("image"), imageLabel: $("image-label"),
     empty: $("dropzone-empty"), preview: $("dropzone-preview"), previewImg: $("preview-img"),
@@ -130,15 +130,32 @@
     ui.keyStateText.textContent = text;
   }
 
+  // The key lives in sessionStorage (this tab); in localStorage only while "Remember" is ticked.
+  function keepKey() {
+    var key = apiKey();
+    try {
+      if (key) sessionStorage.setItem(KEY_STORAGE, key); else sessionStorage.removeItem(KEY_STORAGE);
+      if (key && ui.remember.checked) localStorage.setItem(KEY_STORAGE, key); else localStorage.removeItem(KEY_STORAGE);
+    } catch (e) { /* storage may be disabled */ }
+  }
+
+  function savedKey() {
+    try {
+      var remembered = localStorage.getItem(KEY_STORAGE);
+      ui.remember.checked = !!remembered;
+      return remembered || sessionStorage.getItem(KEY_STORAGE);
+    } catch (e) { return null; }
+  }
+
+  function keyPlace() { return ui.remember.checked ? "Remembered on this device." : "Kept in this tab only."; }
+
   var keyTimer = null;
   function onKeyChanged() {
     var key = apiKey();
-    try {
-      if (key) localStorage.setItem(KEY_STORAGE, key); else localStorage.removeItem(KEY_STORAGE);
-    } catch (e) { /* storage may be disabled */ }
+    keepKey();
     clearTimeout(keyTimer);
     if (!key) {
-      setKeyState(null, "Stored in this browser only.");
+      setKeyState(null, keyPlace());
       ui.credits.hidden = true;
       renderJobs(null);
       return;
@@ -676,10 +693,11 @@
   // ---------------------------------------------------------------- wiring
 
   function wire() {
-    var saved = null;
-    try { saved = localStorage.getItem(KEY_STORAGE); } catch (e) { saved = null; }
+    var saved = savedKey();
     if (saved) ui.key.value = saved;
+    setKeyState(null, keyPlace());
     ui.key.addEventListener("input", onKeyChanged);
+    ui.remember.addEventListener("change", function () { keepKey(); setKeyState(null, keyPlace()); });
     ui.keyToggle.addEventListener("click", function () {
       var show = ui.key.type === "password";
       ui.key.type = show ? "text" : "password";

@@ -32,6 +32,10 @@ def browser():
 
 
 def _watch_console(page) -> list[str]:
+    """Console errors and uncaught exceptions; CSP violations are gathered in `window.__csp` too."""
+    page.add_init_script("""window.__csp = [];
+        document.addEventListener('securitypolicyviolation',
+            e => window.__csp.push(e.effectiveDirective + ' ' + e.blockedURI));""")
     problems: list[str] = []
     page.on("console", lambda msg: problems.append(f"console.{msg.type}: {msg.text}")
             if msg.type == "error" else None)
@@ -65,8 +69,9 @@ def test_web_page_stencil_and_color_match(make_api, workers, browser, tmp_path):
     stylesheet = []
     page.on("response", lambda r: stylesheet.append((r.url, r.status)) if "/static/" in r.url else None)
 
-    page.goto(api.url + "/")
+    page_response = page.goto(api.url + "/")
     assert page.title().startswith("inkq")
+    _assert_protected(page_response.headers)
     assert sorted(status for _, status in stylesheet) == [200, 200], stylesheet   # app.css and app.js served
 
     # Every form control has an accessible name.
@@ -84,10 +89,11 @@ def test_web_page_stencil_and_color_match(make_api, workers, browser, tmp_path):
             Number(document.getElementById('progress').getAttribute('aria-valuenow'))]))
           .observe(document.getElementById('progress'), {attributes: true, attributeFilter: ['aria-valuenow']}); }""")
 
-    # The key is checked against the API and remembered in localStorage.
+    # The key is checked against the API and kept for this tab only (sessionStorage), not remembered.
     page.fill("#api-key", "tok-alice")
     page.wait_for_selector("#key-state.ok", timeout=5_000)
-    assert page.evaluate("localStorage.getItem('inkq.apiKey')") == "tok-alice"
+    assert page.evaluate("sessionStorage.getItem('inkq.apiKey')") == "tok-alice"
+    assert page.evaluate("localStorage.getItem('inkq.apiKey')") is None
 
     # Stencil: upload the photo, choose a style, submit, follow to completion.
     page.set_input_files("#image", str(photo_path))
@@ -165,7 +171,7 @@ def test_web_page_stencil_and_color_match(make_api, workers, browser, tmp_path):
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
-    assert problems == []
+    assert problems == [] and page.evaluate("window.__csp") == []
     context.close()
 
 
@@ -190,5 +196,67 @@ def test_web_page_falls_back_to_polling(make_api, workers, browser, tmp_path):
     assert not any("/events" in url for url in requests_seen)
     assert any(re.search(r"/status/[0-9a-f]+$", url) for url in requests_seen)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
-    assert problems == []
+    assert problems == [] and page.evaluate("window.__csp") == []
+    context.close()
+
+
+def _assert_protected(headers: dict) -> None:
+    policy = dict(part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'none'" and policy["script-src"] == "'self'" and policy["style-src"] == "'self'"
+    assert policy["img-src"] == "'self' data: blob:" and policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'" and policy["base-uri"] == "'none'" and policy["form-action"] == "'self'"
+    assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
+
+
+HOSTILE = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+
+
+def test_web_page_shows_hostile_text_as_text_and_its_csp_stops_injected_script(make_api, workers, fake_gemini,
+                                                                              browser, tmp_path):
+    """A provider reply with markup, quoted into the job's error, and a file name with markup stay text; markup
+    pushed into the page anyway (as a sink bug would) runs no script, and the policy reports it."""
+    from tests import fakegemini as fg
+
+    api = make_api(GEMINI_API_KEY="test-key")
+    fake_gemini.push(fg.text_only("Nope " + HOSTILE))
+    picture = tmp_path / '<img src=x onerror="window.__xss=3">.png'
+    picture.write_bytes(photo((64, 64)))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems = _watch_console(page)
+    page.goto(api.url + "/")
+    page.fill("#api-key", "tok-alice")
+    page.wait_for_selector("#key-state.ok", timeout=5_000)
+    page.click("label[for=op-ia-gen]")
+    page.set_input_files("#image", str(picture))
+    assert page.text_content("#preview-name") == picture.name
+    page.fill("#prompt", HOSTILE)
+    page.click("#submit")
+    page.wait_for_selector("#job-status.failed", timeout=30_000)
+    assert HOSTILE in page.text_content("#job-error")
+    page.wait_for_selector(".job-item[data-status='failed']", timeout=5_000)
+    assert HOSTILE in page.text_content(".job-item[data-status='failed'] .job-item-sub")
+    assert page.evaluate("document.querySelectorAll('#job-error *, .job-item-sub *, #preview-name *').length") == 0
+    assert page.evaluate("window.__xss") is None
+    assert problems == [] and page.evaluate("window.__csp") == []
+    page.screenshot(path=str(tmp_path / "hostile.png"), full_page=True)
+
+    # Defence in depth: markup that reached the DOM anyway runs no inline handler.
+    page.evaluate("""document.getElementById('job-error').insertAdjacentHTML('beforeend', '<img src=x onerror="window.__xss=4">')""")
+    page.wait_for_function("window.__csp.some(v => v.startsWith('script-src'))", timeout=5_000)
+    assert page.evaluate("window.__xss") is None
+
+    # The key: this tab keeps it over a reload, a new tab does not, unless "Remember on this device" is ticked.
+    page.reload()
+    assert page.input_value("#api-key") == "tok-alice" and not page.is_checked("#remember-key")
+    other = context.new_page()
+    other.goto(api.url + "/")
+    assert other.input_value("#api-key") == ""
+    page.check("#remember-key")
+    assert page.evaluate("localStorage.getItem('inkq.apiKey')") == "tok-alice"
+    other.reload()
+    assert other.input_value("#api-key") == "tok-alice" and other.is_checked("#remember-key")
+    other.uncheck("#remember-key")
+    assert other.evaluate("localStorage.getItem('inkq.apiKey')") is None
+    assert other.text_content("#key-state-text") == "Kept in this tab only."
     context.close()

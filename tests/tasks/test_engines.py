@@ -117,6 +117,18 @@ def test_decode_drafts_big_jpegs_to_the_working_size():
     assert decode(big, working_side=None).size == (4000, 2667)
 
 
+def test_decode_reduces_big_images_tile_by_tile_like_a_whole_image_reduce():
+    rgba = photo("coffee").resize((4100, 2730), Image.Resampling.BICUBIC).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    out = decode(encoded(rgba, "PNG", compress_level=1))
+    assert out.mode == "RGBA" and out.size == (2050, 1365)
+    assert np.array_equal(np.asarray(out), np.asarray(rgba.reduce(2)))
+    deep = (np.asarray(rgba.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    grey = decode(encoded(Image.fromarray(deep), "PNG", compress_level=1), working_pixels=4_000_000)
+    assert grey.size == (4100, 2730)  # halving would leave fewer than 4 MP
+    assert np.array_equal(np.asarray(grey)[..., 0], np.asarray(rgba.convert("L")))
+
+
 @pytest.mark.parametrize("fmt, word", [("GIF", "GIF"), ("BMP", "BMP"), ("TIFF", "TIFF")])
 def test_decode_rejects_other_formats(fmt, word):
     with pytest.raises(FinalError, match=word):
