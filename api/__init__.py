@@ -47,6 +47,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .access import RequestIds
     from .admission import Admission
     from .auth import Authenticator
+    from .cors import CrossOrigin
     from .events import Hub
     from .fastpath import FastStatus
     from .limits import SubmissionLimiter
@@ -78,10 +79,13 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         limiter=SubmissionLimiter(settings.redis_url, settings.rate_limit),
         links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
         metrics=metrics, auth=auth, hub=Hub(settings.redis_url))
-    # GET /status/<id> is most of the traffic: served below Flask, after ProxyFix (api/fastpath.py)
-    # and every response, that one included, carries a request id and gets an access line (api/access.py)
-    app.wsgi_app = RequestIds(ProxyFix(FastStatus(app.wsgi_app, app.extensions["inkq"]), x_for=1, x_proto=1,
-                                       x_host=1), access=settings.access_log)
+    # GET /status/<id> is most of the traffic: served below Flask, after ProxyFix (api/fastpath.py);
+    # cross-origin headers wrap both (api/cors.py), and every response carries a request id and gets
+    # an access line (api/access.py)
+    app.wsgi_app = FastStatus(app.wsgi_app, app.extensions["inkq"])
+    if settings.cors_origins:
+        app.wsgi_app = CrossOrigin(app.wsgi_app, settings.cors_origins)
+    app.wsgi_app = RequestIds(ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1), access=settings.access_log)
     errors.init_app(app)
     metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env), redis, settings.queue_max_depth)
     for blueprint in (jobs.bp, credits.bp, admin.bp, health.bp, web.bp):

@@ -11,5 +11,6 @@ bp = Blueprint("credits", __name__)
 @bp.get("/credits")
 @require_user
 def balance():
-    """`{"balance"}` for the caller, after refunding their failed and canceled jobs."""
-    return jsonify({"balance": current_app.extensions["inkq"].admission.balance(g.principal.user_id)})
+    """`{"balance", "enabled"}` for the caller, after refunding their failed and canceled jobs."""
+    ctx = current_app.extensions["inkq"]
+    return jsonify({"balance": ctx.admission.balance(g.principal.user_id), "enabled": ctx.settings.credits_enabled})

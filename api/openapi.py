@@ -27,6 +27,14 @@ ERRORS = {
 }
 
 
+TAGS = [
+    {"name": "jobs", "description": "Submit jobs, follow them, fetch their results, list and cancel them."},
+    {"name": "credits", "description": "The caller's balance."},
+    {"name": "admin", "description": "Operators: queue counts and balances (admin token)."},
+    {"name": "operations", "description": "Liveness, readiness and metrics for the platform."},
+]
+
+
 def _ref(model: type[BaseModel]) -> dict:
     return {"$ref": REF.format(model=model.__name__)}
 
@@ -65,7 +73,7 @@ def _multipart_schema() -> dict:
 
 def build_spec() -> dict:
     """The OpenAPI document."""
-    models = [s.GenerateRequest, s.JobAccepted, s.JobStatusBody, s.JobList, s.Canceled, s.Error, s.Balance,
+    models = [s.GenerateRequest, s.JobAccepted, s.JobStatusBody, s.JobList, s.Canceled, s.Error, s.Balance, s.Credits,
               s.CreditChange, s.QueueStats, s.JobResult, s.PaletteEntry]
     components = {}
     for model in models:
@@ -76,7 +84,7 @@ def build_spec() -> dict:
     user = [{"bearer": []}]
     paths = {
         "/generate": {"post": {
-            "summary": "Submit a job; answers at once with its id", "security": user,
+            "operationId": "createJob", "tags": ["jobs"], "summary": "Submit a job; answers at once with its id", "security": user,
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                             "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
             "requestBody": {"required": True, "content": {
@@ -86,53 +94,54 @@ def build_spec() -> dict:
                 "200": {"description": "Repeated Idempotency-Key: the original job", "content": _json(s.JobAccepted)},
             }, (400, 401, 403, 409, 413, 415, 429, 503))}},
         "/status/{jobId}": {"get": {
-            "summary": "A job's status, progress and result", "security": user,
+            "operationId": "getJob", "tags": ["jobs"], "summary": "A job's status, progress and result", "security": user,
             "parameters": [_job_id(), {"name": "queue", "in": "query", "required": False,
                                        "schema": {"type": "string"}, "description": "Accepted and ignored."}],
             "responses": _responses({"200": {"description": "Status", "content": _json(s.JobStatusBody)}},
                                     (401, 404))}},
         "/status/{jobId}/events": {"get": {
-            "summary": "Server-sent events: status objects as they change, until the terminal one",
+            "operationId": "streamJobEvents", "tags": ["jobs"], "summary": "Server-sent events: status objects as they change, until the terminal one",
             "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "Event stream",
                                              "content": {"text/event-stream": {"schema": _status_event()}}}},
                                     (401, 404))}},
         "/result/{jobId}": {"get": {
-            "summary": "The output PNG (owner only)", "security": user, "parameters": [_job_id()],
+            "operationId": "getJobResult", "tags": ["jobs"], "summary": "The output PNG (owner only)", "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "PNG", "content": png}}, (401, 404))}},
         "/files/{token}": {"get": {
-            "summary": "The output PNG behind a signed, expiring URL (no auth)", "security": [],
+            "operationId": "getResultFile", "tags": ["jobs"], "summary": "The output PNG behind a signed, expiring URL (no auth)", "security": [],
             "parameters": [_job_id("token")],
             "responses": _responses({"200": {"description": "PNG", "content": png}}, (404,))}},
         "/jobs": {"get": {
-            "summary": "The caller's jobs, newest first", "security": user,
+            "operationId": "listJobs", "tags": ["jobs"], "summary": "The caller's jobs, newest first", "security": user,
             "parameters": [{"name": "limit", "in": "query", "required": False,
                             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
                            {"name": "status", "in": "query", "required": False,
                             "schema": {"type": "string", "enum": list(s.StatusWord.__args__)}}],
             "responses": _responses({"200": {"description": "Jobs", "content": _json(s.JobList)}}, (400, 401))}},
         "/jobs/{jobId}": {"delete": {
-            "summary": "Cancel a waiting job or stop an active one", "security": user, "parameters": [_job_id()],
+            "operationId": "cancelJob", "tags": ["jobs"], "summary": "Cancel a waiting job or stop an active one", "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "Canceled", "content": _json(s.Canceled)}},
                                     (401, 404, 409))}},
         "/credits": {"get": {
-            "summary": "The caller's credit balance", "security": user,
-            "responses": _responses({"200": {"description": "Balance", "content": _json(s.Balance)}}, (401,))}},
+            "operationId": "getCredits", "tags": ["credits"], "summary": "The caller's credit balance",
+            "security": user,
+            "responses": _responses({"200": {"description": "Balance", "content": _json(s.Credits)}}, (401,))}},
         "/admin/queue-stats": {"get": {
-            "summary": "Per-queue counts (admin)", "security": user,
+            "operationId": "getQueueStats", "tags": ["admin"], "summary": "Per-queue counts (admin)", "security": user,
             "responses": _responses({"200": {"description": "Stats", "content": _json(
                 {"type": "object", "additionalProperties": _ref(s.QueueStats)})}}, (401, 403))}},
         "/admin/credits/{userId}": {"post": {
-            "summary": "Add to or set a user's balance (admin)", "security": user,
+            "operationId": "setCredits", "tags": ["admin"], "summary": "Add to or set a user's balance (admin)", "security": user,
             "parameters": [_job_id("userId")],
             "requestBody": {"required": True, "content": _json(s.CreditChange)},
             "responses": _responses({"200": {"description": "Balance", "content": _json(s.Balance)}},
                                     (400, 401, 403))}},
-        "/healthz": {"get": {"summary": "Liveness", "security": [],
+        "/healthz": {"get": {"operationId": "getHealth", "tags": ["operations"], "summary": "Liveness", "security": [],
                              "responses": {"200": {"description": "Running"}}}},
-        "/readyz": {"get": {"summary": "Readiness (Redis answers)", "security": [],
+        "/readyz": {"get": {"operationId": "getReadiness", "tags": ["operations"], "summary": "Readiness (Redis answers)", "security": [],
                             "responses": _responses({"200": {"description": "Ready"}}, (503,))}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+        "/metrics": {"get": {"operationId": "getMetrics", "tags": ["operations"], "summary": "Prometheus metrics", "security": [],
                              "responses": _responses({"200": {"description": "Text format",
                                                               "content": {"text/plain": {"schema": {"type": "string"}}}}},
                                                      (401,))}},
@@ -141,6 +150,7 @@ def build_spec() -> dict:
         "openapi": "3.1.0",
         "info": {"title": "inkq", "version": "1.0.0",
                  "description": "Background image jobs for tattoo stencils: submit, follow progress, fetch results."},
+        "tags": TAGS,
         "paths": paths,
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

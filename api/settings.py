@@ -15,6 +15,8 @@ from typing import Mapping
 from tasks.queues import QUEUES
 from tasks.settings import env_bool, env_int
 
+from .cors import parse_origins
+
 DEFAULT_CREDIT_COSTS = "stencil=1,enhance=1,ia-gen=2,color-match=1"
 
 
@@ -64,6 +66,7 @@ class Settings:
     status_cache_s: float
     log_format: str
     access_log: bool
+    cors_origins: frozenset
 
     @classmethod
     def load(cls, overrides: Mapping[str, str] | None = None) -> "Settings":
@@ -79,6 +82,10 @@ class Settings:
         engine = (env.get("ENGINE") or "auto").lower()
         if engine not in ("auto", "local", "gemini"):
             raise ConfigError(f"ENGINE must be auto, local or gemini, not {engine!r}")
+        try:
+            cors_origins = parse_origins(env.get("CORS_ORIGINS") or "")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
             env=env,
             redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
@@ -105,4 +112,5 @@ class Settings:
             status_cache_s=float(env.get("STATUS_CACHE_S") or 10),
             log_format=(env.get("LOG_FORMAT") or "json").lower(),
             access_log=env.get("ACCESS_LOG", "-") != "",
+            cors_origins=cors_origins,
         )

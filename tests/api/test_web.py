@@ -2,6 +2,7 @@
 API over HTTP, Redis, rq worker processes. A stencil job and a color-match job, end to end."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -21,14 +22,23 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
 
 
-@pytest.fixture
-def browser():
+@contextlib.contextmanager
+def launch_chromium():
+    """The system Chromium, headless, driven by Playwright."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield browser
-        browser.close()
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser():
+    with launch_chromium() as launched:
+        yield launched
 
 
 def _watch_console(page) -> list[str]:
