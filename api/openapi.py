@@ -29,7 +29,7 @@ ERRORS = {
 
 TAGS = [
     {"name": "jobs", "description": "Submit jobs, follow them, fetch their results, list and cancel them."},
-    {"name": "credits", "description": "The caller's balance."},
+    {"name": "account", "description": "The caller's credit balance."},
     {"name": "admin", "description": "Operators: queue counts and balances (admin token)."},
     {"name": "operations", "description": "Liveness, readiness and metrics for the platform."},
 ]
@@ -124,7 +124,7 @@ def build_spec() -> dict:
             "responses": _responses({"200": {"description": "Canceled", "content": _json(s.Canceled)}},
                                     (401, 404, 409))}},
         "/credits": {"get": {
-            "operationId": "getCredits", "tags": ["credits"], "summary": "The caller's credit balance",
+            "operationId": "getCredits", "tags": ["account"], "summary": "The caller's credit balance",
             "security": user,
             "responses": _responses({"200": {"description": "Balance", "content": _json(s.Credits)}}, (401,))}},
         "/admin/queue-stats": {"get": {

@@ -68,14 +68,14 @@ def test_json_output_and_the_other_commands(api, workers, tmp_path):
 
 
 def test_credits_says_when_they_are_off(make_api):
-    user = "u" + uuid.uuid4().hex[:10]
-    off = make_api(API_KEYS=f"tok-{user}:{user}")
-    assert off.get("/credits", token=f"tok-{user}").json() == {"balance": 0, "enabled": False}
-    assert inkq(off, "credits", token=f"tok-{user}").stdout.strip() == "credits are off on this server"
-    on = make_api(API_KEYS=f"tok-{user}:{user}", CREDITS_ENABLED="true", CREDITS_INITIAL="5")
-    assert on.get("/credits", token=f"tok-{user}").json() == {"balance": 5, "enabled": True}
-    assert inkq(on, "credits", token=f"tok-{user}").stdout.strip() == "5"
-    assert json.loads(inkq(off, "--json", "credits", token=f"tok-{user}").stdout)["enabled"] is False
+    off_user, on_user = ("u" + uuid.uuid4().hex[:10] for _ in range(2))
+    off = make_api(API_KEYS=f"tok-{off_user}:{off_user}")
+    assert off.get("/credits", token=f"tok-{off_user}").json() == {"balance": 0, "enabled": False}
+    assert inkq(off, "credits", token=f"tok-{off_user}").stdout.strip() == "credits are off on this server"
+    assert json.loads(inkq(off, "--json", "credits", token=f"tok-{off_user}").stdout)["enabled"] is False
+    on = make_api(API_KEYS=f"tok-{on_user}:{on_user}", CREDITS_ENABLED="true", CREDITS_INITIAL="5")
+    assert on.get("/credits", token=f"tok-{on_user}").json() == {"balance": 5, "enabled": True}
+    assert inkq(on, "credits", token=f"tok-{on_user}").stdout.strip() == "5"
 
 
 def test_cancel_and_failed_jobs_exit_1(gem_api, workers, fake_gemini):
