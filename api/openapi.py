@@ -2,6 +2,9 @@
 
 The path table below names, for each endpoint, the schema models it reads and answers; their
 JSON Schemas come from pydantic, so the document cannot drift from the validation code.
+`OPERATIONS` names every operation (`operationId`, the names of API.md, which generated clients take
+for their methods) and tags it; an operation missing from it stops the app at start (KeyError), so
+none ships unnamed.
 """
 from __future__ import annotations
 
@@ -33,6 +36,24 @@ TAGS = [
     {"name": "admin", "description": "Operators: queue counts and balances (admin token)."},
     {"name": "operations", "description": "Liveness, readiness and metrics for the platform."},
 ]
+
+# Each operation's id (the names of API.md; generated clients name their methods after them) and tag.
+OPERATIONS = {
+    ("post", "/generate"): ("createJob", "jobs"),
+    ("get", "/status/{jobId}"): ("getJob", "jobs"),
+    ("get", "/status/{jobId}/events"): ("streamJobEvents", "jobs"),
+    ("get", "/result/{jobId}"): ("getJobResult", "jobs"),
+    ("get", "/files/{token}"): ("getResultFile", "jobs"),
+    ("get", "/jobs"): ("listJobs", "jobs"),
+    ("delete", "/jobs/{jobId}"): ("cancelJob", "jobs"),
+    ("post", "/uploads"): ("createUpload", "jobs"),
+    ("get", "/credits"): ("getCredits", "account"),
+    ("get", "/admin/queue-stats"): ("getQueueStats", "admin"),
+    ("post", "/admin/credits/{userId}"): ("setCredits", "admin"),
+    ("get", "/healthz"): ("getHealth", "operations"),
+    ("get", "/readyz"): ("getReadiness", "operations"),
+    ("get", "/metrics"): ("getMetrics", "operations"),
+}
 
 
 def _ref(model: type[BaseModel]) -> dict:
@@ -73,8 +94,8 @@ def _multipart_schema() -> dict:
 
 def build_spec() -> dict:
     """The OpenAPI document."""
-    models = [s.GenerateRequest, s.JobAccepted, s.JobStatusBody, s.JobList, s.Canceled, s.Error, s.Balance, s.Credits,
-              s.CreditChange, s.QueueStats, s.JobResult, s.PaletteEntry]
+    models = [s.GenerateRequest, s.JobAccepted, s.JobStatusBody, s.JobList, s.Canceled, s.Error, s.Balance,
+              s.Credits, s.CreditChange, s.QueueStats, s.JobResult, s.PaletteEntry]
     components = {}
     for model in models:
         schema = model.model_json_schema(ref_template=REF)
@@ -84,7 +105,7 @@ def build_spec() -> dict:
     user = [{"bearer": []}]
     paths = {
         "/generate": {"post": {
-            "operationId": "createJob", "tags": ["jobs"], "summary": "Submit a job; answers at once with its id", "security": user,
+            "summary": "Submit a job; answers at once with its id", "security": user,
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                             "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
             "requestBody": {"required": True, "content": {
@@ -94,58 +115,61 @@ def build_spec() -> dict:
                 "200": {"description": "Repeated Idempotency-Key: the original job", "content": _json(s.JobAccepted)},
             }, (400, 401, 403, 409, 413, 415, 429, 503))}},
         "/status/{jobId}": {"get": {
-            "operationId": "getJob", "tags": ["jobs"], "summary": "A job's status, progress and result", "security": user,
+            "summary": "A job's status, progress and result", "security": user,
             "parameters": [_job_id(), {"name": "queue", "in": "query", "required": False,
                                        "schema": {"type": "string"}, "description": "Accepted and ignored."}],
             "responses": _responses({"200": {"description": "Status", "content": _json(s.JobStatusBody)}},
                                     (401, 404))}},
         "/status/{jobId}/events": {"get": {
-            "operationId": "streamJobEvents", "tags": ["jobs"], "summary": "Server-sent events: status objects as they change, until the terminal one",
+            "summary": "Server-sent events: status objects as they change, until the terminal one",
             "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "Event stream",
                                              "content": {"text/event-stream": {"schema": _status_event()}}}},
                                     (401, 404))}},
         "/result/{jobId}": {"get": {
-            "operationId": "getJobResult", "tags": ["jobs"], "summary": "The output PNG (owner only)", "security": user, "parameters": [_job_id()],
+            "summary": "The output PNG (owner only)", "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "PNG", "content": png}}, (401, 404))}},
         "/files/{token}": {"get": {
-            "operationId": "getResultFile", "tags": ["jobs"], "summary": "The output PNG behind a signed, expiring URL (no auth)", "security": [],
+            "summary": "The output PNG behind a signed, expiring URL (no auth)", "security": [],
             "parameters": [_job_id("token")],
             "responses": _responses({"200": {"description": "PNG", "content": png}}, (404,))}},
         "/jobs": {"get": {
-            "operationId": "listJobs", "tags": ["jobs"], "summary": "The caller's jobs, newest first", "security": user,
+            "summary": "The caller's jobs, newest first", "security": user,
             "parameters": [{"name": "limit", "in": "query", "required": False,
                             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
                            {"name": "status", "in": "query", "required": False,
                             "schema": {"type": "string", "enum": list(s.StatusWord.__args__)}}],
             "responses": _responses({"200": {"description": "Jobs", "content": _json(s.JobList)}}, (400, 401))}},
         "/jobs/{jobId}": {"delete": {
-            "operationId": "cancelJob", "tags": ["jobs"], "summary": "Cancel a waiting job or stop an active one", "security": user, "parameters": [_job_id()],
+            "summary": "Cancel a waiting job or stop an active one", "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "Canceled", "content": _json(s.Canceled)}},
                                     (401, 404, 409))}},
         "/credits": {"get": {
-            "operationId": "getCredits", "tags": ["account"], "summary": "The caller's credit balance",
-            "security": user,
+            "summary": "The caller's credit balance", "security": user,
             "responses": _responses({"200": {"description": "Balance", "content": _json(s.Credits)}}, (401,))}},
         "/admin/queue-stats": {"get": {
-            "operationId": "getQueueStats", "tags": ["admin"], "summary": "Per-queue counts (admin)", "security": user,
+            "summary": "Per-queue counts (admin)", "security": user,
             "responses": _responses({"200": {"description": "Stats", "content": _json(
                 {"type": "object", "additionalProperties": _ref(s.QueueStats)})}}, (401, 403))}},
         "/admin/credits/{userId}": {"post": {
-            "operationId": "setCredits", "tags": ["admin"], "summary": "Add to or set a user's balance (admin)", "security": user,
+            "summary": "Add to or set a user's balance (admin)", "security": user,
             "parameters": [_job_id("userId")],
             "requestBody": {"required": True, "content": _json(s.CreditChange)},
             "responses": _responses({"200": {"description": "Balance", "content": _json(s.Balance)}},
                                     (400, 401, 403))}},
-        "/healthz": {"get": {"operationId": "getHealth", "tags": ["operations"], "summary": "Liveness", "security": [],
+        "/healthz": {"get": {"summary": "Liveness", "security": [],
                              "responses": {"200": {"description": "Running"}}}},
-        "/readyz": {"get": {"operationId": "getReadiness", "tags": ["operations"], "summary": "Readiness (Redis answers)", "security": [],
+        "/readyz": {"get": {"summary": "Readiness (Redis answers)", "security": [],
                             "responses": _responses({"200": {"description": "Ready"}}, (503,))}},
-        "/metrics": {"get": {"operationId": "getMetrics", "tags": ["operations"], "summary": "Prometheus metrics", "security": [],
+        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
                              "responses": _responses({"200": {"description": "Text format",
                                                               "content": {"text/plain": {"schema": {"type": "string"}}}}},
                                                      (401,))}},
     }
+    for path, methods in paths.items():
+        for method, operation in methods.items():
+            operation_id, tag = OPERATIONS[(method, path)]
+            operation.update(operationId=operation_id, tags=[tag])
     return {
         "openapi": "3.1.0",
         "info": {"title": "inkq", "version": "1.0.0",

@@ -61,13 +61,23 @@ def test_node_suite_against_the_real_api(package, make_api, workers, tmp_path):
     assert f"# pass {NODE_TEST_COUNT}" in done.stdout, done.stdout[-3000:]
 
 
-def test_npm_pack_builds_a_package_without_runtime_dependencies(package):
+def test_npm_pack_builds_a_package_without_runtime_dependencies(package, tmp_path):
     manifest = json.load(open(os.path.join(package, "package.json")))
     assert "dependencies" not in manifest and manifest["peerDependenciesMeta"]["react"]["optional"]
-    packed = json.loads(_npm("pack", "--dry-run", "--json").stdout)[0]
+    packed = json.loads(_npm("pack", "--json", "--pack-destination", str(tmp_path)).stdout)[0]
     files = {f["path"] for f in packed["files"]}
     assert {"dist/index.js", "dist/index.d.ts", "dist/react.js", "dist/react.d.ts", "dist/schema.d.ts",
             "package.json"} <= files
     assert not any(f.startswith(("test/", "node_modules/")) for f in files)
     core = open(os.path.join(package, "dist", "index.js"), encoding="utf-8").read()
     assert not re.search(r"""(from|import)\s*\(?\s*["']react""", core), "the core must not import React"
+    # Installed from the tarball alone (no registry, no React), the core imports by its package name.
+    installed = tmp_path / "app" / "node_modules" / "@inkq" / "client"
+    installed.mkdir(parents=True)
+    subprocess.run(["tar", "-xzf", str(tmp_path / packed["filename"]), "-C", str(installed), "--strip-components=1"],
+                   check=True)
+    script = "import {createClient, InkqError} from '@inkq/client'; " \
+             "console.log(typeof createClient({baseUrl: 'http://x'}).waitForJob, new InkqError('m', 'c', 1).code)"
+    done = subprocess.run(["node", "--input-type=module", "-e", script], cwd=tmp_path / "app", capture_output=True,
+                          text=True, timeout=30)
+    assert done.stdout.strip() == "function c", done.stderr
