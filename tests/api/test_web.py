@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import re
+import uuid
 
 import pytest
 from PIL import Image
@@ -202,3 +203,21 @@ def test_web_page_falls_back_to_polling(make_api, workers, browser, tmp_path):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     assert problems == []
     context.close()
+
+
+def test_web_page_shows_credits_only_when_they_are_on(make_api, browser):
+    """A balance of 0 is shown when credits are on; nothing is shown when they are off."""
+    user = "u" + uuid.uuid4().hex[:10]
+    for enabled, shown in (("true", "0 credits"), ("false", None)):
+        api = make_api(API_KEYS=f"tok-{user}:{user}", CREDITS_ENABLED=enabled, CREDITS_INITIAL="0")
+        page = browser.new_page()
+        page.goto(api.url + "/")
+        page.fill("#api-key", f"tok-{user}")
+        page.wait_for_selector("#key-state.ok", timeout=5_000)
+        page.wait_for_load_state("networkidle")
+        if shown:
+            page.wait_for_selector("#credits:not([hidden])", timeout=5_000)
+            assert page.text_content("#credits") == shown
+        else:
+            assert page.is_hidden("#credits")
+        page.close()
