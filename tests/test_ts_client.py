@@ -2,7 +2,8 @@
 API and workers, its types against the app's /openapi.json, and its package as `npm pack` builds it.
 
 `npm ci` installs its dev dependencies from package-lock.json once per session (skipped while
-node_modules is newer than the lock); dist/ is built here, by `npm run build`, and never committed.
+node_modules is newer than the lock); dist/ is built here, by `npm pack` (its prepack script runs
+tsc), and never committed.
 """
 from __future__ import annotations
 
@@ -34,12 +35,22 @@ def _npm(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def package():
-    """The package with its dev dependencies installed and dist/ built."""
-    lock, marker = os.path.join(PACKAGE, "package-lock.json"), os.path.join(PACKAGE, "node_modules", ".package-lock.json")
+def packed(tmp_path_factory):
+    """`npm pack`'s report on the package it built (its prepack script runs tsc into dist/), after
+    `npm ci` when node_modules is older than the lock."""
+    lock = os.path.join(PACKAGE, "package-lock.json")
+    marker = os.path.join(PACKAGE, "node_modules", ".package-lock.json")
     if not os.path.exists(marker) or os.path.getmtime(marker) < os.path.getmtime(lock):
         _npm("ci", "--no-audit", "--no-fund")
-    _npm("run", "build")
+    out = tmp_path_factory.mktemp("npm-pack")
+    report = json.loads(_npm("pack", "--json", "--pack-destination", str(out)).stdout)[0]
+    report["tarball"] = out / report["filename"]
+    return report
+
+
+@pytest.fixture
+def package(packed):
+    """The package directory, dist/ built."""
     return PACKAGE
 
 
@@ -61,10 +72,9 @@ def test_node_suite_against_the_real_api(package, make_api, workers, tmp_path):
     assert f"# pass {NODE_TEST_COUNT}" in done.stdout, done.stdout[-3000:]
 
 
-def test_npm_pack_builds_a_package_without_runtime_dependencies(package, tmp_path):
+def test_npm_pack_builds_a_package_without_runtime_dependencies(package, packed, tmp_path):
     manifest = json.load(open(os.path.join(package, "package.json")))
     assert "dependencies" not in manifest and manifest["peerDependenciesMeta"]["react"]["optional"]
-    packed = json.loads(_npm("pack", "--json", "--pack-destination", str(tmp_path)).stdout)[0]
     files = {f["path"] for f in packed["files"]}
     assert {"dist/index.js", "dist/index.d.ts", "dist/react.js", "dist/react.d.ts", "dist/schema.d.ts",
             "package.json"} <= files
@@ -74,7 +84,7 @@ def test_npm_pack_builds_a_package_without_runtime_dependencies(package, tmp_pat
     # Installed from the tarball alone (no registry, no React), the core imports by its package name.
     installed = tmp_path / "app" / "node_modules" / "@inkq" / "client"
     installed.mkdir(parents=True)
-    subprocess.run(["tar", "-xzf", str(tmp_path / packed["filename"]), "-C", str(installed), "--strip-components=1"],
+    subprocess.run(["tar", "-xzf", str(packed["tarball"]), "-C", str(installed), "--strip-components=1"],
                    check=True)
     script = "import {createClient, InkqError} from '@inkq/client'; " \
              "console.log(typeof createClient({baseUrl: 'http://x'}).waitForJob, new InkqError('m', 'c', 1).code)"

@@ -30,15 +30,15 @@ test("a data URL, a Blob and a File are accepted; the job is listed and read", a
     assert.equal(accepted.queue, "color-match");
     ids.push(accepted.jobId);
   }
-  assert.equal((await client.createJob(dataUrl)).operation, "stencil");   // the bare input, as the seed sends it
+  const bare = await client.createJob(dataUrl);   // the image alone, as the seed sends it
+  assert.equal(bare.operation, "stencil");
+  ids.push(bare.jobId);
   const listed = await client.listJobs({ limit: 4 });
-  assert.equal(listed.jobs.length, 4);
-  assert.ok(ids.every((id) => listed.jobs.some((j) => j.jobId === id)));
-  const job = await client.getJob(ids[0]);
-  assert.equal(job.jobId, ids[0]);
-  for (const id of ids) await client.waitForJob(id);
-  assert.deepEqual((await client.listJobs({ status: "completed", limit: 3 })).jobs.map((j) => j.status),
-                   ["completed", "completed", "completed"]);
+  assert.deepEqual(new Set(listed.jobs.map((j) => j.jobId)), new Set(ids));
+  assert.equal((await client.getJob(ids[0])).jobId, ids[0]);
+  const completed = (await client.listJobs({ status: "completed" })).jobs;   // the first test's job at least
+  assert.ok(completed.length >= 1 && completed.every((j) => j.status === "completed"));
+  for (const id of ids) await client.cancelJob(id).catch(() => undefined);
 });
 
 test("waitForJob polls GET /status every 2 s when the stream cannot be opened", async () => {
