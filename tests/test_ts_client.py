@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -56,7 +57,9 @@ def package(packed):
 
 def test_types_are_generated_from_the_current_spec(package, tmp_path):
     fresh = tmp_path / "schema.ts"
-    subprocess.run([os.path.join(ROOT, "scripts", "ts_types.sh"), str(fresh)], check=True, timeout=120)
+    venv = os.path.dirname(os.path.dirname(sys.executable))   # this interpreter builds the spec
+    subprocess.run([os.path.join(ROOT, "scripts", "ts_types.sh"), str(fresh)], check=True, timeout=120,
+                   env={**os.environ, "VENV": venv})
     committed = open(os.path.join(package, "src", "schema.ts"), encoding="utf-8").read()
     assert fresh.read_text() == committed, "clients/typescript/src/schema.ts is stale: run `npm run generate` there"
 
