@@ -211,7 +211,8 @@ export function createClient(options: ClientOptions): InkqClient {
     listJobs: (query = {}) => {
       const params = new URLSearchParams(Object.entries(query).filter(([, v]) => v !== undefined)
         .map(([k, v]) => [k, String(v)]));
-      return call<JobList>("GET", `/jobs${params.size ? `?${params}` : ""}`);
+      const search = params.toString();
+      return call<JobList>("GET", search ? `/jobs?${search}` : "/jobs");
     },
     getCredits: () => call<Credits>("GET", "/credits"),
   };
