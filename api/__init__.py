@@ -48,6 +48,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .access import RequestIds
     from .admission import Admission
     from .auth import Authenticator
+    from .cors import CrossOrigin
     from .events import Hub
     from .fastpath import FastStatus
     from . import limits
@@ -83,11 +84,13 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
         metrics=metrics, auth=auth, hub=Hub(settings.redis_url),
         leases=StreamLeases(redis, settings.max_streams_per_user, settings.events_poll_s))
-    # GET /status/<id> is most of the traffic: served below Flask, after the trusted proxies' headers
-    # are applied (api/fastpath.py, api/forwarding.py), and every response, that one included, carries a
-    # request id and gets an access line (api/access.py)
-    fast = FastStatus(app.wsgi_app, app.extensions["inkq"])
-    app.wsgi_app = RequestIds(TrustedProxies(fast, settings.forwarded_allow), access=settings.access_log)
+    # GET /status/<id> is most of the traffic: served below Flask (api/fastpath.py); cross-origin headers
+    # wrap both (api/cors.py), after the trusted proxies' headers are applied (api/forwarding.py), and
+    # every response carries a request id and gets an access line (api/access.py)
+    app.wsgi_app = FastStatus(app.wsgi_app, app.extensions["inkq"])
+    if settings.cors_origins:
+        app.wsgi_app = CrossOrigin(app.wsgi_app, settings.cors_origins)
+    app.wsgi_app = RequestIds(TrustedProxies(app.wsgi_app, settings.forwarded_allow), access=settings.access_log)
     errors.init_app(app)
     metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env), redis, settings.queue_max_depth)
     for blueprint in (jobs.bp, credits.bp, admin.bp, health.bp, web.bp):

@@ -241,7 +241,7 @@ def cmd_cancel(client: Client, args) -> int:
 
 def cmd_credits(client: Client, args) -> int:
     body = client.call("GET", "/credits")
-    _print(args, body, str(body["balance"]))
+    _print(args, body, str(body["balance"]) if body.get("enabled", True) else "credits are off on this server")
     return DONE
 
 

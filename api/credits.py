@@ -13,5 +13,6 @@ bp = Blueprint("credits", __name__)
 @require_user
 @limit_reads
 def balance():
-    """`{"balance"}` for the caller, after refunding their failed and canceled jobs."""
-    return jsonify({"balance": current_app.extensions["inkq"].admission.balance(g.principal.user_id)})
+    """`{"balance", "enabled"}` for the caller, after refunding their failed and canceled jobs."""
+    ctx = current_app.extensions["inkq"]
+    return jsonify({"balance": ctx.admission.balance(g.principal.user_id), "enabled": ctx.settings.credits_enabled})

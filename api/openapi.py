@@ -2,6 +2,9 @@
 
 The path table below names, for each endpoint, the schema models it reads and answers; their
 JSON Schemas come from pydantic, so the document cannot drift from the validation code.
+`OPERATIONS` names every operation (`operationId`, the names of API.md, which generated clients take
+for their methods) and tags it; an operation missing from it stops the app at start (KeyError), so
+none ships unnamed.
 """
 from __future__ import annotations
 
@@ -26,6 +29,32 @@ ERRORS = {
     415: "Unsupported image format or body type",
     429: "Rate limited, too many jobs in flight or too many open event streams (Retry-After)",
     503: "Redis down, queue full, or no provider (Retry-After)",
+}
+
+
+TAGS = [
+    {"name": "jobs", "description": "Submit jobs, follow them, fetch their results, list and cancel them."},
+    {"name": "account", "description": "The caller's credit balance."},
+    {"name": "admin", "description": "Operators: queue counts and balances (admin token)."},
+    {"name": "operations", "description": "Liveness, readiness and metrics for the platform."},
+]
+
+# Each operation's id (the names of API.md; generated clients name their methods after them) and tag.
+OPERATIONS = {
+    ("post", "/generate"): ("createJob", "jobs"),
+    ("get", "/status/{jobId}"): ("getJob", "jobs"),
+    ("get", "/status/{jobId}/events"): ("streamJobEvents", "jobs"),
+    ("get", "/result/{jobId}"): ("getJobResult", "jobs"),
+    ("get", "/files/{token}"): ("getResultFile", "jobs"),
+    ("get", "/jobs"): ("listJobs", "jobs"),
+    ("delete", "/jobs/{jobId}"): ("cancelJob", "jobs"),
+    ("post", "/uploads"): ("createUpload", "jobs"),
+    ("get", "/credits"): ("getCredits", "account"),
+    ("get", "/admin/queue-stats"): ("getQueueStats", "admin"),
+    ("post", "/admin/credits/{userId}"): ("setCredits", "admin"),
+    ("get", "/healthz"): ("getHealth", "operations"),
+    ("get", "/readyz"): ("getReadiness", "operations"),
+    ("get", "/metrics"): ("getMetrics", "operations"),
 }
 
 
@@ -68,7 +97,7 @@ def _multipart_schema() -> dict:
 def build_spec() -> dict:
     """The OpenAPI document."""
     models = [s.GenerateRequest, s.JobAccepted, s.JobStatusBody, s.JobList, s.Canceled, s.Error, s.Balance,
-              s.CreditChange, s.QueueStats, s.JobResult, s.PaletteEntry]
+              s.Credits, s.CreditChange, s.QueueStats, s.JobResult, s.PaletteEntry]
     components = {}
     for model in models:
         schema = model.model_json_schema(ref_template=REF)
@@ -125,7 +154,7 @@ def build_spec() -> dict:
                                     (401, 404, 409, 429))}},
         "/credits": {"get": {
             "summary": "The caller's credit balance", "security": user,
-            "responses": _responses({"200": {"description": "Balance", "content": _json(s.Balance)}}, (401, 429))}},
+            "responses": _responses({"200": {"description": "Balance", "content": _json(s.Credits)}}, (401, 429))}},
         "/admin/queue-stats": {"get": {
             "summary": "Per-queue counts (admin)", "security": user,
             "responses": _responses({"200": {"description": "Stats", "content": _json(
@@ -147,10 +176,15 @@ def build_spec() -> dict:
                                                               "content": {"text/plain": {"schema": {"type": "string"}}}}},
                                                      (401,))}},
     }
+    for path, methods in paths.items():
+        for method, operation in methods.items():
+            operation_id, tag = OPERATIONS[(method, path)]
+            operation.update(operationId=operation_id, tags=[tag])
     return {
         "openapi": "3.1.0",
         "info": {"title": "inkq", "version": "1.0.0",
                  "description": "Background image jobs for tattoo stencils: submit, follow progress, fetch results."},
+        "tags": TAGS,
         "paths": paths,
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

@@ -126,6 +126,13 @@ class Balance(BaseModel):
     balance: int
 
 
+class Credits(BaseModel):
+    """Body of `GET /credits`: the balance, and whether credits are charged at all (`CREDITS_ENABLED`)."""
+
+    balance: int
+    enabled: bool = Field(description="false: credits are off, jobs cost nothing and `balance` means nothing.")
+
+
 class CreditChange(BaseModel):
     """Body of `POST /admin/credits/<userId>`: exactly one of add or set."""
 

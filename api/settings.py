@@ -15,6 +15,8 @@ from typing import Mapping
 from tasks.queues import QUEUES
 from tasks.settings import env_bool, env_int
 
+from .cors import parse_origins
+
 DEFAULT_CREDIT_COSTS = "stencil=1,enhance=1,ia-gen=2,color-match=1"
 
 
@@ -68,6 +70,7 @@ class Settings:
     forwarded_allow: list | None
     max_streams_per_user: int
     public_url: str
+    cors_origins: frozenset
 
     @classmethod
     def load(cls, overrides: Mapping[str, str] | None = None) -> "Settings":
@@ -85,6 +88,10 @@ class Settings:
         engine = (env.get("ENGINE") or "auto").lower()
         if engine not in ("auto", "local", "gemini"):
             raise ConfigError(f"ENGINE must be auto, local or gemini, not {engine!r}")
+        try:
+            cors_origins = parse_origins(env.get("CORS_ORIGINS") or "")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
             env=env,
             redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
@@ -115,4 +122,5 @@ class Settings:
             max_streams_per_user=env_int(env, "MAX_STREAMS_PER_USER", 20),
             forwarded_allow=allowed_networks(env.get("FORWARDED_ALLOW_IPS", "")),
             public_url=public_url(env.get("PUBLIC_URL", "")),
+            cors_origins=cors_origins,
         )

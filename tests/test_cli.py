@@ -9,6 +9,7 @@ import select
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -61,9 +62,20 @@ def test_json_output_and_the_other_commands(api, workers, tmp_path):
     listed = inkq(api, "jobs", "--limit", "5", "--json")
     assert job_id in [j["jobId"] for j in json.loads(listed.stdout)["jobs"]]
     assert job_id in inkq(api, "jobs").stdout
-    assert inkq(api, "credits").stdout.strip().lstrip("-").isdigit()
+    assert inkq(api, "credits").returncode == 0
     again = inkq(api, "cancel", job_id)
     assert again.returncode == 2 and "conflict" in again.stderr  # already ended
+
+
+def test_credits_says_when_they_are_off(make_api):
+    off_user, on_user = ("u" + uuid.uuid4().hex[:10] for _ in range(2))
+    off = make_api(API_KEYS=f"tok-{off_user}:{off_user}")
+    assert off.get("/credits", token=f"tok-{off_user}").json() == {"balance": 0, "enabled": False}
+    assert inkq(off, "credits", token=f"tok-{off_user}").stdout.strip() == "credits are off on this server"
+    assert json.loads(inkq(off, "--json", "credits", token=f"tok-{off_user}").stdout)["enabled"] is False
+    on = make_api(API_KEYS=f"tok-{on_user}:{on_user}", CREDITS_ENABLED="true", CREDITS_INITIAL="5")
+    assert on.get("/credits", token=f"tok-{on_user}").json() == {"balance": 5, "enabled": True}
+    assert inkq(on, "credits", token=f"tok-{on_user}").stdout.strip() == "5"
 
 
 def test_cancel_and_failed_jobs_exit_1(gem_api, workers, fake_gemini):

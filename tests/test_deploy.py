@@ -300,7 +300,8 @@ def test_dockerignore_keeps_what_the_images_copy(stages, fly):
     assert {"scripts", "api", "tasks", "setup.cfg", "pyproject.toml"} <= needed
     assert not [path for path in sorted(needed) if ignored(path, patterns)]
     for unwanted in (".venv/bin/python", ".git/HEAD", "tests/test_deploy.py", ".env", "docs/images/a.png",
-                     "api/__pycache__/x.cpython-311.pyc", ".pytest_cache/v"):
+                     "api/__pycache__/x.cpython-311.pyc", ".pytest_cache/v",
+                     "clients/typescript/node_modules/react/index.js"):
         assert ignored(unwanted, patterns), f"{unwanted} would be sent to the builder"
 
 

@@ -168,8 +168,8 @@
     if (!apiKey()) return;
     api("GET", "credits").then(function (data) {
       var balance = data && typeof data.balance === "number" ? data.balance : null;
-      // A zero balance usually means credits are not in use on this server; show it only when it matters.
-      if (balance === null || balance <= 0) { ui.credits.hidden = true; return; }
+      // Servers with credits off say so (`enabled: false`); their balance means nothing.
+      if (balance === null || data.enabled === false) { ui.credits.hidden = true; return; }
       ui.credits.textContent = balance + (balance === 1 ? " credit" : " credits");
       ui.credits.hidden = false;
     }, function () { ui.credits.hidden = true; });

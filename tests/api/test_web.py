@@ -2,9 +2,11 @@
 API over HTTP, Redis, rq worker processes. A stencil job and a color-match job, end to end."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import uuid
 
 import pytest
 from PIL import Image
@@ -21,14 +23,23 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
 
 
-@pytest.fixture
-def browser():
+@contextlib.contextmanager
+def launch_chromium():
+    """The system Chromium, headless, driven by Playwright."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield browser
-        browser.close()
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser():
+    with launch_chromium() as launched:
+        yield launched
 
 
 def _watch_console(page) -> list[str]:
@@ -260,3 +271,21 @@ def test_web_page_shows_hostile_text_as_text_and_its_csp_stops_injected_script(m
     assert other.evaluate("localStorage.getItem('inkq.apiKey')") is None
     assert other.text_content("#key-state-text") == "Kept in this tab only."
     context.close()
+
+
+def test_web_page_shows_credits_only_when_they_are_on(make_api, browser):
+    """A balance of 0 is shown when credits are on; nothing is shown when they are off."""
+    user = "u" + uuid.uuid4().hex[:10]
+    for enabled, shown in (("true", "0 credits"), ("false", None)):
+        api = make_api(API_KEYS=f"tok-{user}:{user}", CREDITS_ENABLED=enabled, CREDITS_INITIAL="0")
+        page = browser.new_page()
+        page.goto(api.url + "/")
+        page.fill("#api-key", f"tok-{user}")
+        page.wait_for_selector("#key-state.ok", timeout=5_000)
+        page.wait_for_load_state("networkidle")
+        if shown:
+            page.wait_for_selector("#credits:not([hidden])", timeout=5_000)
+            assert page.text_content("#credits") == shown
+        else:
+            assert page.is_hidden("#credits")
+        page.close()

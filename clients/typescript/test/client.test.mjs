@@ -1,0 +1,105 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { createClient, InkqError } from "../dist/index.js";
+import { baseUrl, photo, token } from "./env.mjs";
+
+const client = createClient({ baseUrl, token });
+
+test("a Buffer is submitted and followed through the event stream to its result", async () => {
+  const accepted = await client.createJob({ image: photo, engine: "local", style: "bold" });
+  assert.equal(accepted.status, "waiting");
+  assert.equal(accepted.operation, "stencil");
+  const seen = [];
+  const job = await client.waitForJob(accepted.jobId, { onProgress: (j) => seen.push(j.progress) });
+  assert.equal(job.status, "completed");
+  assert.deepEqual(seen, [...seen].sort((a, b) => a - b));
+  assert.equal(seen.at(-1), 100);
+  assert.ok(seen.length >= 2, `progress seen: ${seen}`);
+  const image = await fetch(job.result.image);
+  assert.equal(image.headers.get("content-type"), "image/png");
+  assert.deepEqual([...new Uint8Array(await image.arrayBuffer()).slice(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+});
+
+test("a data URL, a Blob and a File are accepted; the job is listed and read", async () => {
+  const dataUrl = `data:image/jpeg;base64,${photo.toString("base64")}`;
+  const inputs = [dataUrl, new Blob([photo], { type: "image/jpeg" }), new File([photo], "me.jpg")];
+  const ids = [];
+  for (const image of inputs) {
+    const accepted = await client.createJob({ image, engine: "local", operation: "color-match", colors: 3 });
+    assert.equal(accepted.queue, "color-match");
+    ids.push(accepted.jobId);
+  }
+  const bare = await client.createJob(dataUrl);   // the image alone, as the seed sends it
+  assert.equal(bare.operation, "stencil");
+  ids.push(bare.jobId);
+  const listed = await client.listJobs({ limit: 4 });
+  assert.deepEqual(new Set(listed.jobs.map((j) => j.jobId)), new Set(ids));
+  assert.equal((await client.getJob(ids[0])).jobId, ids[0]);
+  const completed = (await client.listJobs({ status: "completed" })).jobs;   // the first test's job at least
+  assert.ok(completed.length >= 1 && completed.every((j) => j.status === "completed"));
+  for (const id of ids) await client.cancelJob(id).catch(() => undefined);
+});
+
+test("waitForJob polls GET /status every 2 s when the stream cannot be opened", async () => {
+  const asked = [];
+  const noStreams = async (url, init) => {
+    asked.push(String(url));
+    if (String(url).endsWith("/events")) throw new TypeError("streams are blocked here");
+    return fetch(url, init);
+  };
+  const polling = createClient({ baseUrl, token, fetch: noStreams });
+  const { jobId } = await polling.createJob({ image: photo, engine: "local" });
+  const started = Date.now();
+  const job = await polling.waitForJob(jobId);
+  assert.equal(job.status, "completed");
+  const polls = asked.filter((u) => u.endsWith(`/status/${jobId}`)).length;
+  assert.ok(polls >= 2, `polled ${polls} times`);
+  assert.ok(Date.now() - started >= (polls - 1) * 2000 - 50, "polls are 2 s apart");
+});
+
+test("errors carry the API's code, status and request id", async () => {
+  await assert.rejects(client.getJob("0123456789abcdef0123456789abcdef"), (err) => {
+    assert.ok(err instanceof InkqError);
+    assert.equal(err.code, "not_found");
+    assert.equal(err.status, 404);
+    assert.match(err.requestId, /^[A-Za-z0-9._:-]+$/);
+    return true;
+  });
+  await assert.rejects(createClient({ baseUrl, token: "wrong" }).listJobs(),
+                       { name: "InkqError", code: "unauthenticated", status: 401 });
+  await assert.rejects(client.createJob({ image: "not an image", engine: "local" }),
+                       { code: "invalid_request", status: 400 });
+  await assert.rejects(client.createJob(new Blob([Buffer.from("GIF89a" + "\0".repeat(64))])),
+                       { code: "unsupported_media_type", status: 415 });
+  await assert.rejects(createClient({ baseUrl: "http://127.0.0.1:9", token }).getJob("x"),
+                       { code: "network_error", status: 0 });
+});
+
+test("cancelJob cancels a waiting job; a second cancel is a conflict", async () => {
+  const jobs = [];
+  for (let i = 0; i < 4; i++) jobs.push((await client.createJob({ image: photo, engine: "local" })).jobId);
+  const last = jobs.at(-1);
+  const canceled = await client.cancelJob(last);
+  assert.deepEqual(canceled, { jobId: last, status: "canceled" });
+  assert.equal((await client.waitForJob(last)).status, "canceled");
+  await assert.rejects(client.cancelJob(last), { code: "conflict", status: 409 });
+  for (const id of jobs.slice(0, -1)) await client.cancelJob(id).catch(() => undefined);
+});
+
+test("waitForJob stops when its signal aborts", async () => {
+  const { jobId } = await client.createJob({ image: photo, engine: "local" });
+  const controller = new AbortController();
+  const waiting = client.waitForJob(jobId, { signal: controller.signal });
+  controller.abort();
+  await assert.rejects(waiting, { name: "AbortError" });
+  await client.waitForJob(jobId);
+});
+
+test("the same Idempotency-Key answers the same job", async () => {
+  const key = `k-${Date.now()}`;
+  const first = await client.createJob({ image: photo, engine: "local", idempotencyKey: key });
+  const again = await client.createJob({ image: photo, engine: "local", idempotencyKey: key });
+  assert.equal(again.jobId, first.jobId);
+  await client.waitForJob(first.jobId);
+});
