@@ -1,6 +1,6 @@
 """inkq API: `create_app(config=None)` builds the Flask app (flaskr-style factory).
 
-Redis, the job store, admission (limits and credits), signed links and metrics are built here and
+Redis, the blob store (`tasks.blobs`: Redis or S3), the job store, admission (limits and credits), signed links and metrics are built here and
 hung on `app.extensions["inkq"]`. The API enqueues jobs by dotted name (`tasks.jobs.*`) and never
 imports image or provider code.
 """
@@ -25,6 +25,7 @@ class Inkq:
 
     settings: Settings
     redis: Redis
+    blobs: object
     store: object
     admission: object
     limiter: object
@@ -54,6 +55,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .metrics import Metrics
     from .store import JobStore
 
+    from tasks import blobs as blob_store
+
     settings = Settings.load(config)
     auth = Authenticator.from_env(settings.env)
     if not auth.configured and not settings.dev:
@@ -70,13 +73,17 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     redis = Redis(connection_pool=BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=settings.redis_max_connections, timeout=5,
         socket_connect_timeout=3, socket_timeout=10, health_check_interval=30))
+    try:
+        blobs = blob_store.store(redis, settings.env)
+    except blob_store.StoreConfigError as exc:
+        raise ConfigError(str(exc)) from None
     metrics = Metrics()
     app.extensions["inkq"] = Inkq(
-        settings=settings, redis=redis,
-        store=JobStore(redis, settings.result_ttl_s, settings.failure_ttl_s),
+        settings=settings, redis=redis, blobs=blobs,
+        store=JobStore(redis, settings.result_ttl_s, settings.failure_ttl_s, blobs),
         admission=Admission(redis, settings),
         limiter=SubmissionLimiter(settings.redis_url, settings.rate_limit),
-        links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
+        links=ResultLinks(settings.secret_key, settings.result_url_ttl_s, blobs),
         metrics=metrics, auth=auth, hub=Hub(settings.redis_url))
     # GET /status/<id> is most of the traffic: served below Flask, after ProxyFix (api/fastpath.py)
     # and every response, that one included, carries a request id and gets an access line (api/access.py)
@@ -88,5 +95,9 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         app.register_blueprint(blueprint)
     admin.mount_dashboard(app, settings.redis_url)
     openapi.init_app(app)
-    logging.getLogger("inkq.api").info("inkq api ready (redis %s)", settings.redis_url.split("@")[-1])
+    logger = logging.getLogger("inkq.api")
+    problem = blobs.check()
+    if problem:
+        logger.error("the image store does not work: %s (/readyz answers 503 until it does)", problem)
+    logger.info("inkq api ready (redis %s, blob store %s)", settings.redis_url.split("@")[-1], blobs.kind)
     return app

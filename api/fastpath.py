@@ -66,7 +66,7 @@ class FastStatus:
                         ctx.admission.settle(view.id, view.user, view.word)
             if view is None or view.user != who.user_id:
                 return None
-            body = describe(view, lambda jid: f"{_host_url(environ)}/files/{ctx.links.token(jid)}")
+            body = describe(view, lambda name: ctx.links.url(_host_url(environ), name))
         except Exception:  # noqa: BLE001 - the Flask view answers, with the contract's error if any
             log.debug("status fast path fell through", exc_info=True)
             return None

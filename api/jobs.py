@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
 from tasks import blobs, webhooks
 from tasks import metrics as job_metrics
@@ -32,7 +32,7 @@ def _url_maker():
     """A function giving a job's signed result URL, absolute on this request's host."""
     base = request.host_url.rstrip("/")
     links = _ctx().links
-    return lambda job_id: f"{base}/files/{links.token(job_id)}"
+    return lambda name: links.url(base, name)
 
 
 def _owned(job_id: str):
@@ -126,8 +126,11 @@ def events(job_id: str):
 
 
 def _png(job) -> Response:
+    stored = _ctx().links.stored(job.id)
+    if stored:
+        return redirect(stored, 302)
     value = job.return_value() or {}
-    data = blobs.get(_ctx().redis, value.get("outputKey", "")) if value else None
+    data = _ctx().blobs.open(value.get("outputKey", "")) if value else None
     if data is None:
         raise not_found("The result has expired.")
     return Response(data, mimetype="image/png", headers={
@@ -138,7 +141,7 @@ def _png(job) -> Response:
 @bp.get("/result/<job_id>")
 @require_user
 def result(job_id: str):
-    """The output PNG for its owner; 404 until completed."""
+    """The output PNG for its owner (with the S3 store, a 302 to a fresh presigned URL); 404 until completed."""
     job = _owned(job_id)
     if word_of(job, refresh=True) != COMPLETED:
         raise not_found("The job has no result yet.")
@@ -159,7 +162,10 @@ def file(token: str):
 def _svg(job) -> Response:
     """The stencil's SVG: our tracer's paths only, served so that no script in it could ever run."""
     value = job.return_value() or {}
-    data = blobs.get(_ctx().redis, value.get("svgKey", "")) if value.get("svgKey") else None
+    stored = _ctx().links.stored(job.id + SVG_SUFFIX) if value.get("svgKey") else None
+    if stored:
+        return redirect(stored, 302)
+    data = _ctx().blobs.open(value.get("svgKey", "")) if value.get("svgKey") else None
     if data is None:
         raise not_found("The job has no SVG, or it has expired.")
     return Response(data, mimetype="image/svg+xml", headers={
@@ -201,6 +207,6 @@ def cancel(job_id: str):
     job_metrics.count(_ctx().redis, job.origin, "canceled")
     log.info("job canceled (%s)", how, extra={"jobId": job.id, "queue": job.origin})
     if how == "canceled":
-        blobs.discard_input(_ctx().redis, job.id)  # a stopped job's webhook is sent by its worker
+        blobs.discard_input(_ctx().blobs, job.id)  # a stopped job's webhook is sent by its worker
         webhooks.schedule(job, "canceled", _ctx().redis, _ctx().settings.env)
     return jsonify({"jobId": job.id, "status": "canceled"})
