@@ -44,7 +44,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
 
     from tasks import logs
 
-    from . import admin, credits, errors, health, jobs, openapi, web
+    from . import admin, credits, errors, health, jobs, openapi, uploads, web
     from .access import RequestIds
     from .admission import Admission
     from .auth import Authenticator
@@ -91,7 +91,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
                                        x_host=1), access=settings.access_log)
     errors.init_app(app)
     metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env), redis, settings.queue_max_depth)
-    for blueprint in (jobs.bp, credits.bp, admin.bp, health.bp, web.bp):
+    for blueprint in (jobs.bp, uploads.bp, credits.bp, admin.bp, health.bp, web.bp):
         app.register_blueprint(blueprint)
     admin.mount_dashboard(app, settings.redis_url)
     openapi.init_app(app)

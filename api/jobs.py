@@ -10,7 +10,7 @@ from tasks import metrics as job_metrics
 from tasks.changes import announce
 from tasks.queues import QUEUES
 
-from . import idempotency
+from . import idempotency, uploads
 from .access import ENVIRON_ID
 from .events import stream as event_stream
 from .errors import ApiError, bad_request, not_found
@@ -67,6 +67,7 @@ def generate():
     ctx.limiter.hit(g.principal.user_id)
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
     submission = parse(request, ctx.settings.max_pixels, ctx.settings.max_upload_bytes)
+    upload = uploads.inspect(ctx, g.principal.user_id, submission.fields.upload)
     operation = submission.fields.operation
     params = submission.params
     params["engine"] = _engine_for(operation, submission.fields.engine)
@@ -86,14 +87,18 @@ def generate():
         if earlier is not None:
             return jsonify(earlier), 200, {"Location": earlier["statusUrl"]}
     try:
+        uploads.claim(ctx, upload, job_id)
         ctx.admission.admit(user_id, operation, job_id)
-        ctx.store.enqueue(job_id, user_id, operation, params, submission.image, submission.mime_type,
-                          request.environ.get(ENVIRON_ID))
+        ctx.store.enqueue(job_id, user_id, operation, params, submission.image,
+                          submission.mime_type or (upload and upload.mime_type), request.environ.get(ENVIRON_ID),
+                          upload_key=upload and upload.key)
     except Exception:
+        uploads.release(ctx, upload, job_id)
         ctx.admission.release(user_id, job_id)
         if key is not None:
             idempotency.release(ctx.redis, user_id, key)
         raise
+    uploads.used(ctx, upload)
     ctx.metrics.submitted(operation)
     log.info("job queued", extra={"jobId": job_id, "queue": answer["queue"]})
     return jsonify(answer), 202, {"Location": answer["statusUrl"]}

@@ -107,6 +107,7 @@ def main() -> int:
     redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
     recovery = Recovery(redis, [spec.name for spec in WORKER_QUEUES])
+    me = f"{socket.gethostname()}:{os.getpid()}"
     try:
         blobs = blob_store.store(redis, env)
     except blob_store.StoreConfigError as exc:
@@ -115,7 +116,6 @@ def main() -> int:
     check_store(blobs)
     if blobs.kind == "s3":  # in a thread of its own: a slow store must not hold up the recovery sweep
         threading.Thread(target=_blob_sweeps, args=(blobs, me), daemon=True, name="blob-sweep").start()
-    me = f"{socket.gethostname()}:{os.getpid()}"
     procs = [subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env)]
     for spec in WORKER_QUEUES:
         log.info("queue %s: %d workers", spec.name, spec.concurrency(env))
