@@ -282,7 +282,7 @@ def test_store_down_in_a_worker_is_retried_and_completes(make_s3_api, stopped, f
     fetch_png(status["result"]["image"])
 
 
-def test_store_down_for_good_in_a_worker_fails_and_refunds(make_s3_api, stopped, fake_gemini):
+def test_store_down_for_good_in_a_worker_fails_and_refunds(make_s3_api, stopped, fake_gemini, s3_redis):
     api = make_s3_api(CREDITS_ENABLED="true", CREDITS_INITIAL="0")
     api.post("/admin/credits/alice", token="admin-secret-token", json={"set": 4})
     fake_gemini.push(fg.slow(2))
@@ -294,6 +294,12 @@ def test_store_down_for_good_in_a_worker_fails_and_refunds(make_s3_api, stopped,
     assert status["status"] == "failed" and "image store" in status["error"], status
     assert status["attempts"] == 4  # the first and three retries, with backoff
     assert wait_until(lambda: api.get("/credits").json()["balance"] == 4, timeout=10)
+    # its input could not be deleted at the end: it is due now, and the blob sweep deletes it once the store is back
+    client = redis_lib.Redis.from_url(s3_redis.url)
+    assert client.zscore("inkq:blobs:expiry", f"inkq:blob:in:{job_id}") == 0
+    stopped.start()
+    wait_until(lambda: objects(stopped, "in", job_id) == [], timeout=15, what="the sweep to delete the input")
+    assert client.zscore("inkq:blobs:expiry", f"inkq:blob:in:{job_id}") is None
 
 
 @pytest.mark.parametrize("setting,value,named", [
@@ -346,3 +352,16 @@ def test_status_lists_and_events_agree_on_presigned_urls(make_s3_api, seaweed):
     last = json.loads([line for line in events.splitlines() if line.startswith("data:")][-1][5:])
     for body in (listed, last):
         assert urlsplit(body["result"]["image"]).path == f"/{S3_BUCKET}/jobs/out/{job_id}"
+
+
+def test_the_command_line_saves_results_from_the_store(make_s3_api, tmp_path):
+    """`inkq -o` downloads the presigned URL without sending its Bearer token to the store."""
+    from tests.test_cli import inkq
+
+    api = make_s3_api()
+    source = tmp_path / "photo.jpg"
+    source.write_bytes(photo((128, 128)))
+    for name, magic in (("stencil.png", b"\x89PNG"), ("stencil.svg", b"<?xml")):
+        done = inkq(api, "generate", str(source), "--engine", "local", "-o", str(tmp_path / name))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (tmp_path / name).read_bytes().startswith(magic)
