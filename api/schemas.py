@@ -61,7 +61,8 @@ class JobResult(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    image: Optional[str] = Field(None, description="Signed URL, valid without Authorization for RESULT_URL_TTL_S.")
+    image: Optional[str] = Field(None, description="Signed URL, valid without Authorization for RESULT_URL_TTL_S "
+                                 "(with the S3 store, a presigned URL of the object store).")
     svg: Optional[str] = Field(None, description="stencil with `format: svg`: the SVG, a signed URL like `image`.")
     palette: Optional[list[PaletteEntry]] = None
 

@@ -74,16 +74,16 @@ S3_BUCKET = "inkq-test"
 S3_STORE = f"s3://{S3_BUCKET}/jobs"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def seaweed(tmp_path_factory):
-    """A real S3 server (SeaweedFS) for the session, with the test bucket."""
+    """A real S3 server (SeaweedFS) with the test bucket, for the module that uses it (stopped after it)."""
     server = SeaweedFS(str(tmp_path_factory.mktemp("seaweed") / "weed.log"))
     server.bucket(S3_BUCKET)
     yield server
     server.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_redis():
     """A Redis of its own for the S3-mode stack: its workers must not take the Redis-mode jobs."""
     server = RedisServer()
@@ -91,7 +91,7 @@ def s3_redis():
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_workers(s3_redis, seaweed, fake_gemini, tmp_path_factory):
     """One worker service (all queues) with BLOB_STORE=s3 on SeaweedFS."""
     log = tmp_path_factory.mktemp("s3-workers") / "workers.log"
