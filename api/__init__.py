@@ -1,8 +1,8 @@
 """inkq API: `create_app(config=None)` builds the Flask app (flaskr-style factory).
 
-Redis, the blob store (`tasks.blobs`: Redis or S3), the job store, admission (limits and credits), signed links and metrics are built here and
-hung on `app.extensions["inkq"]`. The API enqueues jobs by dotted name (`tasks.jobs.*`) and never
-imports image or provider code.
+Redis, the blob store (`tasks.blobs`: Redis or S3), the job store, admission (limits and credits),
+result links and metrics are built here and hung on `app.extensions["inkq"]`. The API enqueues
+jobs by dotted name (`tasks.jobs.*`) and never imports image or provider code.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from redis import BlockingConnectionPool, Redis
     from werkzeug.middleware.proxy_fix import ProxyFix
 
+    from tasks import blobs as blob_store
     from tasks import logs
 
     from . import admin, credits, errors, health, jobs, openapi, uploads, web
@@ -54,8 +55,6 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .links import ResultLinks
     from .metrics import Metrics
     from .store import JobStore
-
-    from tasks import blobs as blob_store
 
     settings = Settings.load(config)
     auth = Authenticator.from_env(settings.env)

@@ -3,8 +3,8 @@
 A job carries ids, keys and parameters only; image bytes go to the blob store (`tasks.blobs`): into
 the same Redis transaction as the job with the Redis store, or written to S3 just before it (a write
 that fails raises `StorageUnavailable` and nothing is queued; an object left by a failed transaction
-is deleted by the blob sweep when it is due). Each user has an
-index (sorted set by creation time) that serves `GET /jobs` and expires with the jobs.
+is deleted by the blob sweep when it is due). Each user has an index (sorted set by creation time)
+that serves `GET /jobs` and expires with the jobs.
 """
 from __future__ import annotations
 
