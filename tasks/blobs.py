@@ -40,6 +40,7 @@ PREFIX = "inkq:blob:"
 EXPIRY_KEY = "inkq:blobs:expiry"
 SWEEP_TICK_KEY = "inkq:blobs:tick"
 SWEEP_BATCH = 200
+MAX_PRESIGN_S = 7 * 86400  # SigV4 refuses presigned URLs valid longer
 UNAVAILABLE = "The image store is unavailable; the job will be retried."
 
 
@@ -195,8 +196,9 @@ class S3Blobs:
             raise StorageUnavailable(f"delete refused: {errors[0].get('Code')}")
 
     def url(self, key: str, filename: str, content_type: str, ttl_s: int) -> str:
-        """A presigned GET of the object for ttl_s, served with content_type and a download file name."""
-        return self.client.generate_presigned_url("get_object", ExpiresIn=int(ttl_s), Params={
+        """A presigned GET of the object for ttl_s (at most SigV4's 7 days), served with content_type
+        and a download file name."""
+        return self.client.generate_presigned_url("get_object", ExpiresIn=min(int(ttl_s), MAX_PRESIGN_S), Params={
             "Bucket": self.bucket, "Key": self.object_key(key), "ResponseContentType": content_type,
             "ResponseContentDisposition": f'attachment; filename="{filename}"'})
 
