@@ -109,13 +109,10 @@ def main() -> int:
     recovery = Recovery(redis, [spec.name for spec in WORKER_QUEUES])
     me = f"{socket.gethostname()}:{os.getpid()}"
     try:
-        blobs = blob_store.store(redis, env)
+        blob_store.parse_store(env.get("BLOB_STORE", ""))
     except blob_store.StoreConfigError as exc:
         log.error("%s", exc)
         return 2
-    check_store(blobs)
-    if blobs.kind == "s3":  # in a thread of its own: a slow store must not hold up the recovery sweep
-        threading.Thread(target=_blob_sweeps, args=(blobs, me), daemon=True, name="blob-sweep").start()
     procs = [subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env)]
     for spec in WORKER_QUEUES:
         log.info("queue %s: %d workers", spec.name, spec.concurrency(env))
@@ -131,6 +128,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     status = 0
+    # After the handlers and the pools' start: checking the store may take seconds when it is down.
+    blobs = blob_store.store(redis, env)
+    check_store(blobs)
+    if blobs.kind == "s3":  # in a thread of its own: a slow store must not hold up the recovery sweep
+        threading.Thread(target=_blob_sweeps, args=(blobs, me), daemon=True, name="blob-sweep").start()
     next_sweep = 0.0
     while any(proc.poll() is None for proc in procs):
         for proc in procs:
