@@ -1,8 +1,8 @@
 """inkq API: `create_app(config=None)` builds the Flask app (flaskr-style factory).
 
-Redis, the job store, admission (limits and credits), signed links and metrics are built here and
-hung on `app.extensions["inkq"]`. The API enqueues jobs by dotted name (`tasks.jobs.*`) and never
-imports image or provider code.
+Redis, the blob store (`tasks.blobs`: Redis or S3), the job store, admission (limits and credits),
+result links and metrics are built here and hung on `app.extensions["inkq"]`. The API enqueues
+jobs by dotted name (`tasks.jobs.*`) and never imports image or provider code.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class Inkq:
 
     settings: Settings
     redis: Redis
+    blobs: object
     store: object
     admission: object
     limiter: object
@@ -42,9 +43,10 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from flask import Flask
     from redis import BlockingConnectionPool, Redis
 
+    from tasks import blobs as blob_store
     from tasks import logs
 
-    from . import admin, credits, errors, health, jobs, openapi, web
+    from . import admin, credits, errors, health, jobs, openapi, uploads, web
     from .access import RequestIds
     from .admission import Admission
     from .auth import Authenticator
@@ -74,14 +76,18 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     redis = Redis(connection_pool=BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=settings.redis_max_connections, timeout=5,
         socket_connect_timeout=3, socket_timeout=10, health_check_interval=30))
+    try:
+        blobs = blob_store.store(redis, settings.env)
+    except blob_store.StoreConfigError as exc:
+        raise ConfigError(str(exc)) from None
     metrics = Metrics()
     app.extensions["inkq"] = Inkq(
-        settings=settings, redis=redis,
-        store=JobStore(redis, settings.result_ttl_s, settings.failure_ttl_s),
+        settings=settings, redis=redis, blobs=blobs,
+        store=JobStore(redis, settings.result_ttl_s, settings.failure_ttl_s, blobs),
         admission=Admission(redis, settings),
         limiter=limits.submissions(settings.redis_url, settings.rate_limit),
         read_limiter=limits.reads(settings.redis_url, settings.read_rate_limit),
-        links=ResultLinks(settings.secret_key, settings.result_url_ttl_s),
+        links=ResultLinks(settings.secret_key, settings.result_url_ttl_s, blobs),
         metrics=metrics, auth=auth, hub=Hub(settings.redis_url),
         leases=StreamLeases(redis, settings.max_streams_per_user, settings.events_poll_s))
     # GET /status/<id> is most of the traffic: served below Flask (api/fastpath.py); cross-origin headers
@@ -93,10 +99,14 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     app.wsgi_app = RequestIds(TrustedProxies(app.wsgi_app, settings.forwarded_allow), access=settings.access_log)
     errors.init_app(app)
     metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env), redis, settings.queue_max_depth)
-    for blueprint in (jobs.bp, credits.bp, admin.bp, health.bp, web.bp):
+    for blueprint in (jobs.bp, uploads.bp, credits.bp, admin.bp, health.bp, web.bp):
         app.register_blueprint(blueprint)
     admin.init_app(app)
     admin.mount_dashboard(app, settings.redis_url)
     openapi.init_app(app)
-    logging.getLogger("inkq.api").info("inkq api ready (redis %s)", settings.redis_url.split("@")[-1])
+    logger = logging.getLogger("inkq.api")
+    problem = blobs.check()
+    if problem:
+        logger.error("the image store does not work: %s (/readyz answers 503 until it does)", problem)
+    logger.info("inkq api ready (redis %s, blob store %s)", settings.redis_url.split("@")[-1], blobs.kind)
     return app

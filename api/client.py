@@ -77,10 +77,17 @@ class Client:
             return
 
     def download(self, url: str, path: str) -> None:
-        """Save a result (a signed URL or an API path) to `path`."""
+        """Save a result (a signed URL or an API path) to `path`.
+
+        The Bearer token goes only to the API: a presigned URL of the S3 store carries its own
+        signature, and S3 refuses a request with a second authorization (400 InvalidArgument)."""
         target = url if url.startswith("http") else self.url + url
+        own = target.startswith(self.url.rstrip("/") + "/")
         try:
-            response = self.http.get(target, timeout=self.timeout)
+            if own:
+                response = self.http.get(target, timeout=self.timeout)
+            else:
+                response = requests.get(target, timeout=self.timeout, headers={"User-Agent": "inkq-cli"})
         except requests.RequestException as exc:
             raise Exit(SERVER, f"cannot download the result: {exc.__class__.__name__}") from None
         if response.status_code != 200:

@@ -8,6 +8,8 @@ from redis.exceptions import RedisError, ResponseError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
+from tasks.blobs import StorageUnavailable
+
 log = logging.getLogger("inkq.api")
 
 # rq-dashboard parses its URL parts without checks (`int(per_page)`, an unknown registry name, an
@@ -90,6 +92,11 @@ def init_app(app: Flask) -> None:
     def _redis_refused(exc: ResponseError):
         log.warning("redis refused a command: %s", exc)
         return error_response(409, "conflict", "The job store refused this operation in the current state.")
+
+    @app.errorhandler(StorageUnavailable)
+    def _store_down(exc: StorageUnavailable):
+        log.error("image store unavailable: %s", exc.detail)
+        return error_response(503, "storage_unavailable", "The image store is unavailable; try again shortly.", 5)
 
     @app.errorhandler(RedisError)
     def _redis_down(exc: RedisError):

@@ -65,7 +65,7 @@ class FastStatus:
             if view is None or view.user != who.user_id:
                 return None
             public = ctx.settings.public_url  # the origin is built only for a completed job's URLs
-            body = describe(view, lambda jid: f"{origin(environ, public)}/files/{ctx.links.token(jid)}")
+            body = describe(view, lambda name: ctx.links.url(origin(environ, public), name))
         except Exception:  # noqa: BLE001 - the Flask view answers, with the contract's error if any
             log.debug("status fast path fell through", exc_info=True)
             return None

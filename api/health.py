@@ -1,6 +1,8 @@
 """Liveness, readiness and metrics."""
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, current_app, jsonify, request
 from redis.exceptions import RedisError
 
@@ -8,6 +10,7 @@ from .auth import same_secret
 from .errors import ApiError
 
 bp = Blueprint("health", __name__)
+log = logging.getLogger("inkq.api")
 
 
 @bp.get("/healthz")
@@ -18,11 +21,17 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """200 when Redis answers, else 503."""
+    """200 when Redis answers and the image store works (bucket reachable with these credentials), else 503."""
+    ctx = current_app.extensions["inkq"]
     try:
-        current_app.extensions["inkq"].redis.ping()
+        ctx.redis.ping()
     except RedisError:
         return jsonify({"error": "Redis does not answer.", "code": "unavailable"}), 503, {"Retry-After": "5"}
+    problem = ctx.blobs.check()
+    if problem:
+        log.error("not ready: the image store does not work: %s", problem)
+        return jsonify({"error": f"The image store does not work: {problem}.", "code": "storage_unavailable"}), \
+            503, {"Retry-After": "5"}
     return jsonify({"status": "ready"})
 
 

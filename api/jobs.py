@@ -4,14 +4,14 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
 from tasks import blobs, webhooks
 from tasks import metrics as job_metrics
 from tasks.changes import announce
 from tasks.queues import QUEUES
 
-from . import idempotency
+from . import idempotency, uploads
 from .access import ENVIRON_ID
 from .events import stream as event_stream
 from .errors import ApiError, bad_request, not_found
@@ -35,7 +35,7 @@ def _url_maker():
     """A function giving a job's signed result URL, absolute on PUBLIC_URL or this request's host."""
     base = origin(request.environ, _ctx().settings.public_url)
     links = _ctx().links
-    return lambda job_id: f"{base}/files/{links.token(job_id)}"
+    return lambda name: links.url(base, name)
 
 
 def _owned(job_id: str):
@@ -70,6 +70,7 @@ def generate():
     ctx.limiter.hit(g.principal.user_id)
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
     submission = parse(request, ctx.settings.max_pixels, ctx.settings.max_upload_bytes)
+    upload = uploads.inspect(ctx, g.principal.user_id, submission.fields.upload)
     operation = submission.fields.operation
     params = submission.params
     params["engine"] = _engine_for(operation, submission.fields.engine)
@@ -92,14 +93,18 @@ def generate():
             return jsonify(earlier), 200, {"Location": earlier["statusUrl"]}
         confirm = partial(idempotency.confirm, user_id, key, fingerprint, answer)
     try:
+        uploads.claim(ctx, upload, job_id)
         ctx.admission.admit(user_id, operation, job_id)
-        ctx.store.enqueue(job_id, user_id, operation, params, submission.image, submission.mime_type,
-                          request.environ.get(ENVIRON_ID), also=confirm)
+        ctx.store.enqueue(job_id, user_id, operation, params, submission.image,
+                          submission.mime_type or (upload and upload.mime_type), request.environ.get(ENVIRON_ID),
+                          upload_key=upload and upload.key, also=confirm)
     except Exception:
+        uploads.release(ctx, upload, job_id)
         ctx.admission.release(user_id, job_id)
         if key is not None:
             idempotency.release(ctx.redis, user_id, key)
         raise
+    uploads.used(ctx, upload)
     ctx.metrics.submitted(operation)
     log.info("job queued", extra={"jobId": job_id, "queue": answer["queue"]})
     return jsonify(answer), 202, {"Location": answer["statusUrl"]}
@@ -137,8 +142,11 @@ def events(job_id: str):
 
 
 def _png(job) -> Response:
+    stored = _ctx().links.stored(job.id)
+    if stored:
+        return redirect(stored, 302)
     value = job.return_value() or {}
-    data = blobs.get(_ctx().redis, value.get("outputKey", "")) if value else None
+    data = _ctx().blobs.open(value.get("outputKey", "")) if value else None
     if data is None:
         raise not_found("The result has expired.")
     return Response(data, mimetype="image/png", headers={
@@ -150,7 +158,7 @@ def _png(job) -> Response:
 @require_user
 @limit_reads
 def result(job_id: str):
-    """The output PNG for its owner; 404 until completed."""
+    """The output PNG for its owner (with the S3 store, a 302 to a fresh presigned URL); 404 until completed."""
     job = _owned(job_id)
     if word_of(job, refresh=True) != COMPLETED:
         raise not_found("The job has no result yet.")
@@ -171,7 +179,10 @@ def file(token: str):
 def _svg(job) -> Response:
     """The stencil's SVG: our tracer's paths only, served so that no script in it could ever run."""
     value = job.return_value() or {}
-    data = blobs.get(_ctx().redis, value.get("svgKey", "")) if value.get("svgKey") else None
+    stored = _ctx().links.stored(job.id + SVG_SUFFIX) if value.get("svgKey") else None
+    if stored:
+        return redirect(stored, 302)
+    data = _ctx().blobs.open(value.get("svgKey", "")) if value.get("svgKey") else None
     if data is None:
         raise not_found("The job has no SVG, or it has expired.")
     return Response(data, mimetype="image/svg+xml", headers={
@@ -215,6 +226,6 @@ def cancel(job_id: str):
     job_metrics.count(_ctx().redis, job.origin, "canceled")
     log.info("job canceled (%s)", how, extra={"jobId": job.id, "queue": job.origin})
     if how == "canceled":
-        blobs.discard_input(_ctx().redis, job.id)  # a stopped job's webhook is sent by its worker
+        blobs.discard_input(_ctx().blobs, job.id)  # a stopped job's webhook is sent by its worker
         webhooks.schedule(job, "canceled", _ctx().redis, _ctx().settings.env)
     return jsonify({"jobId": job.id, "status": "canceled"})

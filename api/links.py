@@ -1,17 +1,27 @@
-"""Signed, expiring result URLs that work without an Authorization header (for `<img>` tags)."""
+"""Result URLs that work without an Authorization header (for `<img>` tags).
+
+With the Redis blob store they are the API's own `/files/<token>` links, the job id signed with
+SECRET_KEY and checked within RESULT_URL_TTL_S. With the S3 store they are presigned GETs of the
+object itself, valid for RESULT_URL_TTL_S (`tasks.blobs.result_url`); the API serves no bytes.
+"""
 from __future__ import annotations
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from tasks import blobs as blob_store
+
+from .status import SVG_SUFFIX
 
 SALT = "inkq.result-url"
 
 
 class ResultLinks:
-    """Signs a job id into a token and verifies it within RESULT_URL_TTL_S."""
+    """Signs a job id into a token and verifies it within RESULT_URL_TTL_S, or presigns the object."""
 
-    def __init__(self, secret_key: str, ttl_s: int):
+    def __init__(self, secret_key: str, ttl_s: int, blobs=None):
         self._serializer = URLSafeTimedSerializer(secret_key, salt=SALT)
         self.ttl_s = ttl_s
+        self.blobs = blobs
 
     def token(self, job_id: str) -> str:
         """A token naming the job, signed now."""
@@ -24,3 +34,14 @@ class ResultLinks:
         except (BadSignature, ValueError, TypeError):
             return None
         return value if isinstance(value, str) else None
+
+    def stored(self, name: str) -> str | None:
+        """The store's own URL for `<jobId>` or `<jobId>.svg`, or None when the API serves the bytes."""
+        if self.blobs is None:
+            return None
+        svg = name.endswith(SVG_SUFFIX)
+        return blob_store.result_url(self.blobs, name.removesuffix(SVG_SUFFIX), svg, self.ttl_s)
+
+    def url(self, base: str, name: str) -> str:
+        """The result URL of `<jobId>` or `<jobId>.svg`: the store's presigned one, else ours under base."""
+        return self.stored(name) or f"{base}/files/{self.token(name)}"

@@ -22,13 +22,13 @@ ERRORS = {
     400: "Invalid request (missing or unknown field, bad value, undecodable image)",
     401: "No or bad credentials",
     403: "Forbidden or insufficient credits",
-    404: "Unknown job, or another user's",
+    404: "Unknown job or upload, or another user's (and /uploads without the S3 store)",
     405: "Method not allowed",
     409: "Conflict",
     413: "Body over the upload limit",
     415: "Unsupported image format or body type",
     429: "Rate limited, too many jobs in flight or too many open event streams (Retry-After)",
-    503: "Redis down, queue full, or no provider (Retry-After)",
+    503: "Redis down, queue full, no provider, or the image store unreachable (Retry-After)",
 }
 
 
@@ -97,7 +97,7 @@ def _multipart_schema() -> dict:
 def build_spec() -> dict:
     """The OpenAPI document."""
     models = [s.GenerateRequest, s.JobAccepted, s.JobStatusBody, s.JobList, s.Canceled, s.Error, s.Balance,
-              s.Credits, s.CreditChange, s.QueueStats, s.JobResult, s.PaletteEntry]
+              s.Credits, s.CreditChange, s.QueueStats, s.JobResult, s.PaletteEntry, s.UploadRequest, s.UploadCreated]
     components = {}
     for model in models:
         schema = model.model_json_schema(ref_template=REF)
@@ -118,7 +118,13 @@ def build_spec() -> dict:
             "responses": _responses({
                 "202": {"description": "Accepted", "content": _json(s.JobAccepted)},
                 "200": {"description": "Repeated Idempotency-Key: the original job", "content": _json(s.JobAccepted)},
-            }, (400, 401, 403, 409, 413, 415, 429, 503))}},
+            }, (400, 401, 403, 404, 409, 413, 415, 429, 503))}},
+        "/uploads": {"post": {
+            "operationId": "createUpload", "security": user,
+            "summary": "A presigned form upload for one image, used by POST /generate as `upload` (S3 store only)",
+            "requestBody": {"required": True, "content": _json(s.UploadRequest)},
+            "responses": _responses({"201": {"description": "Created", "content": _json(s.UploadCreated)}},
+                                    (400, 401, 404, 415, 503))}},
         "/status/{jobId}": {"get": {
             "summary": "A job's status, progress and result", "security": user,
             "parameters": [_job_id(), {"name": "queue", "in": "query", "required": False,
@@ -132,8 +138,11 @@ def build_spec() -> dict:
                                              "content": {"text/event-stream": {"schema": _status_event()}}}},
                                     (401, 404, 429))}},
         "/result/{jobId}": {"get": {
-            "summary": "The output PNG (owner only)", "security": user, "parameters": [_job_id()],
-            "responses": _responses({"200": {"description": "PNG", "content": png}}, (401, 404, 429))}},
+            "summary": "The output PNG (owner only); with the S3 store a 302 to a fresh presigned URL",
+            "security": user, "parameters": [_job_id()],
+            "responses": _responses({"200": {"description": "PNG", "content": png},
+                                     "302": {"description": "S3 store: the presigned URL in Location"}},
+                                    (401, 404, 429))}},
         "/files/{token}": {"get": {
             "summary": "The output PNG behind a signed, expiring URL (no auth)", "security": [],
             "parameters": [_job_id("token")],

@@ -28,6 +28,9 @@ class GenerateRequest(BaseModel):
     lineWeight: Optional[float] = Field(None, ge=0.5, le=3.0, description="Stencil line weight, 1.0 = standard.")
     transparent: Optional[bool] = Field(None, description="Stencil on a transparent background.")
     colors: Optional[int] = Field(None, ge=2, le=12, description="color-match: how many dominant colours.")
+    upload: Optional[str] = Field(
+        None, min_length=1, max_length=64, description="An uploadId from POST /uploads, in place of `image` "
+        "(S3 image store only); the caller must own it, and it serves one job.")
     format: Optional[Literal["png", "svg"]] = Field(
         None, description="stencil: `png` (default) or `svg`; with `svg` the result also has `svg`, a signed URL "
         "of the same strokes as closed SVG outlines.")
@@ -58,7 +61,8 @@ class JobResult(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    image: Optional[str] = Field(None, description="Signed URL, valid without Authorization for RESULT_URL_TTL_S.")
+    image: Optional[str] = Field(None, description="Signed URL, valid without Authorization for RESULT_URL_TTL_S "
+                                 "(with the S3 store, a presigned URL of the object store).")
     svg: Optional[str] = Field(None, description="stencil with `format: svg`: the SVG, a signed URL like `image`.")
     palette: Optional[list[PaletteEntry]] = None
 
@@ -152,3 +156,20 @@ class QueueStats(BaseModel):
     scheduled: int
     workers: int
     concurrency: int
+
+
+class UploadRequest(BaseModel):
+    """Body of `POST /uploads`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    contentType: str = Field(max_length=100, description="image/jpeg, image/png or image/webp (others: 415).")
+
+
+class UploadCreated(BaseModel):
+    """A presigned S3 form upload: POST `url` as multipart/form-data with `fields`, then the `file` part."""
+
+    uploadId: str
+    url: str
+    fields: dict[str, str]
+    expiresAt: str = Field(description="When the form upload stops being accepted (ISO 8601, UTC).")

@@ -1,9 +1,12 @@
 """Jobs as the API sees them: enqueue by dotted name, fetch with ownership, list, cancel.
 
-A job carries ids, keys and parameters only; image bytes go to `tasks.blobs`. Each user has an
-index (sorted set by creation time) that serves `GET /jobs` and expires with the jobs. It keeps the
-user's newest `INDEX_CAP` jobs (trimmed in the enqueue transaction), so it is bounded however long
-the user's history; older jobs stay readable by id until they expire, but are no longer listed.
+A job carries ids, keys and parameters only; image bytes go to the blob store (`tasks.blobs`): into
+the same Redis transaction as the job with the Redis store, or written to S3 just before it (a write
+that fails raises `StorageUnavailable` and nothing is queued; an object left by a failed transaction
+is deleted by the blob sweep when it is due). Each user has an index (sorted set by creation time)
+that serves `GET /jobs` and expires with the jobs. It keeps the user's newest `INDEX_CAP` jobs
+(trimmed in the enqueue transaction), so it is bounded however long the user's history; older jobs
+stay readable by id until they expire, but are no longer listed.
 
 A job canceled while waiting is given its failure TTL and an expiring entry in the canceled registry
 (`expire_canceled`): rq 3.0.0's `Job.cancel()` leaves the job's hash with no TTL and adds it to
@@ -29,7 +32,8 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from tasks import blobs, credits
+from tasks import blobs as blob_store
+from tasks import credits
 from tasks.queues import QUEUES, QueueSpec
 
 from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
@@ -62,19 +66,24 @@ def queue_for(redis: Redis, spec: QueueSpec) -> Queue:
 class JobStore:
     """RQ jobs plus the per-user index."""
 
-    def __init__(self, redis: Redis, result_ttl_s: int, failure_ttl_s: int):
+    def __init__(self, redis: Redis, result_ttl_s: int, failure_ttl_s: int, blobs=None):
         self.redis = redis
+        self.blobs = blobs if blobs is not None else blob_store.RedisBlobs(redis)
         self.result_ttl_s = result_ttl_s
         self.failure_ttl_s = failure_ttl_s
 
     def enqueue(self, job_id: str, user_id: str, operation: str, params: dict,
-                image: bytes | None, mime_type: str | None, request_id: str | None = None, also=None) -> Job:
-        """Store the input and queue the job in one transaction; the job keeps the submitting request's id.
+                image: bytes | None, mime_type: str | None, request_id: str | None = None,
+                upload_key: str | None = None, also=None) -> Job:
+        """Store the input (bytes, or a direct upload copied inside the store) and queue the job in one
+        transaction; the job keeps the submitting request's id.
 
         `also(pipeline)` adds writes that must land with the job (the Idempotency-Key's record)."""
         spec = QUEUES[operation]
         keep_s = self.failure_ttl_s + spec.timeout_s * (spec.max_retries + 1)
-        input_key = blobs.input_key(job_id) if image is not None else None
+        input_key = blob_store.input_key(job_id) if image is not None or upload_key else None
+        if upload_key:
+            self.blobs.copy(upload_key, input_key, keep_s)
         job_spec = {"jobId": job_id, "operation": operation, "userId": user_id, "inputKey": input_key,
                     "mimeType": mime_type, "params": params}
         retry = Retry(max=spec.max_retries, interval=[2, 4, 8][: spec.max_retries]) if spec.max_retries else None
@@ -88,7 +97,7 @@ class JobStore:
                 on_success=Callback("tasks.callbacks.on_success"), on_failure=Callback("tasks.callbacks.on_failure"),
                 on_stopped=Callback("tasks.callbacks.on_stopped"))
             if image is not None:
-                blobs.put(self.redis, input_key, image, keep_s, pipeline=pipe)
+                self.blobs.save(input_key, image, keep_s, mime_type, pipeline=pipe)
             index = user_index_key(user_id)
             pipe.zadd(index, {job_id: time.time()})
             pipe.zremrangebyrank(index, 0, -INDEX_CAP - 1)

@@ -163,10 +163,12 @@ def parse(request: Request, max_pixels: int, max_image_bytes: int) -> Submission
         image = decode_base64(fields.image)
     if image is not None and len(image) == 0:
         raise bad_request("`image` is empty.")
+    if image is not None and fields.upload is not None:
+        raise bad_request("Send `image` or `upload`, not both.")
     mime = check_image(image, max_pixels, max_image_bytes) if image is not None else None
     if fields.operation == "ia-gen":
         if not fields.prompt:
             raise bad_request("`prompt` is required for ia-gen.")
-    elif image is None:
-        raise bad_request("`image` is required for " + fields.operation + ".")
+    elif image is None and fields.upload is None:
+        raise bad_request("`image` (or `upload`) is required for " + fields.operation + ".")
     return Submission(fields=fields, image=image, mime_type=mime)

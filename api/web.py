@@ -3,7 +3,8 @@
 The page is served with a strict Content-Security-Policy (issue 16): scripts, styles and fetches
 only from this origin, no inline script or style (the page has none; app.js sets styles through
 the CSSOM, which CSP allows), images from this origin (results are served under `/files/`) plus
-`data:` (the favicon) and `blob:` (the preview of the picked file), no framing, no `<base>`, forms
+`data:` (the favicon) and `blob:` (the preview of the picked file), plus the object store's origin
+when results are presigned URLs of an S3 store (`BLOB_STORE=s3://...`), no framing, no `<base>`, forms
 only to this origin. Whatever text a job or user brings is set with textContent, so the policy is a
 second wall: injected markup could neither run script nor load from elsewhere. Every response of
 this blueprint (the page and its static files) also carries nosniff and `Referrer-Policy: no-referrer`.
@@ -12,20 +13,19 @@ which puts it in localStorage; app.js holds it in no other place.
 """
 from __future__ import annotations
 
-from flask import Blueprint, request, send_from_directory
+from flask import Blueprint, current_app, request, send_from_directory
 
 bp = Blueprint("web", __name__, static_folder="static")
 
-PAGE_POLICY = "; ".join((
-    "default-src 'none'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data: blob:",
-    "connect-src 'self'",
-    "frame-ancestors 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-))
+
+
+def page_policy(store_origin: str | None = None) -> str:
+    """The page's CSP; `store_origin` is where presigned result images come from, if anywhere."""
+    images = "img-src 'self' data: blob:" + (f" {store_origin}" if store_origin else "")
+    return "; ".join(("default-src 'none'", "script-src 'self'", "style-src 'self'", images,
+                      "connect-src 'self'", "frame-ancestors 'none'", "base-uri 'none'", "form-action 'self'"))
+
+
 
 
 @bp.get("/")
@@ -39,6 +39,6 @@ def _protected(response):
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     if request.endpoint == "web.index":
-        response.headers["Content-Security-Policy"] = PAGE_POLICY
+        response.headers["Content-Security-Policy"] = page_policy(current_app.extensions["inkq"].blobs.origin)
         response.headers["X-Frame-Options"] = "DENY"
     return response

@@ -3,7 +3,8 @@
 # Canny reference; (2) the service: POST /generate latency beside GET /healthz, and a 512x512 stencil job;
 # (3) recovery: kill -> completed on another worker service, beside the same job uninterrupted;
 # (4) the read path at the seed's scale (saturation, 2,500 polls/s, busy workers, 2,000 event streams)
-# beside the naive baseline scripts/naive_api.py, in the same run.
+# beside the naive baseline scripts/naive_api.py, in the same run; (5) the image store: Redis memory per
+# finished 12 MP job with BLOB_STORE=redis and =s3 (SeaweedFS), and direct upload beside multipart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -23,6 +24,9 @@ echo "== service (API under gunicorn, real workers) =="
 echo
 echo "== recovery (two worker services, one SIGKILLed mid-job) =="
 "$VENV/bin/python" scripts/bench_recovery.py
+echo
+echo "== image store (Redis memory per job, redis and s3; direct upload beside multipart) =="
+"$VENV/bin/python" scripts/bench_blobs.py
 echo
 echo "== read path (inkq beside the naive baseline, hey on the same box) =="
 if command -v hey >/dev/null 2>&1; then

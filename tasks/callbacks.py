@@ -13,7 +13,7 @@ from . import blobs, credits, webhooks
 def on_success(job, connection, result) -> None:
     """The charge is final; tell the webhook."""
     credits.settle(connection, job.id, job.meta.get("user"), refund=False)
-    blobs.discard_input(connection, job.id)
+    blobs.discard_input(blobs.store(connection), job.id)
     webhooks.schedule(job, "completed", connection)
 
 
@@ -21,7 +21,7 @@ def on_failure(job, connection, exc_type=None, exc_value=None, traceback=None) -
     """A final failure is refunded and reported."""
     if not job.retries_left:
         credits.settle(connection, job.id, job.meta.get("user"), refund=True)
-        blobs.discard_input(connection, job.id)
+        blobs.discard_input(blobs.store(connection), job.id)
         if not job.meta.get("canceled"):  # the API reported the cancellation
             webhooks.schedule(job, "failed", connection)
 
@@ -29,5 +29,5 @@ def on_failure(job, connection, exc_type=None, exc_value=None, traceback=None) -
 def on_stopped(job, connection) -> None:
     """A job stopped by its owner is refunded and reported."""
     credits.settle(connection, job.id, job.meta.get("user"), refund=True)
-    blobs.discard_input(connection, job.id)
+    blobs.discard_input(blobs.store(connection), job.id)
     webhooks.schedule(job, "canceled", connection)

@@ -7,7 +7,8 @@ status is non-zero so the platform restarts the service. Pools die with the supe
 (PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing running.
 
 The supervisor also runs the recovery sweep (`tasks/recovery.py`): about once a second across all
-worker services on one Redis, the jobs of dead workers are queued again or ended. At start it names
+worker services on one Redis, the jobs of dead workers are queued again or ended; beside it, with the
+S3 store, the blob sweep deletes a bounded batch of objects that are due (`tasks/blobs.py`). At start it names
 Redis settings that can lose jobs (`tasks/durability.py`).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from redis import Redis
 from redis.exceptions import RedisError
 
+from . import blobs as blob_store
 from . import durability, logs
 from .orphans import die_with_parent
 from .queues import SERIALIZER, WORKER_QUEUES
@@ -70,6 +72,31 @@ def sweep(recovery: Recovery, me: str) -> None:
         log.warning("recovery sweep skipped: %s", exc)
 
 
+def sweep_blobs(blobs, me: str) -> None:
+    """Delete a bounded batch of due objects if it is this service's turn; store trouble is logged."""
+    try:
+        if not blobs.redis.set(blob_store.SWEEP_TICK_KEY, me, nx=True, px=int(SWEEP_EVERY_S * 1000) - 50):
+            return
+        deleted = blobs.sweep()
+        if deleted:
+            log.info("blob sweep deleted %d expired objects", deleted)
+    except (RedisError, blob_store.StorageUnavailable) as exc:
+        log.warning("blob sweep skipped: %s", getattr(exc, "detail", exc))
+
+
+def _blob_sweeps(blobs, me: str) -> None:
+    while True:
+        sweep_blobs(blobs, me)
+        time.sleep(SWEEP_EVERY_S / 2)
+
+
+def check_store(blobs) -> None:
+    """Log, naming the setting, when the image store does not work (wrong credentials, no bucket)."""
+    problem = blobs.check()
+    if problem:
+        log.error("the image store does not work: %s; jobs will fail until it does", problem)
+
+
 def main() -> int:
     """Start the pools and supervise them until a signal or a pool's death."""
     logs.configure()
@@ -81,6 +108,11 @@ def main() -> int:
     durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
     recovery = Recovery(redis, [spec.name for spec in WORKER_QUEUES])
     me = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        blob_store.parse_store(env.get("BLOB_STORE", ""))
+    except blob_store.StoreConfigError as exc:
+        log.error("%s", exc)
+        return 2
     procs = [subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env)]
     for spec in WORKER_QUEUES:
         log.info("queue %s: %d workers", spec.name, spec.concurrency(env))
@@ -96,6 +128,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     status = 0
+    # After the handlers and the pools' start: checking the store may take seconds when it is down.
+    blobs = blob_store.store(redis, env)
+    check_store(blobs)
+    if blobs.kind == "s3":  # in a thread of its own: a slow store must not hold up the recovery sweep
+        threading.Thread(target=_blob_sweeps, args=(blobs, me), daemon=True, name="blob-sweep").start()
     next_sweep = 0.0
     while any(proc.poll() is None for proc in procs):
         for proc in procs:

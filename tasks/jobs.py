@@ -3,8 +3,9 @@
     {"jobId", "operation", "userId", "inputKey": str | None, "mimeType": str | None,
      "params": {"style", "prompt", "engine", "lineWeight", "transparent", "colors"}}
 
-A job reads its input from Redis, runs an engine, stores the PNG under its output key and returns
-`{"outputKey", ...operation-specific fields}`. Exceptions propagate so RQ records failures and
+A job reads its input from the blob store (`tasks/blobs.py`: Redis or S3), runs an engine, stores the
+PNG under its output key and returns `{"outputKey", ...operation-specific fields}`. A store that does
+not answer raises `blobs.StorageUnavailable`, a transient error: the attempt is retried with backoff. Exceptions propagate so RQ records failures and
 retries; `run` only asks `errors.decide` whether this failure is retried and after how long.
 """
 from __future__ import annotations
@@ -62,13 +63,14 @@ def run(spec: dict, work) -> dict:
     try:
         report(5, "loading input")
         data = None
+        store = blobs.store(job.connection)
         if spec.get("inputKey"):
-            data = blobs.get(job.connection, spec["inputKey"])
+            data = store.open(spec["inputKey"])
             if data is None:
                 raise FinalError("The input image expired before the job could run; submit it again.")
         png, extras = work(spec, data, settings, report)
         report(92, "storing result")
-        key = blobs.put(job.connection, blobs.output_key(job.id), png, settings.result_ttl_s)
+        key = store.save(blobs.output_key(job.id), png, settings.result_ttl_s, "image/png")
         report(100, "done")
         return {"outputKey": key, **extras}
     except Exception as exc:
@@ -140,7 +142,8 @@ def _stored_svg(vector: dict | None, settings: WorkerSettings) -> dict:
     if not vector or not vector.get("svg"):
         return {}
     job = get_current_job()
-    key = blobs.put(job.connection, blobs.svg_key(job.id), vector["svg"].encode(), settings.result_ttl_s)
+    key = blobs.store(job.connection).save(blobs.svg_key(job.id), vector["svg"].encode(), settings.result_ttl_s,
+                                           "image/svg+xml")
     return {"svgKey": key}
 
 

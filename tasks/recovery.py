@@ -21,7 +21,8 @@ not run (rq#2079, rq#2061). inkq keeps RQ and adds three things:
    - for each execution in a started registry whose worker is dead: removes the execution; a job that
      never started is queued again at the head without using a retry; a started job with retries left is
      queued again at the head as a new attempt (its retry counter goes down by one); a job with none left
-     is failed with `CRASH_FAILURE`, its credits refunded, its input dropped, like the worker's own
+     is failed with `CRASH_FAILURE`, its credits refunded, its input dropped (or, in S3, made due for the
+     blob sweep), like the worker's own
      `on_failure` callback would have; a job its owner had asked to stop is ended as canceled;
    - forgets dead workers that hold nothing any more;
    - moves due retries to their queue when the queue's rq scheduler is gone (its lock missing, or not
@@ -121,11 +122,11 @@ return requeue_at_head(KEYS[2], back)
 # ARGV: now (Unix seconds, and in rq's timestamp format), crash message, the prefixes of the charge, balance,
 # input-image keys and the in-flight set's prefix and suffix (owned by tasks.credits and tasks.blobs), the
 # scheduler lock's stale threshold (ms), the change channel (tasks.changes), the metrics hash (tasks.metrics),
-# then the queue names.
+# the blob expiry set (tasks.blobs: an S3-held input is made due now, for the blob sweep), then the queue names.
 SWEEP = _CLAIMS + credits.SETTLE_FN + """
 local now, now_utc, crash_msg = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local charge_p, balance_p, input_p, inflight_p, inflight_s = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local stale_lock_ms, changes_channel, metrics_key = tonumber(ARGV[9]), ARGV[10], ARGV[11]
+local stale_lock_ms, changes_channel, metrics_key, blob_expiry = tonumber(ARGV[9]), ARGV[10], ARGV[11], ARGV[12]
 local ended, changed, counts = {}, {}, {requeued = 0, recovered = 0, failed = 0, canceled = 0, released = 0, scheduled = 0}
 
 local function dead(worker)
@@ -151,13 +152,14 @@ local function finish(queue, job_id, jkey, meta, status, registry, word)
   settle_charge(charge_p .. job_id, balance_p, true)
   if meta['user'] then redis.call('SREM', inflight_p .. meta['user'] .. inflight_s, job_id) end
   redis.call('DEL', input_p .. job_id)
+  redis.call('ZADD', blob_expiry, 'XX', 0, input_p .. job_id)
   table.insert(ended, {job_id, word})
   table.insert(changed, job_id)
   counts[word] = counts[word] + 1
   redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|' .. word, 1)
 end
 
-for qi = 12, #ARGV do
+for qi = 13, #ARGV do
   local queue = ARGV[qi]
   local back = {}
 
@@ -270,7 +272,7 @@ class Recovery:
         raw = self._sweep(keys=[], args=[
             f"{time.time():.6f}", utcformat(now()), CRASH_FAILURE, credits.charge_key(""), credits.balance_key(""),
             blobs.input_key(""), inflight_prefix, inflight_suffix, SCHEDULER_STALE_MS, changes.CHANNEL, metrics.KEY,
-            *self.queues])
+            blobs.EXPIRY_KEY, *self.queues])
         data = json.loads(raw)
         ended = [tuple(item) for item in (data.get("ended") or [])]
         return SweepResult(ended=ended, counts=data.get("counts") or {})

@@ -54,9 +54,9 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import logs
+from . import blobs, logs
 from .changes import announce
-from .settings import env_bool
+from .settings import env_bool, env_int
 
 log = logging.getLogger("inkq.webhooks")
 TIMEOUT_S = 10
@@ -272,14 +272,18 @@ def webhook_url(job) -> str | None:
 
 
 def payload(job, status: str) -> dict:
-    """The job's final status object, as GET /status gives it (`result.image` is the path of
-    `GET /result/<jobId>`, which needs the owner's token: a worker cannot sign URLs)."""
+    """The job's final status object, as GET /status gives it. With the S3 store `result.image` (and
+    `svg`) are presigned URLs made at each attempt; with Redis, `result.image` is the path of
+    `GET /result/<jobId>`, which needs the owner's token (a worker cannot sign the API's links)."""
     meta = job.meta
     result = None
     if status == "completed":
         value = job.return_value() or {}
         result = {k: v for k, v in value.items() if k not in ("outputKey", "svgKey")} if isinstance(value, dict) else {}
-        result["image"] = f"/result/{job.id}"
+        store, ttl_s = blobs.store(job.connection), env_int(os.environ, "RESULT_URL_TTL_S", 3600)
+        result["image"] = blobs.result_url(store, job.id, False, ttl_s) or f"/result/{job.id}"
+        if isinstance(value, dict) and value.get("svgKey") and store.kind == "s3":
+            result["svg"] = blobs.result_url(store, job.id, True, ttl_s)
     return {"jobId": job.id, "queue": job.origin, "operation": meta.get("operation"), "status": status,
             "progress": 100 if status == "completed" else int(meta.get("progress", 0)),
             "stage": meta.get("stage") or status, "result": result,

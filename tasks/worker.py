@@ -25,7 +25,7 @@ from rq.queue import Queue
 from rq.utils import now as utcnow
 from rq.worker import Worker, WorkerStatus
 
-from . import logs, metrics, recovery
+from . import blobs, logs, metrics, recovery
 from .changes import announce
 from .orphans import die_with_parent
 from .settings import env_int
@@ -36,12 +36,16 @@ PRELOAD = ("tasks.jobs", "tasks.images", "tasks.stencil", "tasks.enhance", "task
 
 
 def preload() -> None:
-    """Import the job modules; a missing optional one is logged, not fatal."""
+    """Import the job modules and build the S3 client; a missing optional module is logged, not fatal."""
     for name in PRELOAD:
         try:
             importlib.import_module(name)
         except ImportError as exc:
             log.warning("could not preload %s: %s", name, exc)
+    try:
+        blobs.warm()
+    except (ImportError, blobs.StoreConfigError) as exc:
+        log.error("image store: %s", exc)
 
 
 logs.configure()  # before rq sets up its own handlers, which it skips when the root logger has one

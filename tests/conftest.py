@@ -17,9 +17,10 @@ import requests
 from PIL import Image, ImageDraw
 
 from tests.fakegemini import FakeGemini
-from tests.servers import ApiServer, RedisServer, Workers, wait_until
+from tests.servers import ApiServer, RedisServer, SeaweedFS, Workers, wait_until
 
 ADMIN_TOKEN = "admin-secret-token"
+WEBHOOK_SECRET = "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz"
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
@@ -67,6 +68,63 @@ def workers(redis_url, fake_gemini, tmp_path_factory):
     wait_until(lambda: len(Worker.all(connection=client)) >= 5, timeout=60, what="rq workers to register")
     yield procs
     procs.stop()
+
+
+S3_BUCKET = "inkq-test"
+S3_STORE = f"s3://{S3_BUCKET}/jobs"
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory):
+    """A real S3 server (SeaweedFS) with the test bucket, for the module that uses it (stopped after it)."""
+    server = SeaweedFS(str(tmp_path_factory.mktemp("seaweed") / "weed.log"))
+    server.bucket(S3_BUCKET)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def s3_redis():
+    """A Redis of its own for the S3-mode stack: its workers must not take the Redis-mode jobs."""
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_workers(s3_redis, seaweed, fake_gemini, tmp_path_factory):
+    """One worker service (all queues) with BLOB_STORE=s3 on SeaweedFS."""
+    log = tmp_path_factory.mktemp("s3-workers") / "workers.log"
+    env = {"REDIS_URL": s3_redis.url, "BLOB_STORE": S3_STORE, **seaweed.env, "CONCURRENCY_STENCIL": "1",
+           "CONCURRENCY_ENHANCE": "1", "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1",
+           "CONCURRENCY_WEBHOOKS": "1", "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": fake_gemini.url,
+           "GEMINI_TIMEOUT_S": "10", "WEBHOOK_SECRET": WEBHOOK_SECRET, "WEBHOOK_RETRY_S": "1,1,1",
+           "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING"}
+    procs = Workers(env, str(log))
+    procs.wait_ready(redis_lib.Redis.from_url(s3_redis.url), 4, timeout=120)  # the four operation queues
+    procs.log_path = str(log)
+    yield procs
+    procs.stop()
+
+
+@pytest.fixture
+def make_s3_api(s3_redis, seaweed, fake_gemini):
+    """Build an API on the S3-mode stack's Redis with BLOB_STORE=s3 (settings layered on top)."""
+    from api import create_app
+
+    servers = []
+
+    def make(**extra):
+        config = base_config(s3_redis.url, BLOB_STORE=S3_STORE, **seaweed.env, GEMINI_API_KEY="test-key",
+                             GEMINI_BASE_URL=fake_gemini.url, WEBHOOK_ALLOW_PRIVATE="true")
+        config.update({k: str(v) for k, v in extra.items()})
+        server = ApiServer(create_app(config))
+        servers.append(server)
+        return Api(server.url)
+
+    yield make
+    for server in servers:
+        server.stop()
 
 
 def base_config(redis_url: str, **extra) -> dict:
@@ -161,9 +219,6 @@ def drawing(size=(256, 256), fmt="PNG") -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt)
     return buf.getvalue()
-
-
-WEBHOOK_SECRET = "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz"
 
 
 @contextlib.contextmanager

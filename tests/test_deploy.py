@@ -358,7 +358,7 @@ def seconds(duration: str) -> float:
 
 
 def test_compose_services_and_redis(compose):
-    services = compose["services"]
+    services = {name: s for name, s in compose["services"].items() if not s.get("profiles")}
     assert set(services) == {"redis", "api", "worker"}
     redis = services["redis"]
     assert redis["image"] == "redis:7"
@@ -397,6 +397,20 @@ def readme_config_names() -> set[str]:
     names = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", section))
     names |= {"CONCURRENCY" + suffix for suffix in re.findall(r"`(_[A-Z][A-Z0-9_]+)`", section)}
     return names
+
+
+def test_compose_s3_profile_is_optional_and_wired(compose):
+    """The SeaweedFS service runs only with `--profile s3`; api and worker read the same store settings."""
+    services = compose["services"]
+    assert services["seaweedfs"]["profiles"] == ["s3"] and services["seaweedfs-bucket"]["profiles"] == ["s3"]
+    store = ("BLOB_STORE", "S3_ENDPOINT_URL", "S3_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    for name in ("api", "worker"):
+        environment = services[name]["environment"]
+        assert {k: environment[k] for k in store} == {k: services["api"]["environment"][k] for k in store}
+    assert services["api"]["environment"]["BLOB_STORE"] == "${BLOB_STORE:-redis}", "Redis stays the default"
+    seaweed = services["seaweedfs"]
+    assert seaweed["command"][0] == "mini" and "-master.telemetry=false" in seaweed["command"]
+    assert set(seaweed["environment"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, "never wide open"
 
 
 def test_compose_env_is_known_and_has_no_secrets(compose):

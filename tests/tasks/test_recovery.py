@@ -19,7 +19,7 @@ import redis as redis_lib
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from tasks import recovery
+from tasks import blobs, recovery
 from tasks.errors import CRASH_FAILURE
 from tasks.queues import QUEUE_NAMES
 from tests import fakegemini as fg
@@ -70,7 +70,7 @@ import os, sys, time
 from redis import Redis
 from rq import Queue
 from tasks.worker import InkqQueue
-from tasks import recovery
+from tasks import blobs, recovery
 redis = Redis.from_url(sys.argv[1])
 if sys.argv[2] == "inkq":
     # what InkqWorker.start_liveness does, minus the thread: alive for 1.5 s, then lapsed
@@ -253,6 +253,8 @@ def test_dead_workers_job_with_no_retries_left_fails_and_is_refunded(credit_stac
     _wait_in_call(stack, job_id, gemini)
     assert stack.api.get("/credits").json()["balance"] == 998
     stack.redis.hset(f"rq:job:{job_id}", "retries_left", 0)  # as if its retries were used up
+    # as if its input were an S3 object (tasks/blobs.py): due in an hour, until the job ends
+    stack.redis.zadd(blobs.EXPIRY_KEY, {blobs.input_key(job_id): time.time() + 3600, "inkq:blob:out:other": 1e12})
     # which service runs it does not matter: kill the one whose worker holds it
     worker = stack.redis.hget(f"rq:job:{job_id}", "worker_name").decode()
     pid = int(stack.redis.get(recovery.alive_key(worker)))
@@ -263,6 +265,8 @@ def test_dead_workers_job_with_no_retries_left_fails_and_is_refunded(credit_stac
     wait_until(lambda: stack.redis.hget(f"rq:job:{job_id}", "status") == b"failed", timeout=30, interval=0.05)
     took = time.monotonic() - killed_at
     assert stack.redis.get("inkq:credits:alice") == b"1000"  # ended and refunded in the same step
+    assert stack.redis.zscore(blobs.EXPIRY_KEY, blobs.input_key(job_id)) == 0  # its input is due now, for the blob sweep
+    assert stack.redis.zscore(blobs.EXPIRY_KEY, "inkq:blob:out:other") == 1e12
     assert took <= 10, took
     body = stack.api.get(f"/status/{job_id}").json()
     assert body["status"] == "failed" and body["error"] == CRASH_FAILURE, body

@@ -1,0 +1,367 @@
+"""The S3 image store against a real S3 server (SeaweedFS from PyPI, started by the suite), with the
+real API over HTTP, a Redis of its own and a real worker service with BLOB_STORE=s3: the core jobs,
+presigned result URLs, webhooks, cancel, failure refunds, the blob sweep and direct uploads. The
+Redis-mode suite runs unchanged beside it."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import redis as redis_lib
+import requests
+from PIL import Image
+
+from tests import fakegemini as fg
+from tests.conftest import S3_BUCKET, drawing, photo
+from tests.servers import wait_until
+
+pytestmark = pytest.mark.usefixtures("s3_workers")
+
+
+def fetch_png(url: str) -> bytes:
+    """GET a result URL without credentials; it must be a PNG served as one, with a download name."""
+    response = requests.get(url, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "image/png"
+    assert response.headers["Content-Disposition"].startswith('attachment; filename="inkq-')
+    assert Image.open(io.BytesIO(response.content)).format == "PNG"
+    return response.content
+
+
+def image_bytes_in_redis(client) -> list[str]:
+    """Redis keys holding image bytes (the Redis store's keys)."""
+    return [k.decode() for k in client.scan_iter("inkq:blob:*")]
+
+
+def objects(seaweed, kind: str, job_id: str) -> list[str]:
+    return [k for k in seaweed.keys(S3_BUCKET, f"jobs/{kind}/") if job_id in k]
+
+
+def test_stencil_png_and_svg_are_presigned_urls_of_the_store(make_s3_api, seaweed, s3_redis):
+    api = make_s3_api()
+    response = api.submit(photo((320, 240)), engine="local", format="svg")
+    assert response.status_code == 202, response.text
+    job_id = response.json()["jobId"]
+    status = api.wait(job_id)
+    assert status["status"] == "completed", status
+    image, svg = status["result"]["image"], status["result"]["svg"]
+    assert image.startswith(f"{seaweed.url}/{S3_BUCKET}/jobs/out/{job_id}?") and "X-Amz-Signature=" in image
+    png = fetch_png(image)
+    svg_response = requests.get(svg, timeout=10)
+    assert svg_response.status_code == 200 and svg_response.headers["Content-Type"] == "image/svg+xml"
+    assert svg_response.content.lstrip().startswith((b"<?xml", b"<svg"))
+    assert f'filename="inkq-{job_id}.svg"' in svg_response.headers["Content-Disposition"]
+
+    # The owner's /result answers 302 to a fresh presigned URL; another user gets the same 404 as an unknown id.
+    owner = api.get(f"/result/{job_id}", allow_redirects=False)
+    assert owner.status_code == 302 and owner.headers["Location"].startswith(f"{seaweed.url}/{S3_BUCKET}/")
+    assert requests.get(owner.headers["Location"], timeout=10).content == png
+    theirs, unknown = api.get(f"/result/{job_id}", token="tok-bob"), api.get("/result/" + "0" * 32, token="tok-bob")
+    assert theirs.status_code == unknown.status_code == 404 and theirs.json() == unknown.json()
+
+    # The bucket needs no public access: the object without a signature, a tampered one, a listing: all refused.
+    bare = image.split("?")[0]
+    assert requests.get(bare, timeout=10).status_code == 403
+    assert requests.get(image.replace("X-Amz-Signature=", "X-Amz-Signature=0"), timeout=10).status_code == 403
+    assert requests.get(f"{seaweed.url}/{S3_BUCKET}", timeout=10).status_code == 403
+
+    # Redis keeps no image bytes; the input is deleted once the job has ended.
+    assert image_bytes_in_redis(redis_lib.Redis.from_url(s3_redis.url)) == []
+    wait_until(lambda: objects(seaweed, "in", job_id) == [], timeout=10, what="the input object to go")
+    assert objects(seaweed, "out", job_id) == [f"jobs/out/{job_id}"]
+
+
+@pytest.mark.parametrize("operation,fields", [
+    ("enhance", {"engine": "local"}),
+    ("color-match", {}),
+    ("ia-gen", {"prompt": "a koi", "engine": "gemini"}),  # the fake Gemini, with a reference image
+])
+def test_core_operations_in_s3_mode(make_s3_api, operation, fields):
+    api = make_s3_api()
+    response = api.submit(drawing((128, 128)), operation=operation, **fields)
+    assert response.status_code == 202, response.text
+    status = api.wait(response.json()["jobId"])
+    assert status["status"] == "completed", status
+    assert "outputKey" not in status["result"]
+    fetch_png(status["result"]["image"])
+
+
+def test_webhook_result_image_is_a_real_url(make_s3_api, receiver):
+    from standardwebhooks.webhooks import Webhook
+
+    from tests.conftest import WEBHOOK_SECRET
+
+    url, calls = receiver
+    api = make_s3_api()
+    job_id = api.submit(drawing(), engine="local", webhookUrl=url).json()["jobId"]
+    headers, body = calls.get(timeout=30)
+    event = Webhook(WEBHOOK_SECRET).verify(body, headers)
+    assert event["jobId"] == job_id and event["status"] == "completed"
+    fetch_png(event["result"]["image"])
+
+
+def test_failure_is_refunded_and_its_input_deleted(make_s3_api, fake_gemini, seaweed):
+    api = make_s3_api(CREDITS_ENABLED="true", CREDITS_INITIAL="0")
+    assert api.post("/admin/credits/alice", token="admin-secret-token", json={"set": 5}).status_code == 200
+    fake_gemini.push(fg.blocked("SAFETY"))
+    job_id = api.submit(drawing(), operation="ia-gen", prompt="x").json()["jobId"]
+    status = api.wait(job_id)
+    assert status["status"] == "failed" and "safety" in status["error"].lower()
+    assert wait_until(lambda: api.get("/credits").json()["balance"] == 5, timeout=10)
+    wait_until(lambda: objects(seaweed, "in", job_id) == [], timeout=10, what="the input object to go")
+
+
+def test_cancel_of_a_waiting_job_deletes_its_input(make_s3_api, fake_gemini, seaweed):
+    api = make_s3_api()
+    fake_gemini.push(fg.slow(3))
+    busy = api.post("/generate", json={"operation": "ia-gen", "prompt": "x"}).json()["jobId"]
+    waiting = api.submit(drawing(), operation="ia-gen", prompt="y").json()["jobId"]
+    assert objects(seaweed, "in", waiting) == [f"jobs/in/{waiting}"]
+    assert api.delete(f"/jobs/{waiting}").status_code == 200
+    assert objects(seaweed, "in", waiting) == []
+    api.delete(f"/jobs/{busy}")
+    api.wait(busy)
+
+
+def test_the_workers_blob_sweep_deletes_what_is_due(s3_redis, seaweed):
+    """What a job writes is due after its TTL; the worker service's sweep deletes it, with no lifecycle rule."""
+    from tasks import blobs
+
+    client = redis_lib.Redis.from_url(s3_redis.url)
+    store = blobs.store(client, {"BLOB_STORE": f"s3://{S3_BUCKET}/jobs", **seaweed.env})
+    store.save(blobs.output_key("sweep-short"), b"x", 1, "image/png")
+    store.save(blobs.output_key("sweep-long"), b"x", 3600, "image/png")
+    assert store.exists(blobs.output_key("sweep-short"))
+    wait_until(lambda: not store.exists(blobs.output_key("sweep-short")), timeout=10, what="the sweep")
+    assert client.zscore(blobs.EXPIRY_KEY, blobs.output_key("sweep-short")) is None
+    assert store.exists(blobs.output_key("sweep-long"))
+    store.delete(blobs.output_key("sweep-long"))
+    assert not store.exists(blobs.output_key("sweep-long"))
+
+
+def test_a_result_is_due_after_result_ttl(make_s3_api, s3_redis):
+    api = make_s3_api()
+    job_id = api.submit(drawing(), engine="local").json()["jobId"]
+    assert api.wait(job_id)["status"] == "completed"
+    due = redis_lib.Redis.from_url(s3_redis.url).zscore("inkq:blobs:expiry", f"inkq:blob:out:{job_id}")
+    assert due is not None and abs(due - (time.time() + 86400)) < 120
+
+
+# Direct uploads ----------------------------------------------------------------------------------------
+
+
+def upload(api, data: bytes, content_type="image/png", token="tok-alice", send_type=None):
+    """POST /uploads, then the form upload to the store; (uploadId, the store's answer)."""
+    created = api.post("/uploads", token=token, json={"contentType": content_type})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert set(body) == {"uploadId", "url", "fields", "expiresAt"} and body["expiresAt"].endswith("Z")
+    fields = dict(body["fields"])
+    if send_type:
+        fields["Content-Type"] = send_type
+    answer = requests.post(body["url"], data=fields, files={"file": ("photo", data, content_type)}, timeout=10)
+    return body["uploadId"], answer
+
+
+def test_direct_upload_then_submit(make_s3_api, seaweed):
+    api = make_s3_api(CREDITS_ENABLED="true", CREDITS_INITIAL="0")
+    api.post("/admin/credits/alice", token="admin-secret-token", json={"set": 3})
+    upload_id, answer = upload(api, drawing())
+    assert answer.status_code == 204, answer.text
+    assert api.post("/generate", token="tok-bob", json={"upload": upload_id}).json()["code"] == "not_found"
+    response = api.post("/generate", json={"upload": upload_id, "engine": "local"})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["jobId"]
+    assert seaweed.keys(S3_BUCKET, f"jobs/up/{upload_id}") == []  # the job has its own copy
+    status = api.wait(job_id)
+    assert status["status"] == "completed", status
+    fetch_png(status["result"]["image"])
+    again = api.post("/generate", json={"upload": upload_id})
+    assert again.status_code == 409 and again.json()["code"] == "conflict"
+    assert api.get("/credits").json()["balance"] == 2  # one job, one charge
+
+
+def test_direct_upload_refusals_charge_nothing(make_s3_api, seaweed):
+    api = make_s3_api(CREDITS_ENABLED="true", CREDITS_INITIAL="0", MAX_UPLOAD_MB="0.05")
+    api.post("/admin/credits/alice", token="admin-secret-token", json={"set": 3})
+    assert api.post("/uploads", json={"contentType": "image/gif"}).json()["code"] == "unsupported_media_type"
+    assert api.post("/uploads", json={"nope": 1}).json()["code"] == "invalid_request"
+    # The store itself enforces the policy: size and Content-Type.
+    _, too_big = upload(api, photo((1024, 1024)), "image/jpeg")
+    assert too_big.status_code == 400 and b"EntityTooLarge" in too_big.content
+    _, other_type = upload(api, drawing(), send_type="image/gif")
+    assert other_type.status_code == 403
+    # Never uploaded, not an image, or an unknown id: refused before anything is charged.
+    empty = api.post("/uploads", json={"contentType": "image/png"}).json()["uploadId"]
+    assert api.post("/generate", json={"upload": empty}).json()["code"] == "invalid_request"
+    fake, answer = upload(api, b"this is not a png at all" * 10)
+    assert answer.status_code == 204
+    refused = api.post("/generate", json={"upload": fake})
+    assert refused.status_code == 400 and refused.json()["code"] == "invalid_request"
+    assert seaweed.keys(S3_BUCKET, f"jobs/up/{fake}") == []
+    assert api.post("/generate", json={"upload": "0" * 32}).json()["code"] == "not_found"
+    both = api.post("/generate", json={"upload": empty, "image": base64.b64encode(drawing()).decode()})
+    assert both.status_code == 400
+    assert api.get("/credits").json()["balance"] == 3
+
+
+def test_a_refused_admission_leaves_the_upload_usable(make_s3_api):
+    api = make_s3_api(CREDITS_ENABLED="true", CREDITS_INITIAL="0")
+    api.post("/admin/credits/alice", token="admin-secret-token", json={"set": 0})
+    upload_id, _ = upload(api, drawing())
+    assert api.post("/generate", json={"upload": upload_id}).json()["code"] == "insufficient_credits"
+    api.post("/admin/credits/alice", token="admin-secret-token", json={"set": 1})
+    response = api.post("/generate", json={"upload": upload_id, "engine": "local"})
+    assert response.status_code == 202, response.text
+    assert api.wait(response.json()["jobId"])["status"] == "completed"
+
+
+def test_unused_uploads_are_deleted_after_upload_ttl(make_s3_api, seaweed):
+    api = make_s3_api(UPLOAD_TTL_S="1")
+    upload_id, answer = upload(api, drawing())
+    assert answer.status_code == 204
+    wait_until(lambda: seaweed.keys(S3_BUCKET, f"jobs/up/{upload_id}") == [], timeout=10, what="the upload to go")
+    assert api.post("/generate", json={"upload": upload_id}).json()["code"] == "not_found"
+
+
+def test_uploads_are_404_with_the_redis_store(api):
+    response = api.post("/uploads", json={"contentType": "image/png"})
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
+    assert api.post("/generate", json={"upload": "0" * 32}).json()["code"] == "not_found"
+
+
+# Faults: the real server stopped and started again ----------------------------------------------------
+
+
+@pytest.fixture
+def stopped(seaweed):
+    """Stop the S3 server for the test; it is started again (same data and port) afterwards in any case."""
+    def start():
+        if seaweed.proc.poll() is not None:
+            seaweed.start()
+    yield seaweed
+    start()
+
+
+def test_store_down_at_submit_is_503_and_nothing_is_queued(make_s3_api, stopped, s3_redis):
+    api = make_s3_api(CREDITS_ENABLED="true", CREDITS_INITIAL="0")
+    api.post("/admin/credits/alice", token="admin-secret-token", json={"set": 2})
+    client = redis_lib.Redis.from_url(s3_redis.url)
+    before = {key: client.llen(key) for key in (b"rq:queue:stencil-generation",)}
+    indexed = client.zcard("inkq:user:alice:jobs")
+    stopped.stop()
+    response = api.submit(drawing(), engine="local")
+    assert response.status_code == 503 and response.json()["code"] == "storage_unavailable", response.text
+    assert int(response.headers["Retry-After"]) > 0
+    assert {key: client.llen(key) for key in before} == before
+    assert client.zcard("inkq:user:alice:jobs") == indexed
+    assert api.get("/credits").json()["balance"] == 2
+    ready = api.get("/readyz", token=None)
+    assert ready.status_code == 503 and "S3_ENDPOINT_URL" in ready.json()["error"]
+    stopped.start()
+    assert api.get("/readyz", token=None).status_code == 200
+    job_id = api.submit(drawing(), engine="local").json()["jobId"]
+    assert api.wait(job_id)["status"] == "completed"
+
+
+def test_store_down_in_a_worker_is_retried_and_completes(make_s3_api, stopped, fake_gemini):
+    api = make_s3_api()
+    fake_gemini.push(fg.slow(3))
+    job_id = api.submit(drawing(), operation="ia-gen", prompt="x").json()["jobId"]
+    wait_until(lambda: api.get(f"/status/{job_id}").json()["stage"] == "sending to Gemini", timeout=20)
+    stopped.stop()  # the result cannot be stored: the attempt fails as transient and is retried
+    wait_until(lambda: api.get(f"/status/{job_id}").json()["attempts"] >= 1
+               and api.get(f"/status/{job_id}").json()["status"] == "waiting", timeout=20, what="a retry")
+    stopped.start()
+    status = api.wait(job_id, timeout=60)
+    assert status["status"] == "completed" and status["attempts"] >= 2, status
+    fetch_png(status["result"]["image"])
+
+
+def test_store_down_for_good_in_a_worker_fails_and_refunds(make_s3_api, stopped, fake_gemini, s3_redis):
+    api = make_s3_api(CREDITS_ENABLED="true", CREDITS_INITIAL="0")
+    api.post("/admin/credits/alice", token="admin-secret-token", json={"set": 4})
+    fake_gemini.push(fg.slow(2))
+    job_id = api.submit(drawing(), operation="ia-gen", prompt="x").json()["jobId"]
+    assert api.get("/credits").json()["balance"] == 2
+    wait_until(lambda: api.get(f"/status/{job_id}").json()["stage"] == "sending to Gemini", timeout=20)
+    stopped.stop()
+    status = api.wait(job_id, timeout=60)
+    assert status["status"] == "failed" and "image store" in status["error"], status
+    assert status["attempts"] == 4  # the first and three retries, with backoff
+    assert wait_until(lambda: api.get("/credits").json()["balance"] == 4, timeout=10)
+    # its input could not be deleted at the end: it is due now, and the blob sweep deletes it once the store is back
+    client = redis_lib.Redis.from_url(s3_redis.url)
+    assert client.zscore("inkq:blobs:expiry", f"inkq:blob:in:{job_id}") == 0
+    stopped.start()
+    wait_until(lambda: objects(stopped, "in", job_id) == [], timeout=15, what="the sweep to delete the input")
+    assert client.zscore("inkq:blobs:expiry", f"inkq:blob:in:{job_id}") is None
+
+
+@pytest.mark.parametrize("setting,value,named", [
+    ("BLOB_STORE", "s3://no-such-bucket", "BLOB_STORE"),
+    ("AWS_SECRET_ACCESS_KEY", "wrong-secret", "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+])
+def test_wrong_credentials_or_missing_bucket(make_s3_api, seaweed, caplog, setting, value, named):
+    from tasks import blobs, cli
+
+    api = make_s3_api(**{setting: value})
+    assert any(named in r.getMessage() for r in caplog.records if r.name == "inkq.api"), caplog.text
+    ready = api.get("/readyz", token=None)
+    assert ready.status_code == 503 and named in ready.json()["error"]
+    caplog.clear()
+    env = {"BLOB_STORE": f"s3://{S3_BUCKET}", **seaweed.env, setting: value}
+    cli.check_store(blobs.store(None, env))
+    assert any(named in r.getMessage() for r in caplog.records if r.name == "inkq.workers"), caplog.text
+
+
+def test_web_page_shows_a_result_from_the_store(make_s3_api, seaweed, tmp_path):
+    """The page in Chromium: the result <img> and the download link are the store's presigned URLs."""
+    from tests.api.test_web import CHROMIUM, _wait_done, _watch_console
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    api = make_s3_api()
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(photo((256, 256)))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        problems = _watch_console(page)
+        page.goto(api.url + "/")
+        page.fill("#api-key", "tok-alice")
+        page.set_input_files("#image", str(path))
+        page.click("#submit")
+        _wait_done(page)
+        assert page.get_attribute("#result-img", "src").startswith(seaweed.url)
+        assert page.get_attribute("#download", "href").startswith(seaweed.url)
+        assert problems == []
+        browser.close()
+
+
+def test_status_lists_and_events_agree_on_presigned_urls(make_s3_api, seaweed):
+    api = make_s3_api()
+    job_id = api.submit(drawing(), engine="local").json()["jobId"]
+    api.wait(job_id)
+    listed = [j for j in api.get("/jobs?limit=5").json()["jobs"] if j["jobId"] == job_id][0]
+    events = api.get(f"/status/{job_id}/events").text
+    last = json.loads([line for line in events.splitlines() if line.startswith("data:")][-1][5:])
+    for body in (listed, last):
+        assert urlsplit(body["result"]["image"]).path == f"/{S3_BUCKET}/jobs/out/{job_id}"
+
+
+def test_the_command_line_saves_results_from_the_store(make_s3_api, tmp_path):
+    """`inkq -o` downloads the presigned URL without sending its Bearer token to the store."""
+    from tests.test_cli import inkq
+
+    api = make_s3_api()
+    source = tmp_path / "photo.jpg"
+    source.write_bytes(photo((128, 128)))
+    for name, magic in (("stencil.png", b"\x89PNG"), ("stencil.svg", b"<?xml")):
+        done = inkq(api, "generate", str(source), "--engine", "local", "-o", str(tmp_path / name))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (tmp_path / name).read_bytes().startswith(magic)
