@@ -1,10 +1,19 @@
-"""`inkq-workers`: run one `rq worker-pool` per queue in the foreground, as one service.
+"""`inkq-workers`: run the workers of every queue in the foreground, as one service.
 
-Concurrency per queue comes from CONCURRENCY_*; every pool runs with the scheduler (interval
-retries need it) and the JSON serializer. SIGTERM or SIGINT is passed on to every pool for a warm
-shutdown (running jobs finish); if a pool dies on its own, the others are stopped and the exit
-status is non-zero so the platform restarts the service. Pools die with the supervisor
-(PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing running.
+Two execution paths, chosen by INKQ_EXECUTION:
+
+- `threads` (the default, issue 17): the supervisor imports the image stack once, forks the CPU pool
+  (`tasks/cpu.py`) and then one process per queue, each an rq worker running `CONCURRENCY_*` jobs at
+  once in threads (`tasks/slots.py`). Forked from the preloaded supervisor (after `gc.freeze`, so the
+  collector does not touch the shared objects), the processes share its pages copy-on-write.
+- `processes` (the path before issue 17, kept for comparison in `make bench`): one `rq worker-pool`
+  per queue, `CONCURRENCY_*` worker processes each, a forked work-horse per job.
+
+Every queue's worker runs with the scheduler (interval retries need it) and the JSON serializer.
+SIGTERM or SIGINT is passed on to every queue process for a warm shutdown (running jobs finish); if
+one dies on its own, the others are stopped and the exit status is non-zero so the platform restarts
+the service. They die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing
+running.
 
 The supervisor also runs the recovery sweep (`tasks/recovery.py`): about once a second across all
 worker services on one Redis, the jobs of dead workers are queued again or ended. At start it names
@@ -12,6 +21,7 @@ Redis settings that can lose jobs (`tasks/durability.py`).
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -26,7 +36,7 @@ from redis.exceptions import RedisError
 
 from . import durability, logs
 from .orphans import die_with_parent
-from .queues import SERIALIZER, WORKER_QUEUES
+from .queues import SERIALIZER, WORKER_QUEUES, QueueSpec
 from .recovery import SWEEP_EVERY_S, Recovery, notify_ended
 from .settings import WorkerSettings, env_bool
 
@@ -60,6 +70,80 @@ def pool_commands(env) -> list[list[str]]:
     ]
 
 
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+def execution(env) -> str:
+    """INKQ_EXECUTION: `threads` (default) or `processes`."""
+    mode = (env.get("INKQ_EXECUTION") or "threads").strip().lower()
+    return mode if mode in ("threads", "processes") else "threads"
+
+
+def workers_expected(env) -> int:
+    """How many rq workers a service started with this environment registers."""
+    if execution(env) == "processes":
+        return sum(spec.concurrency(env) for spec in WORKER_QUEUES)
+    return len(WORKER_QUEUES)
+
+
+class Forked:
+    """A forked queue process, with the part of `subprocess.Popen` the supervisor uses."""
+
+    def __init__(self, process):
+        self.process = process
+
+    def poll(self):
+        return self.process.exitcode
+
+    @property
+    def returncode(self):
+        return self.process.exitcode
+
+    def send_signal(self, sig) -> None:
+        try:
+            os.kill(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def run_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> None:
+    """In a forked queue process: one `SlotWorker` for the queue, until it stops."""
+    from rq.serializers import JSONSerializer
+
+    from .slots import SlotWorker
+    from .worker import InkqQueue, _remember_stop
+
+    for sig in _STOPS:  # a stop before the worker installs its handlers is remembered, not lost
+        signal.signal(sig, _remember_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+    pool.attach(spec.name)
+    redis = Redis.from_url(url)
+    queue = InkqQueue(spec.name, connection=redis, serializer=JSONSerializer)
+    worker = SlotWorker([queue], connection=redis, serializer=JSONSerializer, slots=spec.concurrency(env))
+    worker.work(with_scheduler=True, logging_level=env.get("LOG_LEVEL", "INFO"))
+
+
+def start_slot_workers(env: dict, url: str):
+    """Preload, fork the CPU pool and one slot worker per queue; (children, pool)."""
+    from . import cpu
+
+    gc.collect()
+    gc.freeze()
+    pool = cpu.Pool(cpu.size(env), [spec.name for spec in WORKER_QUEUES])
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # the children install their own first
+    try:
+        pool.start()
+        children = []
+        for spec in WORKER_QUEUES:
+            process = pool.context.Process(target=run_slot_worker, args=(spec, env, url, pool),
+                                           name=f"inkq-{spec.name}", daemon=False)
+            process.start()
+            children.append(Forked(process))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return children, pool
+
+
 def sweep(recovery: Recovery, me: str) -> None:
     """One recovery sweep if it is this service's turn; Redis trouble is logged and tried again."""
     try:
@@ -81,32 +165,53 @@ def main() -> int:
     durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
     recovery = Recovery(redis, [spec.name for spec in WORKER_QUEUES])
     me = f"{socket.gethostname()}:{os.getpid()}"
-    procs = [subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env)]
-    for spec in WORKER_QUEUES:
-        log.info("queue %s: %d workers", spec.name, spec.concurrency(env))
+    procs: list = []
+    signaled: set[int] = set()
     stopping = False
+
+    def forward() -> None:
+        for proc in procs:
+            if id(proc) not in signaled and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                signaled.add(id(proc))
 
     def stop(signum, _frame):
         nonlocal stopping
         stopping = True
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        signaled.clear()  # a second stop is passed on again
+        forward()
 
+    if execution(env) == "threads":
+        from . import worker  # noqa: F401  (the image stack, once, before the forks; it sets a SIGINT handler)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    pool = None
+    if execution(env) == "processes":
+        procs.extend(subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env))
+    else:
+        children, pool = start_slot_workers(env, url)
+        procs.extend(children)
+    for spec in WORKER_QUEUES:
+        log.info("queue %s: %d jobs at once (%s)", spec.name, spec.concurrency(env), execution(env))
     status = 0
     next_sweep = 0.0
     while any(proc.poll() is None for proc in procs):
+        if stopping:
+            forward()  # children started after the stop arrived
         for proc in procs:
             if proc.poll() is not None and not stopping:
                 log.error("a worker pool exited with status %s; stopping the others", proc.returncode)
                 status = 1
                 stop(signal.SIGTERM, None)
+        if pool is not None and not stopping and pool.dead():
+            log.error("%d CPU pool processes died; starting new ones", len(pool.dead()))
+            pool.start()
         if time.monotonic() >= next_sweep:
             next_sweep = time.monotonic() + SWEEP_EVERY_S / 2
             sweep(recovery, me)
         time.sleep(0.1)
+    if pool is not None:
+        pool.stop()
     log.info("all worker pools stopped")
     return status
 

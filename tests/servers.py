@@ -252,7 +252,9 @@ class Stack:
                **extra}
         service = Workers(env, str(self.tmp_path / f"workers-{len(self.services)}.log"))
         self.services.append(service)
-        service.wait_ready(self.redis, stencil + ia_gen + 2)
+        from tasks.cli import workers_expected
+
+        service.wait_ready(self.redis, workers_expected({**env, "CONCURRENCY_ENHANCE": "1"}))
         return service
 
     def submit_stencils(self, n: int, spacing_s: float = 0.0, token="tok-alice") -> list[str]:
