@@ -79,13 +79,6 @@ def execution(env) -> str:
     return mode if mode in ("threads", "processes") else "threads"
 
 
-def workers_expected(env) -> int:
-    """How many rq workers a service started with this environment registers."""
-    if execution(env) == "processes":
-        return sum(spec.concurrency(env) for spec in WORKER_QUEUES)
-    return len(WORKER_QUEUES)
-
-
 class Forked:
     """A forked queue process, with the part of `subprocess.Popen` the supervisor uses."""
 
