@@ -21,24 +21,37 @@ Redis settings that can lose jobs (`tasks/durability.py`).
 """
 from __future__ import annotations
 
-import gc
-import logging
-import os
 import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 
-from redis import Redis
-from redis.exceptions import RedisError
+_stopped_early = False
 
-from . import durability, logs
-from .orphans import die_with_parent
-from .queues import SERIALIZER, WORKER_QUEUES, QueueSpec
-from .recovery import SWEEP_EVERY_S, Recovery, notify_ended
-from .settings import WorkerSettings, env_bool
+
+def _stop_early(signum, frame) -> None:
+    global _stopped_early
+    _stopped_early = True
+
+
+if __name__ == "__main__":  # before the imports below: a stop as the service starts is heard, not fatal
+    signal.signal(signal.SIGTERM, _stop_early)
+    signal.signal(signal.SIGINT, _stop_early)
+
+import gc  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from redis import Redis  # noqa: E402
+from redis.exceptions import RedisError  # noqa: E402
+
+from . import durability, logs  # noqa: E402
+from .orphans import die_with_parent  # noqa: E402
+from .queues import SERIALIZER, WORKER_QUEUES, QueueSpec  # noqa: E402
+from .recovery import SWEEP_EVERY_S, Recovery, notify_ended  # noqa: E402
+from .settings import WorkerSettings, env_bool  # noqa: E402
 
 log = logging.getLogger("inkq.workers")
 
@@ -148,19 +161,10 @@ def sweep(recovery: Recovery, me: str) -> None:
 
 
 def main() -> int:
-    """Start the pools and supervise them until a signal or a pool's death."""
-    logs.configure()
-    log.setLevel(logging.INFO)
-    env = dict(os.environ)
-    url = WorkerSettings.from_env(env).redis_url
-    wait_for_redis(url)
-    redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
-    recovery = Recovery(redis, [spec.name for spec in WORKER_QUEUES])
-    me = f"{socket.gethostname()}:{os.getpid()}"
+    """Start the queue processes and supervise them until a signal or a death."""
     procs: list = []
     signaled: set[int] = set()
-    stopping = False
+    stopping = _stopped_early
 
     def forward() -> None:
         for proc in procs:
@@ -174,10 +178,25 @@ def main() -> int:
         signaled.clear()  # a second stop is passed on again
         forward()
 
-    if execution(env) == "threads":
-        from . import worker  # noqa: F401  (the image stack, once, before the forks; it sets a SIGINT handler)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, stop)  # first: a stop during start-up (the imports take seconds) is heard
     signal.signal(signal.SIGINT, stop)
+    logs.configure()
+    log.setLevel(logging.INFO)
+    env = dict(os.environ)
+    url = WorkerSettings.from_env(env).redis_url
+    wait_for_redis(url)
+    redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
+    recovery = Recovery(redis, [spec.name for spec in WORKER_QUEUES])
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    if execution(env) == "threads":
+        from . import worker  # the image stack, once, before the forks; it sets a SIGINT handler of its own
+
+        signal.signal(signal.SIGINT, stop)
+        stopping = stopping or worker._stop_before_start
+    if stopping:
+        log.info("stopped during start-up")
+        return 0
     pool = None
     if execution(env) == "processes":
         procs.extend(subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env))

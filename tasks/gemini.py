@@ -8,6 +8,7 @@ Design decisions:
 - `classify` is the one place that turns a provider failure (an exception, or an answer without
   an image) into `TransientError` or `FinalError`. Its messages are shown to the job's owner: no
   tracebacks, no API keys, no raw response bodies. The original exception stays chained for logs.
+- Every call asks `tasks/quota.py` first (the fleet's `GEMINI_MAX_RPM` budget, and the hold after a 429).
 - Only this module imports the SDK; the API never imports it.
 - One `genai.Client` per process and settings (`client_for`), shared by every job thread of a worker
   (`tasks/slots.py`): the client is thread-safe, and its httpx pool keeps connections (and the TLS
@@ -29,7 +30,9 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from tasks import metrics
+from rq import get_current_job
+
+from tasks import metrics, quota
 from tasks.errors import FinalError, JobError, TransientError
 from tasks.settings import WorkerSettings
 
@@ -151,17 +154,25 @@ def generate_image(
     config = types.GenerateContentConfig(
         response_modalities=["IMAGE", "TEXT"], automatic_continuation=False
     )
+    job = get_current_job()
+    redis = job.connection if job is not None else None
+    if redis is not None:
+        quota.before_call(redis, settings.redis_url, settings.gemini_model)
     started = time.perf_counter()
     try:
         response = client_for(settings).models.generate_content(
             model=settings.gemini_model, contents=contents, config=config
         )
+        if redis is not None:
+            quota.answered(redis, settings.gemini_model)
         data = first_image(response)
         if data is None:
             raise classify(response, secrets=[settings.gemini_api_key])
     except Exception as exc:
         error = exc if isinstance(exc, JobError) else classify(exc, secrets=[settings.gemini_api_key])
         outcome = "retryable" if isinstance(error, TransientError) else "final"
+        if redis is not None and isinstance(exc, genai_errors.APIError) and exc.code == 429:
+            quota.rate_limited(redis, settings.gemini_model, error.retry_after)
         _record(outcome, started, error.message)
         if error is exc:
             raise
