@@ -142,11 +142,12 @@ def test_cancel_of_a_running_provider_job(stack, gemini):
 @pytest.mark.parametrize("target", ["supervisor", "group"])
 def test_a_stop_lets_the_calls_in_flight_finish(tmp_path, gemini, target):
     """SIGTERM to the service's main process, or to every process of it (systemd's KillMode=control-group),
-    with two calls in flight: both finish, each with one attempt and one call, then the service exits 0."""
+    with two calls in flight and a slot free (so the worker is waiting for work, not for a slot): both
+    finish, each with one attempt and one call, then the service exits 0."""
     stack = Stack(tmp_path, gemini.url, MAX_INFLIGHT_PER_USER=1000)
     try:
-        service = stack.workers(stencil=1, ia_gen=2)
-        gemini.push(fg.slow(4), fg.slow(4))
+        service = stack.workers(stencil=1, ia_gen=3)
+        gemini.push(fg.slow(3), fg.slow(6))
         ids = [stack.api.post("/generate", json={"operation": "ia-gen", "prompt": f"a bird {i}"}).json()["jobId"]
                for i in range(2)]
         wait_until(lambda: len(gemini.requests) == 2, timeout=30, what="two calls in flight")
