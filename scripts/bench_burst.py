@@ -14,6 +14,7 @@ service (scripts/start_workers.sh). Exits 0; the targets are printed as PASS/FAI
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -62,6 +63,10 @@ class Box:
                                 "RATE_LIMIT": "1000000/minute", "QUEUE_MAX_DEPTH": "100000", "LOG_FORMAT": "text",
                                 "GEMINI_API_KEY": "bench-key", "MAX_INFLIGHT_PER_USER": "100", "LOG_LEVEL": "WARNING"},
                                str(tmp / "api.log"))
+        self.api_log = tmp / "api.log"
+        self.workers = None
+        if workers_env is None:  # the API alone: the baseline of submit latency
+            return
         env = {"REDIS_URL": self.redis.url, "GEMINI_API_KEY": "bench-key", "LOG_LEVEL": "WARNING", **workers_env}
         self.workers = Workers(env, str(tmp / f"workers-{workers_env.get('INKQ_EXECUTION')}.log"))
         self.workers.wait_ready(self.client, live_workers_expected(env), timeout=180)
@@ -74,8 +79,14 @@ class Box:
     def pss(self) -> float:
         return pss_mb(process_tree(self.workers.proc.pid))
 
+    def server_ms(self) -> list[float]:
+        """The API's own time for each POST /generate (its access lines), in ms."""
+        found = re.findall(r"POST /generate 202 .*?durationMs=([0-9.]+)", self.api_log.read_text(errors="replace"))
+        return [float(ms) for ms in found]
+
     def close(self) -> None:
-        self.workers.stop(timeout=60)
+        if self.workers is not None:
+            self.workers.stop(timeout=60)
         self.api.stop()
         self.redis.stop()
 
@@ -148,12 +159,30 @@ def burst(mode: str, image: bytes) -> dict:
             statuses = [box.client.hget(f"rq:job:{job_id}", "status") for job_id in submitted]
         finally:
             box.close()
+    server = box.server_ms()
     ttr = [ended[job_id] - at for job_id, at in submitted.items() if job_id in ended]
     return {"mode": mode, "done": sum(s == b"finished" for s in statuses), "n": len(submitted),
             "drain": max(ended.values()) - first if ended else float("nan"),
             "p50": _p(ttr, 50), "p95": _p(ttr, 95), "submit_p50": _p(latencies, 50) * 1000,
             "submit_p99": _p(latencies, 99) * 1000, "pss_peak": max(peak), "pss_idle": idle,
-            "calls": len(gemini.requests)}
+            "calls": len(gemini.requests), "server_p50": _p(server, 50), "server_p99": _p(server, 99)}
+
+
+def submit_alone(image: bytes) -> dict:
+    """The same burst of submissions with no worker service running: the API's own latency."""
+    import base64
+
+    tmp = Path(tempfile.mkdtemp(prefix="inkq-burst-api-"))
+    box = Box(tmp, BURST_USERS, None)
+    try:
+        encoded = base64.b64encode(image).decode()
+        _, latencies = submit_all(box.api.url, [(f"tok-{i}", {"operation": "stencil", "engine": "gemini",
+                                                              "image": encoded}) for i in range(BURST_USERS)])
+        server = box.server_ms()
+    finally:
+        box.close()
+    return {"submit_p50": _p(latencies, 50) * 1000, "submit_p99": _p(latencies, 99) * 1000,
+            "server_p50": _p(server, 50), "server_p99": _p(server, 99)}
 
 
 def idle_default(mode: str) -> float:
@@ -192,6 +221,7 @@ def main() -> int:
     small = photo((256, 256))
     print(f"burst: {BURST_USERS} users, one Gemini stencil each ({len(upload) // 1024} KB upload), "
           f"CONCURRENCY_STENCIL=100, fake Gemini {LATENCY_S:g} s, {len(fg.big_png(1_200_000)) / 1e6:.1f} MB PNG")
+    alone = submit_alone(upload)
     results = {mode: burst(mode, upload) for mode in MODES}
     print(f"{'':12} {'done':>9} {'drain s':>8} {'ttr p50':>8} {'ttr p95':>8} {'submit p50':>11} {'submit p99':>11} "
           f"{'PSS peak':>9} {'PSS idle':>9} {'calls':>6}")
@@ -199,6 +229,12 @@ def main() -> int:
         print(f"{mode:12} {r['done']:>4}/{r['n']:<4} {r['drain']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} "
               f"{r['submit_p50']:9.0f}ms {r['submit_p99']:9.0f}ms {r['pss_peak']:7.0f}MB {r['pss_idle']:7.0f}MB "
               f"{r['calls']:>6}")
+    print(f"submit latency, client / the API's own time (access log), p50 and p99:")
+    print(f"  API alone, no workers  {alone['submit_p50']:5.0f} / {alone['server_p50']:4.0f} ms   "
+          f"{alone['submit_p99']:5.0f} / {alone['server_p99']:4.0f} ms")
+    for mode, r in results.items():
+        print(f"  burst, {mode:15} {r['submit_p50']:5.0f} / {r['server_p50']:4.0f} ms   "
+              f"{r['submit_p99']:5.0f} / {r['server_p99']:4.0f} ms")
     t = results["threads"]
 
     def check(ok, text):

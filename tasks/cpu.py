@@ -14,6 +14,7 @@ there: at most that many engine runs at once across the whole service, however m
 - A pool process ignores SIGINT and SIGTERM: a stop sent to every process of the service
   (systemd's `KillMode=control-group`) lets the running engine work finish. It leaves when the
   supervisor sends it `None` after the queue processes are gone, and is SIGKILLed if the supervisor dies.
+- With `WORKER_NICE`, a pool process lowers itself as a work-horse does (`tasks.worker.lower_horse_priority`).
 - A job whose slot is ended by the supervisor (timeout, cancel) stops waiting; the engine run goes on
   to its end and its answer is dropped.
 - Without a pool (the process path, a test calling a job function), `run` calls the function inline.
@@ -139,6 +140,11 @@ def _serve(tasks, replies) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     die_with_parent(signal.SIGKILL)
+    from .worker import horse_nice, lower_horse_priority
+
+    if horse_nice() > 0:  # WORKER_NICE: engine runs yield to the API, as the process path's horses do
+        os.setsid()
+        lower_horse_priority(horse_nice())
     connections: dict = {}
     while True:
         item = tasks.get()

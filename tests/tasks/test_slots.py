@@ -161,3 +161,20 @@ def test_a_stop_lets_the_calls_in_flight_finish(tmp_path, gemini, target):
         assert len(gemini.requests) == 2
     finally:
         stack.close()
+
+
+def test_a_stop_to_every_process_lets_a_local_engine_run_finish(tmp_path, gemini):
+    """systemd's KillMode=control-group also SIGTERMs the CPU pool (`tasks/cpu.py`): the engine run in
+    progress finishes and its job completes with one attempt."""
+    stack = Stack(tmp_path, gemini.url, MAX_INFLIGHT_PER_USER=1000)
+    try:
+        service = stack.workers(stencil=1, ia_gen=1)
+        job_id = stack.api.submit(photo((768, 768)), engine="local").json()["jobId"]
+        wait_until(lambda: stack.api.get(f"/status/{job_id}").json()["progress"] >= 10, timeout=30, interval=0.02,
+                   what="the engine run to start")
+        os.killpg(service.proc.pid, signal.SIGTERM)
+        assert service.proc.wait(60) == 0
+        body = stack.wait_all([job_id], timeout=10)[job_id]
+        assert body["status"] == "completed" and body["attempts"] == 1, body
+    finally:
+        stack.close()
