@@ -38,6 +38,7 @@ LOCAL_USERS = int(os.environ.get("BENCH_LOCAL_USERS", "200"))
 LATENCY_S = float(os.environ.get("BENCH_GEMINI_LATENCY_S", "6"))
 CLIENTS = 32
 MODES = ("processes", "threads")
+BURST_MODES = tuple(os.environ.get("BENCH_BURST_MODES", "processes,threads").split(","))
 
 
 def _p(values, pct: float) -> float:
@@ -222,7 +223,7 @@ def main() -> int:
     print(f"burst: {BURST_USERS} users, one Gemini stencil each ({len(upload) // 1024} KB upload), "
           f"CONCURRENCY_STENCIL=100, fake Gemini {LATENCY_S:g} s, {len(fg.big_png(1_200_000)) / 1e6:.1f} MB PNG")
     alone = submit_alone(upload)
-    results = {mode: burst(mode, upload) for mode in MODES}
+    results = {mode: burst(mode, upload) for mode in BURST_MODES}
     print(f"{'':12} {'done':>9} {'drain s':>8} {'ttr p50':>8} {'ttr p95':>8} {'submit p50':>11} {'submit p99':>11} "
           f"{'PSS peak':>9} {'PSS idle':>9} {'calls':>6}")
     for mode, r in results.items():

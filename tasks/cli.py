@@ -35,6 +35,7 @@ if __name__ == "__main__":  # before the imports below: a stop as the service st
     signal.signal(signal.SIGTERM, _stop_early)
     signal.signal(signal.SIGINT, _stop_early)
 
+import ctypes  # noqa: E402
 import gc  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -129,10 +130,33 @@ def run_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> None:
     worker.work(with_scheduler=True, logging_level=env.get("LOG_LEVEL", "INFO"))
 
 
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+MMAP_THRESHOLD = 256 * 1024
+ARENAS = 2
+
+
+def tune_malloc() -> None:
+    """glibc malloc for many threads handling MB-sized buffers (before the forks, so the children inherit it).
+
+    glibc 2.36 gives threads their own arenas (up to 8 per core), and raises its mmap threshold to the
+    size of the largest block freed (up to 32 MB): after the first response, every 1-2 MB provider
+    answer came from an arena and its pages stayed with the process when freed. A fixed threshold
+    (which also turns the raising off) keeps such buffers in mmap, returned on free; two arenas bound
+    the rest. Best effort: other C libraries have no `mallopt`.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_ARENA_MAX, ARENAS)
+    except (OSError, AttributeError) as exc:
+        log.debug("mallopt unavailable: %s", exc)
+
+
 def start_slot_workers(env: dict, url: str):
     """Preload, fork the CPU pool and one slot worker per queue; (children, pool)."""
     from . import cpu
 
+    tune_malloc()
     gc.collect()
     gc.freeze()
     pool = cpu.Pool(cpu.size(env), [spec.name for spec in WORKER_QUEUES])

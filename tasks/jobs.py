@@ -109,7 +109,22 @@ def _from_provider(spec: dict, data: bytes | None, settings: WorkerSettings, rep
     out = gemini.generate_image(settings, prompt, data, spec.get("mimeType"))
     report(80, "received from Gemini")
     img = _decoded(out, settings, lambda p, s: report(82, "checking provider image"))
-    return _encoded(img, report), {"width": img.width, "height": img.height, "engine": "gemini"}
+    extras = {"width": img.width, "height": img.height, "engine": "gemini"}
+    if _is_plain_png(out, img):
+        return out, extras  # stored as the provider sent it: re-encoding cost CPU on the job threads' process
+    return _encoded(img, report), extras
+
+
+def _is_plain_png(data: bytes, img) -> bool:
+    """Whether `data` is a PNG whose decoded, upright image is `img` as it stands (same size, RGB/RGBA)."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as original:
+        return original.size == img.size and original.mode == img.mode
 
 
 def _stencil_work(spec, data, settings, report):
