@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import fakegemini as fg  # noqa: E402
 from tests.servers import (GunicornApi, RedisServer, Workers, live_workers_expected, pss_mb,  # noqa: E402
-                           process_tree, wait_until)
+                           process_tree)
 
 BURST_USERS = int(os.environ.get("BENCH_BURST_USERS", "500"))
 LOCAL_USERS = int(os.environ.get("BENCH_LOCAL_USERS", "200"))
