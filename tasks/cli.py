@@ -10,9 +10,11 @@ Two execution paths, chosen by INKQ_EXECUTION:
   per queue, `CONCURRENCY_*` worker processes each, a forked work-horse per job.
 
 Every queue's worker runs with the scheduler (interval retries need it) and the JSON serializer.
-SIGTERM or SIGINT is passed on to every queue process for a warm shutdown (running jobs finish); if
-one dies on its own, the others are stopped and the exit status is non-zero so the platform restarts
-the service. They die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing
+SIGTERM or SIGINT is passed on to every queue process for a warm shutdown (running jobs finish). On
+the threads path a queue process that dies on its own (OOM killer, SIGKILL) is forked again, as rq's
+pool starts a new worker, and the recovery sweep queues its jobs again; one that dies more than
+`RESTARTS_PER_MINUTE` times a minute, or a pool on the process path, stops the others and the exit
+status is non-zero so the platform restarts the service. They die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing
 running.
 
 The supervisor also runs the recovery sweep (`tasks/recovery.py`): about once a second across all
@@ -85,6 +87,23 @@ def pool_commands(env) -> list[list[str]]:
 
 
 _STOPS = {signal.SIGINT, signal.SIGTERM}
+RESTARTS_PER_MINUTE = 5  # a queue process dying more often than this (a start-up failure) stops the service
+
+
+class Restarts:
+    """How often each queue's process was forked again in the last minute."""
+
+    def __init__(self):
+        self.times: dict[str, list[float]] = {}
+
+    def allow(self, queue: str) -> bool:
+        """Whether the process of `queue` may be forked again now (and count it)."""
+        now = time.monotonic()
+        recent = [t for t in self.times.get(queue, []) if now - t < 60]
+        if len(recent) >= RESTARTS_PER_MINUTE:
+            return False
+        self.times[queue] = [*recent, now]
+        return True
 
 
 def execution(env) -> str:
@@ -96,8 +115,9 @@ def execution(env) -> str:
 class Forked:
     """A forked queue process, with the part of `subprocess.Popen` the supervisor uses."""
 
-    def __init__(self, process):
+    def __init__(self, process, spec: QueueSpec):
         self.process = process
+        self.spec = spec
 
     def poll(self):
         return self.process.exitcode
@@ -163,15 +183,21 @@ def start_slot_workers(env: dict, url: str):
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # the children install their own first
     try:
         pool.start()
-        children = []
-        for spec in WORKER_QUEUES:
-            process = pool.context.Process(target=run_slot_worker, args=(spec, env, url, pool),
-                                           name=f"inkq-{spec.name}", daemon=False)
-            process.start()
-            children.append(Forked(process))
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    return children, pool
+    return [fork_slot_worker(spec, env, url, pool) for spec in WORKER_QUEUES], pool
+
+
+def fork_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> Forked:
+    """Fork the process of one queue (again, for one that died)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # the child installs its own handlers first
+    try:
+        process = pool.context.Process(target=run_slot_worker, args=(spec, env, url, pool),
+                                       name=f"inkq-{spec.name}", daemon=False)
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return Forked(process, spec)
 
 
 def sweep(recovery: Recovery, me: str) -> None:
@@ -231,14 +257,21 @@ def main() -> int:
         log.info("queue %s: %d jobs at once (%s)", spec.name, spec.concurrency(env), execution(env))
     status = 0
     next_sweep = 0.0
+    restarts = Restarts()
     while any(proc.poll() is None for proc in procs):
         if stopping:
             forward()  # children started after the stop arrived
-        for proc in procs:
-            if proc.poll() is not None and not stopping:
-                log.error("a worker pool exited with status %s; stopping the others", proc.returncode)
-                status = 1
-                stop(signal.SIGTERM, None)
+        for i, proc in enumerate(procs):
+            if proc.poll() is None or stopping:
+                continue
+            if isinstance(proc, Forked) and restarts.allow(proc.spec.name):
+                log.error("queue %s: its process exited with status %s; starting a new one (the recovery sweep "
+                          "queues its jobs again)", proc.spec.name, proc.returncode)
+                procs[i] = fork_slot_worker(proc.spec, env, url, pool)
+                continue
+            log.error("a worker pool exited with status %s; stopping the others", proc.returncode)
+            status = 1
+            stop(signal.SIGTERM, None)
         if pool is not None and not stopping and pool.dead():
             log.error("%d CPU pool processes died; starting new ones", len(pool.dead()))
             pool.start()

@@ -6,9 +6,11 @@ supervisor (`tasks/cli.py`) forks `INKQ_CPU_PROCESSES` processes (default: the b
 preloaded image stack, before the queue processes, and every queue process sends its engine work
 there: at most that many engine runs at once across the whole service, however many slots wait.
 
-- One task queue, shared by the pool, and one reply queue per queue process, all created before the
-  forks (multiprocessing queues over pipes, fork context). A reply carries the request id; a reader
-  thread in the queue process hands it to the waiting slot.
+- One task queue, shared by the pool, and one reply pipe per queue, all created before the forks
+  (fork context). A reply carries the request id; a reader thread in the queue process hands it to
+  the waiting slot. The reply pipe has one reader and no read lock: a `multiprocessing.Queue`
+  holds its read lock while it waits, so a queue process killed while waiting (always, for its
+  reader thread) left the lock held, and the process forked in its place could never read a reply.
 - The engine writes progress into the job's meta itself (`tasks.progress.job_reporter` on the job
   fetched by id), as the horse did.
 - A pool process ignores SIGINT and SIGTERM: a stop sent to every process of the service
@@ -53,14 +55,17 @@ class Pool:
         self.context = multiprocessing.get_context("fork")
         self.processes = processes
         self.tasks = self.context.Queue()
-        self.replies = {name: self.context.Queue() for name in queue_names}
+        self.replies = {name: self.context.Pipe(duplex=False) for name in queue_names}  # (reader, writer)
+        self.reply_locks = {name: self.context.Lock() for name in queue_names}
         self.workers: list = []
 
     def start(self) -> None:
         """Fork the pool processes (again, for any that died)."""
         self.workers = [p for p in self.workers if p.is_alive()]
         while len(self.workers) < self.processes:
-            proc = self.context.Process(target=_serve, args=(self.tasks, self.replies), name="inkq-cpu", daemon=False)
+            writers = {name: pipe[1] for name, pipe in self.replies.items()}
+            proc = self.context.Process(target=_serve, args=(self.tasks, writers, self.reply_locks), name="inkq-cpu",
+                                        daemon=False)
             proc.start()
             self.workers.append(proc)
 
@@ -80,7 +85,7 @@ class Pool:
     def attach(self, queue_name: str) -> None:
         """In a queue process: send this process's engine work to the pool."""
         global _client
-        _client = Client(self.tasks, self.replies[queue_name], queue_name)
+        _client = Client(self.tasks, self.replies[queue_name][0], queue_name)
 
 
 class Client:
@@ -106,7 +111,7 @@ class Client:
 
     def _read(self) -> None:
         while True:
-            request, ok, value = self.replies.get()
+            request, ok, value = self.replies.recv()
             with self.lock:
                 future = self.waiting.pop(request, None)
             if future is None:
@@ -134,7 +139,7 @@ def _resolve(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _serve(tasks, replies) -> None:
+def _serve(tasks, replies, locks) -> None:
     """A pool process: run calls until a `None` arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -155,7 +160,8 @@ def _serve(tasks, replies) -> None:
             reply = (request, True, _resolve(path)(*args, _reporter(job_id, redis_url, connections)))
         except Exception as exc:
             reply = (request, False, _picklable(exc))
-        replies[queue_name].put(reply)
+        with locks[queue_name]:
+            replies[queue_name].send(reply)
 
 
 def _reporter(job_id: str | None, redis_url: str, connections: dict):

@@ -178,3 +178,21 @@ def test_a_stop_to_every_process_lets_a_local_engine_run_finish(tmp_path, gemini
         assert body["status"] == "completed" and body["attempts"] == 1, body
     finally:
         stack.close()
+
+
+def test_a_queue_process_killed_mid_job_is_replaced_and_its_job_runs_again(tmp_path, gemini):
+    """The OOM killer takes the stencil queue's process while its job waits on the CPU pool: the
+    supervisor forks a new one, the sweep queues the job again, and the new process gets the pool's
+    answer (a `multiprocessing.Queue` reply channel stayed locked by the dead reader)."""
+    stack = Stack(tmp_path, gemini.url, MAX_INFLIGHT_PER_USER=1000)
+    try:
+        service = stack.workers(stencil=1, ia_gen=1)
+        job_id = stack.api.submit(photo((768, 768)), engine="local").json()["jobId"]
+        wait_until(lambda: stack.api.get(f"/status/{job_id}").json()["progress"] >= 10, timeout=30, interval=0.02,
+                   what="the engine run to start")
+        os.kill(json.loads(stack.redis.hget(f"rq:job:{job_id}", "meta"))["pid"], signal.SIGKILL)
+        body = stack.wait_all([job_id], timeout=60)[job_id]
+        assert body["status"] == "completed" and body["attempts"] == 2, body
+        assert service.proc.poll() is None
+    finally:
+        stack.close()
