@@ -163,15 +163,21 @@ def test_a_stop_lets_the_calls_in_flight_finish(tmp_path, gemini, target):
         stack.close()
 
 
+def _local_job_in_the_pool(stack):
+    """A worker service and a local stencil whose engine run has started in its CPU pool."""
+    service = stack.workers(stencil=1, ia_gen=1)
+    job_id = stack.api.submit(photo((768, 768)), engine="local").json()["jobId"]
+    wait_until(lambda: stack.api.get(f"/status/{job_id}").json()["progress"] >= 10, timeout=30, interval=0.02,
+               what="the engine run to start")
+    return service, job_id
+
+
 def test_a_stop_to_every_process_lets_a_local_engine_run_finish(tmp_path, gemini):
     """systemd's KillMode=control-group also SIGTERMs the CPU pool (`tasks/cpu.py`): the engine run in
     progress finishes and its job completes with one attempt."""
     stack = Stack(tmp_path, gemini.url, MAX_INFLIGHT_PER_USER=1000)
     try:
-        service = stack.workers(stencil=1, ia_gen=1)
-        job_id = stack.api.submit(photo((768, 768)), engine="local").json()["jobId"]
-        wait_until(lambda: stack.api.get(f"/status/{job_id}").json()["progress"] >= 10, timeout=30, interval=0.02,
-                   what="the engine run to start")
+        service, job_id = _local_job_in_the_pool(stack)
         os.killpg(service.proc.pid, signal.SIGTERM)
         assert service.proc.wait(60) == 0
         body = stack.wait_all([job_id], timeout=10)[job_id]
@@ -186,10 +192,7 @@ def test_a_queue_process_killed_mid_job_is_replaced_and_its_job_runs_again(tmp_p
     answer (a `multiprocessing.Queue` reply channel stayed locked by the dead reader)."""
     stack = Stack(tmp_path, gemini.url, MAX_INFLIGHT_PER_USER=1000)
     try:
-        service = stack.workers(stencil=1, ia_gen=1)
-        job_id = stack.api.submit(photo((768, 768)), engine="local").json()["jobId"]
-        wait_until(lambda: stack.api.get(f"/status/{job_id}").json()["progress"] >= 10, timeout=30, interval=0.02,
-                   what="the engine run to start")
+        service, job_id = _local_job_in_the_pool(stack)
         os.kill(json.loads(stack.redis.hget(f"rq:job:{job_id}", "meta"))["pid"], signal.SIGKILL)
         body = stack.wait_all([job_id], timeout=60)[job_id]
         assert body["status"] == "completed" and body["attempts"] == 2, body
