@@ -30,13 +30,14 @@ def _burst(stack: Stack, n: int) -> dict[str, dict]:
 
 
 def test_gemini_max_rpm_keeps_the_fleet_under_the_providers_limit(tmp_path, gemini):
-    """Two worker services, GEMINI_MAX_RPM a little below the provider's limit: the burst completes,
-    no job fails, and at most 5% of the calls are refused."""
+    """Two worker services, GEMINI_MAX_RPM a little below the provider's limit (8 of 10: in a 3 s window
+    a loaded box delays some calls by a few hundred ms between the budget and the provider, which a
+    one-minute window would not notice): the burst completes, no job fails, at most 5% of calls refused."""
     gemini.limit(10, WINDOW_S)
     stack = Stack(tmp_path, gemini.url, MAX_INFLIGHT_PER_USER=1000)
     try:
         for _ in range(2):
-            stack.workers(stencil=1, ia_gen=8, GEMINI_MAX_RPM="9", INKQ_GEMINI_WINDOW_S=str(WINDOW_S))
+            stack.workers(stencil=1, ia_gen=8, GEMINI_MAX_RPM="8", INKQ_GEMINI_WINDOW_S=str(WINDOW_S))
         final = _burst(stack, 30)
     finally:
         stack.close()
