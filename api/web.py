@@ -18,14 +18,11 @@ from flask import Blueprint, current_app, request, send_from_directory
 bp = Blueprint("web", __name__, static_folder="static")
 
 
-
 def page_policy(store_origin: str | None = None) -> str:
     """The page's CSP; `store_origin` is where presigned result images come from, if anywhere."""
     images = "img-src 'self' data: blob:" + (f" {store_origin}" if store_origin else "")
     return "; ".join(("default-src 'none'", "script-src 'self'", "style-src 'self'", images,
                       "connect-src 'self'", "frame-ancestors 'none'", "base-uri 'none'", "form-action 'self'"))
-
-
 
 
 @bp.get("/")

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.bench_api import photo_of_size  # noqa: E402
 from tests.servers import (GunicornApi, RedisServer, Workers, free_port, pss_mb, process_tree,  # noqa: E402
-                           thread_count, wait_until)
+                           live_workers_expected, thread_count, wait_until)
 from tests.streams import Stream, run as follow_streams  # noqa: E402
 
 TOKEN = "bench-token"
@@ -168,7 +168,7 @@ class Service:
     def start_workers(self) -> None:
         if self.name == "inkq":
             self.workers_proc = Workers(self.env, str(self.tmp / "inkq-workers.log"))
-            self.workers_proc.wait_ready(self.redis_client(), 5 + 3 + 3 + 10)
+            self.workers_proc.wait_ready(self.redis_client(), live_workers_expected(self.env))
         else:  # the same 5 stencil workers, plain rq
             rq = os.path.join(os.path.dirname(sys.executable), "rq")
             self.workers_proc = subprocess.Popen(

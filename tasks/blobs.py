@@ -294,6 +294,11 @@ def _client(endpoint: str | None, region: str, key_id: str | None, secret: str |
                                           config=config)
 
 
+# botocore clients are not fork-safe: a child forked while the supervisor's blob sweep has a pooled
+# connection in use would share its socket. Each process builds its own client on first use.
+os.register_at_fork(after_in_child=_client.cache_clear)
+
+
 def store(redis, env: Mapping[str, str] | None = None):
     """The blob store BLOB_STORE names, bound to this Redis (the S3 client is shared per process)."""
     env = os.environ if env is None else env

@@ -1,10 +1,21 @@
-"""`inkq-workers`: run one `rq worker-pool` per queue in the foreground, as one service.
+"""`inkq-workers`: run the workers of every queue in the foreground, as one service.
 
-Concurrency per queue comes from CONCURRENCY_*; every pool runs with the scheduler (interval
-retries need it) and the JSON serializer. SIGTERM or SIGINT is passed on to every pool for a warm
-shutdown (running jobs finish); if a pool dies on its own, the others are stopped and the exit
-status is non-zero so the platform restarts the service. Pools die with the supervisor
-(PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing running.
+Two execution paths, chosen by INKQ_EXECUTION:
+
+- `threads` (the default, issue 17): the supervisor imports the image stack once, forks the CPU pool
+  (`tasks/cpu.py`) and then one process per queue, each an rq worker running `CONCURRENCY_*` jobs at
+  once in threads (`tasks/slots.py`). Forked from the preloaded supervisor (after `gc.freeze`, so the
+  collector does not touch the shared objects), the processes share its pages copy-on-write.
+- `processes` (the path before issue 17, kept for comparison in `make bench`): one `rq worker-pool`
+  per queue, `CONCURRENCY_*` worker processes each, a forked work-horse per job.
+
+Every queue's worker runs with the scheduler (interval retries need it) and the JSON serializer.
+SIGTERM or SIGINT is passed on to every queue process for a warm shutdown (running jobs finish). On
+the threads path a queue process that dies on its own (OOM killer, SIGKILL) is forked again, as rq's
+pool starts a new worker, and the recovery sweep queues its jobs again; one that dies more than
+`RESTARTS_PER_MINUTE` times a minute, or a pool on the process path, stops the others and the exit
+status is non-zero so the platform restarts the service. They die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing
+running.
 
 The supervisor also runs the recovery sweep (`tasks/recovery.py`): about once a second across all
 worker services on one Redis, the jobs of dead workers are queued again or ended; beside it, with the
@@ -13,24 +24,39 @@ Redis settings that can lose jobs (`tasks/durability.py`).
 """
 from __future__ import annotations
 
-import logging
-import os
 import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 
-from redis import Redis
-from redis.exceptions import RedisError
+_stopped_early = False
 
-from . import blobs as blob_store
-from . import durability, logs
-from .orphans import die_with_parent
-from .queues import SERIALIZER, WORKER_QUEUES
-from .recovery import SWEEP_EVERY_S, Recovery, notify_ended
-from .settings import WorkerSettings, env_bool
+
+def _stop_early(signum, frame) -> None:
+    global _stopped_early
+    _stopped_early = True
+
+
+if __name__ == "__main__":  # before the imports below: a stop as the service starts is heard, not fatal
+    signal.signal(signal.SIGTERM, _stop_early)
+    signal.signal(signal.SIGINT, _stop_early)
+
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from redis import Redis  # noqa: E402
+from redis.exceptions import RedisError  # noqa: E402
+
+from . import blobs as blob_store  # noqa: E402
+from . import durability, logs  # noqa: E402
+from .orphans import die_with_parent  # noqa: E402
+from .queues import SERIALIZER, WORKER_QUEUES, QueueSpec  # noqa: E402
+from .recovery import SWEEP_EVERY_S, Recovery, notify_ended  # noqa: E402
+from .settings import WorkerSettings, env_bool  # noqa: E402
 
 log = logging.getLogger("inkq.workers")
 
@@ -60,6 +86,120 @@ def pool_commands(env) -> list[list[str]]:
          "--logging-level", env.get("LOG_LEVEL", "INFO")]
         for spec in WORKER_QUEUES
     ]
+
+
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+RESTARTS_PER_MINUTE = 5  # a queue process dying more often than this (a start-up failure) stops the service
+
+
+class Restarts:
+    """How often each queue's process was forked again in the last minute."""
+
+    def __init__(self):
+        self.times: dict[str, list[float]] = {}
+
+    def allow(self, queue: str) -> bool:
+        """Whether the process of `queue` may be forked again now (and count it)."""
+        now = time.monotonic()
+        recent = [t for t in self.times.get(queue, []) if now - t < 60]
+        if len(recent) >= RESTARTS_PER_MINUTE:
+            return False
+        self.times[queue] = [*recent, now]
+        return True
+
+
+def execution(env) -> str:
+    """INKQ_EXECUTION: `threads` (default) or `processes`."""
+    mode = (env.get("INKQ_EXECUTION") or "threads").strip().lower()
+    return mode if mode in ("threads", "processes") else "threads"
+
+
+class Forked:
+    """A forked queue process, with the part of `subprocess.Popen` the supervisor uses."""
+
+    def __init__(self, process, spec: QueueSpec):
+        self.process = process
+        self.spec = spec
+
+    def poll(self):
+        return self.process.exitcode
+
+    @property
+    def returncode(self):
+        return self.process.exitcode
+
+    def send_signal(self, sig) -> None:
+        try:
+            os.kill(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def run_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> None:
+    """In a forked queue process: one `SlotWorker` for the queue, until it stops."""
+    from rq.serializers import JSONSerializer
+
+    from .slots import SlotWorker
+    from .worker import InkqQueue, _remember_stop
+
+    for sig in _STOPS:  # a stop before the worker installs its handlers is remembered, not lost
+        signal.signal(sig, _remember_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+    pool.attach(spec.name)
+    redis = Redis.from_url(url)
+    queue = InkqQueue(spec.name, connection=redis, serializer=JSONSerializer)
+    worker = SlotWorker([queue], connection=redis, serializer=JSONSerializer, slots=spec.concurrency(env))
+    worker.work(with_scheduler=True, logging_level=env.get("LOG_LEVEL", "INFO"))
+
+
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+MMAP_THRESHOLD = 256 * 1024
+ARENAS = 2
+
+
+def tune_malloc() -> None:
+    """glibc malloc for many threads handling MB-sized buffers (before the forks, so the children inherit it).
+
+    glibc 2.36 gives threads their own arenas (up to 8 per core), and raises its mmap threshold to the
+    size of the largest block freed (up to 32 MB): after the first response, every 1-2 MB provider
+    answer came from an arena and its pages stayed with the process when freed. A fixed threshold
+    (which also turns the raising off) keeps such buffers in mmap, returned on free; two arenas bound
+    the rest. Best effort: other C libraries have no `mallopt`.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_ARENA_MAX, ARENAS)
+    except (OSError, AttributeError) as exc:
+        log.debug("mallopt unavailable: %s", exc)
+
+
+def start_slot_workers(env: dict, url: str):
+    """Preload, fork the CPU pool and one slot worker per queue; (children, pool)."""
+    from . import cpu
+
+    tune_malloc()
+    gc.collect()
+    gc.freeze()
+    pool = cpu.Pool(cpu.size(env), [spec.name for spec in WORKER_QUEUES])
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # the children install their own first
+    try:
+        pool.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return [fork_slot_worker(spec, env, url, pool) for spec in WORKER_QUEUES], pool
+
+
+def fork_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> Forked:
+    """Fork the process of one queue (again, for one that died)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # the child installs its own handlers first
+    try:
+        process = pool.context.Process(target=run_slot_worker, args=(spec, env, url, pool),
+                                       name=f"inkq-{spec.name}", daemon=False)
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return Forked(process, spec)
 
 
 def sweep(recovery: Recovery, me: str) -> None:
@@ -98,7 +238,25 @@ def check_store(blobs) -> None:
 
 
 def main() -> int:
-    """Start the pools and supervise them until a signal or a pool's death."""
+    """Start the queue processes and supervise them until a signal or a death."""
+    procs: list = []
+    signaled: set[int] = set()
+    stopping = _stopped_early
+
+    def forward() -> None:
+        for proc in procs:
+            if id(proc) not in signaled and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                signaled.add(id(proc))
+
+    def stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        signaled.clear()  # a second stop is passed on again
+        forward()
+
+    signal.signal(signal.SIGTERM, stop)  # first: a stop during start-up (the imports take seconds) is heard
+    signal.signal(signal.SIGINT, stop)
     logs.configure()
     log.setLevel(logging.INFO)
     env = dict(os.environ)
@@ -113,20 +271,22 @@ def main() -> int:
     except blob_store.StoreConfigError as exc:
         log.error("%s", exc)
         return 2
-    procs = [subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env)]
+    if execution(env) == "threads":
+        from . import worker  # the image stack, once, before the forks; it sets a SIGINT handler of its own
+
+        signal.signal(signal.SIGINT, stop)
+        stopping = stopping or worker._stop_before_start
+    if stopping:
+        log.info("stopped during start-up")
+        return 0
+    pool = None
+    if execution(env) == "processes":
+        procs.extend(subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env))
+    else:
+        children, pool = start_slot_workers(env, url)
+        procs.extend(children)
     for spec in WORKER_QUEUES:
-        log.info("queue %s: %d workers", spec.name, spec.concurrency(env))
-    stopping = False
-
-    def stop(signum, _frame):
-        nonlocal stopping
-        stopping = True
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+        log.info("queue %s: %d jobs at once (%s)", spec.name, spec.concurrency(env), execution(env))
     status = 0
     # After the handlers and the pools' start: checking the store may take seconds when it is down.
     blobs = blob_store.store(redis, env)
@@ -134,16 +294,30 @@ def main() -> int:
     if blobs.kind == "s3":  # in a thread of its own: a slow store must not hold up the recovery sweep
         threading.Thread(target=_blob_sweeps, args=(blobs, me), daemon=True, name="blob-sweep").start()
     next_sweep = 0.0
+    restarts = Restarts()
     while any(proc.poll() is None for proc in procs):
-        for proc in procs:
-            if proc.poll() is not None and not stopping:
-                log.error("a worker pool exited with status %s; stopping the others", proc.returncode)
-                status = 1
-                stop(signal.SIGTERM, None)
+        if stopping:
+            forward()  # children started after the stop arrived
+        for i, proc in enumerate(procs):
+            if proc.poll() is None or stopping:
+                continue
+            if isinstance(proc, Forked) and restarts.allow(proc.spec.name):
+                log.error("queue %s: its process exited with status %s; starting a new one (the recovery sweep "
+                          "queues its jobs again)", proc.spec.name, proc.returncode)
+                procs[i] = fork_slot_worker(proc.spec, env, url, pool)
+                continue
+            log.error("a worker pool exited with status %s; stopping the others", proc.returncode)
+            status = 1
+            stop(signal.SIGTERM, None)
+        if pool is not None and not stopping and pool.dead():
+            log.error("%d CPU pool processes died; starting new ones", len(pool.dead()))
+            pool.start()
         if time.monotonic() >= next_sweep:
             next_sweep = time.monotonic() + SWEEP_EVERY_S / 2
             sweep(recovery, me)
         time.sleep(0.1)
+    if pool is not None:
+        pool.stop()
     log.info("all worker pools stopped")
     return status
 

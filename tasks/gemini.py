@@ -8,7 +8,12 @@ Design decisions:
 - `classify` is the one place that turns a provider failure (an exception, or an answer without
   an image) into `TransientError` or `FinalError`. Its messages are shown to the job's owner: no
   tracebacks, no API keys, no raw response bodies. The original exception stays chained for logs.
+- Every call asks `tasks/quota.py` first (the fleet's `GEMINI_MAX_RPM` budget, and the hold after a 429).
 - Only this module imports the SDK; the API never imports it.
+- One `genai.Client` per process and settings (`client_for`), shared by every job thread of a worker
+  (`tasks/slots.py`): the client is thread-safe, and its httpx pool keeps connections (and the TLS
+  context) instead of building them for every call. Its pool holds `POOL_CONNECTIONS` connections,
+  above the highest `CONCURRENCY_*` a worker service is expected to run.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import importlib
 import json
 import logging
 import re
+import threading
 import time
 from typing import Any, Iterable
 
@@ -24,7 +30,9 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from tasks import metrics
+from rq import get_current_job
+
+from tasks import metrics, quota
 from tasks.errors import FinalError, JobError, TransientError
 from tasks.settings import WorkerSettings
 
@@ -146,26 +154,46 @@ def generate_image(
     config = types.GenerateContentConfig(
         response_modalities=["IMAGE", "TEXT"], automatic_continuation=False
     )
+    job = get_current_job()
+    redis = job.connection if job is not None else None
+    if redis is not None:
+        quota.before_call(redis, settings.redis_url, settings.gemini_model)
     started = time.perf_counter()
     try:
-        with genai.Client(
-            vertexai=False, api_key=settings.gemini_api_key, http_options=_http_options(settings)
-        ) as client:
-            response = client.models.generate_content(
-                model=settings.gemini_model, contents=contents, config=config
-            )
+        response = client_for(settings).models.generate_content(
+            model=settings.gemini_model, contents=contents, config=config
+        )
+        if redis is not None:
+            quota.answered(redis, settings.gemini_model)
         data = first_image(response)
         if data is None:
             raise classify(response, secrets=[settings.gemini_api_key])
     except Exception as exc:
         error = exc if isinstance(exc, JobError) else classify(exc, secrets=[settings.gemini_api_key])
         outcome = "retryable" if isinstance(error, TransientError) else "final"
+        if redis is not None and isinstance(exc, genai_errors.APIError) and exc.code == 429:
+            quota.rate_limited(redis, settings.gemini_model, error.retry_after)
         _record(outcome, started, error.message)
         if error is exc:
             raise
         raise error from exc
     _record("ok", started)
     return data
+
+
+_clients: dict[tuple, genai.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(settings: WorkerSettings) -> genai.Client:
+    """This process's client for these settings (key, address, timeout), made once."""
+    key = (settings.gemini_api_key, settings.gemini_base_url, settings.gemini_timeout_s)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = genai.Client(
+                vertexai=False, api_key=settings.gemini_api_key, http_options=_http_options(settings))
+        return client
 
 
 def _record(outcome: str, started: float, error: str | None = None) -> None:
@@ -286,11 +314,27 @@ def _user_text(user_prompt: str | None) -> str:
     return " ".join((user_prompt or "").split())[:USER_PROMPT_LIMIT]
 
 
+POOL_CONNECTIONS = 256
+
+
+def _limits():
+    """Connection limits for the SDK's HTTP client (google-genai 3.6.1 uses httpx2 when it is installed,
+    else httpx; both default to 100 connections, 20 kept alive, so calls past 20 at once reconnect)."""
+    for name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return module.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS)
+    return None
+
+
 def _http_options(settings: WorkerSettings) -> types.HttpOptions:
     return types.HttpOptions(
         base_url=settings.gemini_base_url or None,
         timeout=max(1, int(settings.gemini_timeout_s * 1000)),
         retry_options=types.HttpRetryOptions(attempts=1),
+        client_args={"limits": _limits()},
     )
 
 

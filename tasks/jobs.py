@@ -43,7 +43,8 @@ def _begin(job) -> None:
     announce(job.connection, job.id)
 
 
-def _fail(job, exc: Exception) -> None:
+def record_failure(job, exc: BaseException) -> None:
+    """Write a failed attempt's outcome into the job (`errors.decide`): its message, and its retry delay or no retry."""
     decision = decide(exc, int(job.meta.get("attempts", 1)), int(job.retries_left or 0))
     job.meta["error"] = decision.message
     if decision.retry:
@@ -74,7 +75,7 @@ def run(spec: dict, work) -> dict:
         report(100, "done")
         return {"outputKey": key, **extras}
     except Exception as exc:
-        _fail(job, exc)
+        record_failure(job, exc)
         raise
 
 
@@ -110,7 +111,22 @@ def _from_provider(spec: dict, data: bytes | None, settings: WorkerSettings, rep
     out = gemini.generate_image(settings, prompt, data, spec.get("mimeType"))
     report(80, "received from Gemini")
     img = _decoded(out, settings, lambda p, s: report(82, "checking provider image"))
-    return _encoded(img, report), {"width": img.width, "height": img.height, "engine": "gemini"}
+    extras = {"width": img.width, "height": img.height, "engine": "gemini"}
+    if _is_plain_png(out, img):
+        return out, extras  # stored as the provider sent it: re-encoding cost CPU on the job threads' process
+    return _encoded(img, report), extras
+
+
+def _is_plain_png(data: bytes, img) -> bool:
+    """Whether `data` is a PNG whose decoded, upright image is `img` as it stands (same size, RGB/RGBA)."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as original:
+        return original.size == img.size and original.mode == img.mode
 
 
 def _stencil_work(spec, data, settings, report):
@@ -126,6 +142,21 @@ def _stencil_work(spec, data, settings, report):
 
         report(86, "tracing the SVG")
         return png, {**extras, **_stored_svg({"svg": from_image(Image.open(io.BytesIO(png)))}, settings)}
+    png, extras, vector = _on_cpu("local_stencil", spec, data, settings, report)
+    return png, {**extras, **_stored_svg(vector, settings)}
+
+
+def _on_cpu(name: str, spec: dict, data, settings: WorkerSettings, report):
+    """Run a local engine's work (`local_stencil`, ...) in the service's CPU pool (`tasks/cpu.py`), or here."""
+    from . import cpu
+
+    job = get_current_job()
+    return cpu.run(f"tasks.jobs.{name}", spec, data, settings, job_id=job.id if job else None,
+                   redis_url=settings.redis_url, report=report)
+
+
+def local_stencil(spec, data, settings, report):
+    """The local stencil engine: (PNG, extras, its vector output or None)."""
     from .stencil import stencil as make_stencil
 
     params = spec.get("params", {})
@@ -134,7 +165,7 @@ def _stencil_work(spec, data, settings, report):
     out = make_stencil(img, style=params.get("style") or "standard", line_weight=params.get("lineWeight"),
                        transparent=bool(params.get("transparent")), report=report, vector=vector)
     extras = {"width": out.width, "height": out.height, "engine": "local", "style": params.get("style") or "standard"}
-    return _encoded(out, report), {**extras, **_stored_svg(vector, settings)}
+    return _encoded(out, report), extras, vector
 
 
 def _stored_svg(vector: dict | None, settings: WorkerSettings) -> dict:
@@ -150,6 +181,11 @@ def _stored_svg(vector: dict | None, settings: WorkerSettings) -> dict:
 def _enhance_work(spec, data, settings, report):
     if _engine(spec, settings) == "gemini":
         return _from_provider(spec, data, settings, report)
+    return _on_cpu("local_enhance", spec, data, settings, report)
+
+
+def local_enhance(spec, data, settings, report):
+    """The local enhance engine: (PNG, extras)."""
     from .enhance import INPUT_PIXELS
     from .enhance import enhance as make_enhanced
 
@@ -165,6 +201,11 @@ def _ia_gen_work(spec, data, settings, report):
 
 
 def _color_match_work(spec, data, settings, report):
+    return _on_cpu("local_color_match", spec, data, settings, report)
+
+
+def local_color_match(spec, data, settings, report):
+    """Colour matching: (preview PNG, extras with the palette)."""
     from .colormatch import match_colors
 
     params = spec.get("params", {})

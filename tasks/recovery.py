@@ -24,7 +24,8 @@ not run (rq#2079, rq#2061). inkq keeps RQ and adds three things:
      is failed with `CRASH_FAILURE`, its credits refunded, its input dropped (or, in S3, made due for the
      blob sweep), like the worker's own
      `on_failure` callback would have; a job its owner had asked to stop is ended as canceled;
-   - forgets dead workers that hold nothing any more;
+   - forgets dead workers that hold nothing any more, in rq's worker registry too (a killed worker
+     stayed listed for 7 minutes, counted by `/admin/queue-stats` and rq-dashboard);
    - moves due retries to their queue when the queue's rq scheduler is gone (its lock missing, or not
      renewed for 10 s). rq lets a dead scheduler's lock linger 61 s and lets a live worker take it
      over only at its next maintenance run (every 10 minutes), so a retry scheduled on a machine that
@@ -217,6 +218,10 @@ for qi = 13, #ARGV do
       counts.released = counts.released + released
       if released > 0 then redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|recovered', released) end
       redis.call('SREM', 'inkq:workers:' .. queue, worker)
+      -- and from rq's registry, where a killed worker stayed listed until its TTL (7 minutes)
+      redis.call('SREM', 'rq:workers', 'rq:worker:' .. worker)
+      redis.call('SREM', 'rq:workers:' .. queue, 'rq:worker:' .. worker)
+      redis.call('DEL', 'rq:worker:' .. worker, 'rq:worker:' .. worker .. ':executions')
     end
   end
   requeue_at_head('rq:queue:' .. queue, back)

@@ -10,6 +10,9 @@ to it. Tests script what it answers and read what it was sent:
         assert fake.requests[0].images == [sent_png]
 
 Replies are consumed one per request; when the queue is empty `default` (an `ok()`) answers.
+Knobs for load tests: `default = slow(6, ok(big_png(1_200_000)))` answers like the real API (a PNG of
+about 1.2 MB, base64 in JSON, after 6 s); `limit(n, window_s)` answers 429 with RetryInfo to any
+request beyond `n` in a moving window, as Gemini's per-project quota does (`rate_limited` counts them).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import binascii
 import io
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +41,20 @@ STATUS_NAMES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+
+
+def big_png(target_bytes: int = 1_200_000, seed: int = 0) -> bytes:
+    """A real PNG of about `target_bytes` (a noisy square that zlib cannot shrink much), like a generated image."""
+    import random
+
+    from PIL import Image
+
+    side = int((target_bytes / 3) ** 0.5) + 1
+    rng = random.Random(seed)
+    img = Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def sample_png(size: int = 64) -> bytes:
@@ -212,6 +230,9 @@ class FakeGemini:
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._limit: tuple[int, float] | None = None
+        self._accepted: deque[float] = deque()
+        self.rate_limited = 0
 
     @property
     def url(self) -> str:
@@ -234,11 +255,34 @@ class FakeGemini:
         return self
 
     def reset(self) -> None:
-        """Forget queued replies and recorded requests; restore the initial default and key."""
+        """Forget queued replies, recorded requests and the rate limit; restore the initial default and key."""
         with self._lock:
             self._replies.clear()
             self._requests.clear()
             self.default, self.api_key = self._initial
+            self._limit, self.rate_limited = None, 0
+            self._accepted.clear()
+
+    def limit(self, n: int, window_s: float = 60.0) -> "FakeGemini":
+        """Answer 429 (RESOURCE_EXHAUSTED, RetryInfo until a place frees) beyond `n` requests per moving window."""
+        with self._lock:
+            self._limit = (n, window_s)
+            self._accepted.clear()
+        return self
+
+    def _over_limit(self) -> Reply | None:
+        if self._limit is None:
+            return None
+        n, window = self._limit
+        now = time.monotonic()
+        while self._accepted and self._accepted[0] <= now - window:
+            self._accepted.popleft()
+        if len(self._accepted) < n:
+            self._accepted.append(now)
+            return None
+        self.rate_limited += 1
+        wait = max(0.1, self._accepted[0] + window - now)
+        return error(429, message="Quota exceeded for requests per minute.", retry_delay=f"{wait:.3f}s")
 
     def start(self) -> "FakeGemini":
         """Start serving; returns self."""
@@ -277,6 +321,9 @@ class FakeGemini:
                 return error(404, "NOT_FOUND", "The fake only serves models/*:generateContent.")
             if self.api_key is not None and request.api_key != self.api_key:
                 return error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.")
+            refused = self._over_limit()
+            if refused is not None:
+                return refused
             return self._replies.popleft() if self._replies else self.default
 
 

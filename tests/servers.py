@@ -92,6 +92,16 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def live_workers_expected(env: dict) -> int:
+    """How many workers of the four operation queues a service started with `env` keeps alive."""
+    from tasks.cli import execution
+    from tasks.queues import QUEUES
+
+    if execution(env) == "processes":
+        return sum(spec.concurrency(env) for spec in QUEUES.values())
+    return len(QUEUES)
+
+
 class Workers:
     """`scripts/start_workers.sh` as a real process group, with the given environment."""
 
@@ -279,7 +289,7 @@ class Stack:
                **extra}
         service = Workers(env, str(self.tmp_path / f"workers-{len(self.services)}.log"))
         self.services.append(service)
-        service.wait_ready(self.redis, stencil + ia_gen + 2)
+        service.wait_ready(self.redis, live_workers_expected(env))
         return service
 
     def submit_stencils(self, n: int, spacing_s: float = 0.0, token="tok-alice") -> list[str]:

@@ -16,7 +16,7 @@ import requests
 
 from tests import fakegemini as fg
 from tests.conftest import ADMIN_TOKEN, photo
-from tests.servers import ROOT, RedisServer, Workers, children, free_port, wait_until
+from tests.servers import ROOT, RedisServer, Workers, children, free_port, live_workers_expected, wait_until
 
 
 def _env(**extra) -> dict:
@@ -74,7 +74,8 @@ def test_start_api_refuses_to_run_without_auth(redis_url, tmp_path):
 
 def test_work_horses_run_at_a_lower_cpu_priority_than_the_api(fake_gemini, tmp_path):
     """A work-horse runs in a session of its own whose autogroup is lowered, niced, under SCHED_IDLE
-    (WORKER_NICE); the supervisor, the pools and the workers keep their ordinary priority."""
+    (WORKER_NICE, the process path: the threads path has no horses); the supervisor, the pools and the
+    workers keep their ordinary priority."""
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
@@ -84,7 +85,7 @@ def test_work_horses_run_at_a_lower_cpu_priority_than_the_api(fake_gemini, tmp_p
     server = RedisServer()
     service = Workers({"REDIS_URL": server.url, "CONCURRENCY_STENCIL": "1", "CONCURRENCY_ENHANCE": "1",
                        "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1", "WORKER_NICE": "7",
-                       "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": fake_gemini.url, "LOG_LEVEL": "WARNING"},
+                       "INKQ_EXECUTION": "processes", "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": fake_gemini.url, "LOG_LEVEL": "WARNING"},
                       str(tmp_path / "workers.log"))
     try:
         client = redis_lib.Redis.from_url(server.url)
@@ -240,11 +241,12 @@ def test_group_sigterm_stops_an_idle_service_promptly(tmp_path):
     client = redis_lib.Redis.from_url(server.url)
     try:
         for trial in range(3):
-            workers = Workers({"REDIS_URL": server.url, "CONCURRENCY_STENCIL": "2", "CONCURRENCY_ENHANCE": "1",
-                               "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1",
-                               "INKQ_DEQUEUE_WAIT_S": "300"}, str(tmp_path / f"w{trial}.log"))
+            env = {"REDIS_URL": server.url, "CONCURRENCY_STENCIL": "2", "CONCURRENCY_ENHANCE": "1",
+                   "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1",
+                   "INKQ_DEQUEUE_WAIT_S": "300"}
+            workers = Workers(env, str(tmp_path / f"w{trial}.log"))
             try:
-                workers.wait_ready(client, 5)
+                workers.wait_ready(client, live_workers_expected(env))
                 time.sleep(0.5)
                 os.killpg(workers.proc.pid, signal.SIGTERM)
                 assert workers.proc.wait(15) == 0

@@ -229,12 +229,12 @@ def test_failover_to_another_worker_service(credit_stack, gemini):
     job_id = stack.api.post("/generate", json={"operation": "ia-gen", "prompt": "a swallow"}).json()["jobId"]
     _wait_in_call(stack, job_id, gemini)
     second = stack.workers(stencil=1)
-    meta_pid = json.loads(stack.redis.hget(f"rq:job:{job_id}", "meta"))["pid"]
-    assert os.getpgid(meta_pid) == meta_pid  # rq puts the horse in a group of its own: killpg misses it
+    meta_pid = json.loads(stack.redis.hget(f"rq:job:{job_id}", "meta"))["pid"]  # the process running it
     body, took = _kill_and_time(stack, first, job_id)
     assert body["status"] == "completed" and body["attempts"] == 2, body
     assert took <= 15, took
-    wait_until(lambda: not os.path.exists(f"/proc/{meta_pid}"), timeout=5, what="the dead service's horse to die")
+    wait_until(lambda: not os.path.exists(f"/proc/{meta_pid}"), timeout=5,
+               what="the dead service's process running the job to die")
     assert stack.api.get("/credits").json()["balance"] == 1000 - 2  # ia-gen costs 2, once
     assert second.proc.poll() is None
     assert stack.redis.hget("inkq:metrics", "c|ia-gen|recovered") == b"1"  # /metrics: inkq_jobs_total
@@ -292,7 +292,7 @@ def test_a_retry_scheduled_on_a_lost_service_still_runs(credit_stack, gemini):
     its next 10-minute maintenance run; the sweep moves the due retry itself once the lock is stale."""
     stack = credit_stack
     first = stack.workers(stencil=1)  # starts first: its scheduler holds every queue's lock
-    gemini.push(fg.error(503, retry_delay="12s"))
+    gemini.push(fg.error(503, retry_delay="20s"))
     job_id = stack.api.post("/generate", json={"operation": "ia-gen", "prompt": "a moth"}).json()["jobId"]
     wait_until(lambda: stack.redis.zscore("rq:scheduled:ia-gen", job_id), timeout=30, what="the retry to be scheduled")
     stack.workers(stencil=1)

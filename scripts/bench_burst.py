@@ -1,0 +1,264 @@
+"""Benchmark of issue 17: jobs in threads (INKQ_EXECUTION=threads) beside the process path (`processes`),
+in the same run, on the same box.
+
+1. The burst: BURST_USERS users (500) each submit one Gemini stencil at once (32 uploads of a ~60 KB
+   JPEG in flight), CONCURRENCY_STENCIL=100, the fake Gemini answering a ~1.2 MB PNG after 6 s. Reported:
+   drain (first submission -> last result), time-to-result p50/p95, submit p50/p99 during the burst, and
+   the worker service's PSS (the sum of /proc/<pid>/smaps_rollup over its process tree), peak and idle.
+2. The idle worker service at the default concurrency: PSS.
+3. LOCAL_USERS users (200) each submit one small local stencil: jobs/s.
+
+Each part starts its own redis-server, the API under gunicorn (scripts/start_api.sh) and one worker
+service (scripts/start_workers.sh). Exits 0; the targets are printed as PASS/FAIL.
+"""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests import fakegemini as fg  # noqa: E402
+from tests.servers import (GunicornApi, RedisServer, Workers, live_workers_expected, pss_mb,  # noqa: E402
+                           process_tree)
+
+BURST_USERS = int(os.environ.get("BENCH_BURST_USERS", "500"))
+LOCAL_USERS = int(os.environ.get("BENCH_LOCAL_USERS", "200"))
+LATENCY_S = float(os.environ.get("BENCH_GEMINI_LATENCY_S", "6"))
+CLIENTS = 32
+MODES = ("processes", "threads")
+BURST_MODES = tuple(os.environ.get("BENCH_BURST_MODES", "processes,threads").split(","))
+
+
+def _p(values, pct: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(pct / 100 * (len(values) - 1))))]
+
+
+def _ended(raw: bytes | None) -> float | None:
+    if not raw:
+        return None
+    text = raw.decode().rstrip("Z")
+    return datetime.fromisoformat(text + "+00:00").timestamp()
+
+
+class Box:
+    """A redis-server, the API under gunicorn and one worker service, for one measurement."""
+
+    def __init__(self, tmp: Path, users: int, workers_env: dict):
+        self.redis = RedisServer()
+        self.client = self.redis_client()
+        tokens = [f"tok-{i}:user{i}" for i in range(users)]
+        self.api = GunicornApi({"REDIS_URL": self.redis.url, "API_KEYS": ",".join(tokens), "SECRET_KEY": "b" * 32,
+                                "RATE_LIMIT": "1000000/minute", "QUEUE_MAX_DEPTH": "100000", "LOG_FORMAT": "text",
+                                "GEMINI_API_KEY": "bench-key", "MAX_INFLIGHT_PER_USER": "100", "LOG_LEVEL": "WARNING"},
+                               str(tmp / "api.log"))
+        self.api_log = tmp / "api.log"
+        self.workers = None
+        if workers_env is None:  # the API alone: the baseline of submit latency
+            return
+        env = {"REDIS_URL": self.redis.url, "GEMINI_API_KEY": "bench-key", "LOG_LEVEL": "WARNING", **workers_env}
+        self.workers = Workers(env, str(tmp / f"workers-{workers_env.get('INKQ_EXECUTION')}.log"))
+        self.workers.wait_ready(self.client, live_workers_expected(env), timeout=180)
+
+    def redis_client(self):
+        import redis
+
+        return redis.Redis.from_url(self.redis.url)
+
+    def pss(self) -> float:
+        return pss_mb(process_tree(self.workers.proc.pid))
+
+    def server_ms(self) -> list[float]:
+        """The API's own time for each POST /generate (its access lines), in ms."""
+        found = re.findall(r"POST /generate 202 .*?durationMs=([0-9.]+)", self.api_log.read_text(errors="replace"))
+        return [float(ms) for ms in found]
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.stop(timeout=60)
+        self.api.stop()
+        self.redis.stop()
+
+
+def submit_all(url: str, bodies: list[tuple[str, dict]]) -> tuple[dict[str, float], list[float]]:
+    """POST every body (token, json) with CLIENTS connections at once; {jobId: submitted at}, latencies."""
+    local = threading.local()
+    submitted: dict[str, float] = {}
+    latencies: list[float] = []
+
+    def one(item):
+        token, body = item
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        at = time.time()
+        started = time.perf_counter()
+        response = session.post(url + "/generate", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        latencies.append(time.perf_counter() - started)
+        assert response.status_code == 202, response.text
+        submitted[response.json()["jobId"]] = at
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(one, bodies))
+    return submitted, latencies
+
+
+def wait_results(box: Box, submitted: dict[str, float], timeout: float, sample=None) -> dict[str, float]:
+    """Wait until every job has ended (read in Redis); {jobId: ended at}. `sample()` runs every half second."""
+    ended: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(ended) < len(submitted) and time.monotonic() < deadline:
+        pipe = box.client.pipeline()
+        pending = [job_id for job_id in submitted if job_id not in ended]
+        for job_id in pending:
+            pipe.hmget(f"rq:job:{job_id}", "status", "ended_at")
+        for job_id, (status, at) in zip(pending, pipe.execute()):
+            if status in (b"finished", b"failed", b"stopped") and _ended(at):
+                ended[job_id] = _ended(at)
+        if sample:
+            sample()
+        time.sleep(0.5)
+    return ended
+
+
+def burst(mode: str, image: bytes) -> dict:
+    import base64
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"inkq-burst-{mode}-"))
+    with fg.FakeGemini(default=fg.slow(LATENCY_S, fg.ok(fg.big_png(1_200_000)))) as gemini:
+        box = Box(tmp, BURST_USERS, {"INKQ_EXECUTION": mode, "CONCURRENCY_STENCIL": "100",
+                                     "GEMINI_BASE_URL": gemini.url, "GEMINI_TIMEOUT_S": "60"})
+        try:
+            time.sleep(3)
+            idle = box.pss()
+            peak = [idle]
+            sampling = threading.Event()
+
+            def sampler():
+                while not sampling.is_set():
+                    peak.append(box.pss())
+                    sampling.wait(0.5)
+            threading.Thread(target=sampler, daemon=True).start()
+            encoded = base64.b64encode(image).decode()
+            bodies = [(f"tok-{i}", {"operation": "stencil", "engine": "gemini", "image": encoded})
+                      for i in range(BURST_USERS)]
+            first = time.time()
+            submitted, latencies = submit_all(box.api.url, bodies)
+            ended = wait_results(box, submitted, timeout=600)
+            sampling.set()
+            statuses = [box.client.hget(f"rq:job:{job_id}", "status") for job_id in submitted]
+        finally:
+            box.close()
+    server = box.server_ms()
+    ttr = [ended[job_id] - at for job_id, at in submitted.items() if job_id in ended]
+    return {"mode": mode, "done": sum(s == b"finished" for s in statuses), "n": len(submitted),
+            "drain": max(ended.values()) - first if ended else float("nan"),
+            "p50": _p(ttr, 50), "p95": _p(ttr, 95), "submit_p50": _p(latencies, 50) * 1000,
+            "submit_p99": _p(latencies, 99) * 1000, "pss_peak": max(peak), "pss_idle": idle,
+            "calls": len(gemini.requests), "server_p50": _p(server, 50), "server_p99": _p(server, 99)}
+
+
+def submit_alone(image: bytes) -> dict:
+    """The same burst of submissions with no worker service running: the API's own latency."""
+    import base64
+
+    tmp = Path(tempfile.mkdtemp(prefix="inkq-burst-api-"))
+    box = Box(tmp, BURST_USERS, None)
+    try:
+        encoded = base64.b64encode(image).decode()
+        _, latencies = submit_all(box.api.url, [(f"tok-{i}", {"operation": "stencil", "engine": "gemini",
+                                                              "image": encoded}) for i in range(BURST_USERS)])
+        server = box.server_ms()
+    finally:
+        box.close()
+    return {"submit_p50": _p(latencies, 50) * 1000, "submit_p99": _p(latencies, 99) * 1000,
+            "server_p50": _p(server, 50), "server_p99": _p(server, 99)}
+
+
+def idle_default(mode: str) -> float:
+    tmp = Path(tempfile.mkdtemp(prefix=f"inkq-idle-{mode}-"))
+    box = Box(tmp, 1, {"INKQ_EXECUTION": mode})
+    try:
+        time.sleep(5)
+        return statistics.median(box.pss() for _ in range(3))
+    finally:
+        box.close()
+
+
+def local(mode: str, image: bytes) -> dict:
+    import base64
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"inkq-local-{mode}-"))
+    box = Box(tmp, LOCAL_USERS, {"INKQ_EXECUTION": mode})
+    try:
+        encoded = base64.b64encode(image).decode()
+        bodies = [(f"tok-{i}", {"operation": "stencil", "engine": "local", "image": encoded})
+                  for i in range(LOCAL_USERS)]
+        first = time.time()
+        submitted, _ = submit_all(box.api.url, bodies)
+        ended = wait_results(box, submitted, timeout=900)
+        done = sum(box.client.hget(f"rq:job:{j}", "status") == b"finished" for j in submitted)
+    finally:
+        box.close()
+    took = max(ended.values()) - first
+    return {"mode": mode, "done": done, "n": len(submitted), "took": took, "rate": len(ended) / took}
+
+
+def main() -> int:
+    from tests.conftest import photo
+
+    upload = photo((480, 480))  # about 60 KB, as the issue's uploads
+    small = photo((256, 256))
+    print(f"burst: {BURST_USERS} users, one Gemini stencil each ({len(upload) // 1024} KB upload), "
+          f"CONCURRENCY_STENCIL=100, fake Gemini {LATENCY_S:g} s, {len(fg.big_png(1_200_000)) / 1e6:.1f} MB PNG")
+    alone = submit_alone(upload)
+    results = {mode: burst(mode, upload) for mode in BURST_MODES}
+    print(f"{'':12} {'done':>9} {'drain s':>8} {'ttr p50':>8} {'ttr p95':>8} {'submit p50':>11} {'submit p99':>11} "
+          f"{'PSS peak':>9} {'PSS idle':>9} {'calls':>6}")
+    for mode, r in results.items():
+        print(f"{mode:12} {r['done']:>4}/{r['n']:<4} {r['drain']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} "
+              f"{r['submit_p50']:9.0f}ms {r['submit_p99']:9.0f}ms {r['pss_peak']:7.0f}MB {r['pss_idle']:7.0f}MB "
+              f"{r['calls']:>6}")
+    print(f"submit latency, client / the API's own time (access log), p50 and p99:")
+    print(f"  API alone, no workers  {alone['submit_p50']:5.0f} / {alone['server_p50']:4.0f} ms   "
+          f"{alone['submit_p99']:5.0f} / {alone['server_p99']:4.0f} ms")
+    for mode, r in results.items():
+        print(f"  burst, {mode:15} {r['submit_p50']:5.0f} / {r['server_p50']:4.0f} ms   "
+              f"{r['submit_p99']:5.0f} / {r['server_p99']:4.0f} ms")
+    t = results["threads"]
+
+    def check(ok, text):
+        print(f"  {'PASS' if ok else 'FAIL'}: {text}")
+    check(t["done"] == t["n"], f"all {t['n']} complete")
+    check(t["drain"] <= 45, f"drain {t['drain']:.1f} s <= 45 s")
+    check(t["p95"] <= 40, f"time-to-result p95 {t['p95']:.1f} s <= 40 s")
+    check(t["submit_p99"] <= 100, f"submit p99 {t['submit_p99']:.0f} ms <= 100 ms")
+    check(t["pss_peak"] <= 400, f"worker PSS with 100 calls in flight {t['pss_peak']:.0f} MB <= 400 MB")
+    print()
+    idle = {mode: idle_default(mode) for mode in MODES}
+    print("idle worker service at the default concurrency (5/3/3/10/2): "
+          + ", ".join(f"{mode} {mb:.0f} MB" for mode, mb in idle.items()))
+    check(idle["threads"] <= 300, f"idle PSS {idle['threads']:.0f} MB <= 300 MB")
+    print()
+    print(f"local engine: {LOCAL_USERS} users, one small stencil each ({len(small) // 1024} KB, 256x256), default concurrency")
+    loc = {mode: local(mode, small) for mode in MODES}
+    for mode, r in loc.items():
+        print(f"  {mode:10} {r['done']}/{r['n']} in {r['took']:.1f} s: {r['rate']:.2f} jobs/s")
+    ratio = loc["threads"]["rate"] / loc["processes"]["rate"]
+    check(ratio >= 0.95, f"threads at {ratio:.2f}x the process path's jobs/s (same run)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
