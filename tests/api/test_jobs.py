@@ -233,16 +233,21 @@ def test_event_stream_follows_a_job_to_its_end(api, workers):
     assert progress == sorted(progress)
 
 
-def test_open_event_streams_are_capped_per_user_and_given_back(make_api, redis, user):
+def test_open_event_streams_are_capped_per_user_and_given_back(make_api, redis, user, workers, fake_gemini):
     """MAX_STREAMS_PER_USER across API processes (two here); a stream whose client left gives its lease
     back at its next write (EVENTS_POLL_S), and the lease set expires with its last lease."""
     import requests
 
     from api.leases import key
+    from tests import fakegemini as fg
 
-    config = {"API_KEYS": f"tok-alice:{user},tok-bob:bob", "MAX_STREAMS_PER_USER": 2, "EVENTS_POLL_S": 0.3}
+    # The streams must stay open: the job's provider calls outlast the workers' 3 s timeout, so it is
+    # retried (waiting or active) until the test cancels it, whatever the session's workers do.
+    fake_gemini.push(*[fg.slow(10, fg.ok())] * 4)
+    config = {"API_KEYS": f"tok-alice:{user},tok-bob:bob", "MAX_STREAMS_PER_USER": 2, "EVENTS_POLL_S": 0.3,
+              "GEMINI_API_KEY": "test-key"}
     first, second = make_api(**config), make_api(**config)
-    job_id = first.submit(drawing()).json()["jobId"]
+    job_id = first.submit(drawing(), engine="gemini").json()["jobId"]
     held = [requests.get(f"{api.url}/status/{job_id}/events", headers={"Authorization": "Bearer tok-alice"},
                          stream=True, timeout=10) for api in (first, second)]
     assert [r.status_code for r in held] == [200, 200]
@@ -263,6 +268,7 @@ def test_open_event_streams_are_capped_per_user_and_given_back(make_api, redis, 
     for response in (again, held[1]):
         response.close()
     first.delete(f"/jobs/{job_id}")
+    fake_gemini.reset()  # the slow answers the canceled job did not use
     wait_until(lambda: not redis.exists(key(user)), timeout=10, what="the leases to be given back")
 
 
