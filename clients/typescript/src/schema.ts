@@ -113,7 +113,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The caller's jobs, newest first */
+        /**
+         * The caller's jobs, newest first
+         * @description Lists the caller's newest 200 jobs at most: `status` filters among those only, so a request costs the same whatever the history. The index keeps a user's newest 1000 jobs; older ones stay readable by id until they expire.
+         */
         get: operations["listJobs"];
         put?: never;
         post?: never;
@@ -181,7 +184,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The output PNG (owner only) */
+        /** The output PNG (owner only); with the S3 store a 302 to a fresh presigned URL */
         get: operations["getJobResult"];
         put?: never;
         post?: never;
@@ -219,6 +222,23 @@ export interface paths {
         get: operations["streamJobEvents"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/uploads": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** A presigned form upload for one image, used by POST /generate as `upload` (S3 store only) */
+        post: operations["createUpload"];
         delete?: never;
         options?: never;
         head?: never;
@@ -350,6 +370,12 @@ export interface components {
              */
             transparent: boolean | null;
             /**
+             * Upload
+             * @description An uploadId from POST /uploads, in place of `image` (S3 image store only); the caller must own it, and it serves one job.
+             * @default null
+             */
+            upload: string | null;
+            /**
              * Webhookurl
              * @description Called when the job ends.
              * @default null
@@ -393,7 +419,7 @@ export interface components {
         JobResult: {
             /**
              * Image
-             * @description Signed URL, valid without Authorization for RESULT_URL_TTL_S.
+             * @description Signed URL, valid without Authorization for RESULT_URL_TTL_S (with the S3 store, a presigned URL of the object store).
              * @default null
              */
             image: string | null;
@@ -485,6 +511,36 @@ export interface components {
             workers: number;
         };
         /**
+         * UploadCreated
+         * @description A presigned S3 form upload: POST `url` as multipart/form-data with `fields`, then the `file` part.
+         */
+        UploadCreated: {
+            /**
+             * Expiresat
+             * @description When the form upload stops being accepted (ISO 8601, UTC).
+             */
+            expiresAt: string;
+            /** Fields */
+            fields: {
+                [key: string]: string;
+            };
+            /** Uploadid */
+            uploadId: string;
+            /** Url */
+            url: string;
+        };
+        /**
+         * UploadRequest
+         * @description Body of `POST /uploads`.
+         */
+        UploadRequest: {
+            /**
+             * Contenttype
+             * @description image/jpeg, image/png or image/webp (others: 415).
+             */
+            contentType: string;
+        };
+        /**
          * WebhookState
          * @description Delivery of a job's webhook (Standard Webhooks v1), present only when `webhookUrl` was given.
          */
@@ -528,6 +584,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An API key's user id, or jwt:<sub> for a JWT's user */
                 userId: string;
             };
             cookie?: never;
@@ -643,6 +700,15 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     getResultFile: {
@@ -665,7 +731,7 @@ export interface operations {
                     "image/png": string;
                 };
             };
-            /** @description Unknown job, or another user's */
+            /** @description Unknown job or upload, or another user's (and /uploads without the S3 store) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -680,6 +746,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
+                /** @description The same key and body within 24 h answers the original job with 200 once it is stored; 409 `conflict` with another body, or (with Retry-After) while the original request is still being processed. */
                 "Idempotency-Key"?: string;
             };
             path?: never;
@@ -744,6 +811,12 @@ export interface operations {
                      */
                     transparent?: boolean | null;
                     /**
+                     * Upload
+                     * @description An uploadId from POST /uploads, in place of `image` (S3 image store only); the caller must own it, and it serves one job.
+                     * @default null
+                     */
+                    upload?: string | null;
+                    /**
                      * Webhookurl
                      * @description Called when the job ends.
                      * @default null
@@ -798,6 +871,15 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description Unknown job or upload, or another user's (and /uploads without the S3 store) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description Conflict */
             409: {
                 headers: {
@@ -825,7 +907,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited or too many jobs in flight (Retry-After) */
+            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -834,7 +916,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Redis down, queue full, or no provider (Retry-After) */
+            /** @description Redis down, queue full, no provider, or the image store unreachable (Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -902,6 +984,15 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     cancelJob: {
@@ -933,7 +1024,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Unknown job, or another user's */
+            /** @description Unknown job or upload, or another user's (and /uploads without the S3 store) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -944,6 +1035,15 @@ export interface operations {
             };
             /** @description Conflict */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -998,7 +1098,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Redis down, queue full, or no provider (Retry-After) */
+            /** @description Redis down, queue full, no provider, or the image store unreachable (Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1029,6 +1129,13 @@ export interface operations {
                     "image/png": string;
                 };
             };
+            /** @description S3 store: the presigned URL in Location */
+            302: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description No or bad credentials */
             401: {
                 headers: {
@@ -1038,8 +1145,17 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Unknown job, or another user's */
+            /** @description Unknown job or upload, or another user's (and /uploads without the S3 store) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1081,8 +1197,17 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Unknown job, or another user's */
+            /** @description Unknown job or upload, or another user's (and /uploads without the S3 store) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1127,8 +1252,86 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Unknown job, or another user's */
+            /** @description Unknown job or upload, or another user's (and /uploads without the S3 store) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    createUpload: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UploadRequest"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UploadCreated"];
+                };
+            };
+            /** @description Invalid request (missing or unknown field, bad value, undecodable image) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No or bad credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unknown job or upload, or another user's (and /uploads without the S3 store) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unsupported image format or body type */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Redis down, queue full, no provider, or the image store unreachable (Retry-After) */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
