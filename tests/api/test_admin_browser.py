@@ -3,10 +3,7 @@ another origin posting to rq-dashboard with the admin's cached Basic credentials
 (a job's description and metadata, an ia-gen prompt, a provider's reply) on the dashboard's pages."""
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
@@ -16,7 +13,7 @@ from rq.serializers import JSONSerializer
 from tests import fakegemini as fg
 from tests.api.test_web import CHROMIUM, browser  # noqa: F401  (the Chromium fixture)
 from tests.conftest import ADMIN_TOKEN
-from tests.servers import wait_until
+from tests.servers import page_server, wait_until
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
 
@@ -25,30 +22,6 @@ HOSTILE = ['<img src=x onerror="window.__pwned=(window.__pwned||0)+1">',
            '<svg onload="window.__pwned=(window.__pwned||0)+1"></svg>',
            '<iframe srcdoc="<script>parent.__pwned=1</script>"></iframe>']
 PAYLOAD = "Sorry: " + " ".join(HOSTILE)
-
-
-@contextlib.contextmanager
-def page_server(html: str):
-    """Serve one HTML page at http://localhost:<port>/ (another origin than the API's 127.0.0.1)."""
-    body = html.encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://localhost:{server.server_port}/"
-    finally:
-        server.shutdown()
 
 
 def admin_page(browser, api):  # noqa: F811
@@ -76,7 +49,7 @@ def test_cross_site_form_post_with_cached_basic_credentials_is_refused(make_api,
                  <script>document.forms[0].submit()</script>"""
     with page_server(attack) as evil:
         with page.expect_navigation(url=f"{api.url}/admin/rq/queue/csrf-victim/queued/empty"):
-            page.goto(evil)
+            page.goto(evil + "/")
         assert '"forbidden"' in page.content()
     queue = Queue("csrf-victim", connection=redis, serializer=JSONSerializer)
     assert queue.job_ids == [victim], "a cross-site POST emptied the queue"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from api import ConfigError, create_app
 from tests.conftest import base_config, drawing, photo
+from tests.servers import page_server
 
 APP = "http://127.0.0.1:3999"
 OTHER = "https://evil.example"
@@ -151,28 +150,11 @@ window.probe = async (path) => {
 </script>"""
 
 
-class _Page(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = PAGE.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def page_servers():
     """Two static servers of the same page on two ports: two origins."""
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _Page) for _ in range(2)]
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield [f"http://127.0.0.1:{server.server_port}" for server in servers]
-    for server in servers:
-        server.shutdown()
+    with page_server(PAGE, "127.0.0.1") as allowed, page_server(PAGE, "127.0.0.1") as refused:
+        yield [allowed, refused]
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="chromium is not installed")
