@@ -107,6 +107,7 @@ class Workers:
     """`scripts/start_workers.sh` as a real process group, with the given environment."""
 
     def __init__(self, env: dict, log_path: str):
+        self.log_path = log_path
         self.log = open(log_path, "ab")
         full = {**os.environ, **env, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
         self.proc = subprocess.Popen([os.path.join(ROOT, "scripts", "start_workers.sh")], cwd=ROOT, env=full,
@@ -293,14 +294,15 @@ class Stack:
         service.wait_ready(self.redis, live_workers_expected(env))
         return service
 
-    def submit_stencils(self, n: int, spacing_s: float = 0.0, token="tok-alice") -> list[str]:
-        """Submit n small local stencil jobs, spacing_s apart; their ids."""
+    def submit_stencils(self, n: int, spacing_s: float = 0.0, token="tok-alice", engine="local") -> list[str]:
+        """Submit n small stencil jobs, spacing_s apart; their ids. A local one costs its worker service
+        about 3 s of CPU (a 1024 px stencil); a Gemini one (the fake provider) only a few milliseconds."""
         from tests.conftest import photo
 
         small = photo((96, 96))
         ids = []
         for _ in range(n):
-            response = self.api.submit(small, token=token, engine="local")
+            response = self.api.submit(small, token=token, engine=engine)
             assert response.status_code == 202, response.text
             ids.append(response.json()["jobId"])
             time.sleep(spacing_s)
@@ -322,8 +324,50 @@ class Stack:
             wait_until(done, timeout=timeout, interval=0.2, what=f"{len(ids)} jobs to end")
         except AssertionError:
             stuck = {job_id: self.api.get(f"/status/{job_id}", token=token).json()["status"] for job_id in pending}
-            raise AssertionError(f"{len(pending)} jobs never ended: {stuck}; {self.leftovers()}") from None
+            raise AssertionError(f"{len(pending)} jobs never ended: {stuck}; {self.leftovers()}\n"
+                                 f"{self.diagnose(pending)}") from None
         return final
+
+    def diagnose(self, ids) -> str:
+        """Where each job is in Redis, who the listed workers are, and the services' warnings: what a
+        stranded job needs to be explained."""
+        lines = []
+        for job_id in ids:
+            fields = {k.decode(): v.decode(errors="replace") for k, v in self.redis.hgetall(f"rq:job:{job_id}").items()}
+            meta = fields.get("meta", "")
+            where = [key.decode() for key in self.redis.scan_iter("rq:*") if self._holds(key, job_id)]
+            lines.append(f"{job_id}: status={fields.get('status')} worker={fields.get('worker_name')} "
+                         f"retries_left={fields.get('retries_left')} started={fields.get('started_at')} "
+                         f"ended={fields.get('ended_at')} meta={meta[:300]} in={where}")
+        for key in self.redis.scan_iter("inkq:workers:*"):
+            for worker in sorted(w.decode() for w in self.redis.smembers(key)):
+                alive = self.redis.pttl(f"inkq:alive:{worker}")
+                lines.append(f"{key.decode()}: {worker} alive_pttl={alive}")
+        for key in self.redis.scan_iter("rq:scheduler-lock:*"):
+            lines.append(f"{key.decode()}: {self.redis.get(key)} pttl={self.redis.pttl(key)}")
+        spy = shutil.which("py-spy")
+        for n, service in enumerate(self.services):
+            lines.append(f"service {n}: pid {service.proc.pid} exit {service.proc.poll()}")
+            if spy and service.proc.poll() is None:  # where each live process of the service is stuck
+                for pid in process_tree(service.proc.pid):
+                    dump = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+                    lines.extend("  | " + line for line in (dump.stdout + dump.stderr).splitlines()[:60])
+            try:
+                with open(service.log_path, errors="replace") as f:
+                    lines.extend("  " + line.rstrip()[:300] for line in f.readlines()[-15:])
+            except OSError:
+                pass
+        return "\n".join(lines)
+
+    def _holds(self, key: bytes, job_id: str) -> bool:
+        kind = self.redis.type(key)
+        if kind == b"list":
+            return job_id.encode() in self.redis.lrange(key, 0, -1)
+        if kind == b"zset":
+            return any(m.split(b":")[0] == job_id.encode() for m in self.redis.zrange(key, 0, -1))
+        if kind == b"set":
+            return any(m.split(b":")[0] == job_id.encode() for m in self.redis.smembers(key))
+        return False
 
     def leftovers(self) -> dict[str, list[str]]:
         """Ids still in RQ's intermediate lists or in any worker's claims."""

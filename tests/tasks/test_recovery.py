@@ -172,10 +172,12 @@ def test_restart_race_strands_nothing(stack):
             os.killpg(service.proc.pid, signal.SIGTERM)
         else:
             service.proc.send_signal(signal.SIGTERM)
-        ids += stack.submit_stencils(6, spacing_s=0.015)
+        # one local stencil (its engine runs in the CPU pool) and five provider ones (slot threads); all
+        # local, the 120 jobs cost 6 minutes of CPU and the test timed its machine, not the recovery
+        ids += stack.submit_stencils(1) + stack.submit_stencils(5, spacing_s=0.015, engine="gemini")
         assert service.proc.wait(30) == 0
         service = stack.workers()
-    final = stack.wait_all(ids, timeout=90)
+    final = stack.wait_all(ids, timeout=120)
     assert {body["status"] for body in final.values()} == {"completed"}, final
     wait_until(lambda: not stack.leftovers(), timeout=10, what="claims and intermediate lists to empty")
     print(f"restart race: 20 restarts, {len(ids)} jobs, recovery stats {stack.stats()}")
@@ -190,8 +192,10 @@ def test_soak_with_restarts_and_kills(credit_stack):
     stop = threading.Event()
 
     def submit():
-        while not stop.is_set():
-            ids.extend(stack.submit_stencils(1))
+        n = 0
+        while not stop.is_set():  # one in four a local stencil (CPU pool), the others provider calls (slots)
+            ids.extend(stack.submit_stencils(1, engine="gemini" if n % 4 else "local"))
+            n += 1
             time.sleep(0.3)
     feeder = threading.Thread(target=submit, daemon=True)
     feeder.start()
