@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 import requests
 import yaml
 from PIL import Image
@@ -95,7 +96,10 @@ def healthcheck(service: str) -> list[str]:
     return test[1:]
 
 
-def test_the_images_serve_a_stencil_job(engine, sizes):
+@pytest.mark.parametrize("store", ["redis", "s3"])
+def test_the_images_serve_a_stencil_job(engine, sizes, store, request):
+    """With the Redis store, and with BLOB_STORE=s3 on a real S3 server (SeaweedFS on the host): the
+    result is then a presigned URL of the store and Redis holds no image bytes."""
     assert sizes["api"] < sizes["worker"], "the API image carries the image stack"
     no_stack = subprocess.run(
         [*engine[0], "run", "--rm", *engine[1], "inkq-api", "python", "-c",
@@ -106,6 +110,12 @@ def test_the_images_serve_a_stencil_job(engine, sizes):
     redis = RedisServer()
     port = free_port()
     common = {"REDIS_URL": redis.url, "LOG_FORMAT": "text"}
+    seaweed = None
+    if store == "s3":
+        from tests.conftest import S3_BUCKET, S3_STORE
+
+        seaweed = request.getfixturevalue("seaweed")
+        common.update({"BLOB_STORE": S3_STORE, **seaweed.env})
     containers: list[Container] = []
     try:
         api = Container(engine, "inkq-api", {**common, "API_KEYS": f"{TOKEN}:alice", "PORT": str(port),
@@ -141,6 +151,9 @@ def test_the_images_serve_a_stencil_job(engine, sizes):
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n" + "\n".join(c.logs() for c in containers)) from None
         assert status["status"] == "completed", f"{status}\n{worker.logs()}"
+        if seaweed is not None:
+            assert status["result"]["image"].startswith(f"{seaweed.url}/{S3_BUCKET}/"), status["result"]
+            assert list(redis_lib.Redis.from_url(redis.url).scan_iter("inkq:blob:*")) == []
         result = requests.get(status["result"]["image"], timeout=30)
         assert result.status_code == 200, result.text
         assert result.content.startswith(b"\x89PNG\r\n\x1a\n")

@@ -7,6 +7,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import shutil
+import subprocess
 import time
 from urllib.parse import urlsplit
 
@@ -365,3 +368,21 @@ def test_the_command_line_saves_results_from_the_store(make_s3_api, tmp_path):
         done = inkq(api, "generate", str(source), "--engine", "local", "-o", str(tmp_path / name))
         assert done.returncode == 0, done.stdout + done.stderr
         assert (tmp_path / name).read_bytes().startswith(magic)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_seed_polling_client_works_unchanged_with_the_store(make_s3_api, seaweed, tmp_path):
+    """The seed's own `generateStencil` in Node (tests/test_processes.py), unchanged: it polls, gets
+    `result.image` as a presigned URL of the store and downloads the PNG from it with no credentials."""
+    from tests.test_processes import SEED_CLIENT
+
+    api = make_s3_api()
+    script, picture = tmp_path / "seed_client.js", tmp_path / "photo.jpg"
+    script.write_text(SEED_CLIENT.replace("console.log('RESULT', png.status",
+                                          "console.log('URL', url);\n  console.log('RESULT', png.status"))
+    picture.write_bytes(photo((300, 300)))
+    proc = subprocess.run(["node", str(script), str(picture)], capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "INKQ_URL": api.url, "INKQ_TOKEN": "tok-alice"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RESULT 200 image/png" in proc.stdout
+    assert f"URL {seaweed.url}/{S3_BUCKET}/jobs/out/" in proc.stdout
