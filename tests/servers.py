@@ -282,8 +282,9 @@ class Stack:
         self.api = Api(self.app_server.url)
         self.services: list[Workers] = []
 
-    def workers(self, stencil=2, ia_gen=1, **extra) -> Workers:
-        """Start one worker service (all four queues) and wait until all its workers are alive."""
+    def workers(self, stencil=2, ia_gen=1, wait=True, **extra) -> Workers:
+        """Start one worker service (all four queues) and wait until all its workers are alive (or,
+        with `wait=False`, return at once: `ready` waits for it)."""
         env = {"REDIS_URL": self.server.url, "CONCURRENCY_STENCIL": str(stencil), "CONCURRENCY_ENHANCE": "1",
                "CONCURRENCY_IA_GEN": str(ia_gen), "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1",
                "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": self.gemini_url, "GEMINI_TIMEOUT_S": "90",
@@ -291,8 +292,14 @@ class Stack:
                **extra}
         service = Workers(env, str(self.tmp_path / f"workers-{len(self.services)}.log"))
         self.services.append(service)
-        service.wait_ready(self.redis, live_workers_expected(env))
+        service.expected = live_workers_expected(env)
+        if wait:
+            self.ready(service)
         return service
+
+    def ready(self, service: Workers) -> None:
+        """Wait until all of a service's workers are alive."""
+        service.wait_ready(self.redis, service.expected)
 
     def submit_stencils(self, n: int, spacing_s: float = 0.0, token="tok-alice", engine="local") -> list[str]:
         """Submit n small stencil jobs, spacing_s apart; their ids. A local one costs its worker service

@@ -175,8 +175,10 @@ def test_restart_race_strands_nothing(stack):
         # one local stencil (its engine runs in the CPU pool) and five provider ones (slot threads); all
         # local, the 120 jobs cost 6 minutes of CPU and the test timed its machine, not the recovery
         ids += stack.submit_stencils(1) + stack.submit_stencils(5, spacing_s=0.015, engine="gemini")
+        following = stack.workers(wait=False)  # as in a rolling deploy: the next one starts as this one stops
         assert service.proc.wait(30) == 0
-        service = stack.workers()
+        stack.ready(following)
+        service = following
     final = stack.wait_all(ids, timeout=120)
     assert {body["status"] for body in final.values()} == {"completed"}, final
     wait_until(lambda: not stack.leftovers(), timeout=10, what="claims and intermediate lists to empty")
