@@ -158,13 +158,13 @@ def generate_image(
     redis = job.connection if job is not None else None
     if redis is not None:
         quota.before_call(redis, settings.redis_url, settings.gemini_model)
-    started = time.perf_counter()
+    started, sent_at = time.perf_counter(), time.time()
     try:
         response = client_for(settings).models.generate_content(
             model=settings.gemini_model, contents=contents, config=config
         )
         if redis is not None:
-            quota.answered(redis, settings.gemini_model)
+            quota.answered(redis, settings.gemini_model, sent_at)
         data = first_image(response)
         if data is None:
             raise classify(response, secrets=[settings.gemini_api_key])
