@@ -16,4 +16,19 @@ if ! scripts/system_deps.sh promtool:prometheus; then
   echo "promtool is missing: the alert rules check will be skipped" >&2
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
-exec "$VENV/bin/python" -m pytest "$@"
+if [ "$#" -gt 0 ] && [ "${INKQ_TEST_PARTS:-}" != 1 ]; then  # a developer's own selection: one plain run
+  exec "$VENV/bin/python" -m pytest "$@"
+fi
+# The whole suite (or INKQ_TEST_PARTS=1 with extra options), in two parts: the tests that do not measure
+# time, load or memory on two pytest-xdist processes (each with its own Redis, worker service and fake
+# provider), then the `serial` ones alone (tests/conftest.py names them and why). INKQ_TEST_PROCESSES
+# sets the first part's processes (1 runs it without xdist).
+PROCS=${INKQ_TEST_PROCESSES:-2}
+status=0
+if [ "$PROCS" -gt 1 ]; then
+  "$VENV/bin/python" -m pytest -n "$PROCS" -m "not serial" "$@" || status=$?
+else
+  "$VENV/bin/python" -m pytest -m "not serial" "$@" || status=$?
+fi
+"$VENV/bin/python" -m pytest -m serial "$@" || status=$((status ? status : $?))
+exit "$status"

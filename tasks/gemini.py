@@ -172,7 +172,7 @@ def generate_image(
         error = exc if isinstance(exc, JobError) else classify(exc, secrets=[settings.gemini_api_key])
         outcome = "retryable" if isinstance(error, TransientError) else "final"
         if redis is not None and isinstance(exc, genai_errors.APIError) and exc.code == 429:
-            quota.rate_limited(redis, settings.gemini_model, error.retry_after)
+            quota.rate_limited(redis, settings.gemini_model, error.retry_after, learn=per_minute_quota(exc))
         _record(outcome, started, error.message)
         if error is exc:
             raise
@@ -270,13 +270,31 @@ def _classify_answer(response: types.GenerateContentResponse, secrets: list[str]
     return FinalError(message)
 
 
-def retry_after(exc: genai_errors.APIError) -> float | None:
-    """Seconds to wait from Google's `RetryInfo.retryDelay`, else from a `Retry-After` header."""
+def _error_details(exc: genai_errors.APIError) -> list:
     body = exc.details if isinstance(exc.details, dict) else {}
     error = body.get("error", body)
     details = error.get("details") if isinstance(error, dict) else None
-    for item in details if isinstance(details, list) else []:
-        if isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.RetryInfo"):
+    return [item for item in details if isinstance(item, dict)] if isinstance(details, list) else []
+
+
+def per_minute_quota(exc: genai_errors.APIError) -> bool:
+    """Whether a 429 names a per-minute quota (`google.rpc.QuotaFailure`, as Gemini's quota errors carry):
+    only such a refusal says how many calls a minute the project gets. A 429 from overload, or from a
+    daily quota, says nothing about the rate."""
+    for item in _error_details(exc):
+        if str(item.get("@type", "")).endswith("google.rpc.QuotaFailure"):
+            for violation in item.get("violations") or []:
+                names = f"{violation.get('quotaId', '')} {violation.get('quotaMetric', '')}" \
+                    if isinstance(violation, dict) else ""
+                if "perminute" in names.lower().replace("_", "").replace("-", ""):
+                    return True
+    return False
+
+
+def retry_after(exc: genai_errors.APIError) -> float | None:
+    """Seconds to wait from Google's `RetryInfo.retryDelay`, else from a `Retry-After` header."""
+    for item in _error_details(exc):
+        if str(item.get("@type", "")).endswith("google.rpc.RetryInfo"):
             delay = _duration(item.get("retryDelay"))
             if delay is not None:
                 return delay

@@ -29,6 +29,11 @@ Gemini limits requests per minute per project, not per worker, so the budget liv
   and every such refusal takes one off. It lives `LEARNED_TTL_WINDOWS` windows (10 minutes) after
   its last change, then the fleet goes unpaced again: a raised quota is used, an unchanged one is
   learned again from one burst of 429s. Clocks of the fleet's boxes must agree (as for `limits`).
+- Only a 429 that names a per-minute quota teaches (a `google.rpc.QuotaFailure` whose quota id says
+  PerMinute, as Gemini's quota refusals carry; `tasks.gemini.per_minute_quota`). A 429 from
+  overload or from a daily quota says nothing about the rate: learning from it would pace the fleet
+  at the few calls that happened to be answered in the last minute (one, at a quiet hour) for ten
+  minutes. Such a 429 only holds the calls for its delay.
 - The budget is the lower of `GEMINI_MAX_RPM` and the learned limit; a call waits for a place in
   the moving window when there is one (one window per model, whatever the budget, so a changed
   budget still counts the calls already sent).
@@ -175,13 +180,18 @@ def _learn(redis, model: str, event: str, sent_at: float = 0.0) -> int:
                             f"{sent_at:.6f}", member]))
 
 
-def rate_limited(redis, model: str, delay: float | None) -> float:
-    """A 429: hold every worker's calls to `model` for `delay` (or a growing backoff), learn the limit; the hold in seconds."""
+def rate_limited(redis, model: str, delay: float | None, learn: bool = True) -> float:
+    """A 429: hold every worker's calls to `model` for `delay` (or a growing backoff) and, when it names a
+    per-minute quota (`learn`), learn the limit; the hold in seconds."""
     streak = redis.incr(streak_key(model))
     redis.expire(streak_key(model), STREAK_TTL_S)
     hold = delay if delay is not None and delay > 0 else min(MAX_BACKOFF_S, 2.0 ** streak)
     if redis.pttl(hold_key(model)) < hold * 1000:
         redis.set(hold_key(model), streak, px=max(1, int(hold * 1000)))
+    if not learn:
+        log.warning("provider refused a call to %s (429, no per-minute quota named): calls held for %.1f s "
+                    "(429 #%d in a row)", model, hold, streak)
+        return hold
     limit = _learn(redis, model, "429")
     log.warning("provider rate limit: calls to %s held for %.1f s (429 #%d in a row), paced at %d per %d s",
                 model, hold, streak, limit, window_s())

@@ -24,6 +24,29 @@ WEBHOOK_SECRET = "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz"
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
+# `make test` runs the suite in two parts (scripts/test.sh): everything else on two pytest-xdist
+# processes, then these modules alone, because they measure time, load, memory or signal handling
+# and a second test running beside them would measure that test instead.
+SERIAL_MODULES = {
+    "tests/tasks/test_recovery.py",  # recovery within 10-15 s of a kill, restarts, soak
+    "tests/tasks/test_slots.py",  # warm stops within the grace period, timeouts
+    "tests/tasks/test_quota.py",  # calls per 3 s window against the provider's limit
+    "tests/tasks/test_worker.py",  # stops and signals during start-up and Redis outages
+    "tests/tasks/test_decode_memory.py",  # peak memory per decoded pixel
+    "tests/tasks/test_gemini.py",  # a timeout answered within 2.5 s
+    "tests/api/test_streams.py",  # 2,000 streams, a connection budget under attack
+    "tests/api/test_hostile_input.py",  # slow bodies refused within 1-3 s
+    "tests/api/test_credits_limits.py",  # work-horses killed mid-call, refunds at once
+    "tests/test_processes.py",  # CPU priorities, group signals, prompt stops
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("::")[0] in SERIAL_MODULES:
+            item.add_marker(pytest.mark.serial)
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     server = RedisServer()

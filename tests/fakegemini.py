@@ -102,15 +102,23 @@ def ok(image_bytes: bytes | None = None, text: str | None = None, mime_type: str
     })
 
 
+PER_MINUTE_QUOTA = "GenerateRequestsPerMinutePerProjectPerModel"  # as Gemini names it in a QuotaFailure
+
+
 def error(
     code: int,
     status: str | None = None,
     message: str | None = None,
     retry_delay: str | float | None = None,
     retry_after: str | None = None,
+    quota_id: str | None = None,
 ) -> Reply:
-    """Google's error body `{"error": {code, message, status, details}}`, with RetryInfo if given."""
+    """Google's error body `{"error": {code, message, status, details}}`, with RetryInfo and a QuotaFailure
+    naming `quota_id` if given."""
     details: list[dict[str, Any]] = []
+    if quota_id is not None:
+        details.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+            {"quotaMetric": "generativelanguage.googleapis.com/generate_requests_per_model", "quotaId": quota_id}]})
     if retry_delay is not None:
         delay = retry_delay if isinstance(retry_delay, str) else f"{retry_delay}s"
         details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay})
@@ -282,7 +290,8 @@ class FakeGemini:
             return None
         self.rate_limited += 1
         wait = max(0.1, self._accepted[0] + window - now)
-        return error(429, message="Quota exceeded for requests per minute.", retry_delay=f"{wait:.3f}s")
+        return error(429, message="Quota exceeded for requests per minute.", retry_delay=f"{wait:.3f}s",
+                     quota_id=PER_MINUTE_QUOTA)
 
     def start(self) -> "FakeGemini":
         """Start serving; returns self."""

@@ -122,3 +122,23 @@ def test_the_learned_limit_rises_during_the_burst_and_falls_when_paced_calls_are
         quota.rate_limited(redis, model, 0.01)
     assert quota.learned(redis, model) == 1
     _keys_expire(redis, model)
+
+
+def test_only_a_429_naming_a_per_minute_quota_teaches(redis):
+    """An overload 429, or a daily quota's, holds the calls but teaches no pace; a per-minute
+    QuotaFailure (what the fake's limit, like Gemini, sends) does."""
+    from google.genai import errors as genai_errors
+
+    from tasks.gemini import per_minute_quota
+
+    def api_error(reply) -> genai_errors.APIError:
+        return genai_errors.APIError(reply.status, reply.body)
+
+    assert per_minute_quota(api_error(fg.error(429, retry_delay="2s", quota_id=fg.PER_MINUTE_QUOTA)))
+    assert not per_minute_quota(api_error(fg.error(429, retry_delay="2s")))
+    assert not per_minute_quota(api_error(fg.error(429, quota_id="GenerateRequestsPerDayPerProjectPerModel")))
+    model = f"m-{uuid.uuid4().hex}"
+    quota.answered(redis, model, time.time())
+    quota.rate_limited(redis, model, 0.01, learn=False)
+    assert quota.learned(redis, model) == 0
+    assert redis.exists(quota.hold_key(model))
