@@ -32,7 +32,6 @@ SERIAL_MODULES = {
     "tests/tasks/test_slots.py",  # warm stops within the grace period, timeouts
     "tests/tasks/test_quota.py",  # calls per 3 s window against the provider's limit
     "tests/tasks/test_worker.py",  # stops and signals during start-up and Redis outages
-    "tests/tasks/test_decode_memory.py",  # peak memory per decoded pixel
     "tests/tasks/test_gemini.py",  # a timeout answered within 2.5 s
     "tests/api/test_streams.py",  # 2,000 streams, a connection budget under attack
     "tests/api/test_hostile_input.py",  # slow bodies refused within 1-3 s
