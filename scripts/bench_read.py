@@ -289,10 +289,13 @@ def streams(svc: Service, body: dict, spread_s: float = 2.0, tokens: list[str] |
     time.sleep(1.0)
     poller.start()
     peak_pss, peak_threads, open_now = 0.0, 0, 0
+    cpu_start, cpu_opening = cpu_seconds(svc), None
     while follower.is_alive():
         peak_pss = max(peak_pss, svc.api_pss())
         peak_threads = max(peak_threads, svc.api_threads())
         open_now = max(open_now, sum(1 for s in watched if s.first_event and not s.ended and not s.error))
+        if cpu_opening is None and all(s.first_event or s.error for s in watched):
+            cpu_opening = {k: round(v - cpu_start[k], 2) for k, v in cpu_seconds(svc).items()}
         follower.join(0.5)
     poller.join()
     overflows, commands = listen_overflows() - overflows, redis_calls(svc, commands)
@@ -315,8 +318,31 @@ def streams(svc: Service, body: dict, spread_s: float = 2.0, tokens: list[str] |
             "end_lag_p99": _p(lags, 99), "open_peak": open_now, "polls": polls, "pss": peak_pss,
             "threads": peak_threads, "codes": codes, "first_error": next((s.error for s in watched if s.error), None),
             "waits": {k: {"p50": _p(v, 50), "p99": _p(v, 99), "max": max(v or [float("nan")])} for k, v in waits.items()},
-            "listen_overflows": overflows, "redis_calls": commands, "redis_calls_per_stream": {
+            "cpu_opening": cpu_opening, "listen_overflows": overflows, "redis_calls": commands,
+            "redis_calls_per_stream": {
                 k: round(n / len(watched), 2) for k, n in sorted(commands.items(), key=lambda kv: -kv[1])}}
+
+
+def cpu_seconds(svc: Service) -> dict:
+    """CPU seconds used so far by the API's processes, the workers', Redis and this script (the client),
+    and the wall clock, to see who had the cores while the streams opened."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def used(pids) -> float:
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
+    times = os.times()
+    workers = svc.workers_pid()
+    return {"wall": time.monotonic(), "api": used(process_tree(svc.api_pid)),
+            "workers": used(process_tree(workers)) if workers else 0.0, "redis": used([svc.redis.proc.pid]),
+            "bench": times.user + times.system}
 
 
 def listen_overflows() -> int:
@@ -349,6 +375,7 @@ def streams_report(label: str, s: dict) -> None:
           f"max {s['first_max'] * 1000:.0f} ms; terminal event after the job ended, max {s['end_lag_max'] * 1000:.0f} ms")
     for part, w in s["waits"].items():
         print(f"    {part:<20} p50 {w['p50'] * 1000:7.1f} ms  p99 {w['p99'] * 1000:7.1f} ms  max {w['max'] * 1000:7.1f} ms")
+    print(f"    until every stream had its first event, CPU seconds used (wall: elapsed): {s['cpu_opening']}")
     print(f"    listen queue overflows and drops: {s['listen_overflows']}; Redis commands per stream "
           f"(open to end): {s['redis_calls_per_stream']}")
 
