@@ -85,8 +85,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         settings=settings, redis=redis, blobs=blobs,
         store=JobStore(redis, settings.result_ttl_s, settings.failure_ttl_s, blobs),
         admission=Admission(redis, settings),
-        limiter=limits.submissions(settings.redis_url, settings.rate_limit),
-        read_limiter=limits.reads(settings.redis_url, settings.read_rate_limit),
+        limiter=limits.submissions(settings.redis_url, settings.rate_limit, redis.connection_pool),
+        read_limiter=limits.reads(settings.redis_url, settings.read_rate_limit, redis.connection_pool),
         links=ResultLinks(settings.secret_key, settings.result_url_ttl_s, blobs),
         metrics=metrics, auth=auth, hub=Hub(settings.redis_url),
         leases=StreamLeases(redis, settings.max_streams_per_user, settings.events_poll_s))

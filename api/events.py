@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from tasks.changes import CHANNEL
 
-from .status import TERMINAL, describe, read
+from .status import TERMINAL, View, describe, read
 
 log = logging.getLogger("inkq.api")
 
@@ -161,31 +161,44 @@ class Hub:
 
 
 def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str],
-           recheck_s: float, limit_s: float, renew: Callable[[], None] | None = None) -> Iterator[str]:
+           recheck_s: float, limit_s: float, renew: Callable[[], None] | None = None,
+           first: View | None = None, woken: threading.Event | None = None) -> Iterator[str]:
     """The event-stream body: status objects as they change, ending after the terminal one; `renew`
-    (the stream's lease, api/leases.py) is called at least every `recheck_s` while it runs."""
-    yield "retry: 2000\n\n"
-    woken = hub.watch(job_id)
+    (the stream's lease, api/leases.py) is called at least every `recheck_s` while it runs.
+
+    `first`, `woken`: a view of the job read after `woken = hub.watch(job_id)` was registered (the
+    read that opened the stream): it is the first event, sent with the retry line in one write, and
+    not read again; an announcement since the watch began has set `woken`, so it is read at once."""
+    prefix = "retry: 2000\n\n"
+    if first is None:
+        yield prefix  # the headers go out before the first read
+        prefix = ""
+    if woken is None:
+        woken = hub.watch(job_id)
     try:
         last = None
         deadline = time.monotonic() + limit_s
         renewed = time.monotonic()
+        view = first
         while True:
             if renew is not None and time.monotonic() - renewed >= recheck_s:
                 renew()
                 renewed = time.monotonic()
-            woken.clear()  # cleared before the read: an announcement during it wakes the next wait
-            try:
-                view = read(redis, job_id)
-            except RedisError as exc:  # the stream stays open and tries again at its next wake
-                log.warning("event stream could not read job %s: %s", job_id, exc)
-            else:
-                if view is None:  # expired while watched
-                    return
+            if view is None:
+                woken.clear()  # cleared before the read: an announcement during it wakes the next wait
+                try:
+                    view = read(redis, job_id)
+                except RedisError as exc:  # the stream stays open and tries again at its next wake
+                    log.warning("event stream could not read job %s: %s", job_id, exc)
+                else:
+                    if view is None:  # expired while watched
+                        return
+            if view is not None:
                 body = describe(view, result_url)
+                view = None
                 if body != last:
-                    yield f"event: status\ndata: {json.dumps(body)}\n\n"
-                    last = body
+                    yield f"{prefix}event: status\ndata: {json.dumps(body)}\n\n"
+                    prefix, last = "", body
                 if body["status"] in TERMINAL:
                     return
             remaining = deadline - time.monotonic()

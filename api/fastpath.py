@@ -8,15 +8,26 @@ a job waiting in a long queue is polled many times and read from Redis once.
 Everything else (no or bad credentials, admin tokens, unknown or foreign jobs, Redis errors) falls
 through to the Flask view (`jobs.status`), which answers it and every error exactly as before. Both
 paths build the body with the same `status.read` and `status.describe`; a test checks they agree.
+
+`GET /status/<jobId>/events` is opened here too, for the same reason (issue 19: 2,000 streams opened
+at once queued for Flask's per-request work): the owner's request is authenticated, counted against
+READ_RATE_LIMIT, and opened with `leases.open_on` (ownership, MAX_STREAMS_PER_USER and the first
+event's read in one round trip), the body being the Flask view's own `events.stream`. A refused
+request (over the read limit or the stream cap, an unknown or foreign job, Redis errors, admins)
+falls through to the Flask view, which answers it as before; a request already counted here is
+marked (`limits.COUNTED`) so the view does not count it twice.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+from functools import partial
 
 from .access import identify
+from .events import stream
 from .forwarding import origin
+from .limits import COUNTED
 from .status import describe, read
 from .store import valid_job_id
 
@@ -24,6 +35,10 @@ log = logging.getLogger("inkq.api")
 
 _PREFIX = "/status/"
 ENDPOINT = "jobs.status"  # the Flask endpoint this path stands in for, in metrics
+_EVENTS = "/events"
+EVENTS_ENDPOINT = "jobs.events"
+_EVENTS_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+                   ("X-Accel-Buffering", "no")]  # as the Flask view's Response has them
 
 
 class FastStatus:
@@ -44,7 +59,49 @@ class FastStatus:
                 metrics.latency.labels(ENDPOINT).observe(time.perf_counter() - started)
                 metrics.requests.labels("GET", ENDPOINT, "200").inc()
                 return [body]
+        elif (environ.get("REQUEST_METHOD") == "GET" and path.startswith(_PREFIX) and path.endswith(_EVENTS)
+              and valid_job_id(path[len(_PREFIX):-len(_EVENTS)])):
+            started = time.perf_counter()
+            events = self._events(environ, path[len(_PREFIX):-len(_EVENTS)])
+            if events is not None:
+                start_response("200 OK", list(_EVENTS_HEADERS))
+                metrics = self.ctx.metrics
+                metrics.latency.labels(EVENTS_ENDPOINT).observe(time.perf_counter() - started)
+                metrics.requests.labels("GET", EVENTS_ENDPOINT, "200").inc()
+                return events
         return self.wsgi_app(environ, start_response)
+
+    def _events(self, environ, job_id: str):
+        """The owner's event stream, opened; None to let the Flask view answer."""
+        ctx = self.ctx
+        try:
+            who = ctx.auth.authenticate(environ.get("HTTP_AUTHORIZATION"))
+        except Exception:  # noqa: BLE001 - the Flask view answers 401/503
+            return None
+        if who.is_admin or who.user_id.startswith("@"):
+            return None
+        identify(environ, who.user_id)
+        try:
+            ctx.read_limiter.hit(who.user_id)
+        except Exception:  # noqa: BLE001 - over the limit or Redis down: the view answers (a refusal counts nothing)
+            return None
+        environ[COUNTED] = True
+        woken = ctx.hub.watch(job_id)  # before the read in open_on: nothing announced after it is missed
+        try:
+            opened = ctx.leases.open_on(job_id, who.user_id)
+        except Exception:  # noqa: BLE001 - 429 (stream cap) or Redis errors: the view answers
+            log.debug("event stream fast path fell through", exc_info=True)
+            opened = None
+        if opened is None:
+            ctx.hub.unwatch(job_id, woken)
+            return None
+        view, lease = opened
+        public = ctx.settings.public_url
+        chunks = stream(ctx.hub, ctx.redis, job_id, lambda name: ctx.links.url(origin(environ, public), name),
+                        ctx.settings.events_poll_s, ctx.settings.events_max_s, renew=lease.renew, first=view,
+                        woken=woken)
+        return _EventBody(chunks, lease.release, partial(ctx.hub.unwatch, job_id, woken))
+
 
     def _answer(self, environ, job_id: str) -> bytes | None:
         ctx = self.ctx
@@ -71,3 +128,27 @@ class FastStatus:
             return None
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
+
+class _EventBody:
+    """The stream's chunks as bytes; closing it ends the stream, gives the lease back and stops watching
+    (also when it never started)."""
+
+    def __init__(self, chunks, *on_close):
+        self._chunks = chunks
+        self._on_close = on_close
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks).encode()
+
+    def close(self) -> None:
+        try:
+            self._chunks.close()
+        finally:
+            for callback in self._on_close:
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - every callback runs
+                    log.warning("closing an event stream failed", exc_info=True)

@@ -3,7 +3,10 @@
 Each open `GET /status/<id>/events` holds a lease: a member of the user's sorted set
 `inkq:streams:<user>` scored with its expiry (Redis `TIME`, so API boxes need not agree on the clock).
 Opening one is one Lua script: drop lapsed leases, refuse when the user holds the cap (429
-`rate_limited`, with Retry-After), else add the lease. A stream renews its lease as it runs (at
+`rate_limited`, with Retry-After), else add the lease. A stream is opened with `open_on`: one script
+(one round trip) that reads the job as `status.read` does, checks it belongs to the user, takes the
+lease, and answers the read, which is the stream's first event (it used to be three round trips: the
+ownership read, the lease, then the stream's first read of the same job). A stream renews its lease as it runs (at
 least every EVENTS_POLL_S) and gives it back when its response is closed: when it ends, when the
 client goes away (noticed at the next write, within EVENTS_POLL_S), or when the server closes it.
 A lease of a process that died lapses after `lease_s` (three re-reads, at least 30 s). The set
@@ -19,6 +22,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from .errors import ApiError
+from .status import View, read_keys, view_of
+from .store import valid_job_id
 
 log = logging.getLogger("inkq.api")
 
@@ -32,6 +37,25 @@ if not renew and redis.call('ZCARD', key) >= cap then return 0 end
 redis.call('ZADD', key, now + lease_ms, id)
 redis.call('PEXPIRE', key, lease_ms)
 return 1
+"""
+
+# KEYS: the job's keys as `status.read` reads them (hash, results, pending charge), the user's leases.
+# ARGV: user id, cap, lease ms, lease id. Answers -1 when the job is gone or another user's (the two are
+# not told apart), 0 when the user holds the cap, else `status.read`'s reply, the lease taken.
+_OPEN = """
+if redis.replicate_commands then redis.replicate_commands() end
+local job = redis.call('HMGET', KEYS[1], 'status', 'meta', 'origin', 'created_at', 'ended_at')
+if not job[2] then return -1 end
+local ok, meta = pcall(cjson.decode, job[2])
+if not ok or type(meta) ~= 'table' or meta['user'] ~= ARGV[1] then return -1 end
+local key, cap, lease_ms, id = KEYS[4], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+if redis.call('ZCARD', key) >= cap then return 0 end
+redis.call('ZADD', key, now + lease_ms, id)
+redis.call('PEXPIRE', key, lease_ms)
+return {job, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1), redis.call('EXISTS', KEYS[3])}
 """
 
 
@@ -49,15 +73,37 @@ class StreamLeases:
         self.lease_s = max(30.0, 3 * poll_s)
         self.retry_after_s = max(1, math.ceil(poll_s))
         self._take = redis.register_script(_TAKE)
+        self._open = redis.register_script(_OPEN)
 
     def open(self, user_id: str) -> "Lease":
         """A lease for one more stream; 429 `rate_limited` when the user holds the cap."""
         lease = Lease(self, user_id, uuid.uuid4().hex)
         if not self._take(keys=[key(user_id)], args=[self.cap, int(self.lease_s * 1000), lease.id, 0]):
-            raise ApiError(429, "rate_limited",
-                           f"Too many open event streams (at most {self.cap} per user); poll GET /status/<jobId> "
-                           "or close a stream.", retry_after=self.retry_after_s)
+            raise self._refused()
         return lease
+
+    def open_on(self, job_id: str, user_id: str) -> tuple[View, "Lease"] | None:
+        """In one round trip: the job's view and a lease for a stream on it; None when the job is gone or
+        not the user's; 429 `rate_limited` when the user holds the cap (the job is not read then)."""
+        if not valid_job_id(job_id):
+            return None
+        lease = Lease(self, user_id, uuid.uuid4().hex)
+        reply = self._open(keys=[*read_keys(job_id), key(user_id)],
+                           args=[user_id, self.cap, int(self.lease_s * 1000), lease.id])
+        if reply == -1:
+            return None
+        if reply == 0:
+            raise self._refused()
+        view = view_of(job_id, reply)
+        if view is None or view.user != user_id:  # what the script checked, checked as every read checks it
+            lease.release()
+            return None
+        return view, lease
+
+    def _refused(self) -> ApiError:
+        return ApiError(429, "rate_limited",
+                        f"Too many open event streams (at most {self.cap} per user); poll GET /status/<jobId> "
+                        "or close a stream.", retry_after=self.retry_after_s)
 
 
 class Lease:

@@ -19,21 +19,33 @@ import math
 import time
 from functools import wraps
 
-from flask import current_app, g
+from flask import current_app, g, request
 from limits import parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 from .errors import ApiError
 
+COUNTED = "inkq.read_counted"  # set in the WSGI environ by a layer that already counted this request (fastpath.py)
+
 
 class UserLimiter:
-    """A per-user limit on one kind of request."""
+    """A per-user limit on one kind of request.
 
-    def __init__(self, redis_url: str, limit: str, scope: str, what: str, strategy=MovingWindowRateLimiter):
+    `pool`: the API's bounded Redis connection pool (api/__init__.py). Without it the `limits` storage
+    builds its own unbounded pool: under gevent, a burst of N concurrent requests opened up to N new
+    Redis connections per process, each a TCP connect and two CLIENT SETINFO round trips before the
+    limiter's own (2,000 event streams opened at once: issue 19)."""
+
+    def __init__(self, redis_url: str, limit: str, scope: str, what: str, strategy=MovingWindowRateLimiter,
+                 pool=None):
         self.items = parse_many(limit)
         self.scope, self.what = scope, what
-        self.limiter = strategy(storage_from_string(redis_url, socket_connect_timeout=2))
+        if pool is not None:
+            storage = storage_from_string(redis_url, connection_pool=pool)
+        else:
+            storage = storage_from_string(redis_url, socket_connect_timeout=2)
+        self.limiter = strategy(storage)
 
     def hit(self, user_id: str) -> None:
         """Count one request; 429 `rate_limited` with Retry-After when over the limit."""
@@ -44,14 +56,14 @@ class UserLimiter:
                                retry_after=max(1, math.ceil(reset_at - time.time())))
 
 
-def submissions(redis_url: str, limit: str) -> UserLimiter:
+def submissions(redis_url: str, limit: str, pool=None) -> UserLimiter:
     """The limit on `POST /generate`."""
-    return UserLimiter(redis_url, limit, "inkq-submit", "submissions")
+    return UserLimiter(redis_url, limit, "inkq-submit", "submissions", pool=pool)
 
 
-def reads(redis_url: str, limit: str) -> UserLimiter:
+def reads(redis_url: str, limit: str, pool=None) -> UserLimiter:
     """The limit on every other authenticated request."""
-    return UserLimiter(redis_url, limit, "inkq-read", "requests", SlidingWindowCounterRateLimiter)
+    return UserLimiter(redis_url, limit, "inkq-read", "requests", SlidingWindowCounterRateLimiter, pool=pool)
 
 
 def limit_reads(view):
@@ -59,7 +71,7 @@ def limit_reads(view):
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        if not g.principal.is_admin:
+        if not g.principal.is_admin and not request.environ.get(COUNTED):
             current_app.extensions["inkq"].read_limiter.hit(g.principal.user_id)
         return view(*args, **kwargs)
 

@@ -114,6 +114,16 @@ def _view(job_id: str, reply) -> View | None:
                 _rq_time(created_at), _rq_time(ended_at), value if isinstance(value, dict) else None, bool(charged))
 
 
+def read_keys(job_id: str) -> list[str]:
+    """The keys `read` looks at, in its order (for scripts that read a job along with other work)."""
+    return _keys(job_id)
+
+
+def view_of(job_id: str, reply) -> View | None:
+    """The view from a reply shaped as `read`'s script answers: [hash fields, latest result, pending charge]."""
+    return _view(job_id, reply)
+
+
 def read(redis, job_id: str) -> View | None:
     """A job's view in one command (job hash fields, latest result, pending charge); None if gone."""
     return _view(job_id, _script(redis)(keys=_keys(job_id)))

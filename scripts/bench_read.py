@@ -7,10 +7,16 @@ For each service, on a redis-server of its own and with `hey` on the same box:
    from one-connection hey processes started spread over the poll period (independent users), then
    again from one hey per kind whose connections fire in lockstep (bursts), for comparison;
 4. 2,000 event streams over 40 jobs: first-event and terminal-event delays, ordinary GET /status
-   meanwhile, the API's memory (PSS) and threads;
+   meanwhile, the API's memory (PSS) and threads; opened over 2 s by one user, then all at the same
+   instant by 40 users (one job each, 50 streams on it), with where the opens waited (connect, status
+   line, first event), the kernel's listen-queue overflows and the Redis commands per open;
 5. the whole stack's PSS after the load.
 Targets are checked on ratios or on figures taken in this same run; the script always exits 0.
-Usage: python scripts/bench_read.py [--quick]   (--quick: shorter runs, 500 streams)
+Usage: python scripts/bench_read.py [--quick] [--streams-only]
+  --quick: shorter runs, 500 streams; --streams-only: inkq's event streams only (both openings), no
+  naive baseline and no other load.
+The bench's environment raises MAX_STREAMS_PER_USER (50 streams per job, one user per job or one
+user in all), RATE_LIMIT and MAX_INFLIGHT_PER_USER; READ_RATE_LIMIT keeps its default.
 """
 from __future__ import annotations
 
@@ -39,14 +45,21 @@ from tests.streams import Stream, run as follow_streams  # noqa: E402
 
 TOKEN = "bench-token"
 QUICK = "--quick" in sys.argv
+STREAMS_ONLY = "--streams-only" in sys.argv
 SAT_S, PACED_S = (3, 5) if QUICK else (5, 10)
 STREAM_JOBS, PER_JOB = (20, 25) if QUICK else (40, 50)
+# the streams opened all at once come from one user per job, as from many people's pages
+STREAM_TOKENS = [f"bench-stream-{i}" for i in range(STREAM_JOBS)]
+# ... from this many client processes: one asyncio loop needs about a second of its own (2 shared cores)
+# to start 2,000 connects before it sees the first one complete, which the single-client figure includes
+STREAM_CLIENTS = 4
 
 
 # ---------------------------------------------------------------- hey
-def hey(url: str, seconds: float, conns: int, rate: float | None = None, body: Path | None = None) -> dict:
+def hey(url: str, seconds: float, conns: int, rate: float | None = None, body: Path | None = None,
+        token: str = TOKEN) -> dict:
     """Run hey; requests/s, latency percentiles (ms), status counts and errors."""
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(conns), "-H", f"Authorization: Bearer {TOKEN}"]
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(conns), "-H", f"Authorization: Bearer {token}"]
     if rate:
         cmd += ["-q", str(rate)]
     if body is not None:
@@ -147,7 +160,8 @@ class Service:
     def __init__(self, name: str, tmp: Path):
         self.name, self.tmp = name, tmp
         self.redis = RedisServer()
-        self.env = {"REDIS_URL": self.redis.url, "API_KEYS": f"{TOKEN}:bench", "SECRET_KEY": "b" * 32,
+        keys = ",".join([f"{TOKEN}:bench"] + [f"{token}:streamer-{i}" for i, token in enumerate(STREAM_TOKENS)])
+        self.env = {"REDIS_URL": self.redis.url, "API_KEYS": keys, "SECRET_KEY": "b" * 32,
                     "RATE_LIMIT": "100000000/minute", "MAX_INFLIGHT_PER_USER": "100000000", "MAX_STREAMS_PER_USER": "100000",
                     "QUEUE_MAX_DEPTH": "100000000", "ACCESS_LOG": "", "LOG_FORMAT": "text", "GEMINI_API_KEY": "",
                     "WEB_CONCURRENCY": "2", "CONCURRENCY_STENCIL": "5"}
@@ -222,8 +236,8 @@ def _up(url: str) -> bool:
         return False
 
 
-def submit(url: str, body: dict) -> str:
-    response = requests.post(url + "/generate", json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+def submit(url: str, body: dict, token: str = TOKEN) -> str:
+    response = requests.post(url + "/generate", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     response.raise_for_status()
     return response.json()["jobId"]
 
@@ -257,38 +271,145 @@ def measure(svc: Service, body_file: Path, body: dict) -> dict:
     time.sleep(5)
     out["streams"] = streams(svc, body)
     time.sleep(2)
+    out["streams_at_once"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS)
+    time.sleep(2)
+    if svc.name == "inkq":  # the baseline's sync workers are measured once, with one client
+        out["streams_at_once_clients"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS, clients=STREAM_CLIENTS)
+        time.sleep(2)
     out["stack_pss"] = svc.stack_pss()
     return out
 
 
-def streams(svc: Service, body: dict) -> dict:
-    """2,000 streams over 40 jobs, opened over 2 s while the jobs run; ordinary polls meanwhile."""
-    ids = [submit(svc.url, body) for _ in range(STREAM_JOBS)]
-    watched = [Stream(job_id, TOKEN) for job_id in ids for _ in range(PER_JOB)]
+def _follow_from(port: int, watched: list[Stream], timeout: float, start_at: float) -> list[Stream]:
+    """One client process's share of the streams, all opened at `start_at`."""
+    time.sleep(max(0.0, start_at - time.time()))
+    follow_streams("127.0.0.1", port, watched, timeout, 0.0)
+    return watched
+
+
+def follow_in_processes(port: int, watched: list[Stream], timeout: float, clients: int) -> None:
+    """Open every stream at the same instant from `clients` processes; the results land in `watched`."""
+    import multiprocessing
+
+    shares = [watched[i::clients] for i in range(clients)]
+    start_at = time.time() + 1.0
+    with multiprocessing.get_context("fork").Pool(clients) as pool:
+        done = pool.starmap(_follow_from, [(port, share, timeout, start_at) for share in shares])
+    for share, result in zip(shares, done):
+        for mine, theirs in zip(share, result):
+            mine.__dict__.update(theirs.__dict__)
+
+
+def streams(svc: Service, body: dict, spread_s: float = 2.0, tokens: list[str] | None = None,
+            clients: int = 1) -> dict:
+    """2,000 streams over 40 jobs, opened over `spread_s` (0: all at the same instant) while the jobs run;
+    ordinary polls meanwhile. `tokens`: one user per job (default: every job the bench user's).
+    `clients` > 1: opened at once from that many client processes (what happens meanwhile, the peak
+    of open streams and the CPU until the first events, is then not seen)."""
+    tokens = tokens or [TOKEN] * STREAM_JOBS
+    ids = [submit(svc.url, body, token) for token in tokens]
+    watched = [Stream(job_id, token) for job_id, token in zip(ids, tokens) for _ in range(PER_JOB)]
     timeout = 120 if svc.name == "inkq" else 60
-    follower = threading.Thread(target=follow_streams, args=("127.0.0.1", svc.port, watched, timeout, 2.0))
+    overflows, commands = listen_overflows(), redis_calls(svc)
+    if clients > 1:
+        follower = threading.Thread(target=follow_in_processes, args=(svc.port, watched, timeout, clients))
+    else:
+        follower = threading.Thread(target=follow_streams, args=("127.0.0.1", svc.port, watched, timeout, spread_s))
     follower.start()
     polls = {}
-    poller = threading.Thread(target=lambda: polls.update(hey(f"{svc.url}/status/{ids[0]}", 8, 10, rate=10)))
+    poller = threading.Thread(target=lambda: polls.update(hey(f"{svc.url}/status/{ids[0]}", 8, 10, rate=10, token=tokens[0])))
     time.sleep(1.0)
     poller.start()
     peak_pss, peak_threads, open_now = 0.0, 0, 0
+    cpu_start, cpu_opening = cpu_seconds(svc), None
     while follower.is_alive():
         peak_pss = max(peak_pss, svc.api_pss())
         peak_threads = max(peak_threads, svc.api_threads())
         open_now = max(open_now, sum(1 for s in watched if s.first_event and not s.ended and not s.error))
+        if cpu_opening is None and all(s.first_event or s.error for s in watched):
+            cpu_opening = {k: round(v - cpu_start[k], 2) for k, v in cpu_seconds(svc).items()}
         follower.join(0.5)
     poller.join()
+    overflows, commands = listen_overflows() - overflows, redis_calls(svc, commands)
     firsts = [s.first_event - s.opened for s in watched if s.first_event]
+    waits = {  # where the opens waited: TCP connect, then the status line, then the first event
+        "connect": [s.connected - s.opened for s in watched if s.connected],
+        "status_line": [s.answered - s.connected for s in watched if s.answered and s.connected],
+        "first_after_status": [s.first_event - s.answered for s in watched if s.first_event and s.answered]}
+    codes: dict = {}
+    for s in watched:
+        codes[s.http_status] = codes.get(s.http_status, 0) + 1
     lags = []
     for s in watched:
         if s.ended and s.last.get("endedAt"):
             ended_at = _parse_iso(s.last["endedAt"])
             lags.append(max(0.0, s.ended - ended_at))
     return {"opened": len(watched), "first": len(firsts), "ended": sum(1 for s in watched if s.ended),
-            "errors": sum(1 for s in watched if s.error), "first_p99": _p(firsts, 99), "end_lag_max": max(lags or [0]),
+            "errors": sum(1 for s in watched if s.error), "first_p50": _p(firsts, 50), "first_p99": _p(firsts, 99),
+            "first_max": max(firsts or [float("nan")]), "end_lag_max": max(lags or [0]),
             "end_lag_p99": _p(lags, 99), "open_peak": open_now, "polls": polls, "pss": peak_pss,
-            "threads": peak_threads}
+            "threads": peak_threads, "codes": codes, "first_error": next((s.error for s in watched if s.error), None),
+            "waits": {k: {"p50": _p(v, 50), "p99": _p(v, 99), "max": max(v or [float("nan")])} for k, v in waits.items()},
+            "cpu_opening": cpu_opening, "listen_overflows": overflows, "redis_calls": commands,
+            "redis_calls_per_stream": {
+                k: round(n / len(watched), 2) for k, n in sorted(commands.items(), key=lambda kv: -kv[1])}}
+
+
+def cpu_seconds(svc: Service) -> dict:
+    """CPU seconds used so far by the API's processes, the workers', Redis and this script (the client),
+    and the wall clock, to see who had the cores while the streams opened."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def used(pids) -> float:
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
+    times = os.times()
+    workers = svc.workers_pid()
+    return {"wall": time.monotonic(), "api": used(process_tree(svc.api_pid)),
+            "workers": used(process_tree(workers)) if workers else 0.0, "redis": used([svc.redis.proc.pid]),
+            "bench": times.user + times.system}
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (TcpExtListenOverflows
+    and ListenDrops, from /proc/net/netstat; -1 when unreadable)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return -1
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split()[1:], map(int, values.split()[1:])))
+            return row.get("ListenOverflows", 0) + row.get("ListenDrops", 0)
+    return -1
+
+
+def redis_calls(svc: Service, before: dict | None = None) -> dict:
+    """Redis commands served so far by name (from INFO commandstats), or since `before`."""
+    now = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in svc.redis_client().info("commandstats").items()}
+    if before is None:
+        return now
+    return {name: n - before.get(name, 0) for name, n in now.items() if n - before.get(name, 0) > 0}
+
+
+def streams_report(label: str, s: dict) -> None:
+    """The figures of one streams measurement, with where the opens waited."""
+    print(f"  {label}: {s['first']:,} of {s['opened']:,} got a first event, {s['ended']:,} saw their job end, "
+          f"{s['errors']} errors (first: {s['first_error']}), statuses {s['codes']}")
+    print(f"    first event p50 {s['first_p50'] * 1000:.0f} ms, p99 {s['first_p99'] * 1000:.0f} ms, "
+          f"max {s['first_max'] * 1000:.0f} ms; terminal event after the job ended, max {s['end_lag_max'] * 1000:.0f} ms")
+    for part, w in s["waits"].items():
+        print(f"    {part:<20} p50 {w['p50'] * 1000:7.1f} ms  p99 {w['p99'] * 1000:7.1f} ms  max {w['max'] * 1000:7.1f} ms")
+    print(f"    until every stream had its first event, CPU seconds used (wall: elapsed): {s['cpu_opening']}")
+    print(f"    listen queue overflows and drops: {s['listen_overflows']}; Redis commands per stream "
+          f"(open to end): {s['redis_calls_per_stream']}")
 
 
 def _parse_iso(text: str) -> float:
@@ -356,8 +477,22 @@ def report(naive: dict, inkq: dict) -> None:
         i["polls"].get("p95", float("nan")), "ms", "lower")
     row("API PSS, peak", n["pss"], i["pss"], "MB", "lower")
     row("API threads, peak", n["threads"], i["threads"], "", "lower")
+    n1, i1 = naive["streams_at_once"], inkq["streams_at_once"]
+    print(f"The same {i1['opened']:,} streams opened at the same instant, by {STREAM_JOBS} users (one job each):")
+    row("streams that got a first event", n1["first"], i1["first"], "")
+    row("first event p99", n1["first_p99"] * 1000, i1["first_p99"] * 1000, "ms", "lower")
+    row("first event max", n1["first_max"] * 1000, i1["first_max"] * 1000, "ms", "lower")
+    print("  inkq's opens in detail:")
+    streams_report("opened within 2 s", i)
+    streams_report("opened at once", i1)
+    i2 = inkq["streams_at_once_clients"]
+    streams_report(f"opened at once from {STREAM_CLIENTS} client processes", i2)
     check(i["ended"] == i["opened"] and i["errors"] == 0, "every stream saw its job end")
     check(i["first_p99"] <= 1.0, "first event p99 <= 1 s")
+    check(i1["ended"] == i1["opened"] and i1["errors"] == 0, "every stream opened at once saw its job end")
+    check(i1["first_p99"] <= 1.0, "first event p99 <= 1 s, every stream opened at once")
+    check(i2["ended"] == i2["opened"] and i2["errors"] == 0 and i2["first_p99"] <= 1.0,
+          f"the same from {STREAM_CLIENTS} client processes: first event p99 <= 1 s, every stream saw its job end")
     check(i["end_lag_max"] <= 1.0, "terminal event <= 1 s after the job ended")
     check(i["polls"].get("p95", 1e9) <= 200, "ordinary requests p95 <= 200 ms meanwhile")
     check(i["pss"] <= 800, "API PSS <= 800 MB")
@@ -369,11 +504,39 @@ def report(naive: dict, inkq: dict) -> None:
         print(f"  {'PASS' if ok else 'FAIL'}: {text}")
 
 
+def streams_only(tmp: Path, body: dict) -> int:
+    """`--streams-only`: inkq's event streams, opened over 2 s and then all at once, on running workers."""
+    svc = Service("inkq", tmp)
+    try:
+        svc.start_workers()
+        time.sleep(2)
+        results = {"spread": streams(svc, body)}
+        time.sleep(2)
+        results["at_once"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS)
+        time.sleep(2)
+        results["at_once_clients"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS, clients=STREAM_CLIENTS)
+    finally:
+        svc.stop()
+    print(f"{STREAM_JOBS * PER_JOB:,} event streams over {STREAM_JOBS} running jobs (inkq only; logs in {tmp}):")
+    streams_report("opened within 2 s, one user", results["spread"])
+    streams_report(f"opened at once, {STREAM_JOBS} users", results["at_once"])
+    streams_report(f"opened at once, {STREAM_JOBS} users, {STREAM_CLIENTS} client processes", results["at_once_clients"])
+    for key, text in (("spread", "opened within 2 s"), ("at_once", "opened at once"),
+                      ("at_once_clients", f"opened at once from {STREAM_CLIENTS} clients")):
+        s = results[key]
+        ok = s["first_p99"] <= 1.0 and s["ended"] == s["opened"] and s["errors"] == 0
+        print(f"  {'PASS' if ok else 'FAIL'}: {text}: first event p99 <= 1 s, every stream saw its job end")
+    (tmp / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="inkq-bench-read-"))
     body = {"image": base64.b64encode(photo_of_size(100)).decode(), "engine": "local"}
     body_file = tmp / "body.json"
     body_file.write_text(json.dumps(body))
+    if STREAMS_ONLY:
+        return streams_only(tmp, body)
     results = {}
     for name in ("naive", "inkq"):
         svc = Service(name, tmp)

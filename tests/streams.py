@@ -17,6 +17,8 @@ class Stream:
     job_id: str
     token: str
     opened: float = 0.0
+    connected: float | None = None  # TCP connect done (the server's kernel accepted it)
+    answered: float | None = None  # status line received (the app has taken the request)
     first_event: float | None = None
     ended: float | None = None  # when the terminal event arrived
     events: list = field(default_factory=list)
@@ -33,10 +35,12 @@ async def _follow(host: str, port: int, stream: Stream, timeout: float) -> None:
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        stream.connected = time.time()
         writer.write((f"GET /status/{stream.job_id}/events HTTP/1.0\r\nHost: {host}:{port}\r\n"
                       f"Authorization: Bearer {stream.token}\r\nAccept: text/event-stream\r\n\r\n").encode())
         deadline = time.monotonic() + timeout
         status_line = await asyncio.wait_for(reader.readline(), timeout)
+        stream.answered = time.time()
         stream.http_status = int(status_line.split()[1])
         while (await asyncio.wait_for(reader.readline(), timeout)).strip():
             pass  # headers
@@ -67,7 +71,7 @@ async def _follow(host: str, port: int, stream: Stream, timeout: float) -> None:
 
 async def follow_all(host: str, port: int, streams: list[Stream], timeout: float, opening: float = 0.0) -> None:
     """Follow every stream at once until each has seen a terminal event (or timeout seconds);
-    `opening` spreads the connects over that many seconds."""
+    `opening` spreads the connects over that many seconds (0: every connect is started at once)."""
     async def one(i: int, stream: Stream):
         if opening:
             await asyncio.sleep(opening * i / len(streams))

@@ -141,3 +141,42 @@ def test_unchanged_jobs_are_read_once_and_announced_changes_at_once(tmp_path):
         hub.stop()
     finally:
         server.stop()
+
+
+def test_opening_an_event_stream_reads_the_job_once(tmp_path):
+    """An open is the read limiter's call and one script (ownership, lease, the first event's read),
+    and the first event goes out with the retry line in one write (issue 19: 2,000 opens at once)."""
+    server = RedisServer()
+    try:
+        app = create_app(base_config(server.url))
+        job_id = _submit(app)
+        client = app.test_client()
+        headers = {"Authorization": "Bearer tok-alice"}
+
+        def open_one() -> bytes:
+            response = client.get(f"/status/{job_id}/events", headers=headers, buffered=False)
+            assert response.status_code == 200
+            first = next(iter(response.response))
+            response.close()  # gives the lease back
+            return first if isinstance(first, bytes) else first.encode()
+
+        open_one()  # scripts loaded, connections made
+        admin = redis_lib.Redis.from_url(server.url)
+        admin.config_resetstat()
+        firsts = [open_one() for _ in range(3)]
+        calls = _calls(admin)
+        assert calls.pop("cmdstat_evalsha") == 6, calls  # the read limiter's script and the open script
+        assert calls.pop("cmdstat_hmget") == 3, calls  # the job is read once per open
+        assert calls.pop("cmdstat_zrem") == 3, calls  # the leases given back
+        assert not admin.zcard("inkq:streams:alice")
+        for first in firsts:
+            assert first.startswith(b"retry: 2000\n\nevent: status\ndata: "), first
+            assert b'"status": "waiting"' in first and job_id.encode() in first
+        # another user's job, and an unknown one, are the same 404, and no lease is left behind
+        theirs = client.get(f"/status/{job_id}/events", headers={"Authorization": "Bearer tok-bob"})
+        unknown = client.get(f"/status/{'0' * 32}/events", headers={"Authorization": "Bearer tok-bob"})
+        assert theirs.status_code == unknown.status_code == 404 and theirs.json == unknown.json
+        assert not admin.exists("inkq:streams:bob")
+        assert not app.extensions["inkq"].hub._watchers
+    finally:
+        server.stop()
