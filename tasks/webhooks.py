@@ -317,12 +317,14 @@ def schedule(job, status: str, connection=None, env=None) -> bool:
     if not connection.set(f"inkq:webhook:{msg_id}", 1, nx=True, ex=SCHEDULED_TTL_S):
         return False  # already scheduled (the callback and the sweep both saw the end)
     intervals = retry_intervals(env)
+    # recorded before the delivery is queued: a delivery worker quicker than this line had its first
+    # attempt's state overwritten with "pending", 0 attempts (seen on a loaded box)
+    state = _record(connection, job.id, {"state": "pending", "attempts": 0, "eventId": msg_id})
+    job.meta["webhook"] = state  # so that a later save of this copy of the job keeps it
     Queue(QUEUE, connection=connection, serializer=JSONSerializer).enqueue(
         "tasks.webhooks.send", job.id, status, msg_id, job_timeout=TIMEOUT_S * 3, result_ttl=3600,
         failure_ttl=86400, retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
-        description=f"webhook {msg_id}", meta={"source": job.id})
-    state = _record(connection, job.id, {"state": "pending", "attempts": 0, "eventId": msg_id})
-    job.meta["webhook"] = state  # so that a later save of this copy of the job keeps it
+        description=f"webhook {msg_id}", meta={"source": job.id, "retries": len(intervals)})
     return True
 
 
@@ -342,7 +344,13 @@ def send(job_id: str, status: str, msg_id: str) -> dict:
     # this attempt's lines are about the source job: its id, owner and submitting request
     logs.bind(jobId=job_id, queue=job.origin, userId=job.meta.get("user"), requestId=job.meta.get("requestId"))
     url = webhook_url(job)
-    attempt = int((job.meta.get("webhook") or {}).get("attempts", 0)) + 1
+    # counted by the delivery job itself (rq takes one off `retries_left` before each retry), not read
+    # back from the source job's meta, which another writer's stale copy can set back
+    retries = me.meta.get("retries")
+    if isinstance(retries, int):
+        attempt = retries - int(me.retries_left or 0) + 1
+    else:  # queued by a version before this one
+        attempt = int((job.meta.get("webhook") or {}).get("attempts", 0)) + 1
     last = not me.retries_left
     where = {"jobId": job_id, "queue": job.origin, "delivery": attempt}
     allow_private = env_bool(os.environ, "WEBHOOK_ALLOW_PRIVATE", False)
