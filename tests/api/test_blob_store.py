@@ -139,8 +139,11 @@ def test_the_workers_blob_sweep_deletes_what_is_due(s3_redis, seaweed):
     store.save(blobs.output_key("sweep-short"), b"x", 1, "image/png")
     store.save(blobs.output_key("sweep-long"), b"x", 3600, "image/png")
     assert store.exists(blobs.output_key("sweep-short"))
-    wait_until(lambda: not store.exists(blobs.output_key("sweep-short")), timeout=10, what="the sweep")
-    assert client.zscore(blobs.EXPIRY_KEY, blobs.output_key("sweep-short")) is None
+    # the sweep deletes the object, then its entry (never the other way round, or a crash between the
+    # two would leak the object): both must go
+    wait_until(lambda: not store.exists(blobs.output_key("sweep-short"))
+               and client.zscore(blobs.EXPIRY_KEY, blobs.output_key("sweep-short")) is None,
+               timeout=10, what="the sweep")
     assert store.exists(blobs.output_key("sweep-long"))
     store.delete(blobs.output_key("sweep-long"))
     assert not store.exists(blobs.output_key("sweep-long"))
