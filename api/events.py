@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from functools import partial
 from typing import Callable, Iterator
 
 from redis import Redis
@@ -24,6 +25,7 @@ from redis.exceptions import RedisError
 from tasks.changes import CHANNEL
 
 from .status import TERMINAL, View, describe, read
+from .store import valid_job_id
 
 log = logging.getLogger("inkq.api")
 
@@ -208,3 +210,27 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
                 yield ": still watching\n\n"
     finally:
         hub.unwatch(job_id, woken)
+
+
+def open_stream(ctx, job_id: str, user_id: str, result_url: Callable[[str], str]):
+    """Open the owner's event stream on a job: (its body, the callbacks to run when its response is
+    closed, also when the body never started); None when the job is gone or not the user's; 429 when
+    the user holds MAX_STREAMS_PER_USER. One round trip (`leases.open_on`: the owner's read of the
+    job, which is the first event, and the lease), made after the stream watches the job's
+    announcements, so nothing announced after that read is missed. Used by the Flask view
+    (`jobs.events`) and the fast path below it (`fastpath.FastStatus`)."""
+    if not valid_job_id(job_id):
+        return None
+    woken = ctx.hub.watch(job_id)
+    try:
+        opened = ctx.leases.open_on(job_id, user_id)
+    except BaseException:
+        ctx.hub.unwatch(job_id, woken)
+        raise
+    if opened is None:
+        ctx.hub.unwatch(job_id, woken)
+        return None
+    view, lease = opened
+    body = stream(ctx.hub, ctx.redis, job_id, result_url, ctx.settings.events_poll_s, ctx.settings.events_max_s,
+                  renew=lease.renew, first=view, woken=woken)
+    return body, (lease.release, partial(ctx.hub.unwatch, job_id, woken))

@@ -22,10 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from functools import partial
 
 from .access import identify
-from .events import stream
+from .events import open_stream
 from .forwarding import origin
 from .limits import COUNTED
 from .status import describe, read
@@ -86,21 +85,16 @@ class FastStatus:
         except Exception:  # noqa: BLE001 - over the limit or Redis down: the view answers (a refusal counts nothing)
             return None
         environ[COUNTED] = True
-        woken = ctx.hub.watch(job_id)  # before the read in open_on: nothing announced after it is missed
+        public = ctx.settings.public_url
         try:
-            opened = ctx.leases.open_on(job_id, who.user_id)
+            opened = open_stream(ctx, job_id, who.user_id, lambda name: ctx.links.url(origin(environ, public), name))
         except Exception:  # noqa: BLE001 - 429 (stream cap) or Redis errors: the view answers
             log.debug("event stream fast path fell through", exc_info=True)
-            opened = None
-        if opened is None:
-            ctx.hub.unwatch(job_id, woken)
             return None
-        view, lease = opened
-        public = ctx.settings.public_url
-        chunks = stream(ctx.hub, ctx.redis, job_id, lambda name: ctx.links.url(origin(environ, public), name),
-                        ctx.settings.events_poll_s, ctx.settings.events_max_s, renew=lease.renew, first=view,
-                        woken=woken)
-        return _EventBody(chunks, lease.release, partial(ctx.hub.unwatch, job_id, woken))
+        if opened is None:
+            return None
+        body, on_close = opened
+        return _EventBody(body, *on_close)
 
 
     def _answer(self, environ, job_id: str) -> bytes | None:

@@ -13,14 +13,14 @@ from tasks.queues import QUEUES
 
 from . import idempotency, uploads
 from .access import ENVIRON_ID
-from .events import stream as event_stream
+from .events import open_stream
 from .errors import ApiError, bad_request, not_found
 from .forwarding import origin
 from .guard import require_user
 from .limits import limit_reads
 from .schemas import JobsQuery
 from .status import COMPLETED, SVG_SUFFIX, describe, word_of
-from .store import new_job_id, valid_job_id
+from .store import new_job_id
 from .submission import parse
 
 bp = Blueprint("jobs", __name__)
@@ -128,29 +128,16 @@ def status(job_id: str):
 @require_user
 @limit_reads
 def events(job_id: str):
-    """A text/event-stream of status objects as they change, ending after the terminal one.
-
-    Opening one is one round trip (`leases.open_on`: the owner's read of the job, which is the first
-    event, and the lease of MAX_STREAMS_PER_USER), made after the stream watches the job's
-    announcements, so nothing announced after that read is missed."""
-    ctx = _ctx()
-    woken = ctx.hub.watch(job_id) if valid_job_id(job_id) else None
-    try:
-        opened = ctx.leases.open_on(job_id, g.principal.user_id) if woken is not None else None
-    except BaseException:
-        ctx.hub.unwatch(job_id, woken)
-        raise
+    """A text/event-stream of status objects as they change, ending after the terminal one
+    (`events.open_stream`)."""
+    opened = open_stream(_ctx(), job_id, g.principal.user_id, _url_maker())
     if opened is None:
-        if woken is not None:
-            ctx.hub.unwatch(job_id, woken)
         raise not_found()
-    view, lease = opened
-    body = event_stream(ctx.hub, ctx.redis, job_id, _url_maker(), ctx.settings.events_poll_s,
-                        ctx.settings.events_max_s, renew=lease.renew, first=view, woken=woken)
+    body, on_close = opened
     response = Response(body, mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    response.call_on_close(lease.release)
-    response.call_on_close(partial(ctx.hub.unwatch, job_id, woken))  # also when the body never started
+    for callback in on_close:
+        response.call_on_close(callback)
     return response
 
 
