@@ -58,6 +58,7 @@ MAX_BACKOFF_S = 60.0
 STREAK_TTL_S = 120
 LEARNED_TTL_WINDOWS = 10  # a learned limit lives 10 windows (10 minutes) after its last change
 _limiters: dict[str, object] = {}
+_learn_script = None
 _lock = threading.Lock()
 
 # KEYS: the learned limit (hash: n, since), the answered calls (sorted set of send times).
@@ -172,10 +173,13 @@ def _wait_for_hold(redis, model: str) -> None:
 
 
 def _learn(redis, model: str, event: str, sent_at: float = 0.0) -> int:
+    global _learn_script
+    if _learn_script is None:  # built once (its SHA), run on whichever connection is passed
+        _learn_script = redis.register_script(_LEARN)
     window = window_s()
-    script = redis.register_script(_LEARN)
+    script = _learn_script
     member = f"{sent_at:.6f}:{os.urandom(4).hex()}"
-    return int(script(keys=[learned_key(model), answered_key(model)],
+    return int(script(keys=[learned_key(model), answered_key(model)], client=redis,
                       args=[f"{time.time():.6f}", window, window * LEARNED_TTL_WINDOWS * 1000, event,
                             f"{sent_at:.6f}", member]))
 
