@@ -10,12 +10,19 @@ in the same run, on the same box.
 
 Each part starts its own redis-server, the API under gunicorn (scripts/start_api.sh) and one worker
 service (scripts/start_workers.sh). Exits 0; the targets are printed as PASS/FAIL.
+
+The submissions come from Node.js (scripts/submit_load.mjs) when `node` is found, else from 32 Python
+threads; the API alone is measured with both. The fake Gemini runs in a process of its own.
+BENCH_BURST_PARTS (burst,idle,local) and BENCH_BURST_MODES (processes,threads) choose what runs.
 """
 from __future__ import annotations
 
 import os
+import json
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +46,7 @@ LATENCY_S = float(os.environ.get("BENCH_GEMINI_LATENCY_S", "6"))
 CLIENTS = 32
 MODES = ("processes", "threads")
 BURST_MODES = tuple(os.environ.get("BENCH_BURST_MODES", "processes,threads").split(","))
+PARTS = tuple(os.environ.get("BENCH_BURST_PARTS", "burst,idle,local").split(","))
 
 
 def _p(values, pct: float) -> float:
@@ -92,14 +100,26 @@ class Box:
         self.redis.stop()
 
 
-def submit_all(url: str, bodies: list[tuple[str, dict]]) -> tuple[dict[str, float], list[float]]:
-    """POST every body (token, json) with CLIENTS connections at once; {jobId: submitted at}, latencies."""
+def submit_all(url: str, tokens: list[str], body: dict, client: str = "") -> tuple[dict[str, float], list[float]]:
+    """POST `body` once per token, CLIENTS connections at once; ({jobId: submitted at}, latencies in s).
+
+    With Node.js (`client` "node", the default when `node` is found), one event loop sends them
+    (scripts/submit_load.mjs); with "python", CLIENTS threads of requests in this process."""
+    client = client or ("node" if shutil.which("node") else "python")
+    if client == "node":
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "tokens").write_text("\n".join(tokens))
+            Path(tmp, "body.json").write_text(json.dumps(body))
+            out = subprocess.run(["node", str(ROOT / "scripts" / "submit_load.mjs"), url, str(Path(tmp, "tokens")),
+                                  str(Path(tmp, "body.json")), str(CLIENTS)], capture_output=True, text=True,
+                                 timeout=600, check=True).stdout
+        rows = json.loads(out)
+        return {job_id: at / 1000 for job_id, at, _ in rows}, [ms / 1000 for _, _, ms in rows]
     local = threading.local()
     submitted: dict[str, float] = {}
     latencies: list[float] = []
 
-    def one(item):
-        token, body = item
+    def one(token):
         session = getattr(local, "session", None) or requests.Session()
         local.session = session
         at = time.time()
@@ -110,7 +130,7 @@ def submit_all(url: str, bodies: list[tuple[str, dict]]) -> tuple[dict[str, floa
         submitted[response.json()["jobId"]] = at
 
     with ThreadPoolExecutor(CLIENTS) as pool:
-        list(pool.map(one, bodies))
+        list(pool.map(one, tokens))
     return submitted, latencies
 
 
@@ -136,7 +156,7 @@ def burst(mode: str, image: bytes) -> dict:
     import base64
 
     tmp = Path(tempfile.mkdtemp(prefix=f"inkq-burst-{mode}-"))
-    with fg.FakeGemini(default=fg.slow(LATENCY_S, fg.ok(fg.big_png(1_200_000)))) as gemini:
+    with fg.OwnProcess(fg.slow(LATENCY_S, fg.ok(fg.big_png(1_200_000)))) as gemini:
         box = Box(tmp, BURST_USERS, {"INKQ_EXECUTION": mode, "CONCURRENCY_STENCIL": "100",
                                      "GEMINI_BASE_URL": gemini.url, "GEMINI_TIMEOUT_S": "60"})
         try:
@@ -150,11 +170,9 @@ def burst(mode: str, image: bytes) -> dict:
                     peak.append(box.pss())
                     sampling.wait(0.5)
             threading.Thread(target=sampler, daemon=True).start()
-            encoded = base64.b64encode(image).decode()
-            bodies = [(f"tok-{i}", {"operation": "stencil", "engine": "gemini", "image": encoded})
-                      for i in range(BURST_USERS)]
+            body = {"operation": "stencil", "engine": "gemini", "image": base64.b64encode(image).decode()}
             first = time.time()
-            submitted, latencies = submit_all(box.api.url, bodies)
+            submitted, latencies = submit_all(box.api.url, [f"tok-{i}" for i in range(BURST_USERS)], body)
             ended = wait_results(box, submitted, timeout=600)
             sampling.set()
             statuses = [box.client.hget(f"rq:job:{job_id}", "status") for job_id in submitted]
@@ -166,19 +184,18 @@ def burst(mode: str, image: bytes) -> dict:
             "drain": max(ended.values()) - first if ended else float("nan"),
             "p50": _p(ttr, 50), "p95": _p(ttr, 95), "submit_p50": _p(latencies, 50) * 1000,
             "submit_p99": _p(latencies, 99) * 1000, "pss_peak": max(peak), "pss_idle": idle,
-            "calls": len(gemini.requests), "server_p50": _p(server, 50), "server_p99": _p(server, 99)}
+            "calls": gemini.calls, "server_p50": _p(server, 50), "server_p99": _p(server, 99)}
 
 
-def submit_alone(image: bytes) -> dict:
+def submit_alone(image: bytes, client: str = "") -> dict:
     """The same burst of submissions with no worker service running: the API's own latency."""
     import base64
 
     tmp = Path(tempfile.mkdtemp(prefix="inkq-burst-api-"))
     box = Box(tmp, BURST_USERS, None)
     try:
-        encoded = base64.b64encode(image).decode()
-        _, latencies = submit_all(box.api.url, [(f"tok-{i}", {"operation": "stencil", "engine": "gemini",
-                                                              "image": encoded}) for i in range(BURST_USERS)])
+        body = {"operation": "stencil", "engine": "gemini", "image": base64.b64encode(image).decode()}
+        _, latencies = submit_all(box.api.url, [f"tok-{i}" for i in range(BURST_USERS)], body, client)
         server = box.server_ms()
     finally:
         box.close()
@@ -202,11 +219,9 @@ def local(mode: str, image: bytes) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"inkq-local-{mode}-"))
     box = Box(tmp, LOCAL_USERS, {"INKQ_EXECUTION": mode})
     try:
-        encoded = base64.b64encode(image).decode()
-        bodies = [(f"tok-{i}", {"operation": "stencil", "engine": "local", "image": encoded})
-                  for i in range(LOCAL_USERS)]
+        body = {"operation": "stencil", "engine": "local", "image": base64.b64encode(image).decode()}
         first = time.time()
-        submitted, _ = submit_all(box.api.url, bodies)
+        submitted, _ = submit_all(box.api.url, [f"tok-{i}" for i in range(LOCAL_USERS)], body)
         ended = wait_results(box, submitted, timeout=900)
         done = sum(box.client.hget(f"rq:job:{j}", "status") == b"finished" for j in submitted)
     finally:
@@ -220,9 +235,35 @@ def main() -> int:
 
     upload = photo((480, 480))  # about 60 KB, as the issue's uploads
     small = photo((256, 256))
+
+    def check(ok, text):
+        print(f"  {'PASS' if ok else 'FAIL'}: {text}")
+    if "burst" in PARTS:
+        burst_part(upload, check)
+    if "idle" in PARTS:
+        idle = {mode: idle_default(mode) for mode in MODES}
+        print("idle worker service at the default concurrency (5/3/3/10/2): "
+              + ", ".join(f"{mode} {mb:.0f} MB" for mode, mb in idle.items()))
+        check(idle["threads"] <= 300, f"idle PSS {idle['threads']:.0f} MB <= 300 MB")
+        print()
+    if "local" in PARTS:
+        print(f"local engine: {LOCAL_USERS} users, one small stencil each ({len(small) // 1024} KB, 256x256), "
+              "default concurrency")
+        loc = {mode: local(mode, small) for mode in MODES}
+        for mode, r in loc.items():
+            print(f"  {mode:10} {r['done']}/{r['n']} in {r['took']:.1f} s: {r['rate']:.2f} jobs/s")
+        ratio = loc["threads"]["rate"] / loc["processes"]["rate"]
+        check(ratio >= 0.95, f"threads at {ratio:.2f}x the process path's jobs/s (same run)")
+    return 0
+
+
+def burst_part(upload: bytes, check) -> None:
     print(f"burst: {BURST_USERS} users, one Gemini stencil each ({len(upload) // 1024} KB upload), "
           f"CONCURRENCY_STENCIL=100, fake Gemini {LATENCY_S:g} s, {len(fg.big_png(1_200_000)) / 1e6:.1f} MB PNG")
+    client = "node" if shutil.which("node") else "python"
+    print(f"load client: {client} ({CLIENTS} connections)")
     alone = submit_alone(upload)
+    alone_python = submit_alone(upload, "python") if client == "node" else None
     results = {mode: burst(mode, upload) for mode in BURST_MODES}
     print(f"{'':12} {'done':>9} {'drain s':>8} {'ttr p50':>8} {'ttr p95':>8} {'submit p50':>11} {'submit p99':>11} "
           f"{'PSS peak':>9} {'PSS idle':>9} {'calls':>6}")
@@ -230,34 +271,22 @@ def main() -> int:
         print(f"{mode:12} {r['done']:>4}/{r['n']:<4} {r['drain']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} "
               f"{r['submit_p50']:9.0f}ms {r['submit_p99']:9.0f}ms {r['pss_peak']:7.0f}MB {r['pss_idle']:7.0f}MB "
               f"{r['calls']:>6}")
-    print(f"submit latency, client / the API's own time (access log), p50 and p99:")
+    print("submit latency, client / the API's own time (access log), p50 and p99:")
     print(f"  API alone, no workers  {alone['submit_p50']:5.0f} / {alone['server_p50']:4.0f} ms   "
           f"{alone['submit_p99']:5.0f} / {alone['server_p99']:4.0f} ms")
+    if alone_python:
+        print(f"  API alone, Python client {alone_python['submit_p50']:3.0f} / {alone_python['server_p50']:4.0f} ms   "
+              f"{alone_python['submit_p99']:5.0f} / {alone_python['server_p99']:4.0f} ms   (32 threads of requests)")
     for mode, r in results.items():
         print(f"  burst, {mode:15} {r['submit_p50']:5.0f} / {r['server_p50']:4.0f} ms   "
               f"{r['submit_p99']:5.0f} / {r['server_p99']:4.0f} ms")
     t = results["threads"]
-
-    def check(ok, text):
-        print(f"  {'PASS' if ok else 'FAIL'}: {text}")
     check(t["done"] == t["n"], f"all {t['n']} complete")
     check(t["drain"] <= 45, f"drain {t['drain']:.1f} s <= 45 s")
     check(t["p95"] <= 40, f"time-to-result p95 {t['p95']:.1f} s <= 40 s")
     check(t["submit_p99"] <= 100, f"submit p99 {t['submit_p99']:.0f} ms <= 100 ms")
     check(t["pss_peak"] <= 400, f"worker PSS with 100 calls in flight {t['pss_peak']:.0f} MB <= 400 MB")
     print()
-    idle = {mode: idle_default(mode) for mode in MODES}
-    print("idle worker service at the default concurrency (5/3/3/10/2): "
-          + ", ".join(f"{mode} {mb:.0f} MB" for mode, mb in idle.items()))
-    check(idle["threads"] <= 300, f"idle PSS {idle['threads']:.0f} MB <= 300 MB")
-    print()
-    print(f"local engine: {LOCAL_USERS} users, one small stencil each ({len(small) // 1024} KB, 256x256), default concurrency")
-    loc = {mode: local(mode, small) for mode in MODES}
-    for mode, r in loc.items():
-        print(f"  {mode:10} {r['done']}/{r['n']} in {r['took']:.1f} s: {r['rate']:.2f} jobs/s")
-    ratio = loc["threads"]["rate"] / loc["processes"]["rate"]
-    check(ratio >= 0.95, f"threads at {ratio:.2f}x the process path's jobs/s (same run)")
-    return 0
 
 
 if __name__ == "__main__":

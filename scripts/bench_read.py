@@ -24,6 +24,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -53,6 +54,10 @@ STREAM_TOKENS = [f"bench-stream-{i}" for i in range(STREAM_JOBS)]
 # ... from this many client processes: one asyncio loop needs about a second of its own (2 shared cores)
 # to start 2,000 connects before it sees the first one complete, which the single-client figure includes
 STREAM_CLIENTS = 4
+# ... and from one Node.js event loop (scripts/streams_load.mjs), which starts 2,000 connects in a few ms
+NODE = bool(shutil.which("node"))
+# inkq's workers here share the box with the API: WORKER_NICE as `make run` sets it (BENCH_WORKER_NICE=0: off)
+WORKER_NICE = os.environ.get("BENCH_WORKER_NICE", "10")
 
 
 # ---------------------------------------------------------------- hey
@@ -167,6 +172,8 @@ class Service:
                     "WEB_CONCURRENCY": "2", "CONCURRENCY_STENCIL": "5"}
         self.workers_proc = None
         if name == "inkq":
+            # API and workers share the bench's 2 cores, set up as the README advises for one box
+            self.env["WORKER_NICE"] = WORKER_NICE
             self.api = GunicornApi(self.env, str(tmp / "inkq-api.log"))
             self.url, self.port, self.api_pid = self.api.url, self.api.port, self.api.proc.pid
         else:
@@ -276,6 +283,9 @@ def measure(svc: Service, body_file: Path, body: dict) -> dict:
     if svc.name == "inkq":  # the baseline's sync workers are measured once, with one client
         out["streams_at_once_clients"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS, clients=STREAM_CLIENTS)
         time.sleep(2)
+        if NODE:
+            out["streams_at_once_node"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS, node=True)
+            time.sleep(2)
     out["stack_pss"] = svc.stack_pss()
     return out
 
@@ -300,8 +310,22 @@ def follow_in_processes(port: int, watched: list[Stream], timeout: float, client
             mine.__dict__.update(theirs.__dict__)
 
 
+def follow_with_node(port: int, watched: list[Stream], timeout: float) -> None:
+    """Open every stream in the same instant from one Node.js event loop (scripts/streams_load.mjs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = Path(tmp, "plan.json")
+        plan.write_text(json.dumps({"host": "127.0.0.1", "port": port, "timeoutS": timeout,
+                                    "startAt": time.time() + 1.0, "streams": [[s.job_id, s.token] for s in watched]}))
+        out = subprocess.run(["node", str(ROOT / "scripts" / "streams_load.mjs"), str(plan)], capture_output=True,
+                             text=True, timeout=timeout + 60, check=True).stdout
+    for stream, seen in zip(watched, json.loads(out)):
+        stream.opened, stream.connected, stream.answered = seen["opened"], seen["connected"], seen["answered"]
+        stream.first_event, stream.ended, stream.http_status = seen["firstEvent"], seen["ended"], seen["httpStatus"]
+        stream.error, stream.events = seen["error"], [seen["last"]] if seen["last"] else []
+
+
 def streams(svc: Service, body: dict, spread_s: float = 2.0, tokens: list[str] | None = None,
-            clients: int = 1) -> dict:
+            clients: int = 1, node: bool = False) -> dict:
     """2,000 streams over 40 jobs, opened over `spread_s` (0: all at the same instant) while the jobs run;
     ordinary polls meanwhile. `tokens`: one user per job (default: every job the bench user's).
     `clients` > 1: opened at once from that many client processes (what happens meanwhile, the peak
@@ -311,7 +335,9 @@ def streams(svc: Service, body: dict, spread_s: float = 2.0, tokens: list[str] |
     watched = [Stream(job_id, token) for job_id, token in zip(ids, tokens) for _ in range(PER_JOB)]
     timeout = 120 if svc.name == "inkq" else 60
     overflows, commands = listen_overflows(), redis_calls(svc)
-    if clients > 1:
+    if node:
+        follower = threading.Thread(target=follow_with_node, args=(svc.port, watched, timeout))
+    elif clients > 1:
         follower = threading.Thread(target=follow_in_processes, args=(svc.port, watched, timeout, clients))
     else:
         follower = threading.Thread(target=follow_streams, args=("127.0.0.1", svc.port, watched, timeout, spread_s))
@@ -493,6 +519,11 @@ def report(naive: dict, inkq: dict) -> None:
     check(i1["first_p99"] <= 1.0, "first event p99 <= 1 s, every stream opened at once")
     check(i2["ended"] == i2["opened"] and i2["errors"] == 0 and i2["first_p99"] <= 1.0,
           f"the same from {STREAM_CLIENTS} client processes: first event p99 <= 1 s, every stream saw its job end")
+    if "streams_at_once_node" in inkq:
+        i3 = inkq["streams_at_once_node"]
+        streams_report("opened at once from one Node.js client (scripts/streams_load.mjs)", i3)
+        check(i3["ended"] == i3["opened"] and i3["errors"] == 0 and i3["first_p99"] <= 1.0,
+              "the same from one Node.js client: first event p99 <= 1 s, every stream saw its job end")
     check(i["end_lag_max"] <= 1.0, "terminal event <= 1 s after the job ended")
     check(i["polls"].get("p95", 1e9) <= 200, "ordinary requests p95 <= 200 ms meanwhile")
     check(i["pss"] <= 800, "API PSS <= 800 MB")
@@ -510,19 +541,30 @@ def streams_only(tmp: Path, body: dict) -> int:
     try:
         svc.start_workers()
         time.sleep(2)
-        results = {"spread": streams(svc, body)}
-        time.sleep(2)
-        results["at_once"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS)
-        time.sleep(2)
-        results["at_once_clients"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS, clients=STREAM_CLIENTS)
+        runs = {"spread": {}, "at_once": {"spread_s": 0.0, "tokens": STREAM_TOKENS},
+                "at_once_clients": {"spread_s": 0.0, "tokens": STREAM_TOKENS, "clients": STREAM_CLIENTS},
+                "at_once_node": {"spread_s": 0.0, "tokens": STREAM_TOKENS, "node": True}}
+        chosen = os.environ.get("BENCH_STREAM_MODES", ",".join(runs)).split(",")
+        results = {}
+        for key in chosen:
+            if key == "at_once_node" and not NODE:
+                continue
+            results[key] = streams(svc, body, **runs[key])
+            time.sleep(2)
     finally:
         svc.stop()
-    print(f"{STREAM_JOBS * PER_JOB:,} event streams over {STREAM_JOBS} running jobs (inkq only; logs in {tmp}):")
-    streams_report("opened within 2 s, one user", results["spread"])
-    streams_report(f"opened at once, {STREAM_JOBS} users", results["at_once"])
-    streams_report(f"opened at once, {STREAM_JOBS} users, {STREAM_CLIENTS} client processes", results["at_once_clients"])
+    print(f"{STREAM_JOBS * PER_JOB:,} event streams over {STREAM_JOBS} running jobs (inkq only, WORKER_NICE={WORKER_NICE}; "
+          f"logs in {tmp}):")
+    labels = {"spread": "opened within 2 s, one user", "at_once": f"opened at once, {STREAM_JOBS} users",
+              "at_once_clients": f"opened at once, {STREAM_JOBS} users, {STREAM_CLIENTS} client processes",
+              "at_once_node": f"opened at once, {STREAM_JOBS} users, one Node.js client"}
+    for key, result in results.items():
+        streams_report(labels[key], result)
     for key, text in (("spread", "opened within 2 s"), ("at_once", "opened at once"),
-                      ("at_once_clients", f"opened at once from {STREAM_CLIENTS} clients")):
+                      ("at_once_clients", f"opened at once from {STREAM_CLIENTS} clients"),
+                      ("at_once_node", "opened at once from one Node.js client")):
+        if key not in results:
+            continue
         s = results[key]
         ok = s["first_p99"] <= 1.0 and s["ended"] == s["opened"] and s["errors"] == 0
         print(f"  {'PASS' if ok else 'FAIL'}: {text}: first event p99 <= 1 s, every stream saw its job end")

@@ -50,6 +50,8 @@ export API_KEYS=${API_KEYS:-$DEV_KEY:dev}
 export ADMIN_TOKEN=${ADMIN_TOKEN:-admin-$DEV_KEY}
 export SECRET_KEY=${SECRET_KEY:-$(python -c 'import secrets; print(secrets.token_hex(32))')}
 export WEB_CONCURRENCY=${WEB_CONCURRENCY:-1}
+# API and workers share this machine: local engine work yields the cores to the API (README, WORKER_NICE)
+export WORKER_NICE=${WORKER_NICE:-10}
 
 scripts/start_workers.sh > "$RUN_DIR/workers.log" 2>&1 & pids+=($!)
 scripts/start_api.sh > "$RUN_DIR/api.log" 2>&1 & pids+=($!)

@@ -108,13 +108,14 @@ def _from_provider(spec: dict, data: bytes | None, settings: WorkerSettings, rep
     params = spec.get("params", {})
     prompt = gemini.prompt_for(spec["operation"], params.get("style"), params.get("prompt"))
     report(25, "sending to Gemini")
-    out = gemini.generate_image(settings, prompt, data, spec.get("mimeType"))
-    report(80, "received from Gemini")
-    img = _decoded(out, settings, lambda p, s: report(82, "checking provider image"))
-    extras = {"width": img.width, "height": img.height, "engine": "gemini"}
-    if _is_plain_png(out, img):
-        return out, extras  # stored as the provider sent it: re-encoding cost CPU on the job threads' process
-    return _encoded(img, report), extras
+    with gemini.answer_gate.scope():  # the answer's turn lasts until its image is checked (tasks/gemini.py)
+        out = gemini.generate_image(settings, prompt, data, spec.get("mimeType"))
+        report(80, "received from Gemini")
+        img = _decoded(out, settings, lambda p, s: report(82, "checking provider image"))
+        extras = {"width": img.width, "height": img.height, "engine": "gemini"}
+        if _is_plain_png(out, img):
+            return out, extras  # stored as the provider sent it: re-encoding cost CPU on the job threads' process
+        return _encoded(img, report), extras
 
 
 def _is_plain_png(data: bytes, img) -> bool:

@@ -229,3 +229,40 @@ def test_unknown_operation_and_style():
         gemini.prompt_for("upscale", None, None)
     with pytest.raises(FinalError):
         gemini.prompt_for("stencil", "watercolour", None)
+
+
+def test_answers_are_read_a_few_at_a_time_and_every_call_gets_its_own(fake):
+    """100 calls in flight got their ~1.6 MB answers together and read them all at once (issue 17's PSS).
+    The gate lets ANSWERS_AT_ONCE threads read and decode; the others wait their turn, and all finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.fakegemini import big_png
+
+    answers = [big_png(200_000, seed=i) for i in range(12)]
+    fake.push(*(slow(0.3, ok(a)) for a in answers))
+    gate = gemini.answer_gate
+    gate.peak = 0
+    settings = settings_for(fake)
+
+    def one(_):
+        with gate.scope():  # as tasks.jobs does: the turn lasts until the image is checked
+            data = gemini.generate_image(settings, "draw")
+            time.sleep(0.05)
+            return data
+
+    with ThreadPoolExecutor(len(answers)) as pool:
+        got = list(pool.map(one, range(len(answers))))
+    assert sorted(got) == sorted(answers)
+    assert 2 <= gate.peak <= gemini.ANSWERS_AT_ONCE
+    assert gate.in_use == 0
+
+
+def test_a_call_outside_a_scope_takes_no_turn_and_a_failed_one_gives_its_turn_back(fake):
+    gate = gemini.answer_gate
+    gate.enter()  # an httpx hook outside generate_image
+    assert gate.in_use == 0
+    for _ in range(gemini.ANSWERS_AT_ONCE + 1):
+        fail(fake, error(500))
+    assert gate.in_use == 0
+    fake.push(ok(sample_png(32)))
+    assert gemini.generate_image(settings_for(fake), "draw") == sample_png(32)
