@@ -256,6 +256,31 @@ def test_text_logs_cannot_be_forged(redis_url, tmp_path):
     assert all(re.match(r"\d{4}-\d\d-\d\d |    ", line) for line in lines), lines
 
 
+def test_text_log_records_of_several_lines_cannot_be_forged():
+    """LOG_FORMAT=text: an exception whose message carries a client's text (a newline and a line that reads
+    like a record, an escape sequence) is logged with its traceback; every further line of the record is
+    indented and escaped, and a context field is escaped too, so each line at column 0 starts a real record."""
+    import logging
+    import sys
+
+    from tasks import logs
+
+    forged = "2020-01-01 00:00:00,000 INFO inkq.access GET /admin/forged 200"
+    try:
+        raise ValueError(f"bad input\n{forged}\r\x1b[31m\u2028{forged}")
+    except ValueError:
+        record = logging.LogRecord("inkq.api", logging.ERROR, __file__, 1, "request failed", None, sys.exc_info())
+    record.requestId = f"r1\n{forged}"
+    lines = logs.formatter("text").format(record).split("\n")
+    assert len(lines) > 3, lines  # the traceback is there
+    assert not [line for line in lines if line.startswith("2020-01-01")], lines
+    assert all(re.match(r"\d{4}-\d\d-\d\d |    ", line) for line in lines), lines
+    assert lines[0].endswith(f"[requestId=r1\\n{forged}]"), lines[0]
+    text = "\n".join(lines)
+    assert "\x1b" not in text and "\r" not in text and "\u2028" not in text
+    assert "\\r\\x1b[31m\\u2028" in text, text
+
+
 def test_alert_rules_are_valid():
     """docs/alerts.yml passes `promtool check rules` (Debian package prometheus)."""
     promtool = shutil.which("promtool")

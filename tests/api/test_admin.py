@@ -156,6 +156,20 @@ def test_metrics_and_docs(make_api):
     assert api.get("/docs/", token=None).status_code == 200
 
 
+def test_metrics_token_is_compared_by_digest(make_api, monkeypatch):
+    """METRICS_TOKEN is checked through `same_secret`: two SHA-256 digests compared in constant time, so a
+    wrong guess's timing tells neither where it differs nor how long the token is."""
+    import hmac
+
+    guarded = make_api(METRICS_TOKEN="m-token")
+    compared, real = [], hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((len(a), len(b))) or real(a, b))
+    assert guarded.get("/metrics", token="m").status_code == 401
+    assert guarded.get("/metrics", token="m-token-and-more").status_code == 401
+    assert guarded.get("/metrics", token="m-token").status_code == 200
+    assert compared == [(32, 32)] * 3, compared
+
+
 BASIC = basic(ADMIN_TOKEN)
 
 

@@ -192,9 +192,14 @@ def test_jwt_users_and_api_key_users_never_share_an_id():
     assert auth.authenticate(f"Bearer {hs_token(claims(sub='alice'))}").user_id == "jwt:alice"
 
 
-def test_secrets_compare_by_digest():
+def test_secrets_compare_by_digest(monkeypatch):
     assert same_secret("Bearer abc", "Bearer abc")
     assert not same_secret("Bearer ab", "Bearer abc") and not same_secret("", "Bearer abc")
+    # what is compared in constant time is two SHA-256 digests, so not even the secret's length shows
+    compared, real = [], hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((len(a), len(b))) or real(a, b))
+    assert not same_secret("Bearer ab", "Bearer abc") and same_secret("Bearer abc", "Bearer abc")
+    assert compared == [(32, 32), (32, 32)], compared
 
 
 def test_non_string_sub_is_refused():

@@ -55,11 +55,13 @@ def test_listing_by_status_is_bounded_by_the_window_not_the_history(quiet):
 def test_reads_are_rate_limited_per_user(make_api):
     api = make_api(READ_RATE_LIMIT="4/minute")
     job_id = new_job_id()  # unknown: the fast path passes it to the Flask view, which counts it
-    codes = [api.get(path).status_code for path in ("/jobs", "/credits", f"/status/{job_id}", "/jobs")]
-    assert codes == [200, 200, 404, 200], codes
+    codes = [api.get(path).status_code for path in ("/jobs", "/credits", f"/status/{job_id}", f"/result/{job_id}")]
+    assert codes == [200, 200, 404, 404], codes
     limited = api.get("/jobs")
     assert limited.status_code == 429 and limited.json()["code"] == "rate_limited", (codes, limited.text)
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert api.delete(f"/jobs/{job_id}").status_code == 429
+    assert api.get(f"/result/{job_id}").status_code == 429
+    assert api.get(f"/status/{job_id}/events").status_code == 429
     assert api.get("/jobs", token="tok-bob").status_code == 200  # other users are not limited
     assert api.get("/jobs", token="admin-secret-token").status_code != 429

@@ -123,12 +123,73 @@ def test_addresses_are_judged_by_the_ipv4_address_they_carry(address, allowed):
     assert address_allowed(ipaddress.ip_address(address)) is allowed
 
 
-def test_a_submission_does_not_resolve_the_webhook_host(api):
+def test_a_submission_does_not_resolve_the_webhook_host(api, monkeypatch):
     """The name is looked up only when a delivery is attempted: a name that can never resolve
-    (RFC 6761 `.invalid`) is accepted, so no resolver, slow or not, holds the request."""
+    (RFC 6761 `.invalid`) is accepted, so no resolver, slow or not, holds the request; nor is the
+    name looked up at all while the request is answered (the API runs in this process)."""
+    import socket
+
+    looked_up, system = [], socket.getaddrinfo
+
+    def spy(host, *args, **kwargs):
+        looked_up.append(host.decode() if isinstance(host, bytes) else host)
+        return system(host, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", spy)
     response = api.submit(drawing(), engine="local", webhookUrl="https://hooks.example.invalid/x")
     assert response.status_code == 202, response.text
+    assert "hooks.example.invalid" not in looked_up, looked_up
     api.delete(f"/jobs/{response.json()['jobId']}")
+
+
+@pytest.mark.parametrize("answers, refused", [
+    (["93.184.216.34"], False), (["127.0.0.1"], True), (["169.254.169.254"], True),
+    (["93.184.216.34", "10.0.0.1"], True), (["64:ff9b::7f00:1"], True), (["2606:2800:220:1::1"], False)])
+def test_an_attempt_refuses_a_name_that_resolves_to_a_private_address(monkeypatch, answers, refused):
+    """The submission no longer resolves the name, so the attempt's one lookup is the only check of where a
+    name points: any answer that is not a global unicast address refuses the delivery."""
+    import socket
+
+    from tasks import webhooks
+
+    def fake(host, port, *args, **kwargs):
+        assert host == "hook.example.com"
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+                for a in answers]
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    where = webhooks.check_url("https://hook.example.com/x", allow_private=False)  # no lookup: accepted
+    if refused:
+        with pytest.raises(webhooks.WebhookRefused):
+            webhooks.resolve(where, allow_private=False)
+    else:
+        assert webhooks.resolve(where, allow_private=False) == answers
+    assert webhooks.resolve(where, allow_private=True) == answers  # WEBHOOK_ALLOW_PRIVATE lets them through
+
+
+def test_a_delivery_to_a_name_that_resolves_to_a_private_address_is_refused(tmp_path):
+    """End to end, as deployed (WEBHOOK_ALLOW_PRIVATE unset on the workers): a public-looking name that
+    resolves to loopback, where a receiver listens, is accepted at submission and refused at the attempt;
+    nothing reaches the receiver and the job's webhook state says why."""
+    from tests.servers import NameServer, Stack
+
+    names = NameServer(["127.0.0.1"])
+    stack = Stack(tmp_path, "http://127.0.0.1:9")
+    try:
+        with webhook_receiver() as (url, calls):
+            port = url.rsplit(":", 1)[1].split("/")[0]
+            stack.workers(stencil=1, WEBHOOK_ALLOW_PRIVATE="false", **names.env)
+            job_id = stack.api.submit(drawing(), engine="local",
+                                      webhookUrl=f"http://hook.rebind.test:{port}/hook").json()["jobId"]
+
+            def ended():
+                webhook = stack.api.get(f"/status/{job_id}").json().get("webhook") or {}
+                return webhook if webhook.get("state") in ("delivered", "failed") else None
+            state = wait_until(ended, timeout=60, what="the delivery's outcome")
+            assert state["state"] == "failed" and "private" in state.get("lastError", ""), state
+            assert calls.empty(), "a delivery reached a loopback receiver"
+            assert names.queries == ["hook.rebind.test"]
+    finally:
+        stack.close()
+        names.close()
 
 
 def test_a_rebinding_resolver_cannot_move_a_delivery(tmp_path):
