@@ -152,9 +152,11 @@ def run_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> None:
     worker.work(with_scheduler=True, logging_level=env.get("LOG_LEVEL", "INFO"))
 
 
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 MMAP_THRESHOLD = 256 * 1024
 ARENAS = 2
+ENGINE_MMAP_THRESHOLD = 32 * 1024 * 1024
+ENGINE_TRIM_THRESHOLD = 64 * 1024 * 1024
 
 
 def tune_malloc() -> None:
@@ -170,6 +172,23 @@ def tune_malloc() -> None:
         libc = ctypes.CDLL(None)
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(M_ARENA_MAX, ARENAS)
+    except (OSError, AttributeError) as exc:
+        log.debug("mallopt unavailable: %s", exc)
+
+
+def tune_malloc_for_engines() -> None:
+    """In a CPU-pool process: give image-sized buffers back to the heap, not to the kernel.
+
+    The pool is forked after `tune_malloc`, whose fixed 256 KB mmap threshold suits the job threads'
+    provider answers. The engines allocate and free many arrays of 0.2-30 MB per job: under that
+    threshold each one was a fresh mmap, faulted in page by page and unmapped again, and a local
+    stencil cost 1.05-1.24 CPU-seconds in the pool against 0.86 in a forked horse with glibc's defaults.
+    Here buffers up to 32 MB come from the heap and up to 64 MB of free heap is kept for the next run.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, ENGINE_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, ENGINE_TRIM_THRESHOLD)
     except (OSError, AttributeError) as exc:
         log.debug("mallopt unavailable: %s", exc)
 

@@ -145,7 +145,10 @@ def _serve(tasks, replies, locks) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     die_with_parent(signal.SIGKILL)
+    from .cli import tune_malloc_for_engines
     from .worker import horse_nice, lower_horse_priority
+
+    tune_malloc_for_engines()
 
     if horse_nice() > 0:  # WORKER_NICE: engine runs yield to the API, as the process path's horses do
         os.setsid()
