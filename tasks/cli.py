@@ -166,14 +166,9 @@ def tune_malloc() -> None:
     size of the largest block freed (up to 32 MB): after the first response, every 1-2 MB provider
     answer came from an arena and its pages stayed with the process when freed. A fixed threshold
     (which also turns the raising off) keeps such buffers in mmap, returned on free; two arenas bound
-    the rest. Best effort: other C libraries have no `mallopt`.
+    the rest.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        libc.mallopt(M_ARENA_MAX, ARENAS)
-    except (OSError, AttributeError) as exc:
-        log.debug("mallopt unavailable: %s", exc)
+    _mallopt((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_ARENA_MAX, ARENAS))
 
 
 def tune_malloc_for_engines() -> None:
@@ -185,10 +180,15 @@ def tune_malloc_for_engines() -> None:
     stencil cost 1.05-1.24 CPU-seconds in the pool against 0.86 in a forked horse with glibc's defaults.
     Here buffers up to 32 MB come from the heap and up to 64 MB of free heap is kept for the next run.
     """
+    _mallopt((M_MMAP_THRESHOLD, ENGINE_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, ENGINE_TRIM_THRESHOLD))
+
+
+def _mallopt(*settings: tuple[int, int]) -> None:
+    """glibc's `mallopt` for each (parameter, value); best effort: other C libraries have none."""
     try:
         libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, ENGINE_MMAP_THRESHOLD)
-        libc.mallopt(M_TRIM_THRESHOLD, ENGINE_TRIM_THRESHOLD)
+        for parameter, value in settings:
+            libc.mallopt(parameter, value)
     except (OSError, AttributeError) as exc:
         log.debug("mallopt unavailable: %s", exc)
 
