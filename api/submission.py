@@ -6,7 +6,6 @@ decompression bomb is refused before any pixel is decoded.
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import io
@@ -66,7 +65,7 @@ def decode_base64(text: str) -> bytes:
         raise bad_request("`image` is empty.")
     raw = raw.translate(_URL_SAFE) + b"=" * (-len(raw) % 4)
     try:
-        return base64.b64decode(raw, validate=True)
+        return binascii.a2b_base64(raw, strict_mode=True)  # b64decode(validate=True) ran a regex over it first
     except (binascii.Error, ValueError):
         raise bad_request("`image` is not valid base64.") from None
 
