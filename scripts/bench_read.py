@@ -284,7 +284,7 @@ def measure(svc: Service, body_file: Path, body: dict) -> dict:
         out["streams_at_once_clients"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS, clients=STREAM_CLIENTS)
         time.sleep(2)
         if NODE:
-            out["streams_at_once_node"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS, node=True)
+            out["streams_at_once_node"] = streams(svc, body, spread_s=0.0, tokens=STREAM_TOKENS, node=STREAM_CLIENTS)
             time.sleep(2)
     out["stack_pss"] = svc.stack_pss()
     return out
@@ -310,13 +310,14 @@ def follow_in_processes(port: int, watched: list[Stream], timeout: float, client
             mine.__dict__.update(theirs.__dict__)
 
 
-def follow_with_node(port: int, watched: list[Stream], timeout: float) -> None:
-    """Open every stream in the same instant from one Node.js event loop (scripts/streams_load.mjs)."""
+def follow_with_node(port: int, watched: list[Stream], timeout: float, processes: int = 1) -> None:
+    """Open every stream in the same instant from Node.js event loops (scripts/streams_load.mjs)."""
     with tempfile.TemporaryDirectory() as tmp:
         plan = Path(tmp, "plan.json")
         plan.write_text(json.dumps({"host": "127.0.0.1", "port": port, "timeoutS": timeout,
                                     "startAt": time.time() + 1.0, "streams": [[s.job_id, s.token] for s in watched]}))
-        out = subprocess.run(["node", str(ROOT / "scripts" / "streams_load.mjs"), str(plan)], capture_output=True,
+        out = subprocess.run(["node", str(ROOT / "scripts" / "streams_load.mjs"), str(plan), str(processes)],
+                             capture_output=True,
                              text=True, timeout=timeout + 60, check=True).stdout
     for stream, seen in zip(watched, json.loads(out)):
         stream.opened, stream.connected, stream.answered = seen["opened"], seen["connected"], seen["answered"]
@@ -325,7 +326,7 @@ def follow_with_node(port: int, watched: list[Stream], timeout: float) -> None:
 
 
 def streams(svc: Service, body: dict, spread_s: float = 2.0, tokens: list[str] | None = None,
-            clients: int = 1, node: bool = False) -> dict:
+            clients: int = 1, node: int = 0) -> dict:
     """2,000 streams over 40 jobs, opened over `spread_s` (0: all at the same instant) while the jobs run;
     ordinary polls meanwhile. `tokens`: one user per job (default: every job the bench user's).
     `clients` > 1: opened at once from that many client processes (what happens meanwhile, the peak
@@ -336,7 +337,7 @@ def streams(svc: Service, body: dict, spread_s: float = 2.0, tokens: list[str] |
     timeout = 120 if svc.name == "inkq" else 60
     overflows, commands = listen_overflows(), redis_calls(svc)
     if node:
-        follower = threading.Thread(target=follow_with_node, args=(svc.port, watched, timeout))
+        follower = threading.Thread(target=follow_with_node, args=(svc.port, watched, timeout, node))
     elif clients > 1:
         follower = threading.Thread(target=follow_in_processes, args=(svc.port, watched, timeout, clients))
     else:
@@ -521,9 +522,9 @@ def report(naive: dict, inkq: dict) -> None:
           f"the same from {STREAM_CLIENTS} client processes: first event p99 <= 1 s, every stream saw its job end")
     if "streams_at_once_node" in inkq:
         i3 = inkq["streams_at_once_node"]
-        streams_report("opened at once from one Node.js client (scripts/streams_load.mjs)", i3)
+        streams_report(f"opened at once from {STREAM_CLIENTS} Node.js processes (scripts/streams_load.mjs)", i3)
         check(i3["ended"] == i3["opened"] and i3["errors"] == 0 and i3["first_p99"] <= 1.0,
-              "the same from one Node.js client: first event p99 <= 1 s, every stream saw its job end")
+              f"the same from {STREAM_CLIENTS} Node.js processes: first event p99 <= 1 s, every stream saw its job end")
     check(i["end_lag_max"] <= 1.0, "terminal event <= 1 s after the job ended")
     check(i["polls"].get("p95", 1e9) <= 200, "ordinary requests p95 <= 200 ms meanwhile")
     check(i["pss"] <= 800, "API PSS <= 800 MB")
@@ -543,11 +544,12 @@ def streams_only(tmp: Path, body: dict) -> int:
         time.sleep(2)
         runs = {"spread": {}, "at_once": {"spread_s": 0.0, "tokens": STREAM_TOKENS},
                 "at_once_clients": {"spread_s": 0.0, "tokens": STREAM_TOKENS, "clients": STREAM_CLIENTS},
-                "at_once_node": {"spread_s": 0.0, "tokens": STREAM_TOKENS, "node": True}}
+                "at_once_node": {"spread_s": 0.0, "tokens": STREAM_TOKENS, "node": 1},
+                "at_once_nodes": {"spread_s": 0.0, "tokens": STREAM_TOKENS, "node": STREAM_CLIENTS}}
         chosen = os.environ.get("BENCH_STREAM_MODES", ",".join(runs)).split(",")
         results = {}
         for key in chosen:
-            if key == "at_once_node" and not NODE:
+            if key.startswith("at_once_node") and not NODE:
                 continue
             results[key] = streams(svc, body, **runs[key])
             time.sleep(2)
@@ -557,12 +559,14 @@ def streams_only(tmp: Path, body: dict) -> int:
           f"logs in {tmp}):")
     labels = {"spread": "opened within 2 s, one user", "at_once": f"opened at once, {STREAM_JOBS} users",
               "at_once_clients": f"opened at once, {STREAM_JOBS} users, {STREAM_CLIENTS} client processes",
-              "at_once_node": f"opened at once, {STREAM_JOBS} users, one Node.js client"}
+              "at_once_node": f"opened at once, {STREAM_JOBS} users, one Node.js client",
+              "at_once_nodes": f"opened at once, {STREAM_JOBS} users, {STREAM_CLIENTS} Node.js processes"}
     for key, result in results.items():
         streams_report(labels[key], result)
     for key, text in (("spread", "opened within 2 s"), ("at_once", "opened at once"),
                       ("at_once_clients", f"opened at once from {STREAM_CLIENTS} clients"),
-                      ("at_once_node", "opened at once from one Node.js client")):
+                      ("at_once_node", "opened at once from one Node.js client"),
+                      ("at_once_nodes", f"opened at once from {STREAM_CLIENTS} Node.js processes")):
         if key not in results:
             continue
         s = results[key]
