@@ -39,12 +39,20 @@ def _npm(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
 def packed(tmp_path_factory):
     """`npm pack`'s report on the package it built (its prepack script runs tsc into dist/), after
     `npm ci` when node_modules is older than the lock."""
+    import fcntl
+    import hashlib
+    import tempfile
+
     lock = os.path.join(PACKAGE, "package-lock.json")
     marker = os.path.join(PACKAGE, "node_modules", ".package-lock.json")
-    if not os.path.exists(marker) or os.path.getmtime(marker) < os.path.getmtime(lock):
-        _npm("ci", "--no-audit", "--no-fund")
     out = tmp_path_factory.mktemp("npm-pack")
-    report = json.loads(_npm("pack", "--json", "--pack-destination", str(out)).stdout)[0]
+    # one pytest-xdist process at a time: two `npm ci` in the same node_modules fail (ENOTEMPTY)
+    where = os.path.join(tempfile.gettempdir(), f"inkq-npm-{hashlib.sha256(PACKAGE.encode()).hexdigest()[:12]}.lock")
+    with open(where, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if not os.path.exists(marker) or os.path.getmtime(marker) < os.path.getmtime(lock):
+            _npm("ci", "--no-audit", "--no-fund")
+        report = json.loads(_npm("pack", "--json", "--pack-destination", str(out)).stdout)[0]
     report["tarball"] = out / report["filename"]
     return report
 
