@@ -47,6 +47,15 @@ def credit_stack(tmp_path, gemini):
     made.close()
 
 
+def _log_lines(stack: Stack, job_ids) -> list[str]:
+    """The worker services' log lines that name any of these jobs (for a failure's message)."""
+    lines = []
+    for log in sorted(stack.tmp_path.glob("workers-*.log")):
+        lines += [f"{log.name}: {line}" for line in log.read_text(errors="replace").splitlines()
+                  if any(job_id in line for job_id in job_ids)]
+    return lines
+
+
 def _wait_in_call(stack: Stack, job_id: str, gemini, calls: int = 1) -> dict:
     """Wait until the job runs and its request has reached the (fake) provider."""
     def in_call():
@@ -216,7 +225,8 @@ def test_soak_with_restarts_and_kills(credit_stack):
         stop.set()
         feeder.join(10)
     final = stack.wait_all(ids, timeout=90)
-    assert {body["status"] for body in final.values()} == {"completed"}, final
+    failed = {job_id: body for job_id, body in final.items() if body["status"] != "completed"}
+    assert not failed, (failed, _log_lines(stack, failed))
     assert stack.api.get("/credits").json()["balance"] == 1000 - len(ids)
     assert list(stack.redis.scan_iter("inkq:charge:*")) == []
     wait_until(lambda: not stack.leftovers(), timeout=10, what="claims and intermediate lists to empty")
