@@ -158,13 +158,21 @@ class AnswerGate:
 
     httpx calls its response hooks once the status line and headers are in and before it reads the
     body, so `enter` (the hook) is where a thread takes its turn; the outermost `scope()` of that thread
-    gives it back. A hook outside any scope takes no turn."""
+    gives it back. A hook outside any scope takes no turn. Turns are held by thread id, and a full gate
+    first takes back the turns of threads that have ended: a slot thread ended by the supervisor gets an
+    asynchronous exception, which could land inside `scope`'s own clean-up and skip the give-back."""
 
     def __init__(self, n: int):
-        self._turns = threading.BoundedSemaphore(n)
+        self.n = n
+        self._holders: set[int] = set()
+        self._changed = threading.Condition()
         self._local = threading.local()
-        self._count = threading.Lock()
-        self.in_use = self.peak = 0  # turns held now, and the most held at once
+        self.peak = 0  # the most turns held at once
+
+    @property
+    def in_use(self) -> int:
+        with self._changed:
+            return len(self._holders)
 
     @contextlib.contextmanager
     def scope(self):
@@ -174,20 +182,27 @@ class AnswerGate:
             yield
         finally:
             local.depth -= 1
-            if local.depth == 0 and getattr(local, "held", False):
-                local.held = False
-                with self._count:
-                    self.in_use -= 1
-                self._turns.release()
+            if local.depth == 0:
+                with self._changed:
+                    self._holders.discard(threading.get_ident())
+                    self._changed.notify()
 
     def enter(self, response=None) -> None:
-        local = self._local
-        if getattr(local, "depth", 0) and not getattr(local, "held", False):
-            local.held = self._turns.acquire(timeout=GATE_WAIT_S)
-            if local.held:
-                with self._count:
-                    self.in_use += 1
-                    self.peak = max(self.peak, self.in_use)
+        if not getattr(self._local, "depth", 0):
+            return
+        me, deadline = threading.get_ident(), time.monotonic() + GATE_WAIT_S
+        with self._changed:
+            while me not in self._holders:
+                if len(self._holders) >= self.n:
+                    self._holders &= {thread.ident for thread in threading.enumerate()}
+                if len(self._holders) < self.n:
+                    self._holders.add(me)
+                    self.peak = max(self.peak, len(self._holders))
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return  # read without a turn rather than wait longer
+                self._changed.wait(min(left, 0.5))
 
 
 answer_gate = AnswerGate(ANSWERS_AT_ONCE)

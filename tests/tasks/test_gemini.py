@@ -266,3 +266,25 @@ def test_a_call_outside_a_scope_takes_no_turn_and_a_failed_one_gives_its_turn_ba
     assert gate.in_use == 0
     fake.push(ok(sample_png(32)))
     assert gemini.generate_image(settings_for(fake), "draw") == sample_png(32)
+
+
+def test_a_turn_held_by_a_thread_that_ended_is_taken_back(fake):
+    """A slot thread ended by the supervisor (an asynchronous exception) may never give its turn back;
+    the turns of threads that have ended are reclaimed once the gate is full."""
+    import threading
+
+    gate = gemini.AnswerGate(2)
+
+    def leaks():
+        gate._local.depth = 1  # inside a scope whose clean-up never runs
+        gate.enter()
+    for _ in range(2):
+        thread = threading.Thread(target=leaks)
+        thread.start()
+        thread.join()
+    assert gate.in_use == 2
+    started = time.monotonic()
+    with gate.scope():
+        gate.enter()
+        assert gate.in_use == 1  # both dead threads' turns taken back, this one's given
+    assert time.monotonic() - started < 1 and gate.in_use == 0
