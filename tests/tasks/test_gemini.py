@@ -274,13 +274,16 @@ def test_a_turn_held_by_a_thread_that_ended_is_taken_back(fake):
     import threading
 
     gate = gemini.AnswerGate(2)
+    both_in = threading.Barrier(2)
 
     def leaks():
         gate._local.depth = 1  # inside a scope whose clean-up never runs
         gate.enter()
-    for _ in range(2):
-        thread = threading.Thread(target=leaks)
+        both_in.wait()  # alive together, so the two threads have two ids (an ended thread's id is reused)
+    threads = [threading.Thread(target=leaks) for _ in range(2)]
+    for thread in threads:
         thread.start()
+    for thread in threads:
         thread.join()
     assert gate.in_use == 2
     started = time.monotonic()
