@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from rq.command import parse_payload
 from rq.job import Job
@@ -275,7 +276,11 @@ class SlotWorker(InkqWorker):
             raise StopRequested()
 
     def request_force_stop(self, signum, frame):
-        """rq's cold stop; the running jobs go back through the recovery sweep."""
+        """rq's cold stop; the running jobs go back through the recovery sweep. A second signal within a
+        second of the first is the same stop arriving twice (a SIGTERM to every process of the service,
+        then the supervisor's own): rq ignores it, and so does this, or the warm stop turned cold."""
+        if (now() - self._shutdown_requested_date) < timedelta(seconds=1):
+            return super().request_force_stop(signum, frame)
         self._cold = True
         if self.running:
             log.warning("cold stop with %d jobs running: the recovery sweep queues them again", len(self.running))

@@ -139,7 +139,7 @@ def test_cancel_of_a_running_provider_job(stack, gemini):
     assert stack.api.get(f"/status/{job_id}").json()["status"] == "canceled"
 
 
-@pytest.mark.parametrize("target", ["supervisor", "group"])
+@pytest.mark.parametrize("target", ["supervisor", "group", "group-twice"])
 def test_a_stop_lets_the_calls_in_flight_finish(tmp_path, gemini, target):
     """SIGTERM to the service's main process, or to every process of it (systemd's KillMode=control-group),
     with two calls in flight and a slot free (so the worker is waiting for work, not for a slot): both
@@ -152,6 +152,10 @@ def test_a_stop_lets_the_calls_in_flight_finish(tmp_path, gemini, target):
                for i in range(2)]
         wait_until(lambda: len(gemini.requests) == 2, timeout=30, what="two calls in flight")
         if target == "group":
+            os.killpg(service.proc.pid, signal.SIGTERM)
+        elif target == "group-twice":  # the same stop arriving twice, 0.3 s apart: still warm
+            os.killpg(service.proc.pid, signal.SIGTERM)
+            time.sleep(0.3)
             os.killpg(service.proc.pid, signal.SIGTERM)
         else:
             service.proc.send_signal(signal.SIGTERM)
