@@ -35,12 +35,13 @@ def options(env) -> dict:
         "logger_class": "api.cli.GunicornLogger",
         "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1",
         "preload_app": True,
-        "pre_fork": freeze_heap,
+        "when_ready": freeze_heap,
     }
 
 
-def freeze_heap(server=None, worker=None) -> None:
-    """gunicorn's pre_fork hook: move the preloaded app's objects out of the garbage collector's view.
+def freeze_heap(server=None) -> None:
+    """gunicorn's when_ready hook (once, after the preload, before the first fork): move the preloaded
+    app's objects out of the garbage collector's view.
 
     Every full collection walked the whole preloaded app (about 85,000 objects) and held the process,
     with every request it was serving, for 55-165 ms: the tail of submit latency under a burst

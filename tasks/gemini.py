@@ -225,31 +225,27 @@ def generate_image(
     if redis is not None:
         quota.before_call(redis, settings.redis_url, settings.gemini_model)
     started, sent_at = time.perf_counter(), time.time()
-    with answer_gate.scope():
-        return _call(settings, contents, config, redis, started, sent_at)
-
-
-def _call(settings: WorkerSettings, contents: list, config, redis, started: float, sent_at: float) -> bytes:
-    try:
-        response = client_for(settings).models.generate_content(
-            model=settings.gemini_model, contents=contents, config=config
-        )
-        if redis is not None:
-            quota.answered(redis, settings.gemini_model, sent_at)
-        data = first_image(response)
-        if data is None:
-            raise classify(response, secrets=[settings.gemini_api_key])
-    except Exception as exc:
-        error = exc if isinstance(exc, JobError) else classify(exc, secrets=[settings.gemini_api_key])
-        outcome = "retryable" if isinstance(error, TransientError) else "final"
-        if redis is not None and isinstance(exc, genai_errors.APIError) and exc.code == 429:
-            quota.rate_limited(redis, settings.gemini_model, error.retry_after, learn=per_minute_quota(exc))
-        _record(outcome, started, error.message)
-        if error is exc:
-            raise
-        raise error from exc
-    _record("ok", started)
-    return data
+    with answer_gate.scope():  # the answer's turn, taken in the response hook, is given back here
+        try:
+            response = client_for(settings).models.generate_content(
+                model=settings.gemini_model, contents=contents, config=config
+            )
+            if redis is not None:
+                quota.answered(redis, settings.gemini_model, sent_at)
+            data = first_image(response)
+            if data is None:
+                raise classify(response, secrets=[settings.gemini_api_key])
+        except Exception as exc:
+            error = exc if isinstance(exc, JobError) else classify(exc, secrets=[settings.gemini_api_key])
+            outcome = "retryable" if isinstance(error, TransientError) else "final"
+            if redis is not None and isinstance(exc, genai_errors.APIError) and exc.code == 429:
+                quota.rate_limited(redis, settings.gemini_model, error.retry_after, learn=per_minute_quota(exc))
+            _record(outcome, started, error.message)
+            if error is exc:
+                raise
+            raise error from exc
+        _record("ok", started)
+        return data
 
 
 _clients: dict[tuple, genai.Client] = {}
