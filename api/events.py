@@ -212,18 +212,19 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
         hub.unwatch(job_id, woken)
 
 
-def open_stream(ctx, job_id: str, user_id: str, result_url: Callable[[str], str]):
+def open_stream(ctx, job_id: str, user_id: str, result_url: Callable[[str], str], limiter=None):
     """Open the owner's event stream on a job: (its body, the callbacks to run when its response is
     closed, also when the body never started); None when the job is gone or not the user's; 429 when
     the user holds MAX_STREAMS_PER_USER. One round trip (`leases.open_on`: the owner's read of the
     job, which is the first event, and the lease), made after the stream watches the job's
     announcements, so nothing announced after that read is missed. Used by the Flask view
-    (`jobs.events`) and the fast path below it (`fastpath.FastStatus`)."""
+    (`jobs.events`) and the fast path below it (`fastpath.FastStatus`), which also counts the request
+    against `limiter` in that round trip (`limits.OverLimit` when over it)."""
     if not valid_job_id(job_id):
         return None
     woken = ctx.hub.watch(job_id)
     try:
-        opened = ctx.leases.open_on(job_id, user_id)
+        opened = ctx.leases.open_on(job_id, user_id, limiter)
     except BaseException:
         ctx.hub.unwatch(job_id, woken)
         raise

@@ -10,9 +10,9 @@ through to the Flask view (`jobs.status`), which answers it and every error exac
 paths build the body with the same `status.read` and `status.describe`; a test checks they agree.
 
 `GET /status/<jobId>/events` is opened here too, for the same reason (issue 19: 2,000 streams opened
-at once queued for Flask's per-request work): the owner's request is authenticated, counted against
-READ_RATE_LIMIT, and opened with `leases.open_on` (ownership, MAX_STREAMS_PER_USER and the first
-event's read in one round trip), the body being the Flask view's own `events.stream`. A refused
+at once queued for Flask's per-request work): the owner's request is authenticated, then counted against
+READ_RATE_LIMIT and opened with `leases.open_on` in one round trip (two scripts pipelined: the limiter's,
+then ownership, MAX_STREAMS_PER_USER and the first event's read), the body being the Flask view's own `events.stream`. A refused
 request (over the read limit or the stream cap, an unknown or foreign job, Redis errors, admins)
 falls through to the Flask view, which answers it as before; a request already counted here is
 marked (`limits.COUNTED`) so the view does not count it twice.
@@ -26,7 +26,7 @@ import time
 from .access import identify
 from .events import open_stream
 from .forwarding import origin
-from .limits import COUNTED
+from .limits import COUNTED, OverLimit
 from .status import describe, read
 from .store import valid_job_id
 
@@ -80,17 +80,17 @@ class FastStatus:
         if who.is_admin or who.user_id.startswith("@"):
             return None
         identify(environ, who.user_id)
-        try:
-            ctx.read_limiter.hit(who.user_id)
-        except Exception:  # noqa: BLE001 - over the limit or Redis down: the view answers (a refusal counts nothing)
-            return None
-        environ[COUNTED] = True
         public = ctx.settings.public_url
         try:
-            opened = open_stream(ctx, job_id, who.user_id, lambda name: ctx.links.url(origin(environ, public), name))
-        except Exception:  # noqa: BLE001 - 429 (stream cap) or Redis errors: the view answers
+            opened = open_stream(ctx, job_id, who.user_id, lambda name: ctx.links.url(origin(environ, public), name),
+                                 limiter=ctx.read_limiter)
+        except OverLimit:  # the view counts it again and answers the 429 (a refusal counts nothing)
+            return None
+        except Exception:  # noqa: BLE001 - 429 (stream cap) or Redis errors: the view answers, not counting again
+            environ[COUNTED] = True
             log.debug("event stream fast path fell through", exc_info=True)
             return None
+        environ[COUNTED] = True
         if opened is None:
             return None
         body, on_close = opened

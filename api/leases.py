@@ -19,7 +19,7 @@ import math
 import uuid
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from .errors import ApiError
 from .status import View, read_keys, view_of
@@ -82,14 +82,26 @@ class StreamLeases:
             raise self._refused()
         return lease
 
-    def open_on(self, job_id: str, user_id: str) -> tuple[View, "Lease"] | None:
+    def open_on(self, job_id: str, user_id: str, limiter=None) -> tuple[View, "Lease"] | None:
         """In one round trip: the job's view and a lease for a stream on it; None when the job is gone or
-        not the user's; 429 `rate_limited` when the user holds the cap (the job is not read then)."""
+        not the user's; 429 `rate_limited` when the user holds the cap (the job is not read then).
+
+        `limiter` (`limits.UserLimiter`): the request is also counted against it, in the same round trip
+        (its own script, pipelined before the open); over its limit, its `limits.OverLimit` is raised and
+        no lease is kept."""
         if not valid_job_id(job_id):
             return None
         lease = Lease(self, user_id, uuid.uuid4().hex)
-        reply = self._open(keys=[*read_keys(job_id), key(user_id)],
-                           args=[user_id, self.cap, int(self.lease_s * 1000), lease.id])
+        calls = list(limiter.hits(user_id)) if limiter is not None else []
+        calls.append((None, self._open, [*read_keys(job_id), key(user_id)],
+                      [user_id, self.cap, int(self.lease_s * 1000), lease.id]))
+        *counted, reply = self._send(calls)
+        failed = next((r for r in (*counted, reply) if isinstance(r, Exception)), None)
+        over = next((call[0] for call, r in zip(calls, counted) if not r), None)
+        if failed is not None or over is not None:
+            if isinstance(reply, list):  # the lease was taken
+                lease.release()
+            raise failed if failed is not None else limiter.refusal(over, user_id)
         if reply == -1:
             return None
         if reply == 0:
@@ -99,6 +111,22 @@ class StreamLeases:
             lease.release()
             return None
         return view, lease
+
+    def _send(self, calls: list[tuple]) -> list:
+        """Run `(_, script, keys, args)` calls in one pipelined round trip (EVALSHA only: a pipeline that
+        runs `Script`s asks SCRIPT EXISTS first, a second round trip); a script Redis no longer has
+        (restarted, flushed) is loaded and run on its own. The replies in order, errors as exceptions."""
+        pipe = self.redis.pipeline(transaction=False)
+        for _, script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        for i, (reply, (_, script, keys, args)) in enumerate(zip(replies, calls)):
+            if isinstance(reply, NoScriptError):
+                try:
+                    replies[i] = script(keys=keys, args=args)
+                except RedisError as exc:
+                    replies[i] = exc
+        return replies
 
     def _refused(self) -> ApiError:
         return ApiError(429, "rate_limited",

@@ -29,6 +29,10 @@ from .errors import ApiError
 COUNTED = "inkq.read_counted"  # set in the WSGI environ by a layer that already counted this request (fastpath.py)
 
 
+class OverLimit(ApiError):
+    """429 `rate_limited`: the caller is over one of its request limits."""
+
+
 class UserLimiter:
     """A per-user limit on one kind of request.
 
@@ -51,9 +55,27 @@ class UserLimiter:
         """Count one request; 429 `rate_limited` with Retry-After when over the limit."""
         for item in self.items:
             if not self.limiter.hit(item, self.scope, user_id):
-                reset_at, _ = self.limiter.get_window_stats(item, self.scope, user_id)
-                raise ApiError(429, "rate_limited", f"Too many {self.what} (limit {item}); slow down.",
-                               retry_after=max(1, math.ceil(reset_at - time.time())))
+                raise self.refusal(item, user_id)
+
+    def refusal(self, item, user_id: str) -> OverLimit:
+        """The 429 for a request over `item`, with the seconds until the window lets the next one in."""
+        reset_at, _ = self.limiter.get_window_stats(item, self.scope, user_id)
+        return OverLimit(429, "rate_limited", f"Too many {self.what} (limit {item}); slow down.",
+                        retry_after=max(1, math.ceil(reset_at - time.time())))
+
+    def hits(self, user_id: str) -> list[tuple]:
+        """This user's count of one request against every limit, as `(item, script, keys, args)`: the call
+        `hit` makes through the `limits` library (its own Lua script and keys), for a caller that sends it
+        in one round trip with its own commands (`leases.StreamLeases.open_on`). A falsy reply is a refusal
+        (`refusal(item, user_id)`). Only for the sliding window counter (`reads`)."""
+        storage = self.limiter.storage
+        calls = []
+        for item in self.items:
+            name = item.key_for(self.scope, user_id)
+            keys = [storage.prefixed_key(storage._previous_window_key(name)),  # as `hit` names them
+                    storage.prefixed_key(storage._current_window_key(name))]
+            calls.append((item, storage.lua_acquire_sliding_window, keys, [item.amount, item.get_expiry(), 1]))
+        return calls
 
 
 def submissions(redis_url: str, limit: str, pool=None) -> UserLimiter:

@@ -147,27 +147,46 @@ def test_unchanged_jobs_are_read_once_and_announced_changes_at_once(tmp_path):
         server.stop()
 
 
-def test_opening_an_event_stream_reads_the_job_once(tmp_path):
-    """An open is the read limiter's call and one script (ownership, lease, the first event's read),
-    and the first event goes out with the retry line in one write (issue 19: 2,000 opens at once)."""
+class _RoundTrips:
+    """Counts the requests this process sends to Redis (a pipeline is one)."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        real = redis_lib.connection.AbstractConnection.send_packed_command
+
+        def counted(connection, command, check_health=True):
+            self.count += 1
+            return real(connection, command, check_health)
+
+        monkeypatch.setattr(redis_lib.connection.AbstractConnection, "send_packed_command", counted)
+
+
+def _open_one(client, job_id, token="tok-alice"):
+    """Open a stream, take its first chunk, close it (the lease given back); (status, first chunk, response)."""
+    response = client.get(f"/status/{job_id}/events", headers={"Authorization": f"Bearer {token}"}, buffered=False)
+    if response.status_code != 200:
+        return response.status_code, None, response
+    first = next(iter(response.response))
+    response.close()
+    return 200, first if isinstance(first, bytes) else first.encode(), response
+
+
+def test_opening_an_event_stream_reads_the_job_once(tmp_path, monkeypatch):
+    """An open is one round trip to Redis: the read limiter's script and the open script (ownership,
+    lease, the first event's read) pipelined; the first event goes out with the retry line in one
+    write (issue 19: 2,000 opens at once)."""
     server = RedisServer()
     try:
         app = create_app(base_config(server.url))
         job_id = _submit(app)
         client = app.test_client()
-        headers = {"Authorization": "Bearer tok-alice"}
-
-        def open_one() -> bytes:
-            response = client.get(f"/status/{job_id}/events", headers=headers, buffered=False)
-            assert response.status_code == 200
-            first = next(iter(response.response))
-            response.close()  # gives the lease back
-            return first if isinstance(first, bytes) else first.encode()
-
-        open_one()  # scripts loaded, connections made
+        _open_one(client, job_id)  # scripts loaded, connections made
         admin = redis_lib.Redis.from_url(server.url)
         admin.config_resetstat()
-        firsts = [open_one() for _ in range(3)]
+        trips = _RoundTrips(monkeypatch)
+        firsts = [_open_one(client, job_id)[1] for _ in range(3)]
+        assert trips.count == 6, trips.count  # per open: the pipelined open, and the lease given back on close
+        monkeypatch.undo()
         calls = _calls(admin)
         assert calls.pop("cmdstat_evalsha") == 6, calls  # the read limiter's script and the open script
         assert calls.pop("cmdstat_hmget") == 3, calls  # the job is read once per open
@@ -182,5 +201,34 @@ def test_opening_an_event_stream_reads_the_job_once(tmp_path):
         assert theirs.status_code == unknown.status_code == 404 and theirs.json == unknown.json
         assert not admin.exists("inkq:streams:bob")
         assert not app.extensions["inkq"].hub._watchers
+    finally:
+        server.stop()
+
+
+def test_stream_opens_count_once_against_the_read_limit(tmp_path):
+    """The open's count, pipelined with the open: every open counts once, also one the stream cap refuses;
+    the open over the limit is the 429 with Retry-After and keeps no lease; after Redis lost its scripts
+    (restart, SCRIPT FLUSH) opens still work and still count."""
+    server = RedisServer()
+    try:
+        app = create_app(base_config(server.url, READ_RATE_LIMIT="5/minute", MAX_STREAMS_PER_USER=1))
+        job_id = _submit(app)
+        client = app.test_client()
+        admin = redis_lib.Redis.from_url(server.url)
+        assert _open_one(client, job_id)[0] == 200  # 1
+        held = client.get(f"/status/{job_id}/events", headers={"Authorization": "Bearer tok-alice"},
+                          buffered=False)  # 2, holds the one stream allowed
+        assert held.status_code == 200
+        capped = client.get(f"/status/{job_id}/events", headers={"Authorization": "Bearer tok-alice"})  # 3
+        assert capped.status_code == 429 and "event streams" in capped.json["error"], capped.json
+        held.close()
+        admin.script_flush()
+        assert _open_one(client, job_id)[0] == 200  # 4, the scripts loaded again
+        assert _open_one(client, job_id)[0] == 200  # 5
+        over = client.get(f"/status/{job_id}/events", headers={"Authorization": "Bearer tok-alice"})
+        assert over.status_code == 429 and "requests" in over.json["error"], over.json
+        assert 1 <= int(over.headers["Retry-After"]) <= 60
+        assert not admin.zcard("inkq:streams:alice")  # the refused open kept no lease
+        assert client.get(f"/status/{job_id}/events", headers={"Authorization": "Bearer tok-bob"}).status_code == 404
     finally:
         server.stop()
