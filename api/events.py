@@ -2,8 +2,9 @@
 
 A stream parks on an event of its own (a greenlet under the gevent server: no thread per stream).
 The process's one listener (`Hub`) subscribes to `tasks.changes.CHANNEL` and sets the events of the
-streams watching the announced job; each woken stream reads its job once (`status.read`, one round
-trip) and sends the status object if it changed. A stream also re-reads every `EVENTS_POLL_S`
+streams watching the announced job; the woken streams of a job read it once between them
+(`Hub.read`: one `status.read`, one round trip, per process) and each sends the status object if it
+changed. A stream also re-reads every `EVENTS_POLL_S`
 without an announcement, and sends a comment line then, so a lost announcement (a dropped
 listener connection, a writer that died between its write and its publish) only delays an event,
 and a client gone away is noticed.
@@ -42,6 +43,7 @@ class Hub:
     """
 
     CACHE_SIZE = 50_000
+    JOIN_WAIT_S = 10.0  # a stream waits this long for a read in flight before reading alone
 
     def __init__(self, redis_url: str):
         self.redis_url = redis_url
@@ -52,6 +54,7 @@ class Hub:
         self._stopped = False
         self._cache: OrderedDict[str, tuple[float, object]] = OrderedDict()
         self._seq = 0  # announcements (and reconnects) seen so far
+        self._flights: dict[str, _Flight] = {}  # reads of a job in flight, for `read`
 
     def cached(self, job_id: str, max_age_s: float):
         """The cached view of job_id, or None."""
@@ -82,6 +85,35 @@ class Hub:
             self._cache.move_to_end(job_id)
             while len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
+
+    def read(self, redis: Redis, job_id: str) -> View | None:
+        """`status.read` of job_id for a stream, shared by the streams of this process: one announcement wakes
+        every stream watching the job (50 per job in `make bench`), and they all need the same view. A
+        reader joins a read of the job in flight when that read began after the last announcement the
+        process has seen (and so after any change announced so far); else it starts one. Errors are
+        shared too."""
+        with self._lock:
+            flight = self._flights.get(job_id)
+            lead = flight is None or flight.seq != self._seq
+            if lead:
+                flight = self._flights[job_id] = _Flight(self._seq)
+        if not lead:
+            if flight.done.wait(self.JOIN_WAIT_S):
+                if flight.error is not None:
+                    raise flight.error
+                return flight.view
+            return read(redis, job_id)  # the read in flight is stuck: read alone
+        try:
+            flight.view = read(redis, job_id)
+            return flight.view
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                if self._flights.get(job_id) is flight:
+                    del self._flights[job_id]
+            flight.done.set()
 
     def watch(self, job_id: str) -> threading.Event:
         """An event set whenever job_id is announced; pass it to `unwatch` when done."""
@@ -162,6 +194,18 @@ class Hub:
                 delay = min(delay * 2, 5.0)
 
 
+class _Flight:
+    """One read of a job in flight (`Hub.read`): the announcements seen when it began, then its outcome."""
+
+    __slots__ = ("seq", "done", "view", "error")
+
+    def __init__(self, seq: int):
+        self.seq = seq
+        self.done = threading.Event()
+        self.view = None
+        self.error: Exception | None = None
+
+
 def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str],
            recheck_s: float, limit_s: float, renew: Callable[[], None] | None = None,
            first: View | None = None, woken: threading.Event | None = None) -> Iterator[str]:
@@ -189,7 +233,7 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
             if view is None:
                 woken.clear()  # cleared before the read: an announcement during it wakes the next wait
                 try:
-                    view = read(redis, job_id)
+                    view = hub.read(redis, job_id)
                 except RedisError as exc:  # the stream stays open and tries again at its next wake
                     log.warning("event stream could not read job %s: %s", job_id, exc)
                 else:

@@ -147,6 +147,52 @@ def test_unchanged_jobs_are_read_once_and_announced_changes_at_once(tmp_path):
         server.stop()
 
 
+def test_streams_woken_together_read_their_job_once(tmp_path, monkeypatch):
+    """`Hub.read`: readers of a job that arrive while a read of it is in flight share that read; one
+    arriving after an announcement during the read starts its own, and sees the announced change."""
+    import threading
+
+    import api.events as events
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    server = RedisServer()
+    try:
+        app = create_app(base_config(server.url))
+        hub, redis = app.extensions["inkq"].hub, app.extensions["inkq"].redis
+        job_id = _submit(app)
+        real, reads = events.read, []
+
+        def slow_read(client, wanted):  # the job as it is now, answered 0.3 s later
+            view = real(client, wanted)
+            reads.append(view.meta.get("stage", "queued"))
+            time.sleep(0.3)
+            return view
+
+        monkeypatch.setattr(events, "read", slow_read)
+        views = []
+        readers = [threading.Thread(target=lambda: views.append(hub.read(redis, job_id))) for _ in range(20)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(10)
+        assert len(views) == 20 and {v.id for v in views} == {job_id} and reads == ["queued"], (len(views), reads)
+
+        # a read in flight when the job changes and is announced is not joined by later readers
+        first = threading.Thread(target=lambda: views.append(hub.read(redis, job_id)))
+        first.start()
+        time.sleep(0.1)  # the first read has the job as it was
+        job = Job.fetch(job_id, connection=redis_lib.Redis.from_url(server.url), serializer=JSONSerializer)
+        job.meta["stage"] = "tracing lines"
+        job.save_meta()
+        hub._wake(job_id)  # what the listener does with the announcement
+        assert hub.read(redis, job_id).meta["stage"] == "tracing lines"
+        first.join(10)
+        assert reads == ["queued", "queued", "tracing lines"], reads
+    finally:
+        server.stop()
+
+
 class _RoundTrips:
     """Counts the requests this process sends to Redis (a pipeline is one)."""
 

@@ -57,6 +57,8 @@ def test_two_thousand_streams_each_see_their_job_end(own_redis, tmp_path):
         health = requests.get(api.url + "/healthz", timeout=10)
         assert health.status_code == 200
 
+        admin = redis_lib.Redis.from_url(own_redis.url)
+        admin.config_resetstat()
         workers = Workers({"REDIS_URL": own_redis.url, "CONCURRENCY_STENCIL": "5", "CONCURRENCY_ENHANCE": "1",
                            "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1", "GEMINI_API_KEY": "",
                            "LOG_LEVEL": "WARNING"}, str(tmp_path / "workers.log"))
@@ -74,6 +76,11 @@ def test_two_thousand_streams_each_see_their_job_end(own_redis, tmp_path):
         lags = [s.ended - datetime.fromisoformat(s.last["endedAt"].replace("Z", "+00:00")).timestamp()
                 for s in streams]
         assert max(lags) < 30, f"a stream heard its job's end {max(lags):.1f} s late"
+        # The 50 streams of a job woken by one announcement read the job once per API process between
+        # them (`events.Hub.read`), not once each.
+        stats = admin.info("commandstats")
+        reads, announced = stats["cmdstat_hmget"]["calls"], stats["cmdstat_publish"]["calls"]
+        assert reads < 10 * announced, (reads, announced)
     finally:
         if workers is not None:
             workers.stop()
