@@ -236,3 +236,41 @@ def test_an_attacker_cannot_use_up_the_connections(own_redis, tmp_path):
         for sock in held:
             sock.close()
         api.stop()
+
+
+def test_a_busy_connection_cannot_hold_a_worker(own_redis, tmp_path):
+    """A gevent worker switches between connections only when a read or write would block. A client
+    whose next request is always already there (pipelined here; on a 2-core box, a kept-alive client
+    and Redis answering on the other core while Python is still busy) was served request after
+    request while the process's other connections waited: submit latencies of 250-400 ms in bursts
+    (issue 17). Each request now starts with a turn of the event loop (`api.server`), so a request
+    that arrives meanwhile on another connection is served among the first few of the busy one's."""
+    api = GunicornApi({"REDIS_URL": own_redis.url, "API_KEYS": "tok-a:alice", "SECRET_KEY": "k" * 32,
+                       "WEB_CONCURRENCY": 1, "GEMINI_API_KEY": "", "ACCESS_LOG": "", "LOG_FORMAT": "text"},
+                      str(tmp_path / "api.log"))
+    try:
+        pipelined = 400
+        busy = socket.create_connection(("127.0.0.1", api.port), timeout=30)
+        other = socket.create_connection(("127.0.0.1", api.port), timeout=30)
+        time.sleep(0.5)  # both accepted
+        one = b"GET /no-such-path HTTP/1.1\r\nHost: x\r\n\r\n"  # a JSON 404: no Redis, no read that waits
+        busy.sendall(one * pipelined)
+        time.sleep(0.002)
+        other.sendall(one)
+        other.recv(1)  # the other connection's answer has begun
+        busy.setblocking(False)
+        seen = b""
+        while True:
+            try:
+                chunk = busy.recv(1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        answered = seen.count(b"HTTP/1.1 404")
+        assert answered < pipelined // 4, f"{answered} of the busy connection's {pipelined} requests went first"
+        busy.close()
+        other.close()
+    finally:
+        api.stop()
