@@ -36,7 +36,8 @@ PRELOAD = ("tasks.jobs", "tasks.images", "tasks.stencil", "tasks.enhance", "task
 
 
 def preload() -> None:
-    """Import the job modules and build the S3 client; a missing optional module is logged, not fatal."""
+    """Import the job modules and build the S3 and Gemini clients (`gemini.warm`); a missing optional module
+    is logged, not fatal."""
     for name in PRELOAD:
         try:
             importlib.import_module(name)
@@ -46,6 +47,12 @@ def preload() -> None:
         blobs.warm()
     except (ImportError, blobs.StoreConfigError) as exc:
         log.error("image store: %s", exc)
+    try:
+        from . import gemini
+
+        gemini.warm()
+    except Exception as exc:  # noqa: BLE001 - the first call builds it then, and reports what fails
+        log.warning("could not build the Gemini client ahead of the first call: %s", exc)
 
 
 logs.configure()  # before rq sets up its own handlers, which it skips when the root logger has one

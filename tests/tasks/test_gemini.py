@@ -291,3 +291,29 @@ def test_a_turn_held_by_a_thread_that_ended_is_taken_back(fake):
         gate.enter()
         assert gate.in_use == 1  # both dead threads' turns taken back, this one's given
     assert time.monotonic() - started < 1 and gate.in_use == 0
+
+
+def test_the_client_is_built_before_the_first_call(fake):
+    """`gemini.warm` builds the process's client (its TLS contexts) ahead of the first call, and the
+    worker service's supervisor does it before its forks (`tasks.worker.preload`); with no key, nothing."""
+    import os
+    import subprocess
+    import sys
+
+    env = {"GEMINI_API_KEY": KEY, "GEMINI_BASE_URL": fake.url, "GEMINI_TIMEOUT_S": "7.5"}
+    settings = WorkerSettings.from_env(env)
+    known = set(gemini._clients)
+    gemini.warm({"GEMINI_API_KEY": "  "})
+    assert set(gemini._clients) == known
+    gemini.warm(env)
+    [built] = [client for key, client in gemini._clients.items() if key not in known]
+    assert gemini.client_for(settings) is built
+    fake.push(ok(sample_png(40)))
+    assert gemini.generate_image(settings, "a rose") == sample_png(40)
+    assert gemini.client_for(settings) is built
+
+    check = ("import tasks.worker; from tasks import gemini; "
+             "print(sorted((k[1], k[2]) for k in gemini._clients))")
+    out = subprocess.run([sys.executable, "-c", check], env={**os.environ, **env, "LOG_LEVEL": "WARNING"},
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == repr([(fake.url, 7.5)]), out
