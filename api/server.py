@@ -31,9 +31,11 @@ its connection, and its slot in the worker's pool, for as long as it liked. Here
   while the process's other connections, their Redis replies long arrived, waited: in a burst of
   32 kept-alive uploads, one connection served back to back at 2 ms a request while 15 others waited
   150-400 ms (issue 17: submit p99 150-340 ms with wrk, 41-80 ms with the turn, at the same
-  throughput). So each request starts with a turn of the event loop (a `gevent.sleep` of
-  `TURN_S` > 0, which resumes only after the loop has polled; `sleep(0)` may resume before): every
-  connection ready at that moment is served first.
+  throughput). So each request after a connection's first starts with a turn of the event loop (a
+  `gevent.sleep` of `TURN_S` > 0, which resumes only after the loop has polled; `sleep(0)` may
+  resume before): every connection ready at that moment is served first. A new connection's first
+  request has no turn: it was accepted in a turn of its own, and a turn there made 2,000 event
+  streams opened at once wait for each other (first-event p50 0.5 -> 1.0 s).
 
 The hooks used are gevent's `WSGIHandler.read_requestline`, `read_request` and
 `_handle_client_error` (the last documented by gevent as experimental, since 1.1b6).
@@ -115,12 +117,16 @@ class DeadlineHandler(PyWSGIHandler):
         self.read_deadline: float | None = None
         self.waiting_since = 0.0
         self.was_shed = False
+        self.served = False  # whether a request was read on this connection
         self.rfile = _DeadlineReader(self.rfile, self)
 
     def read_requestline(self):
-        # A turn of the event loop first: gevent switches only at a read or write that would block,
-        # and a connection whose next request is already there never blocks (section "Turns").
-        gevent.sleep(TURN_S)
+        # Before a kept-alive connection's next request, a turn of the event loop: gevent switches only
+        # at a read or write that would block, and a connection whose next request is already there
+        # never blocks (section "Turns"). A new connection's first request has waited its turn already.
+        if self.served:
+            gevent.sleep(TURN_S)
+        self.served = True
         self.waiting_since = time.monotonic()
         self.read_deadline = self.waiting_since + self.header_timeout_s
         _shed(self.server.pool)
