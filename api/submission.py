@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
+import pybase64
 from flask import Request
 from PIL import Image, UnidentifiedImageError
 # The readers of the accepted formats, imported with the app (gunicorn preloads it), not by each worker's
@@ -56,7 +57,10 @@ class Submission:
 def decode_base64(text: str) -> bytes:
     """Decode base64 or a data: URL; standard or URL-safe alphabet, whitespace ignored.
 
-    Byte-level translate, not regular expressions: a 10 MB image decodes in a few milliseconds."""
+    `pybase64` (SIMD): a 78 KB upload decodes in a few microseconds, where `binascii` took about 200
+    (an eighth of the API's CPU per submission, issue 17). Text as browsers and clients send it
+    (standard alphabet, padded, one line) is decoded as it is; anything else is first normalised by
+    byte-level translates, never regular expressions."""
     text = text.strip()
     if text[:5].lower() == "data:":
         text = _DATA_URL.sub("", text, count=1)
@@ -64,12 +68,17 @@ def decode_base64(text: str) -> bytes:
         raw = text.encode("ascii")
     except UnicodeEncodeError:
         raise bad_request("`image` is not valid base64.") from None
+    if raw:
+        try:
+            return pybase64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            pass
     raw = raw.translate(None, _ASCII_WS).rstrip(b"=")
     if not raw:
         raise bad_request("`image` is empty.")
     raw = raw.translate(_URL_SAFE) + b"=" * (-len(raw) % 4)
     try:
-        return binascii.a2b_base64(raw, strict_mode=True)  # b64decode(validate=True) ran a regex over it first
+        return pybase64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise bad_request("`image` is not valid base64.") from None
 
