@@ -87,9 +87,8 @@ class FastStatus:
         except OverLimit:  # the view counts it again and answers the 429 (a refusal counts nothing)
             return None
         except Exception:  # noqa: BLE001 - 429 (stream cap) or Redis errors: the view answers, not counting again
-            environ[COUNTED] = True
             log.debug("event stream fast path fell through", exc_info=True)
-            return None
+            opened = None
         environ[COUNTED] = True
         if opened is None:
             return None

@@ -92,7 +92,7 @@ class StreamLeases:
         if not valid_job_id(job_id):
             return None
         lease = Lease(self, user_id, uuid.uuid4().hex)
-        calls = list(limiter.hits(user_id)) if limiter is not None else []
+        calls = limiter.hits(user_id) if limiter is not None else []
         calls.append((None, self._open, [*read_keys(job_id), key(user_id)],
                       [user_id, self.cap, int(self.lease_s * 1000), lease.id]))
         *counted, reply = self._send(calls)

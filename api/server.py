@@ -55,7 +55,7 @@ BODY_TIMEOUT_S = 60.0
 SHED_SHARE = 10  # keep at least 1/SHED_SHARE of the pool free
 SHED_AFTER_S = 1.0  # a connection is shed only after waiting this long for its headers
 SHED_EVERY_S = 0.25
-TURN_S = 1e-6  # each request waits this long, i.e. one turn of the event loop, before it is read
+TURN_S = 1e-6  # a kept-alive connection's next request waits this long (one turn of the event loop) to be read
 
 
 class ReadDeadline(TimeoutError):
