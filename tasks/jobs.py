@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from rq import get_current_job
 
 from . import blobs
-from .changes import announce
+from .changes import save_meta_and_announce
 from .errors import CANCELED_MESSAGE, FinalError, decide
 from .progress import job_reporter
 from .settings import WorkerSettings
@@ -39,8 +39,7 @@ def _begin(job) -> None:
     job.meta.pop("error", None)
     job.meta["progress"] = 0
     job.meta["stage"] = "starting"
-    job.save_meta()
-    announce(job.connection, job.id)
+    save_meta_and_announce(job)
 
 
 def record_failure(job, exc: BaseException) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .changes import announce
+from .changes import save_meta_and_announce
 
 Reporter = Callable[[int, str], None]
 
@@ -18,7 +18,6 @@ def job_reporter(job) -> Reporter:
     def report(progress: int, stage: str) -> None:
         job.meta["progress"] = max(0, min(100, int(progress)))
         job.meta["stage"] = stage
-        job.save_meta()
-        announce(job.connection, job.id)
+        save_meta_and_announce(job)
 
     return report

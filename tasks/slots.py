@@ -152,7 +152,7 @@ class SlotWorker(InkqWorker):
         """On the main thread, InkqWorker's heartbeat (where an idle stop is heard) and a supervision
         round; from a slot thread (rq's `prepare_job_execution`), only rq's."""
         if threading.current_thread() is not threading.main_thread():
-            return super(InkqWorker, self).heartbeat(timeout, pipeline)
+            return self.rq_heartbeat(timeout, pipeline)
         if pipeline is None and self.running:
             self.supervise()
         return super().heartbeat(timeout, pipeline)

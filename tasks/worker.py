@@ -445,17 +445,28 @@ class InkqWorker(Worker):
             InkqQueue.holding = False
             logs.clear()
 
-    def heartbeat(self, *args, **kwargs):
+    def heartbeat(self, timeout=None, pipeline=None):
         """rq's heartbeat, where an idle worker asked to stop (`_shutdown`) stops.
 
         rq's dequeue loop retries a lost Redis for ever, each round starting with a heartbeat and never
         looking at the stop flag: a worker stopped during a Redis outage (its service SIGTERMed, or its
         pool gone) never exited. The heartbeat opens every round of that loop and of the work loop, and
         rq's work loop ends on `StopRequested`. Not while a job is in hand: that one is handled first.
+        Called without a pipeline, rq's three commands go in one round trip rather than three (each
+        dequeue and each job start heartbeats; issue 17).
         """
         if InkqQueue.stop_requested and not InkqQueue.holding and not self.is_horse:
             raise StopRequested()
-        return super().heartbeat(*args, **kwargs)
+        self.rq_heartbeat(timeout, pipeline)
+
+    def rq_heartbeat(self, timeout=None, pipeline=None) -> None:
+        """rq's own heartbeat; without a pipeline, its three commands in one round trip."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipe)
+            pipe.execute()
 
     def work(self, *args, **kwargs):
         """Run the work loop; a stop requested during start-up ends it quietly."""
