@@ -312,8 +312,11 @@ def test_the_client_is_built_before_the_first_call(fake):
     assert gemini.generate_image(settings, "a rose") == sample_png(40)
     assert gemini.client_for(settings) is built
 
-    check = ("import tasks.worker; from tasks import gemini; "
-             "print(sorted((k[1], k[2]) for k in gemini._clients))")
+    # ... and completes google-genai's request and answer models there (pydantic builds them on first use)
+    check = ("import tasks.worker; from tasks import gemini; from google.genai import types; "
+             "print(sorted((k[1], k[2]) for k in gemini._clients)); "
+             "print([m.__pydantic_complete__ for m in (types.Part, types.GenerateContentConfig, "
+             "types.GenerateContentResponse)])")
     out = subprocess.run([sys.executable, "-c", check], env={**os.environ, **env, "LOG_LEVEL": "WARNING"},
                          capture_output=True, text=True, timeout=60, check=True).stdout
-    assert out.strip() == repr([(fake.url, 7.5)]), out
+    assert out.split("\n")[:2] == [repr([(fake.url, 7.5)]), "[True, True, True]"], out
