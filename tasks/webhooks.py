@@ -55,7 +55,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from . import blobs, logs
-from .changes import announce
+from .changes import save_meta_and_announce
 from .settings import env_bool, env_int
 
 log = logging.getLogger("inkq.webhooks")
@@ -404,8 +404,7 @@ def _record(connection, job_id: str, state: dict) -> dict:
         job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
         job.get_meta(refresh=True)
         job.meta["webhook"] = state
-        job.save_meta()
-        announce(connection, job_id)
+        save_meta_and_announce(job)
     except NoSuchJobError:
         pass
     return state
