@@ -5,6 +5,10 @@ in the same run, on the same box.
    JPEG in flight), CONCURRENCY_STENCIL=100, the fake Gemini answering a ~1.2 MB PNG after 6 s. Reported:
    drain (first submission -> last result), time-to-result p50/p95, submit p50/p99 during the burst, and
    the worker service's PSS (the sum of /proc/<pid>/smaps_rollup over its process tree), peak and idle.
+   Also the CPU each part of the box used while the 500 submissions ran (the API, the worker service,
+   Redis, the fake provider, the load client), and the same burst once more with the worker service
+   made to yield the CPU (its autogroup and every thread at nice 19: a diagnostic, not a deploy
+   setting): how much of the submit tail the worker path causes, beside the API alone.
 2. The idle worker service at the default concurrency: PSS.
 3. LOCAL_USERS users (200) each submit one small local stencil: jobs/s.
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import os
 import json
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -152,7 +157,34 @@ def wait_results(box: Box, submitted: dict[str, float], timeout: float, sample=N
     return ended
 
 
-def burst(mode: str, image: bytes) -> dict:
+def cpu_s(pids) -> float:
+    """CPU time (user and system, every thread, and their reaped children: the process path's horses)
+    these processes have used, in s."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += sum(int(value) for value in fields[11:15])
+        except OSError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def yield_cpu(root: int, nice: int = 19) -> None:
+    """Make a process tree that leads its own session yield the CPU: its autogroup (Linux shares the
+    CPU between sessions before nice values count) and every thread at `nice`."""
+    with open(f"/proc/{root}/autogroup", "w") as f:
+        f.write(str(nice))
+    for pid in process_tree(root):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+            except OSError:
+                pass
+
+
+def burst(mode: str, image: bytes, yielding: bool = False) -> dict:
     import base64
 
     tmp = Path(tempfile.mkdtemp(prefix=f"inkq-burst-{mode}-"))
@@ -161,6 +193,10 @@ def burst(mode: str, image: bytes) -> dict:
                                      "GEMINI_BASE_URL": gemini.url, "GEMINI_TIMEOUT_S": "60"})
         try:
             time.sleep(3)
+            if yielding:
+                yield_cpu(box.workers.proc.pid)
+            parts = {"api": process_tree(box.api.proc.pid), "workers": process_tree(box.workers.proc.pid),
+                     "redis": [box.redis.proc.pid], "provider": [gemini._proc.pid]}
             idle = box.pss()
             peak = [idle]
             sampling = threading.Event()
@@ -172,7 +208,12 @@ def burst(mode: str, image: bytes) -> dict:
             threading.Thread(target=sampler, daemon=True).start()
             body = {"operation": "stencil", "engine": "gemini", "image": base64.b64encode(image).decode()}
             first = time.time()
+            before = {name: cpu_s(pids) for name, pids in parts.items()}
+            client = _client_cpu()
             submitted, latencies = submit_all(box.api.url, [f"tok-{i}" for i in range(BURST_USERS)], body)
+            window = {name: cpu_s(pids) - before[name] for name, pids in parts.items()}
+            window["client"] = _client_cpu() - client
+            window["wall"] = time.time() - first
             ended = wait_results(box, submitted, timeout=600)
             sampling.set()
             statuses = [box.client.hget(f"rq:job:{job_id}", "status") for job_id in submitted]
@@ -184,7 +225,14 @@ def burst(mode: str, image: bytes) -> dict:
             "drain": max(ended.values()) - first if ended else float("nan"),
             "p50": _p(ttr, 50), "p95": _p(ttr, 95), "submit_p50": _p(latencies, 50) * 1000,
             "submit_p99": _p(latencies, 99) * 1000, "pss_peak": max(peak), "pss_idle": idle,
-            "calls": gemini.calls, "server_p50": _p(server, 50), "server_p99": _p(server, 99)}
+            "calls": gemini.calls, "server_p50": _p(server, 50), "server_p99": _p(server, 99), "window": window}
+
+
+def _client_cpu() -> float:
+    """CPU used by the load client so far: this process (the Python client's threads) and its waited-for
+    children (the Node.js client)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def submit_alone(image: bytes, client: str = "") -> dict:
@@ -265,6 +313,7 @@ def burst_part(upload: bytes, check) -> None:
     alone = submit_alone(upload)
     alone_python = submit_alone(upload, "python") if client == "node" else None
     results = {mode: burst(mode, upload) for mode in BURST_MODES}
+    yielded = burst("threads", upload, yielding=True) if "threads" in BURST_MODES else None
     print(f"{'':12} {'done':>9} {'drain s':>8} {'ttr p50':>8} {'ttr p95':>8} {'submit p50':>11} {'submit p99':>11} "
           f"{'PSS peak':>9} {'PSS idle':>9} {'calls':>6}")
     for mode, r in results.items():
@@ -280,6 +329,14 @@ def burst_part(upload: bytes, check) -> None:
     for mode, r in results.items():
         print(f"  burst, {mode:15} {r['submit_p50']:5.0f} / {r['server_p50']:4.0f} ms   "
               f"{r['submit_p99']:5.0f} / {r['server_p99']:4.0f} ms")
+    if yielded:
+        print(f"  burst, workers yielding {yielded['submit_p50']:5.0f} / {yielded['server_p50']:4.0f} ms   "
+              f"{yielded['submit_p99']:5.0f} / {yielded['server_p99']:4.0f} ms   (diagnostic: worker service at nice 19)")
+    print("CPU-s used while the submissions ran (wall s; API, worker service, Redis, fake provider, load client):")
+    for name, r in list(results.items()) + ([("threads, workers yielding", yielded)] if yielded else []):
+        w = r["window"]
+        print(f"  {name:26} {w['wall']:4.2f} s: API {w['api']:.2f}, workers {w['workers']:.2f}, Redis {w['redis']:.2f}, "
+              f"provider {w['provider']:.2f}, client {w['client']:.2f}")
     t = results["threads"]
     check(t["done"] == t["n"], f"all {t['n']} complete")
     check(t["drain"] <= 45, f"drain {t['drain']:.1f} s <= 45 s")
