@@ -27,7 +27,7 @@ ERRORS = {
     409: "Conflict",
     413: "Body over the upload limit",
     415: "Unsupported image format or body type",
-    429: "Rate limited, too many jobs in flight or too many open event streams (Retry-After)",
+    429: "Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After)",
     503: "Redis down, queue full, no provider, or the image store unreachable (Retry-After)",
 }
 
@@ -124,7 +124,7 @@ def build_spec() -> dict:
             "summary": "A presigned form upload for one image, used by POST /generate as `upload` (S3 store only)",
             "requestBody": {"required": True, "content": _json(s.UploadRequest)},
             "responses": _responses({"201": {"description": "Created", "content": _json(s.UploadCreated)}},
-                                    (400, 401, 404, 415, 503))}},
+                                    (400, 401, 404, 415, 429, 503))}},
         "/status/{jobId}": {"get": {
             "summary": "A job's status, progress and result", "security": user,
             "parameters": [_job_id(), {"name": "queue", "in": "query", "required": False,

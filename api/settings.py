@@ -53,6 +53,8 @@ class Settings:
     max_upload_bytes: int
     max_pixels: int
     max_inflight_per_user: int
+    upload_ttl_s: int
+    max_open_uploads_per_user: int
     rate_limit: str
     read_rate_limit: str
     queue_max_depth: int
@@ -105,6 +107,8 @@ class Settings:
             max_upload_bytes=int(float(env.get("MAX_UPLOAD_MB") or 10) * 1024 * 1024),
             max_pixels=env_int(env, "MAX_PIXELS", 40_000_000),
             max_inflight_per_user=env_int(env, "MAX_INFLIGHT_PER_USER", 10),
+            upload_ttl_s=max(1, env_int(env, "UPLOAD_TTL_S", 3600)),
+            max_open_uploads_per_user=max(1, env_int(env, "MAX_OPEN_UPLOADS_PER_USER", 20)),
             rate_limit=env.get("RATE_LIMIT") or "120/minute",
             read_rate_limit=env.get("READ_RATE_LIMIT") or "3000/minute",
             queue_max_depth=env_int(env, "QUEUE_MAX_DEPTH", 1000),

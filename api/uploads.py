@@ -5,6 +5,12 @@ straight to the bucket and never through the API or Redis.
 - An upload is a Redis hash `inkq:upload:<id>` ({user, contentType}, TTL UPLOAD_TTL_S) and one object,
   `up/<id>`, entered in the blob expiry set for UPLOAD_TTL_S: an unused upload is deleted by the blob
   sweep (`tasks/blobs.py`), without the bucket's lifecycle rules.
+- Unused uploads per user are capped (`MAX_OPEN_UPLOADS_PER_USER`, default 20): each is a member of
+  the user's set `inkq:uploads:<user>`, scored by its expiry, from its creation until a job uses it, its
+  object fails its checks, or it expires. The count, the check and the new upload's writes are one Redis
+  script, so concurrent requests cannot pass the cap together; over it, 429 `rate_limited` with a
+  Retry-After until the oldest unused upload expires. Creating an upload also counts against
+  `READ_RATE_LIMIT`. Without both, one key could mint presigned uploads (and Redis entries) without end.
 - The presigned POST is limited by its policy to 1..MAX_UPLOAD_MB bytes and to the Content-Type asked for
   (one of JPEG, PNG, WebP), and expires after at most `POST_TTL_S`.
 - Before a job is queued the API checks, in this order: the upload exists and the caller owns it (else 404
@@ -18,6 +24,7 @@ straight to the bucket and never through the API or Redis.
 """
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,6 +37,7 @@ from tasks import blobs as blob_store
 
 from .errors import ApiError, bad_request, not_found
 from .guard import require_user
+from .limits import limit_reads
 from .schemas import UploadRequest
 from .submission import ACCEPTED, check_image
 
@@ -43,6 +51,29 @@ def upload_record_key(upload_id: str) -> str:
     return f"inkq:upload:{upload_id}"
 
 
+def open_uploads_key(user_id: str) -> str:
+    """Key of the set of a user's unused uploads, scored by their expiry (epoch seconds)."""
+    return f"inkq:uploads:{user_id}"
+
+
+# KEYS: the user's open uploads, the new upload's record, the blob expiry set.
+# ARGV: now, expires at, the cap, upload id, user, content type, TTL (s), the upload's object key.
+# Returns {1} when created, {0, the oldest open upload's expiry} when the user is at the cap.
+OPEN_UPLOAD = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, oldest[2]}
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('HSET', KEYS[2], 'user', ARGV[5], 'contentType', ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[8])
+return {1}
+"""
+
+
 @dataclass(frozen=True)
 class Upload:
     """A checked upload, ready to be claimed by one job."""
@@ -50,6 +81,7 @@ class Upload:
     id: str
     key: str
     mime_type: str
+    user: str
 
 
 def _ctx():
@@ -58,6 +90,7 @@ def _ctx():
 
 @bp.post("/uploads")
 @require_user
+@limit_reads
 def create_upload():
     """A presigned form upload for one image (S3 store only; otherwise 404)."""
     ctx = _ctx()
@@ -70,12 +103,19 @@ def create_upload():
     content_type = asked.contentType.strip().lower()
     if content_type not in ACCEPTED.values():
         raise ApiError(415, "unsupported_media_type", "Uploads accept JPEG, PNG or WebP images only.")
-    ttl_s = max(1, int(ctx.settings.env.get("UPLOAD_TTL_S") or 3600))
+    ttl_s = ctx.settings.upload_ttl_s
     upload_id = uuid.uuid4().hex
     key = blob_store.upload_key(upload_id)
-    ctx.redis.hset(upload_record_key(upload_id), mapping={"user": g.principal.user_id, "contentType": content_type})
-    ctx.redis.expire(upload_record_key(upload_id), ttl_s)
-    ctx.redis.zadd(blob_store.EXPIRY_KEY, {key: time.time() + ttl_s})
+    now = time.time()
+    created = ctx.redis.register_script(OPEN_UPLOAD)(
+        keys=[open_uploads_key(g.principal.user_id), upload_record_key(upload_id), blob_store.EXPIRY_KEY],
+        args=[now, now + ttl_s, ctx.settings.max_open_uploads_per_user, upload_id, g.principal.user_id,
+              content_type, ttl_s, key])
+    if not int(created[0]):
+        wait_s = max(1, math.ceil(float(created[1]) - now))
+        raise ApiError(429, "rate_limited",
+                       f"You have {ctx.settings.max_open_uploads_per_user} unused uploads: submit a job with one, "
+                       f"or wait until the oldest expires.", retry_after=wait_s)
     post_ttl_s = min(POST_TTL_S, ttl_s)
     form = ctx.blobs.presigned_post(key, content_type, ctx.settings.max_upload_bytes, post_ttl_s)
     expires = datetime.fromtimestamp(time.time() + post_ttl_s, timezone.utc)
@@ -104,8 +144,9 @@ def inspect(ctx, user_id: str, upload_id: str | None) -> Upload | None:
         mime = check_image(head, ctx.settings.max_pixels, ctx.settings.max_upload_bytes)
     except ApiError:
         ctx.blobs.delete(key)
+        ctx.redis.zrem(open_uploads_key(user_id), upload_id)  # unusable now: its slot is free
         raise
-    return Upload(upload_id, key, mime)
+    return Upload(upload_id, key, mime, user_id)
 
 
 def claim(ctx, upload: Upload | None, job_id: str) -> None:
@@ -124,6 +165,7 @@ def release(ctx, upload: Upload | None, job_id: str) -> None:
 
 
 def used(ctx, upload: Upload | None) -> None:
-    """The job is queued with its own copy: the upload object goes now."""
+    """The job is queued with its own copy: the upload object goes now, and its slot is free."""
     if upload is not None:
+        ctx.redis.zrem(open_uploads_key(upload.user), upload.id)
         ctx.blobs.delete(upload.key)

@@ -10,7 +10,10 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
@@ -232,6 +235,65 @@ def test_unused_uploads_are_deleted_after_upload_ttl(make_s3_api, seaweed):
     assert answer.status_code == 204
     wait_until(lambda: seaweed.keys(S3_BUCKET, f"jobs/up/{upload_id}") == [], timeout=10, what="the upload to go")
     assert api.post("/generate", json={"upload": upload_id}).json()["code"] == "not_found"
+
+
+def _own_user(make_s3_api, **extra):
+    """An API whose key `tok-own` belongs to a user no other test uses (the S3 stack's Redis is shared)."""
+    user = f"own-{uuid.uuid4().hex[:12]}"
+    return make_s3_api(API_KEYS=f"tok-alice:alice,tok-bob:bob,tok-own:{user}", **extra), user
+
+
+def test_unused_uploads_per_user_are_capped(make_s3_api, s3_redis):
+    api, user = _own_user(make_s3_api, MAX_OPEN_UPLOADS_PER_USER="3")
+    opened = [upload(api, drawing(), token="tok-own") for _ in range(3)]
+    refused = api.post("/uploads", token="tok-own", json={"contentType": "image/png"})
+    assert refused.status_code == 429 and refused.json()["code"] == "rate_limited", refused.text
+    assert 3000 <= int(refused.headers["Retry-After"]) <= 3600  # until the oldest expires (UPLOAD_TTL_S)
+    assert api.post("/uploads", token="tok-bob", json={"contentType": "image/png"}).status_code == 201
+    client = redis_lib.Redis.from_url(s3_redis.url)
+    key = f"inkq:uploads:{user}"
+    assert client.zcard(key) == 3 and 0 < client.ttl(key) <= 3600
+    # A job that uses one frees its slot; so does an upload whose object fails its checks.
+    response = api.post("/generate", token="tok-own", json={"upload": opened[0][0], "engine": "local"})
+    assert response.status_code == 202, response.text
+    assert client.zcard(key) == 2
+    bad, _ = upload(api, b"not an image at all" * 20, token="tok-own")
+    assert api.post("/generate", token="tok-own", json={"upload": bad}).status_code == 400
+    assert client.zcard(key) == 2
+    assert api.post("/uploads", token="tok-own", json={"contentType": "image/png"}).status_code == 201
+    assert api.post("/uploads", token="tok-own", json={"contentType": "image/png"}).status_code == 429
+    assert api.wait(response.json()["jobId"], token="tok-own")["status"] == "completed"
+
+
+def test_concurrent_upload_requests_cannot_pass_the_cap_together(make_s3_api, s3_redis):
+    api, user = _own_user(make_s3_api, MAX_OPEN_UPLOADS_PER_USER="4")
+    barrier = threading.Barrier(16)
+
+    def one(_):
+        session = requests.Session()
+        barrier.wait()
+        return session.post(api.url + "/uploads", headers={"Authorization": "Bearer tok-own"},
+                            json={"contentType": "image/jpeg"}, timeout=30).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = sorted(pool.map(one, range(16)))
+    assert codes == [201] * 4 + [429] * 12, codes
+    assert redis_lib.Redis.from_url(s3_redis.url).zcard(f"inkq:uploads:{user}") == 4
+
+
+def test_an_expired_upload_frees_its_slot(make_s3_api):
+    api, _ = _own_user(make_s3_api, MAX_OPEN_UPLOADS_PER_USER="1", UPLOAD_TTL_S="1")
+    assert api.post("/uploads", token="tok-own", json={"contentType": "image/png"}).status_code == 201
+    refused = api.post("/uploads", token="tok-own", json={"contentType": "image/png"})
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    time.sleep(1.2)
+    assert api.post("/uploads", token="tok-own", json={"contentType": "image/png"}).status_code == 201
+
+
+def test_creating_uploads_counts_against_the_request_limit(make_s3_api):
+    api, _ = _own_user(make_s3_api, READ_RATE_LIMIT="2/minute")
+    codes = [api.post("/uploads", token="tok-own", json={"contentType": "image/png"}).status_code for _ in range(3)]
+    assert codes == [201, 201, 429], codes
 
 
 def test_uploads_are_404_with_the_redis_store(api):

@@ -700,7 +700,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            /** @description Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -907,7 +907,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            /** @description Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -984,7 +984,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            /** @description Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -1042,7 +1042,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            /** @description Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -1154,7 +1154,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            /** @description Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -1206,7 +1206,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            /** @description Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -1261,7 +1261,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited, too many jobs in flight or too many open event streams (Retry-After) */
+            /** @description Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -1323,6 +1323,15 @@ export interface operations {
             };
             /** @description Unsupported image format or body type */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
