@@ -176,6 +176,19 @@ def file(token: str):
     return _svg(job) if signed.endswith(SVG_SUFFIX) else _png(job)
 
 
+@bp.after_request
+def _files_for_any_origin(response: Response) -> Response:
+    """A signed result link is its own credential, as a presigned S3 URL is: any page holding one may read
+    it from script (fetch it, draw it on a canvas), as fal's and Replicate's file URLs allow. No cookie
+    or header authenticates these requests, so `*` gives no origin more than the link itself does.
+    `Cross-Origin-Resource-Policy` lets cross-origin-isolated pages (COEP) embed it. Error answers carry
+    the header too, so a page can read why a link failed (expired)."""
+    if request.endpoint == "jobs.file":
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
+    return response
+
+
 def _svg(job) -> Response:
     """The stencil's SVG: our tracer's paths only, served so that no script in it could ever run."""
     value = job.return_value() or {}

@@ -104,6 +104,19 @@ PAGE = """<!doctype html><meta charset=utf-8><title>front end</title>
 const api = new URLSearchParams(location.search).get('api');
 const token = new URLSearchParams(location.search).get('token');
 window.seen = []; window.headers = {};
+// A front end that edits the stencil draws it on a canvas and reads its pixels: that needs a CORS image.
+function readPixels(url) {
+  return new Promise(ok => {
+    const img = new Image(); img.crossOrigin = 'anonymous';
+    img.onload = () => {
+      const canvas = document.createElement('canvas'); canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+      const g = canvas.getContext('2d'); g.drawImage(img, 0, 0);
+      try { ok(g.getImageData(0, 0, canvas.width, canvas.height).data.length); } catch (err) { ok(String(err)); }
+    };
+    img.onerror = () => ok('the image did not load');
+    img.src = url;
+  });
+}
 async function follow(jobId) {
   const res = await fetch(`${api}/status/${jobId}/events`, {headers: {Authorization: `Bearer ${token}`}});
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -121,7 +134,12 @@ async function follow(jobId) {
       window.seen.push(job.progress);
       document.getElementById('bar').value = job.progress;
       document.getElementById('stage').textContent = job.stage;
-      if (job.status === 'completed') document.getElementById('out').src = job.result.image;
+      if (job.status === 'completed') {
+        document.getElementById('out').src = job.result.image;
+        window.pixels = await readPixels(job.result.image);
+        window.fetched = await fetch(job.result.image).then(r => r.blob()).then(b => b.type + ' ' + b.size,
+                                                                              err => String(err));
+      }
       if (['completed', 'failed', 'canceled'].includes(job.status)) {
         document.getElementById('status').textContent = job.status; return;
       }
@@ -176,6 +194,10 @@ def test_page_on_another_origin_in_chromium(make_api, workers, page_servers, tmp
         assert page.text_content("#error") == "" and page.text_content("#status") == "completed"
         page.wait_for_function("() => { const i = document.getElementById('out');"
                                " return i.complete && i.naturalWidth > 0; }", timeout=10_000)
+        # The signed result link is readable from the page's script too: fetched, and drawn on a canvas.
+        assert page.evaluate("window.fetched").startswith("image/png "), page.evaluate("window.fetched")
+        pixels = page.evaluate("window.pixels")  # RGBA bytes read back; the stencil is at least the photo's size
+        assert isinstance(pixels, int) and pixels >= 256 * 256 * 4, pixels
         seen = page.evaluate("window.seen")
         assert seen[-1] == 100 and any(0 < p < 100 for p in seen) and seen == sorted(seen), seen
         assert page.evaluate("document.getElementById('bar').value") == 100

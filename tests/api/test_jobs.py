@@ -58,6 +58,20 @@ def test_tampered_result_url_is_refused(api, workers):
     assert response.status_code == 404 and response.json()["code"] == "not_found"
 
 
+def test_signed_result_links_are_readable_from_any_origin(api, workers):
+    """A signed link is its own credential (as a presigned URL): any page's script may read it, and read
+    why it failed; the owner's authenticated paths stay without CORS (CORS_ORIGINS governs those)."""
+    job_id = api.submit(drawing(), format="svg").json()["jobId"]
+    status = api.wait(job_id)
+    for url in (status["result"]["image"], status["result"]["svg"], status["result"]["image"][:-3] + "aaa"):
+        response = api.http.get(url, headers={"Origin": "https://front.example"})
+        assert response.headers["Access-Control-Allow-Origin"] == "*", url
+        assert response.headers["Cross-Origin-Resource-Policy"] == "cross-origin"
+        assert "Access-Control-Allow-Credentials" not in response.headers
+    owner = api.get(f"/result/{job_id}", headers={"Origin": "https://front.example"})
+    assert owner.status_code == 200 and "Access-Control-Allow-Origin" not in owner.headers
+
+
 def test_result_before_completion_is_404(api, redis):
     job_id = api.submit(drawing(), operation="enhance").json()["jobId"]
     # No worker may have taken it yet or it may be running: either way, no result until completed.
