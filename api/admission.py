@@ -109,10 +109,15 @@ class Admission:
             credits.settle(self.redis, job_id, user_id, refund=word != "completed")
 
     def balance(self, user_id: str) -> int:
-        """The user's balance after settling their ended jobs."""
+        """The user's balance after settling their ended jobs. With credits on, a first read stores the
+        starting balance (`CREDITS_INITIAL`); with them off, a read stores nothing, so a user who only
+        looked keeps the starting balance in force when credits are turned on."""
         self.prune(user_id)
-        self.redis.set(credits.balance_key(user_id), self.settings.credits_initial, nx=True)
-        return int(self.redis.get(credits.balance_key(user_id)))
+        key = credits.balance_key(user_id)
+        if self.settings.credits_enabled:
+            self.redis.set(key, self.settings.credits_initial, nx=True)
+        stored = self.redis.get(key)
+        return self.settings.credits_initial if stored is None else int(stored)
 
     def change(self, user_id: str, add: int | None = None, set_to: int | None = None) -> int:
         """Admin: add to or set a user's balance."""

@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 
 import pytest
 from rq import Queue
@@ -161,6 +162,17 @@ def test_admin_changes_credits(own):
         assert response.status_code == 400 and response.json()["code"] == "invalid_request", body
     assert api.post(f"/admin/credits/{api.user}", token=api.token, json={"add": 1}).status_code == 403
     assert api.post(f"/admin/credits/{api.user}", token=None, json={"add": 1}).status_code == 401
+
+
+def test_reading_the_balance_with_credits_off_stores_nothing(make_api, redis):
+    user = "u" + uuid.uuid4().hex[:10]
+    off = make_api(API_KEYS=f"tok-{user}:{user}", CREDITS_ENABLED="false", CREDITS_INITIAL="0")
+    assert off.get("/credits", token=f"tok-{user}").json() == {"balance": 0, "enabled": False}
+    assert redis.exists(f"inkq:credits:{user}") == 0
+    # Credits turned on later with a starting balance: the user who only looked gets it.
+    on = make_api(API_KEYS=f"tok-{user}:{user}", CREDITS_ENABLED="true", CREDITS_INITIAL="5")
+    assert on.get("/credits", token=f"tok-{user}").json() == {"balance": 5, "enabled": True}
+    assert int(redis.get(f"inkq:credits:{user}")) == 5
 
 
 def test_rate_limit(own):
