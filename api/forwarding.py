@@ -15,11 +15,12 @@ proxy): a client can only change the URLs in its own answers. Production deploym
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
 
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.sansio.utils import get_current_url
 from werkzeug.wsgi import get_host
+
+from tasks import links
 
 from .settings import ConfigError
 
@@ -41,13 +42,10 @@ def allowed_networks(value: str) -> list | None:
 
 def public_url(value: str) -> str:
     """PUBLIC_URL checked and without its trailing slash; empty when unset."""
-    value = (value or "").strip().rstrip("/")
-    if not value:
-        return ""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ConfigError(f"PUBLIC_URL must be like https://api.example.com, not {value!r}")
-    return value
+    try:
+        return links.checked_origin(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def origin(environ, configured: str) -> str:

@@ -6,20 +6,19 @@ object itself, valid for RESULT_URL_TTL_S (`tasks.blobs.result_url`); the API se
 """
 from __future__ import annotations
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature
 
 from tasks import blobs as blob_store
+from tasks import links
 
 from .status import SVG_SUFFIX
-
-SALT = "inkq.result-url"
 
 
 class ResultLinks:
     """Signs a job id into a token and verifies it within RESULT_URL_TTL_S, or presigns the object."""
 
     def __init__(self, secret_key: str, ttl_s: int, blobs=None):
-        self._serializer = URLSafeTimedSerializer(secret_key, salt=SALT)
+        self._serializer = links.serializer(secret_key)
         self.ttl_s = ttl_s
         self.blobs = blobs
 

@@ -14,11 +14,11 @@ from rq.results import Result
 
 from tasks.credits import charge_key
 from tasks.errors import CANCELED_MESSAGE, CRASH_FAILURE, GENERIC_FAILURE
+from tasks.links import SVG_SUFFIX
 
 WAITING, ACTIVE, COMPLETED, FAILED, CANCELED = "waiting", "active", "completed", "failed", "canceled"
 STATUS_WORDS = (WAITING, ACTIVE, COMPLETED, FAILED, CANCELED)
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELED})
-SVG_SUFFIX = ".svg"  # a signed link to "<jobId>.svg" names the job's SVG instead of its PNG
 
 _WORDS = {
     JobStatus.QUEUED: WAITING,

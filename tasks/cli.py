@@ -52,7 +52,7 @@ from redis import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
 from . import blobs as blob_store  # noqa: E402
-from . import durability, logs  # noqa: E402
+from . import durability, links, logs  # noqa: E402
 from .orphans import die_with_parent  # noqa: E402
 from .queues import SERIALIZER, WORKER_QUEUES, QueueSpec  # noqa: E402
 from .recovery import SWEEP_EVERY_S, Recovery, notify_ended  # noqa: E402
@@ -288,6 +288,11 @@ def main() -> int:
     try:
         blob_store.parse_store(env.get("BLOB_STORE", ""))
     except blob_store.StoreConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    try:  # webhooks sign result links under it (tasks.links)
+        links.checked_origin(env.get("PUBLIC_URL"))
+    except ValueError as exc:
         log.error("%s", exc)
         return 2
     if execution(env) == "threads":

@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import blobs, logs
+from . import blobs, links, logs
 from .changes import save_meta_and_announce
 from .settings import env_bool, env_int
 
@@ -272,18 +272,28 @@ def webhook_url(job) -> str | None:
 
 
 def payload(job, status: str) -> dict:
-    """The job's final status object, as GET /status gives it. With the S3 store `result.image` (and
-    `svg`) are presigned URLs made at each attempt; with Redis, `result.image` is the path of
-    `GET /result/<jobId>`, which needs the owner's token (a worker cannot sign the API's links)."""
+    """The job's final status object, as GET /status gives it. `result.image` (and `svg`) are signed links
+    made at each attempt, valid for RESULT_URL_TTL_S: with the S3 store presigned URLs of the objects; with
+    Redis the API's `/files/<token>` links under PUBLIC_URL, when the worker service has SECRET_KEY and
+    PUBLIC_URL (`tasks.links`), else the path of `GET /result/<jobId>`, which needs the owner's token."""
     meta = job.meta
     result = None
     if status == "completed":
         value = job.return_value() or {}
         result = {k: v for k, v in value.items() if k not in ("outputKey", "svgKey")} if isinstance(value, dict) else {}
         store, ttl_s = blobs.store(job.connection), env_int(os.environ, "RESULT_URL_TTL_S", 3600)
-        result["image"] = blobs.result_url(store, job.id, False, ttl_s) or f"/result/{job.id}"
-        if isinstance(value, dict) and value.get("svgKey") and store.kind == "s3":
-            result["svg"] = blobs.result_url(store, job.id, True, ttl_s)
+        has_svg = isinstance(value, dict) and bool(value.get("svgKey"))
+        if store.kind == "s3":
+            result["image"] = blobs.result_url(store, job.id, False, ttl_s)
+            if has_svg:
+                result["svg"] = blobs.result_url(store, job.id, True, ttl_s)
+        elif signing():
+            secret_key, origin = signing()
+            result["image"] = links.signed_url(secret_key, origin, job.id)
+            if has_svg:
+                result["svg"] = links.signed_url(secret_key, origin, job.id + links.SVG_SUFFIX)
+        else:
+            result["image"] = f"/result/{job.id}"
     return {"jobId": job.id, "queue": job.origin, "operation": meta.get("operation"), "status": status,
             "progress": 100 if status == "completed" else int(meta.get("progress", 0)),
             "stage": meta.get("stage") or status, "result": result,
@@ -291,6 +301,14 @@ def payload(job, status: str) -> dict:
             "attempts": int(meta.get("attempts", 0)), "createdAt": _iso(job.created_at),
             "startedAt": meta.get("startedAt"), "endedAt": _iso(job.ended_at) or meta.get("canceledAt"),
             "statusUrl": f"/status/{job.id}"}
+
+
+def signing(env=None) -> tuple[str, str] | None:
+    """(SECRET_KEY, PUBLIC_URL) when the worker service can sign the API's result links, else None.
+    `tasks.cli` refuses to start with a PUBLIC_URL that is not an origin."""
+    env = os.environ if env is None else env
+    secret_key, origin = env.get("SECRET_KEY", ""), links.checked_origin(env.get("PUBLIC_URL"))
+    return (secret_key, origin) if secret_key and origin else None
 
 
 def _iso(value) -> str | None:

@@ -21,6 +21,8 @@ from tests.servers import ApiServer, RedisServer, SeaweedFS, Workers, wait_until
 
 ADMIN_TOKEN = "admin-secret-token"
 WEBHOOK_SECRET = "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz"
+SECRET_KEY = "test-signing-key"  # the APIs' and the shared worker service's: webhooks sign result links with it
+WORKERS_PUBLIC_URL = "https://api.inkq.example"  # the shared worker service's PUBLIC_URL
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
@@ -83,7 +85,7 @@ def workers(redis_url, fake_gemini, tmp_path_factory):
            "CONCURRENCY_IA_GEN": "1", "CONCURRENCY_COLOR_MATCH": "1", "CONCURRENCY_WEBHOOKS": "1",
            "GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": fake_gemini.url, "GEMINI_TIMEOUT_S": "3",
            "WEBHOOK_SECRET": "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz", "WEBHOOK_RETRY_S": "1,1,1,1,1", "WEBHOOK_ALLOW_PRIVATE": "true",
-           "LOG_LEVEL": "WARNING"}
+           "LOG_LEVEL": "WARNING", "SECRET_KEY": SECRET_KEY, "PUBLIC_URL": WORKERS_PUBLIC_URL}
     procs = Workers(env, str(log))
     client = redis_lib.Redis.from_url(redis_url)
     from rq import Worker
@@ -152,7 +154,7 @@ def make_s3_api(s3_redis, seaweed, fake_gemini):
 def base_config(redis_url: str, **extra) -> dict:
     """The API config used by tests: two users, an admin, a signing key."""
     config = {"REDIS_URL": redis_url, "API_KEYS": "tok-alice:alice,tok-bob:bob",
-              "ADMIN_TOKEN": ADMIN_TOKEN, "SECRET_KEY": "test-signing-key", "LOG_FORMAT": "text",
+              "ADMIN_TOKEN": ADMIN_TOKEN, "SECRET_KEY": SECRET_KEY, "LOG_FORMAT": "text",
               "RATE_LIMIT": "10000/minute", "READ_RATE_LIMIT": "100000/minute", "GEMINI_API_KEY": "",
               "ENGINE": "auto"}
     config.update({k: str(v) for k, v in extra.items()})

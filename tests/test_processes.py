@@ -72,6 +72,15 @@ def test_start_api_refuses_to_run_without_auth(redis_url, tmp_path):
     assert b"no authentication is configured" in proc.stderr
 
 
+def test_start_workers_refuses_a_public_url_that_is_not_an_origin(redis_url, tmp_path):
+    """The worker service signs webhooks' result links under PUBLIC_URL: a bad one stops it at start, not at
+    its first delivery."""
+    proc = subprocess.run([os.path.join(ROOT, "scripts", "start_workers.sh")], cwd=tmp_path, capture_output=True,
+                          timeout=120, env=_env(REDIS_URL=redis_url, PUBLIC_URL="ftp://api.example.com/x?y"))
+    assert proc.returncode == 2
+    assert b"PUBLIC_URL must be like https://api.example.com" in proc.stdout + proc.stderr
+
+
 def test_work_horses_run_at_a_lower_cpu_priority_than_the_api(fake_gemini, tmp_path):
     """A work-horse runs in a session of its own whose autogroup is lowered, niced, under SCHED_IDLE
     (WORKER_NICE, the process path: the threads path has no horses); the supervisor, the pools and the

@@ -6,7 +6,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests import fakegemini as fg
-from tests.conftest import WEBHOOK_SECRET, drawing, webhook_receiver
+from tests.conftest import WEBHOOK_SECRET, WORKERS_PUBLIC_URL, drawing, webhook_receiver
 from tests.servers import wait_until
 
 
@@ -18,12 +18,19 @@ def verified(headers: dict, body: bytes) -> dict:
 def test_completed_and_failed_jobs_call_their_webhook(make_api, workers, receiver, fake_gemini):
     url, calls = receiver
     api = make_api(WEBHOOK_ALLOW_PRIVATE="true", GEMINI_API_KEY="test-key")
-    job_id = api.submit(drawing(), engine="local", webhookUrl=url).json()["jobId"]
+    job_id = api.submit(drawing(), engine="local", format="svg", webhookUrl=url).json()["jobId"]
     headers, body = calls.get(timeout=30)
     event = verified(headers, body)
     assert headers["webhook-id"] == f"{job_id}.completed"
     assert event["jobId"] == job_id and event["status"] == "completed" and event["progress"] == 100
-    assert event["result"]["image"] == f"/result/{job_id}" and event["error"] is None
+    assert event["error"] is None
+    # The worker service has SECRET_KEY and PUBLIC_URL: the same signed links as GET /status gives.
+    for field, kind in (("image", "image/png"), ("svg", "image/svg+xml")):
+        link = event["result"][field]
+        assert link.startswith(WORKERS_PUBLIC_URL + "/files/"), link
+        served = api.http.get(api.url + link.removeprefix(WORKERS_PUBLIC_URL))  # no Authorization
+        assert served.status_code == 200 and served.headers["Content-Type"].startswith(kind), field
+    assert served.content == api.http.get(api.get(f"/status/{job_id}").json()["result"]["svg"]).content
     with pytest.raises(Exception):
         Webhook(WEBHOOK_SECRET).verify(body.replace(b"completed", b"failed!!!"), headers)
     delivered = wait_until(lambda: (api.get(f"/status/{job_id}").json().get("webhook") or {}).get("state")
@@ -39,6 +46,28 @@ def test_completed_and_failed_jobs_call_their_webhook(make_api, workers, receive
     assert event["jobId"] == failed and event["status"] == "failed" and "safety" in event["error"]
     assert headers["webhook-id"] == f"{failed}.failed"
     assert calls.empty()
+
+
+def test_without_secret_key_and_public_url_a_webhook_names_the_owners_result_path(api, workers, redis, monkeypatch):
+    """The payload as a worker service without SECRET_KEY or PUBLIC_URL builds it (read from its environment)."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from tasks import webhooks
+
+    job_id = api.submit(drawing(), engine="local").json()["jobId"]
+    assert api.wait(job_id)["status"] == "completed"
+    job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    for missing in ("SECRET_KEY", "PUBLIC_URL"):
+        monkeypatch.setenv("SECRET_KEY", "test-signing-key")
+        monkeypatch.setenv("PUBLIC_URL", WORKERS_PUBLIC_URL)
+        monkeypatch.delenv(missing)
+        assert webhooks.payload(job, "completed")["result"]["image"] == f"/result/{job_id}", missing
+    monkeypatch.setenv("PUBLIC_URL", WORKERS_PUBLIC_URL)
+    monkeypatch.setenv("SECRET_KEY", "test-signing-key")
+    signed = webhooks.payload(job, "completed")["result"]["image"]
+    assert signed.startswith(WORKERS_PUBLIC_URL + "/files/")
+    assert api.http.get(api.url + signed.removeprefix(WORKERS_PUBLIC_URL)).status_code == 200
 
 
 def test_a_failing_receiver_is_retried_with_the_same_event_id(make_api, workers):
