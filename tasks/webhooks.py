@@ -287,8 +287,8 @@ def payload(job, status: str) -> dict:
             result["image"] = blobs.result_url(store, job.id, False, ttl_s)
             if has_svg:
                 result["svg"] = blobs.result_url(store, job.id, True, ttl_s)
-        elif signing():
-            secret_key, origin = signing()
+        elif (keys := signing()) is not None:
+            secret_key, origin = keys
             result["image"] = links.signed_url(secret_key, origin, job.id)
             if has_svg:
                 result["svg"] = links.signed_url(secret_key, origin, job.id + links.SVG_SUFFIX)
