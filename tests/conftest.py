@@ -78,6 +78,29 @@ def _reset_fake(request):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _stop_event_listeners():
+    """Stop, after each test, the event listeners of the apps it built: an app built with `create_app`
+    alone (no `ApiServer`) kept its listener reconnecting, and logging, to a Redis the test had stopped,
+    for the rest of the session, and once after pytest had closed its captured stderr ("Logging error")."""
+    from api import events
+
+    built = []
+    original = events.Hub.__init__
+
+    def tracked(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    events.Hub.__init__ = tracked
+    try:
+        yield
+    finally:
+        events.Hub.__init__ = original
+        for hub in built:
+            hub.stop()
+
+
 @pytest.fixture(scope="session")
 def workers(redis_url, fake_gemini, tmp_path_factory):
     log = tmp_path_factory.mktemp("workers") / "workers.log"
