@@ -18,7 +18,6 @@ from tasks.queues import QUEUES
 
 from .errors import ApiError
 from .status import TERMINAL, read_many
-from .store import queue_key
 
 log = logging.getLogger("inkq.api")
 
@@ -70,7 +69,7 @@ class Admission:
     def _try(self, user_id: str, spec, operation: str, job_id: str) -> tuple[str, int]:
         s = self.settings
         verdict, value = self._admit(
-            keys=[credits.inflight_key(user_id), queue_key(spec),
+            keys=[credits.inflight_key(user_id), recovery.queue_key(spec.name),
                   credits.balance_key(user_id), credits.charge_key(job_id), recovery.workers_key(spec.name),
                   credits.admitting_key(job_id)],
             args=[s.max_inflight_per_user, s.queue_max_depth, "1" if s.credits_enabled else "0",

@@ -63,11 +63,6 @@ def queue_for(redis: Redis, spec: QueueSpec) -> Queue:
     return Queue(spec.name, connection=redis, serializer=JSONSerializer)
 
 
-def queue_key(spec: QueueSpec) -> str:
-    """The Redis key of an operation's RQ queue (a list of job ids)."""
-    return Queue.redis_queue_namespace_prefix + spec.name
-
-
 class JobStore:
     """RQ jobs plus the per-user index."""
 

@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import fakegemini as fg  # noqa: E402
-from tests.servers import (GunicornApi, RedisServer, Workers, live_workers_expected, pss_mb,  # noqa: E402
-                           process_tree)
+from tests.servers import (GunicornApi, RedisServer, Workers, cpu_seconds, live_workers_expected,  # noqa: E402
+                           process_tree, pss_mb)
 
 BURST_USERS = int(os.environ.get("BENCH_BURST_USERS", "500"))
 LOCAL_USERS = int(os.environ.get("BENCH_LOCAL_USERS", "200"))
@@ -157,20 +157,6 @@ def wait_results(box: Box, submitted: dict[str, float], timeout: float, sample=N
     return ended
 
 
-def cpu_s(pids) -> float:
-    """CPU time (user and system, every thread, and their reaped children: the process path's horses)
-    these processes have used, in s."""
-    ticks = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks += sum(int(value) for value in fields[11:15])
-        except OSError:
-            pass
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def yield_cpu(root: int, nice: int = 19) -> None:
     """Make a process tree that leads its own session yield the CPU: its autogroup (Linux shares the
     CPU between sessions before nice values count) and every thread at `nice`."""
@@ -208,10 +194,10 @@ def burst(mode: str, image: bytes, yielding: bool = False) -> dict:
             threading.Thread(target=sampler, daemon=True).start()
             body = {"operation": "stencil", "engine": "gemini", "image": base64.b64encode(image).decode()}
             first = time.time()
-            before = {name: cpu_s(pids) for name, pids in parts.items()}
+            before = {name: cpu_seconds(pids, reaped_children=True) for name, pids in parts.items()}
             client = _client_cpu()
             submitted, latencies = submit_all(box.api.url, [f"tok-{i}" for i in range(BURST_USERS)], body)
-            window = {name: cpu_s(pids) - before[name] for name, pids in parts.items()}
+            window = {name: cpu_seconds(pids, reaped_children=True) - before[name] for name, pids in parts.items()}
             window["client"] = _client_cpu() - client
             window["wall"] = time.time() - first
             ended = wait_results(box, submitted, timeout=600)

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from scripts.bench_api import photo_of_size  # noqa: E402
 from tests.servers import (GunicornApi, RedisServer, Workers, free_port, pss_mb, process_tree,  # noqa: E402
                            live_workers_expected, thread_count, wait_until)
+from tests.servers import cpu_seconds as cpu_of  # noqa: E402
 from tests.streams import Stream, run as follow_streams  # noqa: E402
 
 TOKEN = "bench-token"
@@ -385,22 +386,10 @@ def streams(svc: Service, body: dict, spread_s: float = 2.0, tokens: list[str] |
 def cpu_seconds(svc: Service) -> dict:
     """CPU seconds used so far by the API's processes, the workers', Redis and this script (the client),
     and the wall clock, to see who had the cores while the streams opened."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def used(pids) -> float:
-        total = 0
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / tick
-
     times = os.times()
     workers = svc.workers_pid()
-    return {"wall": time.monotonic(), "api": used(process_tree(svc.api_pid)),
-            "workers": used(process_tree(workers)) if workers else 0.0, "redis": used([svc.redis.proc.pid]),
+    return {"wall": time.monotonic(), "api": cpu_of(process_tree(svc.api_pid)),
+            "workers": cpu_of(process_tree(workers)) if workers else 0.0, "redis": cpu_of([svc.redis.proc.pid]),
             "bench": times.user + times.system}
 
 

@@ -166,6 +166,20 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def cpu_seconds(pids, reaped_children: bool = False) -> float:
+    """CPU time (user and system, every thread) these processes have used, in s; with `reaped_children`,
+    also that of the children they have waited for (the process path's work-horses)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(value) for value in fields[11:15 if reaped_children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pss_mb(pids) -> float:
     """Proportional set size of these processes together, in MB (shared pages counted once)."""
     total_kb = 0
