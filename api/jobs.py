@@ -70,7 +70,6 @@ def generate():
     ctx.limiter.hit(g.principal.user_id)
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
     submission = parse(request, ctx.settings.max_pixels, ctx.settings.max_upload_bytes)
-    upload = uploads.inspect(ctx, g.principal.user_id, submission.fields.upload)
     operation = submission.fields.operation
     params = submission.params
     params["engine"] = _engine_for(operation, submission.fields.engine)
@@ -92,12 +91,13 @@ def generate():
         if earlier is not None:
             return jsonify(earlier), 200, {"Location": earlier["statusUrl"]}
         confirm = partial(idempotency.confirm, user_id, key, fingerprint, answer)
+    upload = None  # judged after the Idempotency-Key: a retry gets its original job, not "already used"
     try:
-        uploads.claim(ctx, upload, job_id)
+        upload = uploads.take(ctx, user_id, submission.fields.upload, job_id, ctx.store.input_ttl_s(operation))
         ctx.admission.admit(user_id, operation, job_id)
         ctx.store.enqueue(job_id, user_id, operation, params, submission.image,
                           submission.mime_type or (upload and upload.mime_type), request.environ.get(ENVIRON_ID),
-                          upload_key=upload and upload.key, also=confirm)
+                          input_stored=upload is not None, also=confirm)
     except Exception:
         uploads.release(ctx, upload, job_id)
         ctx.admission.release(user_id, job_id)

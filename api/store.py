@@ -75,18 +75,22 @@ class JobStore:
         # Protocol, tens of microseconds each time on Python 3.11 (issue 17: a few percent of a submit).
         self._queues = {spec.name: queue_for(redis, spec) for spec in QUEUES.values()}
 
+    def input_ttl_s(self, operation: str) -> int:
+        """How long a job's input is kept: past its last possible retry and its failure's record."""
+        spec = QUEUES[operation]
+        return self.failure_ttl_s + spec.timeout_s * (spec.max_retries + 1)
+
     def enqueue(self, job_id: str, user_id: str, operation: str, params: dict,
                 image: bytes | None, mime_type: str | None, request_id: str | None = None,
-                upload_key: str | None = None, also=None) -> Job:
-        """Store the input (bytes, or a direct upload copied inside the store) and queue the job in one
-        transaction; the job keeps the submitting request's id.
+                input_stored: bool = False, also=None) -> Job:
+        """Store the input bytes (unless `input_stored`: a direct upload already copied to the job's
+        input key and checked there) and queue the job in one transaction; the job keeps the
+        submitting request's id.
 
         `also(pipeline)` adds writes that must land with the job (the Idempotency-Key's record)."""
         spec = QUEUES[operation]
-        keep_s = self.failure_ttl_s + spec.timeout_s * (spec.max_retries + 1)
-        input_key = blob_store.input_key(job_id) if image is not None or upload_key else None
-        if upload_key:
-            self.blobs.copy(upload_key, input_key, keep_s)
+        keep_s = self.input_ttl_s(operation)
+        input_key = blob_store.input_key(job_id) if image is not None or input_stored else None
         job_spec = {"jobId": job_id, "operation": operation, "userId": user_id, "inputKey": input_key,
                     "mimeType": mime_type, "params": params}
         retry = Retry(max=spec.max_retries, interval=[2, 4, 8][: spec.max_retries]) if spec.max_retries else None

@@ -2,32 +2,45 @@
 `POST /generate` takes `"upload": "<uploadId>"` in place of `image`, so a photo goes from the client
 straight to the bucket and never through the API or Redis.
 
-- An upload is a Redis hash `inkq:upload:<id>` ({user, contentType}, TTL UPLOAD_TTL_S) and one object,
-  `up/<id>`, entered in the blob expiry set for UPLOAD_TTL_S: an unused upload is deleted by the blob
-  sweep (`tasks/blobs.py`), without the bucket's lifecycle rules.
+- An upload is a Redis hash `inkq:upload:<id>` ({user, contentType, closes}, TTL UPLOAD_TTL_S) and one
+  object, `up/<id>`, entered in the blob expiry set: an unused upload is deleted by the blob sweep
+  (`tasks/blobs.py`) after UPLOAD_TTL_S, without the bucket's lifecycle rules.
+- A presigned form cannot be revoked: until it expires, the client may post it again, whatever became
+  of its upload. So the form expires `FORM_GRACE_S` (60 s, at most half of UPLOAD_TTL_S) before its
+  upload's record (and after at most `POST_TTL_S`), and the object key's expiry entry is never removed
+  before the form has expired plus that grace (`closes`): when a job uses the upload or its object is
+  refused, the object is deleted at once and its entry made due at `closes` (never earlier; `delete` in
+  `tasks/blobs.py` leaves upload entries to the sweep). Whatever is posted again is deleted then: no
+  object outlives its form by more than the grace. The grace covers clock skew between the API, the
+  store and the workers, and an upload the store accepted just before expiry still being written.
 - Unused uploads per user are capped (`MAX_OPEN_UPLOADS_PER_USER`, default 20): each is a member of
   the user's set `inkq:uploads:<user>`, scored by its expiry, from its creation until a job uses it, its
-  object fails its checks, or it expires. The count, the check and the new upload's writes are one Redis
+  object is refused, or it expires. The count, the check and the new upload's writes are one Redis
   script, so concurrent requests cannot pass the cap together; over it, 429 `rate_limited` with a
   Retry-After until the oldest unused upload expires. Creating an upload also counts against
   `READ_RATE_LIMIT`. Without both, one key could mint presigned uploads (and Redis entries) without end.
-- The presigned POST is limited by its policy to 1..MAX_UPLOAD_MB bytes and to the Content-Type asked for
-  (one of JPEG, PNG, WebP), and expires after at most `POST_TTL_S`.
-- Before a job is queued the API checks, in this order: the upload exists and the caller owns it (else 404
-  `not_found`, exactly as an unknown id); it was not used already (409 `conflict`); the object exists (400);
-  its size (413); its magic bytes and header, as for any image (`submission.check_image`, 400/415). An
-  object that fails its checks is deleted at once. Nothing is charged before all of them pass.
-- An upload serves one job: `claim` sets the hash's `job` field with HSETNX, atomically, after the
-  checks and before admission; if admission or queueing then fails, `release` frees it again. The job's
-  input is a copy made inside the bucket (`in/<jobId>`, no bytes through the API), so an input is always
-  found at the same key, and the upload object is deleted once the job is queued.
+- The presigned POST is limited by its policy to exactly its key, 1..MAX_UPLOAD_MB bytes and the
+  Content-Type asked for (one of JPEG, PNG, WebP).
+- `take` (one Redis script, `CLAIM`) checks that the upload exists and the caller owns it (else 404
+  `not_found`, exactly as an unknown id), that it was not refused or used already (409 `conflict`), and
+  claims it for the job (its `job` field, so two submissions cannot both use it). It then copies the
+  object to the job's input key (`in/<jobId>`, inside the bucket, no bytes through the API) and checks
+  the copy, as any image (size 413, magic bytes and header 400/415): the job runs on exactly the bytes
+  that were checked, since no form can write an input key, however often the upload's form is posted
+  meanwhile. Nothing was uploaded yet: 400, and the upload stays usable. A copy that fails its checks
+  makes the upload dead for good (`refused`): a later submission of it is 409, whatever is posted to
+  its form since. Nothing is charged before all of this passes.
+- If admission or queueing then fails, `release` frees the claim and deletes the copy: the upload can
+  be submitted again. Once the job is queued, `used` deletes the upload's object.
+- The Idempotency-Key is judged before the upload (`api/jobs.py`): a retry of a submission that used an
+  upload gets the original job, as with an inline image.
 """
 from __future__ import annotations
 
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -43,6 +56,7 @@ from .submission import ACCEPTED, check_image
 
 bp = Blueprint("uploads", __name__)
 POST_TTL_S = 900
+FORM_GRACE_S = 60
 HEAD_BYTES = 256 * 1024  # enough for any JPEG, PNG or WebP header Pillow reads to find the size
 
 
@@ -56,8 +70,16 @@ def open_uploads_key(user_id: str) -> str:
     return f"inkq:uploads:{user_id}"
 
 
+def form_lifetime(ttl_s: int) -> tuple[int, int]:
+    """(seconds the form is valid, seconds until its key may be swept for good) for an upload of ttl_s."""
+    grace = max(1, min(FORM_GRACE_S, ttl_s // 2))
+    form_s = max(1, min(POST_TTL_S, ttl_s - grace))
+    return form_s, form_s + grace
+
+
 # KEYS: the user's open uploads, the new upload's record, the blob expiry set.
-# ARGV: now, expires at, the cap, upload id, user, content type, TTL (s), the upload's object key.
+# ARGV: now, expires at, the cap, upload id, user, content type, TTL (s), the upload's object key,
+#       closes (its form expired, plus the grace), the object key's due time (the later of the two).
 # Returns {1} when created, {0, the oldest open upload's expiry} when the user is at the cap.
 OPEN_UPLOAD = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -67,21 +89,46 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('HSET', KEYS[2], 'user', ARGV[5], 'contentType', ARGV[6])
+redis.call('HSET', KEYS[2], 'user', ARGV[5], 'contentType', ARGV[6], 'closes', ARGV[9])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[8])
+redis.call('ZADD', KEYS[3], ARGV[10], ARGV[8])
 return {1}
+"""
+
+# KEYS: the upload's record. ARGV: the caller, the job id.
+# Returns {0} unknown or another user's, {1} used by a job, {2, why} refused, {3, closes} claimed now.
+CLAIM = """
+if redis.call('HGET', KEYS[1], 'user') ~= ARGV[1] then return {0} end
+local refused = redis.call('HGET', KEYS[1], 'refused')
+if refused then return {2, refused} end
+if redis.call('HSETNX', KEYS[1], 'job', ARGV[2]) == 0 then return {1} end
+return {3, redis.call('HGET', KEYS[1], 'closes')}
+"""
+
+# An upload serves no job any more: refused (ARGV[1], why) or used by a job (ARGV[1] empty).
+# KEYS: its record, the user's open uploads, the blob expiry set. ARGV: why, upload id, object key, closes.
+# Its slot is freed, and its key's entry made due at `closes` (never removed: a form may still write it).
+CLOSE = """
+if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'refused', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'job')
+end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[3])
+return 1
 """
 
 
 @dataclass(frozen=True)
 class Upload:
-    """A checked upload, ready to be claimed by one job."""
+    """An upload claimed by one job, its object copied to the job's input key (and, once checked, its type)."""
 
     id: str
     key: str
-    mime_type: str
     user: str
+    closes: float
+    input_key: str
+    mime_type: str | None = None
 
 
 def _ctx():
@@ -104,68 +151,89 @@ def create_upload():
     if content_type not in ACCEPTED.values():
         raise ApiError(415, "unsupported_media_type", "Uploads accept JPEG, PNG or WebP images only.")
     ttl_s = ctx.settings.upload_ttl_s
+    form_s, closes_s = form_lifetime(ttl_s)
     upload_id = uuid.uuid4().hex
     key = blob_store.upload_key(upload_id)
     now = time.time()
     created = ctx.redis.register_script(OPEN_UPLOAD)(
         keys=[open_uploads_key(g.principal.user_id), upload_record_key(upload_id), blob_store.EXPIRY_KEY],
         args=[now, now + ttl_s, ctx.settings.max_open_uploads_per_user, upload_id, g.principal.user_id,
-              content_type, ttl_s, key])
+              content_type, ttl_s, key, now + closes_s, now + max(ttl_s, closes_s)])
     if not int(created[0]):
         wait_s = max(1, math.ceil(float(created[1]) - now))
         raise ApiError(429, "rate_limited",
                        f"You have {ctx.settings.max_open_uploads_per_user} unused uploads: submit a job with one, "
                        f"or wait until the oldest expires.", retry_after=wait_s)
-    post_ttl_s = min(POST_TTL_S, ttl_s)
-    form = ctx.blobs.presigned_post(key, content_type, ctx.settings.max_upload_bytes, post_ttl_s)
-    expires = datetime.fromtimestamp(time.time() + post_ttl_s, timezone.utc)
+    form = ctx.blobs.presigned_post(key, content_type, ctx.settings.max_upload_bytes, form_s)
+    expires = datetime.fromtimestamp(time.time() + form_s, timezone.utc)
     return jsonify({"uploadId": upload_id, "url": form["url"], "fields": form["fields"],
                     "expiresAt": expires.isoformat(timespec="seconds").replace("+00:00", "Z")}), 201
 
 
-def inspect(ctx, user_id: str, upload_id: str | None) -> Upload | None:
-    """The caller's unused upload, its object checked like any submitted image; None without one."""
+def take(ctx, user_id: str, upload_id: str | None, job_id: str, keep_s: int) -> Upload | None:
+    """The caller's upload claimed for this job, copied to the job's input key and checked there; None
+    without one. Raises (404, 409, 400, 413, 415, 503) with nothing left claimed or copied."""
     if upload_id is None:
         return None
-    record = ctx.redis.hgetall(upload_record_key(upload_id)) if ctx.blobs.kind == "s3" and len(upload_id) <= 64 else {}
-    if record.get(b"user", b"").decode() != user_id:
+    if ctx.blobs.kind != "s3" or len(upload_id) > 64:
         raise not_found("No such upload.")
-    if record.get(b"job"):
+    record = upload_record_key(upload_id)
+    claimed = ctx.redis.register_script(CLAIM)(keys=[record], args=[user_id, job_id])
+    if int(claimed[0]) == 0:
+        raise not_found("No such upload.")
+    if int(claimed[0]) == 1:
         raise ApiError(409, "conflict", "This upload was already used by a job.")
-    key = blob_store.upload_key(upload_id)
-    found = ctx.blobs.head(key, HEAD_BYTES)
-    if found is None:
-        raise bad_request("Nothing was uploaded for this upload id (POST the file to its url first).")
+    if int(claimed[0]) == 2:
+        raise ApiError(409, "conflict", f"This upload was refused: {claimed[1].decode()}. "
+                                        "Create a new one with POST /uploads.")
+    upload = Upload(upload_id, blob_store.upload_key(upload_id), user_id, float(claimed[1]),
+                    blob_store.input_key(job_id))
+    try:
+        found = ctx.blobs.head(upload.input_key, HEAD_BYTES) if ctx.blobs.copy(
+            upload.key, upload.input_key, keep_s) else None
+        if found is None:
+            raise bad_request("Nothing was uploaded for this upload id (POST the file to its url first).")
+    except Exception:
+        release(ctx, upload, job_id)
+        raise
     size, head = found
     try:
         if size > ctx.settings.max_upload_bytes:
             raise ApiError(413, "payload_too_large",
                            f"The image is larger than {ctx.settings.max_upload_bytes // (1024 * 1024)} MB.")
         mime = check_image(head, ctx.settings.max_pixels, ctx.settings.max_upload_bytes)
-    except ApiError:
-        ctx.blobs.delete(key)
-        ctx.redis.zrem(open_uploads_key(user_id), upload_id)  # unusable now: its slot is free
+    except ApiError as refusal:
+        _refuse(ctx, upload, refusal.message)
         raise
-    return Upload(upload_id, key, mime, user_id)
+    return replace(upload, mime_type=mime)
 
 
-def claim(ctx, upload: Upload | None, job_id: str) -> None:
-    """Make the upload this job's, atomically; 409 if another job took it first."""
-    if upload is not None and not ctx.redis.hsetnx(upload_record_key(upload.id), "job", job_id):
-        raise ApiError(409, "conflict", "This upload was already used by a job.")
+def _close(ctx, upload: Upload, why: str = "") -> None:
+    """The upload serves no job any more (refused, with why, or used): its slot is free, and its key is
+    swept once its form has expired (`CLOSE`)."""
+    ctx.redis.register_script(CLOSE)(
+        keys=[upload_record_key(upload.id), open_uploads_key(upload.user), blob_store.EXPIRY_KEY],
+        args=[why, upload.id, upload.key, upload.closes])
+
+
+def _refuse(ctx, upload: Upload, why: str) -> None:
+    """Its copy failed its checks: the upload is dead for good; its object and the copy go now."""
+    _close(ctx, upload, why.rstrip(".") or "refused")
+    ctx.blobs.delete(upload.input_key, upload.key)
 
 
 def release(ctx, upload: Upload | None, job_id: str) -> None:
-    """Free an upload whose job could not be queued, so it can be submitted again."""
+    """Free an upload whose job could not be queued, so it can be submitted again; its copy goes."""
     if upload is None:
         return
     record = upload_record_key(upload.id)
     if ctx.redis.hget(record, "job") == job_id.encode():
         ctx.redis.hdel(record, "job")
+    ctx.blobs.delete(upload.input_key)
 
 
 def used(ctx, upload: Upload | None) -> None:
     """The job is queued with its own copy: the upload object goes now, and its slot is free."""
     if upload is not None:
-        ctx.redis.zrem(open_uploads_key(upload.user), upload.id)
+        _close(ctx, upload)
         ctx.blobs.delete(upload.key)

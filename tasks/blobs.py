@@ -20,6 +20,12 @@ An input is deleted as soon as its job ends (`discard_input`); when the store is
 its entry is made due now so a later sweep deletes it. The recovery sweep, which ends jobs of dead
 workers in Lua, makes their inputs due with `ZADD XX 0` the same way.
 
+A direct upload's key (`up/<id>`) is the one key a client can write, with a presigned form, for as long
+as that form is valid, whatever became of the upload meanwhile. So its entry is never removed or made
+due early by `delete`: only the sweep removes it, at the time its owner (`api/uploads.py`) set, which is
+never before the form has expired. An object posted again under a used or refused upload's form is
+deleted then, as any other.
+
 One boto3 client per process (`_client`, cached by its settings): building one loads botocore's
 service model (tens of milliseconds), and boto3 clients are thread-safe. The worker service builds it
 before forking its work-horses (`tasks/worker.py`), so a job does not pay for it.
@@ -74,6 +80,11 @@ def svg_key(job_id: str) -> str:
 def upload_key(upload_id: str) -> str:
     """Key of a direct upload (S3 only)."""
     return f"{PREFIX}up:{upload_id}"
+
+
+def form_writable(key: str) -> bool:
+    """Whether a presigned form may (re)write this key: a direct upload's."""
+    return key.startswith(upload_key(""))
 
 
 class RedisBlobs:
@@ -167,25 +178,32 @@ class S3Blobs:
             return True
         return False
 
-    def copy(self, source: str, key: str, ttl_s: int) -> str:
-        """Copy an object inside the bucket (no bytes through this process); returns the new key."""
+    def copy(self, source: str, key: str, ttl_s: int) -> str | None:
+        """Copy an object inside the bucket (no bytes through this process); returns the new key, or
+        None when the source does not exist."""
         self._due(key, ttl_s)
-        with _unavailable_on_error("copy"):
+        with _unavailable_on_error("copy", missing_ok=True):
             self.client.copy_object(Bucket=self.bucket, Key=self.object_key(key),
                                     CopySource={"Bucket": self.bucket, "Key": self.object_key(source)})
-        return key
+            return key
+        self.redis.zrem(EXPIRY_KEY, key)
+        return None
 
     def delete(self, *keys: str) -> None:
-        """Delete objects now; when the store is down, they are left due now for the next sweep."""
+        """Delete objects now; when the store is down, they are left due now for the next sweep. The
+        entries of keys a form may still write stay as they are, for the sweep (`form_writable`)."""
         if not keys:
             return
+        settled = [key for key in keys if not form_writable(key)]
         try:
             self._delete_objects(keys)
         except StorageUnavailable as exc:
             log.warning("could not delete %d objects now (%s); the blob sweep will", len(keys), exc.detail)
-            self.redis.zadd(EXPIRY_KEY, {key: 0 for key in keys})
+            if settled:
+                self.redis.zadd(EXPIRY_KEY, {key: 0 for key in settled})
             return
-        self.redis.zrem(EXPIRY_KEY, *keys)
+        if settled:
+            self.redis.zrem(EXPIRY_KEY, *settled)
 
     def _delete_objects(self, keys) -> None:
         with _unavailable_on_error("delete"):

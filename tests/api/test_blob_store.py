@@ -5,6 +5,7 @@ Redis-mode suite runs unchanged beside it."""
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -14,6 +15,8 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
@@ -163,17 +166,27 @@ def test_a_result_is_due_after_result_ttl(make_s3_api, s3_redis):
 # Direct uploads ----------------------------------------------------------------------------------------
 
 
-def upload(api, data: bytes, content_type="image/png", token="tok-alice", send_type=None):
-    """POST /uploads, then the form upload to the store; (uploadId, the store's answer)."""
+def new_upload(api, content_type="image/png", token="tok-alice") -> dict:
+    """POST /uploads: {uploadId, url, fields, expiresAt}."""
     created = api.post("/uploads", token=token, json={"contentType": content_type})
     assert created.status_code == 201, created.text
     body = created.json()
     assert set(body) == {"uploadId", "url", "fields", "expiresAt"} and body["expiresAt"].endswith("Z")
-    fields = dict(body["fields"])
+    return body
+
+
+def post_form(form: dict, data: bytes, content_type="image/png", send_type=None, url=None) -> requests.Response:
+    """The form upload to the store, as a client (or an attacker holding the form) sends it."""
+    fields = dict(form["fields"])
     if send_type:
         fields["Content-Type"] = send_type
-    answer = requests.post(body["url"], data=fields, files={"file": ("photo", data, content_type)}, timeout=10)
-    return body["uploadId"], answer
+    return requests.post(url or form["url"], data=fields, files={"file": ("photo", data, content_type)}, timeout=10)
+
+
+def upload(api, data: bytes, content_type="image/png", token="tok-alice", send_type=None):
+    """POST /uploads, then the form upload to the store; (uploadId, the store's answer)."""
+    form = new_upload(api, content_type, token)
+    return form["uploadId"], post_form(form, data, content_type, send_type)
 
 
 def test_direct_upload_then_submit(make_s3_api, seaweed):
@@ -300,6 +313,172 @@ def test_uploads_are_404_with_the_redis_store(api):
     response = api.post("/uploads", json={"contentType": "image/png"})
     assert response.status_code == 404 and response.json()["code"] == "not_found"
     assert api.post("/generate", json={"upload": "0" * 32}).json()["code"] == "not_found"
+
+
+# A form outlives its upload: what an attacker holding one can do ----------------------------------------
+
+JUNK = b"these bytes are not an image at all " * 20
+
+
+def expires_in(form: dict) -> float:
+    """Seconds until the form's expiresAt."""
+    return datetime.fromisoformat(form["expiresAt"].replace("Z", "+00:00")).timestamp() - time.time()
+
+
+def test_no_object_outlives_its_upload_form(make_s3_api, seaweed, s3_redis):
+    """A presigned form cannot be revoked: after its upload was used by a job, or refused by its checks
+    (free: nothing is charged), posting the form again still writes its key until the form expires. The
+    workers' blob sweep deletes whatever is there once the form has expired (UPLOAD_TTL_S=6: the form
+    lasts 3 s, its key is swept at 6 s), whatever became of the upload."""
+    api, _ = _own_user(make_s3_api, UPLOAD_TTL_S="6")
+    used, refused = new_upload(api, token="tok-own"), new_upload(api, token="tok-own")
+    assert all(0 < expires_in(form) <= 3.5 for form in (used, refused))  # before the upload's 6 s
+
+    def left() -> list[str]:
+        return [k for form in (used, refused) for k in seaweed.keys(S3_BUCKET, f"jobs/up/{form['uploadId']}")]
+
+    assert post_form(used, drawing()).status_code == post_form(refused, JUNK).status_code == 204
+    job = api.post("/generate", token="tok-own", json={"upload": used["uploadId"], "engine": "local"})
+    assert job.status_code == 202, job.text
+    assert api.post("/generate", token="tok-own", json={"upload": refused["uploadId"]}).status_code == 400
+    assert left() == []  # both objects deleted at once
+    for form in (used, refused):
+        assert post_form(form, JUNK * 100).status_code == 204  # the forms still work
+    assert len(left()) == 2
+    time.sleep(max(expires_in(used), expires_in(refused)) + 1)
+    for form in (used, refused):
+        late = post_form(form, JUNK)
+        assert late.status_code == 403 and b"xpired" in late.content, late.text
+    wait_until(lambda: left() == [], timeout=15, what="the blob sweep to delete what the forms wrote again")
+    client = redis_lib.Redis.from_url(s3_redis.url)
+    assert [client.zscore("inkq:blobs:expiry", f"inkq:blob:up:{f['uploadId']}") for f in (used, refused)] == [None] * 2
+    assert api.wait(job.json()["jobId"], token="tok-own")["status"] == "completed"
+
+
+def test_a_refused_upload_is_dead_for_good(make_s3_api):
+    """An upload whose object fails its checks frees its slot and never serves a job, whatever is posted to
+    its form since: with a cap of 3, a user holds at most 3 usable uploads. One with nothing uploaded yet
+    stays usable."""
+    api, _ = _own_user(make_s3_api, MAX_OPEN_UPLOADS_PER_USER="3")
+    dead = [new_upload(api, token="tok-own") for _ in range(3)]
+    for form in dead:
+        assert post_form(form, JUNK).status_code == 204
+        refused = api.post("/generate", token="tok-own", json={"upload": form["uploadId"]})
+        assert refused.status_code == 400 and refused.json()["code"] == "invalid_request", refused.text
+    fresh = [new_upload(api, token="tok-own") for _ in range(3)]  # the refused uploads' slots are free
+    assert api.post("/uploads", token="tok-own", json={"contentType": "image/png"}).status_code == 429
+    empty = api.post("/generate", token="tok-own", json={"upload": fresh[0]["uploadId"]})
+    assert empty.status_code == 400 and "Nothing was uploaded" in empty.json()["error"]
+    for form in dead + fresh:
+        assert post_form(form, drawing()).status_code == 204  # a refused upload's form still works
+    answers = [api.post("/generate", token="tok-own", json={"upload": form["uploadId"], "engine": "local"})
+               for form in dead + fresh]
+    assert [a.status_code for a in answers] == [409] * 3 + [202] * 3, [a.text for a in answers]
+    assert all(a.json()["code"] == "conflict" and "refused: `image` is not an image" in a.json()["error"]
+               for a in answers[:3]), answers[0].text
+    for accepted in answers[3:]:
+        assert api.wait(accepted.json()["jobId"], token="tok-own")["status"] == "completed"
+
+
+def test_an_idempotent_retry_with_an_upload_gets_the_original_job(make_s3_api):
+    """The Idempotency-Key is judged before the upload: a retry gets the original job (200), as with an
+    inline image; another key with the same upload is 409, the same key with another body too."""
+    api, _ = _own_user(make_s3_api)
+    upload_id, _ = upload(api, drawing(), token="tok-own")
+    body = {"upload": upload_id, "engine": "local"}
+    first = api.post("/generate", token="tok-own", json=body, headers={"Idempotency-Key": "same"})
+    assert first.status_code == 202, first.text
+    retry = api.post("/generate", token="tok-own", json=body, headers={"Idempotency-Key": "same"})
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["jobId"] == first.json()["jobId"] and retry.headers["Location"] == first.headers["Location"]
+    other_key = api.post("/generate", token="tok-own", json=body, headers={"Idempotency-Key": "other"})
+    assert other_key.status_code == 409 and "already used by a job" in other_key.json()["error"]
+    other_body = api.post("/generate", token="tok-own", json={**body, "engine": "auto"},
+                          headers={"Idempotency-Key": "same"})
+    assert other_body.status_code == 409 and "different request" in other_body.json()["error"]
+    assert api.wait(first.json()["jobId"], token="tok-own")["status"] == "completed"
+
+
+class S3Hop:
+    """A real HTTP hop between the API and the S3 server, forwarding every request unchanged (its Host
+    header included: SigV4 signed it), that calls `before()` and `after()` around the API's server-side
+    copy of an upload: an attacker's form post lands at exactly that moment."""
+
+    def __init__(self, target: str):
+        self.target = urlsplit(target)
+        self.before = self.after = lambda: None
+        hop = self
+
+        class Forward(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                copying = "/up/" in self.headers.get("x-amz-copy-source", "")
+                if copying:
+                    hop.before()
+                conn = http.client.HTTPConnection(hop.target.hostname, hop.target.port, timeout=30)
+                conn.request(self.command, self.path, body=body,
+                             headers={k: v for k, v in self.headers.items() if k.lower() != "expect"})
+                answer = conn.getresponse()
+                data = answer.read()
+                conn.close()
+                if copying:
+                    hop.after()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                head = self.command == "HEAD"
+                self.send_header("Content-Length", answer.getheader("Content-Length", "0") if head else str(len(data)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def s3_hop(seaweed):
+    hop = S3Hop(seaweed.url)
+    yield hop
+    hop.close()
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_job_runs_on_the_bytes_that_were_checked(make_s3_api, seaweed, s3_hop, when):
+    """The form can be posted again while `/generate` takes its upload. The API copies the object to the
+    job's input key, which no form can write, and checks the copy: an attacker's post just before the copy
+    is refused by the checks (400), one just after it changes nothing (the job runs on the checked image).
+    Never does a job get bytes that were not checked."""
+    api, _ = _own_user(make_s3_api, S3_ENDPOINT_URL=s3_hop.url)
+    form = new_upload(api, token="tok-own")
+    direct = form["url"].replace(s3_hop.url, seaweed.url)
+    assert post_form(form, drawing(), url=direct).status_code == 204
+    posted: list[int] = []
+    setattr(s3_hop, when, lambda: posted.append(post_form(form, JUNK, url=direct).status_code))
+    response = api.post("/generate", token="tok-own", json={"upload": form["uploadId"], "engine": "local"})
+    assert posted == [204]
+    if when == "before":
+        assert response.status_code == 400 and "not an image" in response.json()["error"], response.text
+    else:
+        assert response.status_code == 202, response.text
+        assert api.wait(response.json()["jobId"], token="tok-own")["status"] == "completed"
+    # The form cannot write anywhere but its upload's key (the job inputs' prefix included).
+    sneaky = dict(form, fields={**form["fields"], "key": form["fields"]["key"].replace("/up/", "/in/")})
+    assert post_form(sneaky, JUNK, url=direct).status_code == 403
 
 
 # Faults: the real server stopped and started again ----------------------------------------------------
