@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
-from .settings import ConfigError, Settings
+from .settings import AuthSettings, ConfigError, Settings
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -63,7 +63,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .store import JobStore
 
     settings = Settings.load(config)
-    auth = Authenticator.from_env(settings.env)
+    auth = Authenticator.from_settings(AuthSettings.from_env(settings.env))
     if not auth.configured and not settings.dev:
         raise ConfigError("no authentication is configured: set API_KEYS, JWT_SECRET or JWT_JWKS_URL "
                           "(INKQ_DEV=1 allows running without, for `make run` only)")
@@ -103,7 +103,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         app.wsgi_app = CrossOrigin(app.wsgi_app, settings.cors_origins)
     app.wsgi_app = RequestIds(TrustedProxies(app.wsgi_app, settings.forwarded_allow), access=settings.access_log)
     errors.init_app(app)
-    metrics.init_app(app, lambda: admin.queue_stats(redis, settings.env), redis, settings.queue_max_depth)
+    metrics.init_app(app, lambda: admin.queue_stats(redis), redis, settings.queue_max_depth)
     for blueprint in (jobs.bp, uploads.bp, credits.bp, admin.bp, health.bp, web.bp):
         app.register_blueprint(blueprint)
     admin.init_app(app)

@@ -65,10 +65,12 @@ def _count(redis, key: str, kind: str) -> int:
     return int(redis.zcard(key) if kind == "zset" else redis.llen(key))
 
 
-def queue_stats(redis, env) -> dict:
+def queue_stats(redis) -> dict:
     """Counts per queue, read straight from the registries' keys (no clean-up is triggered).
 
-    `waiting` counts the queue and the ids workers have claimed but not yet started.
+    `waiting` counts the queue and the ids workers have claimed but not yet started. `concurrency` is
+    what the running worker services publish (`tasks.metrics.queue_gauges`: the slots of the queue's
+    live workers, summed), never the API's own idea of CONCURRENCY_*: 0 while no worker runs the queue.
     """
     workers = Worker.all(connection=redis, serializer=JSONSerializer)
     waiting = recovery.waiting_counts(redis, [spec.name for spec in QUEUES.values()])
@@ -86,7 +88,7 @@ def queue_stats(redis, env) -> dict:
             "waiting": waiting[spec.name], "active": active, "completed": completed, "failed": failed,
             "scheduled": scheduled,
             "workers": sum(1 for w in workers if spec.name in w.queue_names()),
-            "concurrency": spec.concurrency(env),
+            "concurrency": gauges[spec.name].pop("concurrency"),
             **gauges[spec.name],
             **job_metrics.summary(snapshot, spec.name),
         }
@@ -99,7 +101,7 @@ def stats():
     """Per queue: waiting, active, completed, failed, scheduled, workers, concurrency (API.md), then the oldest
     waiting job's age, live workers, outcome totals, and run and queue-wait times."""
     ctx = current_app.extensions["inkq"]
-    return jsonify(queue_stats(ctx.redis, ctx.settings.env))
+    return jsonify(queue_stats(ctx.redis))
 
 
 @bp.post("/credits/<user_id>")

@@ -49,15 +49,17 @@ import hmac
 import ipaddress
 import logging
 import math
-import os
 import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 from urllib.parse import urlsplit
 
 import jwt
+
+if TYPE_CHECKING:
+    from .settings import AuthSettings
 
 log = logging.getLogger(__name__)
 
@@ -301,20 +303,15 @@ class Authenticator:
         self._decode_options = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Authenticator":
-        """Build from API_KEYS, ADMIN_TOKEN, JWT_SECRET, JWT_JWKS_URL, JWT_ISSUER, JWT_AUDIENCE."""
-        env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            return (env.get(name) or "").strip() or None
-
+    def from_settings(cls, settings: "AuthSettings") -> "Authenticator":
+        """Build from the API's settings: API_KEYS, ADMIN_TOKEN, JWT_SECRET, JWT_JWKS_URL, JWT_ISSUER, JWT_AUDIENCE."""
         return cls(
-            api_keys=parse_api_keys(env.get("API_KEYS")),
-            admin_token=get("ADMIN_TOKEN"),
-            jwt_secret=get("JWT_SECRET"),
-            jwks_url=get("JWT_JWKS_URL"),
-            issuer=get("JWT_ISSUER"),
-            audience=get("JWT_AUDIENCE"),
+            api_keys=parse_api_keys(settings.api_keys),
+            admin_token=settings.admin_token,
+            jwt_secret=settings.jwt_secret,
+            jwks_url=settings.jwks_url,
+            issuer=settings.issuer,
+            audience=settings.audience,
         )
 
     @property

@@ -11,29 +11,27 @@ from __future__ import annotations
 
 import functools
 import gc
-import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import ServerSettings
 
 
-def deadlines(env) -> tuple[float, float]:
-    """REQUEST_HEADER_TIMEOUT_S and REQUEST_BODY_TIMEOUT_S (api/server.py)."""
-    return (float(env.get("REQUEST_HEADER_TIMEOUT_S") or 10), float(env.get("REQUEST_BODY_TIMEOUT_S") or 60))
-
-
-def options(env) -> dict:
-    """gunicorn settings from the environment."""
+def options(server: "ServerSettings") -> dict:
+    """gunicorn settings from the server's settings (`api.settings.ServerSettings`)."""
     return {
-        "bind": f"{env.get('HOST') or '0.0.0.0'}:{env.get('PORT') or '8000'}",
+        "bind": f"{server.host}:{server.port}",
         "worker_class": "api.server.Worker",  # gevent_pywsgi with read deadlines and shedding
-        "workers": int(env.get("WEB_CONCURRENCY") or 2),
-        "worker_connections": int(env.get("GUNICORN_WORKER_CONNECTIONS") or 5000),
-        "timeout": int(env.get("GUNICORN_TIMEOUT") or 60),
+        "workers": server.processes,
+        "worker_connections": server.worker_connections,
+        "timeout": server.timeout_s,
         "graceful_timeout": 20,
         "keepalive": 5,
         "backlog": 4096,
         "accesslog": None,  # access lines come from the app (api/access.py), with user and request id
         "logger_class": "api.cli.GunicornLogger",
-        "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1",
+        "forwarded_allow_ips": server.forwarded_allow_ips,
         "preload_app": True,
         "when_ready": freeze_heap,
     }
@@ -91,7 +89,7 @@ def main() -> int:
 
     from . import create_app
     from .server import set_deadlines
-    from .settings import ConfigError
+    from .settings import ConfigError, ServerSettings
 
     class Server(BaseApplication):
         def __init__(self, settings: dict):
@@ -107,6 +105,7 @@ def main() -> int:
 
     logs.configure()
     try:
+        server = ServerSettings.from_env()
         app = create_app()
     except (ConfigError, ValueError) as exc:
         print(f"inkq-api: configuration error: {exc}", file=sys.stderr)
@@ -116,8 +115,8 @@ def main() -> int:
     if not ctx.settings.public_url and not ctx.settings.dev:
         logging.getLogger("inkq.api").warning(
             "PUBLIC_URL is not set: signed result URLs take their origin from each request's Host header")
-    set_deadlines(*deadlines(os.environ))
-    Server(options(os.environ)).run()
+    set_deadlines(server.header_timeout_s, server.body_timeout_s)
+    Server(options(server)).run()
     return 0
 
 

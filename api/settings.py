@@ -128,3 +128,50 @@ class Settings:
             public_url=public_url(env.get("PUBLIC_URL", "")),
             cors_origins=cors_origins,
         )
+
+
+from tasks.settings import env_float, env_secret, env_str  # noqa: E402
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may call (`api/auth.py`): API_KEYS as given, ADMIN_TOKEN and the JWT settings, blank ones None."""
+
+    api_keys: str = field(default="", repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "AuthSettings":
+        """Read from a mapping (`Settings.env`)."""
+        return cls(api_keys=env.get("API_KEYS") or "", admin_token=env_secret(env, "ADMIN_TOKEN"),
+                   jwt_secret=env_secret(env, "JWT_SECRET"), jwks_url=env_secret(env, "JWT_JWKS_URL"),
+                   issuer=env_secret(env, "JWT_ISSUER"), audience=env_secret(env, "JWT_AUDIENCE"))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How `inkq-api` serves (`api/cli.py`, `api/server.py`): where, how many gunicorn processes and
+    connections, its timeout, the proxies it trusts, and the deadlines for a request's head and body."""
+
+    host: str
+    port: int
+    processes: int
+    worker_connections: int
+    timeout_s: int
+    forwarded_allow_ips: str
+    header_timeout_s: float
+    body_timeout_s: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "ServerSettings":
+        """Read from a mapping (the process environment by default)."""
+        env = os.environ if env is None else env
+        return cls(host=env_str(env, "HOST"), port=env_int(env, "PORT"), processes=env_int(env, "WEB_CONCURRENCY"),
+                   worker_connections=env_int(env, "GUNICORN_WORKER_CONNECTIONS"),
+                   timeout_s=env_int(env, "GUNICORN_TIMEOUT"), forwarded_allow_ips=env_str(env, "FORWARDED_ALLOW_IPS"),
+                   header_timeout_s=env_float(env, "REQUEST_HEADER_TIMEOUT_S"),
+                   body_timeout_s=env_float(env, "REQUEST_BODY_TIMEOUT_S"))

@@ -19,7 +19,7 @@ from . import blobs
 from .changes import save_meta_and_announce
 from .errors import CANCELED_MESSAGE, FinalError, decide
 from .progress import job_reporter
-from .settings import WorkerSettings
+from .settings import WorkerSettings, current
 
 
 def _now() -> str:
@@ -55,9 +55,10 @@ def record_failure(job, exc: BaseException) -> None:
 
 
 def run(spec: dict, work) -> dict:
-    """Run `work(spec, image_bytes, settings, report) -> (png, extras)` as the current job."""
+    """Run `work(spec, image_bytes, settings, report) -> (png, extras)` as the current job, with this
+    process's worker settings (`tasks.settings.current`, read once per service)."""
     job = get_current_job()
-    settings = WorkerSettings.from_env()
+    settings = current()
     report = job_reporter(job)
     _begin(job)
     try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
 import re
 import sys
 import threading
@@ -31,6 +30,8 @@ import time
 from datetime import datetime, timezone
 
 from pythonjsonlogger.json import JsonFormatter
+
+from .settings import LogSettings
 
 FIELDS = ("jobId", "queue", "userId", "attempt", "requestId", "durationMs")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -134,8 +135,11 @@ def formatter(log_format: str) -> logging.Formatter:
 def configure(log_format: str | None = None, level: str | None = None) -> None:
     """Send every logger of this process to stderr in one format; call once per process, early.
 
-    Replaces a handler an earlier call installed (a forked child reconfiguring is harmless)."""
-    log_format = log_format or os.environ.get("LOG_FORMAT", "json")
+    Replaces a handler an earlier call installed (a forked child reconfiguring is harmless). Without a
+    format or a level, LOG_FORMAT's or LOG_LEVEL's (`tasks.settings.LogSettings`)."""
+    if not (log_format and level):
+        given = LogSettings.from_env()
+        log_format, level = log_format or given.format, level or given.level
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _HANDLER_FLAG, False):
@@ -145,7 +149,7 @@ def configure(log_format: str | None = None, level: str | None = None) -> None:
     handler.addFilter(ContextFilter())
     setattr(handler, _HANDLER_FLAG, True)
     root.addHandler(handler)
-    root.setLevel((level or os.environ.get("LOG_LEVEL") or "INFO").upper())
+    root.setLevel(level.upper())
     inkq = logging.getLogger("inkq")
     inkq.setLevel(logging.INFO)  # inkq's own lines (jobs, recovery, access) stay on at LOG_LEVEL=WARNING
     logging.captureWarnings(True)

@@ -128,9 +128,24 @@ def read(redis) -> Snapshot:
     return snap
 
 
+def slots_key(worker: str) -> str:
+    """Where a worker publishes its slots: the jobs it runs at once (its queue's CONCURRENCY_* in its service)."""
+    return f"inkq:slots:{worker}"
+
+
+def publish_slots(pipe, worker: str, slots: int) -> None:
+    """Add to `pipe` the renewal of a worker's published slots, which lapse with its liveness key
+    (`tasks/recovery.py`): the worker's liveness beat sends both."""
+    from .recovery import LIVENESS_TTL_MS
+
+    pipe.set(slots_key(worker), int(slots), px=LIVENESS_TTL_MS)
+
+
 def queue_gauges(redis, queues) -> dict[str, dict]:
-    """Per queue, read now: the oldest waiting job's age in seconds (0 when none waits) and the live
-    workers (those whose liveness key, `tasks/recovery.py`, has not lapsed). Two round trips."""
+    """Per queue, read now: the oldest waiting job's age in seconds (0 when none waits), the live workers
+    (those whose liveness key, `tasks/recovery.py`, has not lapsed) and their concurrency: the sum of the
+    slots they publish (`publish_slots`), so the CONCURRENCY_* the running worker services were given,
+    whatever the reader's own environment says; 0 when no live worker publishes any. Two round trips."""
     from rq.utils import now as utcnow, str_to_date
 
     from .recovery import alive_key, queue_key, workers_key
@@ -148,6 +163,7 @@ def queue_gauges(redis, queues) -> dict[str, dict]:
             pipe.hget(b"rq:job:" + heads[name], "enqueued_at")
         for worker in members[name]:
             pipe.exists(alive_key(worker.decode()))
+            pipe.get(slots_key(worker.decode()))
     answers = iter(pipe.execute())
     gauges, at = {}, utcnow()
     for name in queues:
@@ -156,9 +172,21 @@ def queue_gauges(redis, queues) -> dict[str, dict]:
             enqueued = next(answers)
             if enqueued:
                 oldest = max(0.0, (at - str_to_date(enqueued)).total_seconds())
-        live = sum(1 for _ in members[name] if next(answers))
-        gauges[name] = {"oldestWaitingS": round(oldest, 3), "liveWorkers": live}
+        live = concurrency = 0
+        for _ in members[name]:
+            alive, slots = next(answers), next(answers)
+            if alive:
+                live += 1
+                concurrency += _count_of(slots)
+        gauges[name] = {"oldestWaitingS": round(oldest, 3), "liveWorkers": live, "concurrency": concurrency}
     return gauges
+
+
+def _count_of(value) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
 
 
 def summary(snapshot: Snapshot, queue: str) -> dict:

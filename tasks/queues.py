@@ -1,14 +1,13 @@
-"""The four queues: which operation each serves, its job function, concurrency, timeout and retries
-(and the internal `webhooks` queue the worker service also runs).
+"""The four queues: which operation each serves, its job function, the variable of its concurrency, its
+timeout and retries (and the internal `webhooks` queue the worker service also runs).
 
-This module is imported by the API, so it holds plain data and no image or provider code.
+This module is imported by the API, so it holds plain data and no image or provider code. The
+concurrency defaults are in `tasks.settings.DEFAULTS`, with every other default.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
-
-from .settings import env_int
 
 SERIALIZER = "rq.serializers.JSONSerializer"
 
@@ -21,28 +20,29 @@ class QueueSpec:
     name: str
     function: str
     concurrency_env: str
-    default_concurrency: int
     timeout_s: int
     max_retries: int
 
     def concurrency(self, env: Mapping[str, str]) -> int:
-        """Worker processes for this queue, from its CONCURRENCY_* variable."""
-        return max(1, env_int(env, self.concurrency_env, self.default_concurrency))
+        """Jobs in flight for this queue per worker service, from its CONCURRENCY_* variable."""
+        from .settings import queue_concurrency
+
+        return queue_concurrency(env)[self.name]
 
 
 QUEUES: dict[str, QueueSpec] = {
     spec.operation: spec
     for spec in (
-        QueueSpec("stencil", "stencil-generation", "tasks.jobs.stencil", "CONCURRENCY_STENCIL", 5, 120, 3),
-        QueueSpec("enhance", "enhance", "tasks.jobs.enhance", "CONCURRENCY_ENHANCE", 3, 180, 3),
-        QueueSpec("ia-gen", "ia-gen", "tasks.jobs.ia_gen", "CONCURRENCY_IA_GEN", 3, 180, 3),
-        QueueSpec("color-match", "color-match", "tasks.jobs.color_match", "CONCURRENCY_COLOR_MATCH", 10, 60, 2),
+        QueueSpec("stencil", "stencil-generation", "tasks.jobs.stencil", "CONCURRENCY_STENCIL", 120, 3),
+        QueueSpec("enhance", "enhance", "tasks.jobs.enhance", "CONCURRENCY_ENHANCE", 180, 3),
+        QueueSpec("ia-gen", "ia-gen", "tasks.jobs.ia_gen", "CONCURRENCY_IA_GEN", 180, 3),
+        QueueSpec("color-match", "color-match", "tasks.jobs.color_match", "CONCURRENCY_COLOR_MATCH", 60, 2),
     )
 }
 
 QUEUE_NAMES = [spec.name for spec in QUEUES.values()]
 
 # Not an operation: webhook deliveries (tasks/webhooks.py), run by the worker service beside the four.
-WEBHOOKS = QueueSpec("webhook", "webhooks", "tasks.webhooks.send", "CONCURRENCY_WEBHOOKS", 2, 30, 0)
+WEBHOOKS = QueueSpec("webhook", "webhooks", "tasks.webhooks.send", "CONCURRENCY_WEBHOOKS", 30, 0)
 WORKER_QUEUES = [*QUEUES.values(), WEBHOOKS]
 BY_QUEUE = {spec.name: spec for spec in QUEUES.values()}

@@ -43,7 +43,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,12 +55,11 @@ from requests.adapters import HTTPAdapter
 
 from . import blobs, links, logs
 from .changes import save_meta_and_announce
-from .settings import env_bool, env_int
+from .settings import WorkerSettings, current, retry_seconds
 
 log = logging.getLogger("inkq.webhooks")
 TIMEOUT_S = 10
 QUEUE = "webhooks"
-DEFAULT_RETRY_S = "5,20,60,180,420"
 SECRET_PREFIX = "whsec_"
 SCHEDULED_TTL_S = 7 * 86400
 RETRYABLE_STATUS = {408, 425, 429}
@@ -271,23 +269,25 @@ def webhook_url(job) -> str | None:
     return (job.args[0].get("params", {}) if job.args and isinstance(job.args[0], dict) else {}).get("webhookUrl")
 
 
-def payload(job, status: str) -> dict:
+def payload(job, status: str, settings: WorkerSettings | None = None) -> dict:
     """The job's final status object, as GET /status gives it. `result.image` (and `svg`) are signed links
     made at each attempt, valid for RESULT_URL_TTL_S: with the S3 store presigned URLs of the objects; with
     Redis the API's `/files/<token>` links under PUBLIC_URL, when the worker service has SECRET_KEY and
-    PUBLIC_URL (`tasks.links`), else the path of `GET /result/<jobId>`, which needs the owner's token."""
+    PUBLIC_URL (`tasks.links`), else the path of `GET /result/<jobId>`, which needs the owner's token.
+    `settings`: the worker service's (this process's by default)."""
+    settings = settings or current()
     meta = job.meta
     result = None
     if status == "completed":
         value = job.return_value() or {}
         result = {k: v for k, v in value.items() if k not in ("outputKey", "svgKey")} if isinstance(value, dict) else {}
-        store, ttl_s = blobs.store(job.connection), env_int(os.environ, "RESULT_URL_TTL_S", 3600)
+        store, ttl_s = blobs.store(job.connection), settings.result_url_ttl_s
         has_svg = isinstance(value, dict) and bool(value.get("svgKey"))
         if store.kind == "s3":
             result["image"] = blobs.result_url(store, job.id, False, ttl_s)
             if has_svg:
                 result["svg"] = blobs.result_url(store, job.id, True, ttl_s)
-        elif (keys := signing()) is not None:
+        elif (keys := signing(settings)) is not None:
             secret_key, origin = keys
             result["image"] = links.signed_url(secret_key, origin, job.id)
             if has_svg:
@@ -303,12 +303,11 @@ def payload(job, status: str) -> dict:
             "statusUrl": f"/status/{job.id}"}
 
 
-def signing(env=None) -> tuple[str, str] | None:
+def signing(settings: WorkerSettings) -> tuple[str, str] | None:
     """(SECRET_KEY, PUBLIC_URL) when the worker service can sign the API's result links, else None.
     `tasks.cli` refuses to start with a PUBLIC_URL that is not an origin."""
-    env = os.environ if env is None else env
-    secret_key, origin = env.get("SECRET_KEY", ""), links.checked_origin(env.get("PUBLIC_URL"))
-    return (secret_key, origin) if secret_key and origin else None
+    origin = links.checked_origin(settings.public_url)
+    return (settings.secret_key, origin) if settings.secret_key and origin else None
 
 
 def _iso(value) -> str | None:
@@ -317,14 +316,11 @@ def _iso(value) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def retry_intervals(env=None) -> list[int]:
-    """WEBHOOK_RETRY_S: the waits before each retry, in seconds."""
-    raw = (env if env is not None else os.environ).get("WEBHOOK_RETRY_S") or DEFAULT_RETRY_S
-    return [max(0, int(float(part))) for part in raw.split(",") if part.strip()]
-
-
 def schedule(job, status: str, connection=None, env=None) -> bool:
-    """Queue the delivery of this job's final status, once per event; False when it has no webhook."""
+    """Queue the delivery of this job's final status, once per event; False when it has no webhook.
+
+    Retried after the waits of WEBHOOK_RETRY_S: read from `env`, the API's settings mapping, or from the
+    worker service's settings (`tasks.settings.current`) without one."""
     if not webhook_url(job):
         return False
     from rq import Queue, Retry
@@ -334,7 +330,7 @@ def schedule(job, status: str, connection=None, env=None) -> bool:
     msg_id = event_id(job.id, status)
     if not connection.set(f"inkq:webhook:{msg_id}", 1, nx=True, ex=SCHEDULED_TTL_S):
         return False  # already scheduled (the callback and the sweep both saw the end)
-    intervals = retry_intervals(env)
+    intervals = list(retry_seconds(env) if env is not None else current().webhook_retry_s)
     # recorded before the delivery is queued: a delivery worker quicker than this line had its first
     # attempt's state overwritten with "pending", 0 attempts (seen on a loaded box)
     state = _record(connection, job.id, {"state": "pending", "attempts": 0, "eventId": msg_id})
@@ -371,7 +367,8 @@ def send(job_id: str, status: str, msg_id: str) -> dict:
         attempt = int((job.meta.get("webhook") or {}).get("attempts", 0)) + 1
     last = not me.retries_left
     where = {"jobId": job_id, "queue": job.origin, "delivery": attempt}
-    allow_private = env_bool(os.environ, "WEBHOOK_ALLOW_PRIVATE", False)
+    settings = current()
+    allow_private = settings.webhook_allow_private
     try:
         destination = check_url(url, allow_private)
         addresses = resolve(destination, allow_private)
@@ -383,13 +380,12 @@ def send(job_id: str, status: str, msg_id: str) -> dict:
         addresses, unresolved = [], str(exc)
     else:
         unresolved = None
-    body = json.dumps(payload(job, status), separators=(",", ":")).encode()
+    body = json.dumps(payload(job, status, settings), separators=(",", ":")).encode()
     timestamp = int(time.time())
     headers = {"Content-Type": "application/json", "User-Agent": "inkq-webhooks", "webhook-id": msg_id,
                "webhook-timestamp": str(timestamp)}
-    secret = os.environ.get("WEBHOOK_SECRET")
-    if secret:
-        headers["webhook-signature"] = sign(secret, msg_id, timestamp, body)
+    if settings.webhook_secret:
+        headers["webhook-signature"] = sign(settings.webhook_secret, msg_id, timestamp, body)
     started = time.perf_counter()
     answer, error = None, unresolved
     if addresses:

@@ -12,7 +12,7 @@ from rq.serializers import JSONSerializer
 
 from tests import fakegemini as fg
 from tests.conftest import ADMIN_TOKEN, drawing
-from tests.servers import RedisServer, wait_until
+from tests.servers import RedisServer, Stack, wait_until
 
 QUEUES = ["stencil-generation", "enhance", "ia-gen", "color-match"]
 
@@ -34,10 +34,58 @@ def test_queue_stats(api, workers):
     # one process per queue (its CONCURRENCY_STENCIL=2 as threads); one that an earlier test SIGKILLed is
     # counted until the recovery sweep forgets it, a few seconds later
     assert stats["stencil-generation"]["workers"] >= 1
-    assert stats["color-match"]["concurrency"] == 10  # the API reports its configured default
     assert api.get("/admin/queue-stats", token="tok-alice").status_code == 403
     unauthenticated = api.get("/admin/queue-stats", token=None)
     assert unauthenticated.status_code == 401 and unauthenticated.json()["code"] == "unauthenticated"
+
+
+def concurrency(api) -> dict:
+    return {name: row["concurrency"] for name, row in api.get("/admin/queue-stats", token=ADMIN_TOKEN).json().items()}
+
+
+def test_queue_stats_report_the_concurrency_the_worker_services_run(tmp_path, fake_gemini):
+    """A worker service given CONCURRENCY_* that the API is not given: /admin/queue-stats reports the
+    service's, not the API's defaults (5, 3, 3, 10); 0 once no worker service runs the queue."""
+    stack = Stack(tmp_path, fake_gemini.url)
+    try:
+        assert concurrency(stack.api) == {name: 0 for name in QUEUES}
+        service = stack.workers(stencil=7, ia_gen=2, CONCURRENCY_COLOR_MATCH="4")
+        ran = {"stencil-generation": 7, "enhance": 1, "ia-gen": 2, "color-match": 4}
+        wait_until(lambda: concurrency(stack.api) == ran, timeout=10, what=f"concurrency {ran}")
+        assert service.stop() == 0
+        assert concurrency(stack.api) == {name: 0 for name in QUEUES}
+    finally:
+        stack.close()
+
+
+def test_queue_stats_sum_the_slots_live_workers_publish(make_api):
+    """Per queue, the slots of its live workers, summed: a worker whose liveness lapsed, or one that
+    publishes none, adds nothing; the API's own CONCURRENCY_* plays no part."""
+    from tasks import metrics
+    from tasks.recovery import LIVENESS_TTL_MS, alive_key, workers_key
+
+    server = RedisServer()
+    try:
+        import redis as redis_lib
+        client = redis_lib.Redis.from_url(server.url)
+        live = {"a": ("stencil-generation", 4), "b": ("stencil-generation", 3), "c": ("color-match", None)}
+        with client.pipeline() as pipe:
+            for worker, (queue, slots) in {**live, "dead": ("enhance", 9)}.items():
+                pipe.sadd(workers_key(queue), worker)
+                if slots is not None:
+                    metrics.publish_slots(pipe, worker, slots)
+                if worker in live:
+                    pipe.set(alive_key(worker), 1, px=LIVENESS_TTL_MS)
+            pipe.execute()
+        assert 0 < client.pttl(metrics.slots_key("a")) <= LIVENESS_TTL_MS, "published slots lapse with the worker"
+        api = make_api(REDIS_URL=server.url, CONCURRENCY_STENCIL="50", CONCURRENCY_ENHANCE="50")
+        stats = api.get("/admin/queue-stats", token=ADMIN_TOKEN).json()
+        assert {name: row["concurrency"] for name, row in stats.items()} == {
+            "stencil-generation": 7, "enhance": 0, "ia-gen": 0, "color-match": 0}
+        assert {name: row["liveWorkers"] for name, row in stats.items()} == {
+            "stencil-generation": 2, "enhance": 0, "ia-gen": 0, "color-match": 1}
+    finally:
+        server.stop()
 
 
 def test_queue_stats_read_has_no_side_effects(make_api):

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from api.auth import AuthError, Authenticator, AuthUnavailable, Principal, parse_api_keys, same_secret
+from api.settings import AuthSettings
 from tests.servers import wait_until
 
 SECRET = "s3cret-for-hs256-tests-0123456789abcdef"
@@ -567,7 +568,11 @@ def test_parse_api_keys_rejects_malformed_entries(value):
     assert "tok" not in str(info.value).replace("token", "")
 
 
-def test_from_env():
+def from_env(env: dict) -> Authenticator:
+    return Authenticator.from_settings(AuthSettings.from_env(env))
+
+
+def test_from_settings():
     env = {
         "API_KEYS": "key-1:alice",
         "ADMIN_TOKEN": f" {ADMIN} ",
@@ -575,14 +580,15 @@ def test_from_env():
         "JWT_ISSUER": ISSUER,
         "JWT_AUDIENCE": "",
     }
-    auth = Authenticator.from_env(env)
+    auth = from_env(env)
     assert auth.configured
     assert auth.authenticate("Bearer key-1").user_id == "alice"
     assert auth.authenticate(f"Bearer {ADMIN}").is_admin
     assert auth.authenticate(f"Bearer {hs_token(claims(iss=ISSUER, aud='any'))}").user_id == "jwt:user_2abc"
-    assert not Authenticator.from_env({}).configured
-    assert not Authenticator.from_env({"API_KEYS": " ", "ADMIN_TOKEN": "", "JWT_SECRET": ""}).configured
-    refused(Authenticator.from_env({}), "Bearer anything", "invalid credentials")
+    assert not from_env({}).configured
+    assert not from_env({"API_KEYS": " ", "ADMIN_TOKEN": "", "JWT_SECRET": ""}).configured
+    refused(from_env({}), "Bearer anything", "invalid credentials")
+    assert ADMIN not in repr(AuthSettings.from_env(env)) and SECRET not in repr(AuthSettings.from_env(env))
 
 
 @pytest.mark.parametrize(

@@ -48,24 +48,22 @@ def test_completed_and_failed_jobs_call_their_webhook(make_api, workers, receive
     assert calls.empty()
 
 
-def test_without_secret_key_and_public_url_a_webhook_names_the_owners_result_path(api, workers, redis, monkeypatch):
-    """The payload as a worker service without SECRET_KEY or PUBLIC_URL builds it (read from its environment)."""
+def test_without_secret_key_and_public_url_a_webhook_names_the_owners_result_path(api, workers, redis):
+    """The payload as a worker service without SECRET_KEY or PUBLIC_URL builds it (from its settings)."""
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
     from tasks import webhooks
+    from tasks.settings import WorkerSettings
 
     job_id = api.submit(drawing(), engine="local").json()["jobId"]
     assert api.wait(job_id)["status"] == "completed"
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-    for missing in ("SECRET_KEY", "PUBLIC_URL"):
-        monkeypatch.setenv("SECRET_KEY", "test-signing-key")
-        monkeypatch.setenv("PUBLIC_URL", WORKERS_PUBLIC_URL)
-        monkeypatch.delenv(missing)
-        assert webhooks.payload(job, "completed")["result"]["image"] == f"/result/{job_id}", missing
-    monkeypatch.setenv("PUBLIC_URL", WORKERS_PUBLIC_URL)
-    monkeypatch.setenv("SECRET_KEY", "test-signing-key")
-    signed = webhooks.payload(job, "completed")["result"]["image"]
+    both = {"SECRET_KEY": "test-signing-key", "PUBLIC_URL": WORKERS_PUBLIC_URL}
+    for missing in both:
+        settings = WorkerSettings.from_env({**both, missing: ""})
+        assert webhooks.payload(job, "completed", settings)["result"]["image"] == f"/result/{job_id}", missing
+    signed = webhooks.payload(job, "completed", WorkerSettings.from_env(both))["result"]["image"]
     assert signed.startswith(WORKERS_PUBLIC_URL + "/files/")
     assert api.http.get(api.url + signed.removeprefix(WORKERS_PUBLIC_URL)).status_code == 200
 

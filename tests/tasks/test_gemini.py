@@ -303,9 +303,9 @@ def test_the_client_is_built_before_the_first_call(fake):
     env = {"GEMINI_API_KEY": KEY, "GEMINI_BASE_URL": fake.url, "GEMINI_TIMEOUT_S": "7.5"}
     settings = WorkerSettings.from_env(env)
     known = set(gemini._clients)
-    gemini.warm({"GEMINI_API_KEY": "  "})
+    gemini.warm(WorkerSettings.from_env({"GEMINI_API_KEY": "  "}))
     assert set(gemini._clients) == known
-    gemini.warm(env)
+    gemini.warm(settings)
     [built] = [client for key, client in gemini._clients.items() if key not in known]
     assert gemini.client_for(settings) is built
     fake.push(ok(sample_png(40)))
