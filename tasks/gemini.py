@@ -8,7 +8,9 @@ Design decisions:
 - `classify` is the one place that turns a provider failure (an exception, or an answer without
   an image) into `TransientError` or `FinalError`. Its messages are shown to the job's owner: no
   tracebacks, no API keys, no raw response bodies. The original exception stays chained for logs.
-- Every call asks `tasks/quota.py` first (the fleet's `GEMINI_MAX_RPM` budget, and the hold after a 429).
+- Every call asks `tasks/quota.py` first (the fleet's `GEMINI_MAX_RPM` budget, the turns between users, and
+  the hold after a 429), and tells it how the call ended (`taken`: every call that reached the provider
+  and was not refused with a 429 counts against the quota).
 - Only this module imports the SDK; the API never imports it.
 - One `genai.Client` per process and settings (`client_for`), shared by every job thread of a worker
   (`tasks/slots.py`): the client is thread-safe, and its httpx pool keeps connections (and the TLS
@@ -31,7 +33,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from google import genai
 from google.genai import errors as genai_errors
@@ -41,7 +43,7 @@ from rq import get_current_job
 
 from tasks import metrics, quota
 from tasks.errors import FinalError, JobError, TransientError
-from tasks.settings import WorkerSettings, current
+from tasks.settings import WorkerSettings
 
 log = logging.getLogger("inkq.gemini")
 
@@ -101,11 +103,12 @@ MIN_SECRET = 6
 GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
 
 
-def _transport_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
-    """Timeout, network and other transport exception classes of the installed httpx packages."""
+def _transport_errors() -> tuple[tuple[type, ...], ...]:
+    """Timeout, network, other transport and never-sent exception classes of the installed httpx packages."""
     timeouts: list[type] = [TimeoutError]
     network: list[type] = [ConnectionError]
     other: list[type] = []
+    not_sent: list[type] = []
     for name in ("httpx2", "httpx"):
         try:
             module = importlib.import_module(name)
@@ -114,10 +117,12 @@ def _transport_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type,
         timeouts.append(module.TimeoutException)
         network += [module.NetworkError, module.RemoteProtocolError, module.ProxyError]
         other.append(module.TransportError)
-    return tuple(timeouts), tuple(network), tuple(other)
+        not_sent += [module.ConnectError, module.ConnectTimeout, module.PoolTimeout, module.ProxyError,
+                     module.LocalProtocolError, module.UnsupportedProtocol]
+    return tuple(timeouts), tuple(network), tuple(other), tuple(not_sent)
 
 
-TIMEOUT_ERRORS, NETWORK_ERRORS, TRANSPORT_ERRORS = _transport_errors()
+TIMEOUT_ERRORS, NETWORK_ERRORS, TRANSPORT_ERRORS, NOT_SENT_ERRORS = _transport_errors()
 
 
 def available(settings: WorkerSettings) -> bool:
@@ -223,29 +228,54 @@ def generate_image(
     job = get_current_job()
     redis = job.connection if job is not None else None
     if redis is not None:
-        quota.before_call(redis, settings.redis_url, settings.gemini_model)
+        quota.before_call(redis, settings.gemini_model, str(job.meta.get("user") or ""))
     started, sent_at = time.perf_counter(), time.time()
     with answer_gate.scope():  # the answer's turn, taken in the response hook, is given back here
         try:
-            response = client_for(settings).models.generate_content(
-                model=settings.gemini_model, contents=contents, config=config
-            )
+            try:
+                response = client_for(settings).models.generate_content(
+                    model=settings.gemini_model, contents=contents, config=config
+                )
+            except Exception as exc:
+                if redis is not None:
+                    _tell_quota(redis, settings.gemini_model, sent_at, exc)
+                raise
             if redis is not None:
-                quota.answered(redis, settings.gemini_model, sent_at)
+                _tell_quota(redis, settings.gemini_model, sent_at)
             data = first_image(response)
             if data is None:
                 raise classify(response, secrets=[settings.gemini_api_key])
         except Exception as exc:
             error = exc if isinstance(exc, JobError) else classify(exc, secrets=[settings.gemini_api_key])
             outcome = "retryable" if isinstance(error, TransientError) else "final"
-            if redis is not None and isinstance(exc, genai_errors.APIError) and exc.code == 429:
-                quota.rate_limited(redis, settings.gemini_model, error.retry_after, learn=per_minute_quota(exc))
             _record(outcome, started, error.message)
             if error is exc:
                 raise
             raise error from exc
         _record("ok", started)
         return data
+
+
+def taken(exc: BaseException | None) -> bool:
+    """Whether the provider took a call that ended with `exc` (None: it answered): every call that reached
+    it and was not refused with a 429. A failure to connect, or one raised before the request was sent,
+    never reached it; an answer of any other status, or an answer cut off or late, did (`tasks/quota.py`)."""
+    if exc is None:
+        return True
+    if isinstance(exc, genai_errors.APIError):
+        return exc.code != 429
+    if isinstance(exc, NOT_SENT_ERRORS):
+        return False
+    return isinstance(exc, TRANSPORT_ERRORS + (genai_errors.UnknownApiResponseError, json.JSONDecodeError))
+
+
+def _tell_quota(redis, model: str, sent_at: float, exc: BaseException | None = None) -> None:
+    """How a call ended, for the fleet's quota: a 429 holds the calls (and may teach the limit); a call the
+    provider took counts as taken."""
+    if isinstance(exc, genai_errors.APIError) and exc.code == 429:
+        quota.rate_limited(redis, model, retry_after(exc), learn=per_minute_quota(exc))
+    elif taken(exc):
+        quota.taken(redis, model, sent_at)
 
 
 _clients: dict[tuple, genai.Client] = {}
@@ -263,13 +293,13 @@ def client_for(settings: WorkerSettings) -> genai.Client:
         return client
 
 
-def warm(settings: WorkerSettings | None = None) -> None:
-    """Build this process's client for `settings` (this process's worker settings by default) now, when
-    a key is set (the worker service's supervisor, before its forks: every queue process inherits it).
-    Left to the first call, building it (two TLS contexts, the CA bundle read for each) took about 0.3 s
-    of the stencil queue's CPU in the first second of a 500-user burst, while the other 99 job threads
-    waited for it and the API's submissions waited for the cores (issue 17)."""
-    settings = settings or current()
+def warm(env: Mapping[str, str] | None = None) -> None:
+    """Build this process's client now, when a key is set (the worker service's supervisor, before its
+    forks: every queue process and work-horse inherits it). Left to the first call, building it (two
+    TLS contexts, the CA bundle read for each) took about 0.3 s of the stencil queue's CPU in the first
+    second of a 500-user burst, while the other 99 job threads waited for it and the API's submissions
+    waited for the cores (issue 17)."""
+    settings = WorkerSettings.from_env(env)
     if available(settings):
         client_for(settings)
         # pydantic completes google-genai's models on their first use: the request's and the answer's

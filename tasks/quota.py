@@ -2,42 +2,54 @@
 
 Gemini limits requests per minute per project, not per worker, so the budget lives in Redis:
 
-- `GEMINI_MAX_RPM` set: a moving window of that many calls per minute per model, counted with the
-  `limits` library (the same engine as the API's submission limit). A call that finds the window
-  full waits until its oldest call leaves it, plus a margin and a little jitter so the waiters do
-  not all retry in the same millisecond. The margin is there because the provider counts a call
-  when it arrives, which is later than when we counted it (the request is built and sent, an image
-  uploaded): without it, a call sent just as our window freed a place met the provider's window
-  still holding the late arrivals (measured with a 3 s window, a budget of 7 or 8
-  of the provider's 10: 3-4 of 33 calls refused without the margin, 0 of 30 in 5 runs with it). The window is `INKQ_GEMINI_WINDOW_S` long (60; shorter only in tests).
-- A 429: every worker holds back its next calls to that model until `inkq:gemini:hold:<model>`
+- **The window.** With a budget (below), every call takes a place in a moving window of that many
+  calls per `INKQ_GEMINI_WINDOW_S` (60; shorter only in tests) per model (`inkq:gemini:calls:<model>`,
+  a sorted set of when each place was taken; one window per model whatever the budget, so a changed
+  budget still counts the calls already sent). A call that finds the window full waits until its
+  oldest call leaves it, plus a margin and a little jitter so the waiters do not all retry in the
+  same millisecond. The margin is there because the provider counts a call when it arrives, which
+  is later than when we counted it (the request is built and sent, an image uploaded): without it,
+  a call sent just as our window freed a place met the provider's window still holding the late
+  arrivals (measured with a 3 s window, a budget of 7 or 8 of the provider's 10: 3-4 of 33 calls
+  refused without the margin, 0 of 30 in 5 runs with it).
+- **Turns between users.** A free place goes to the waiting user served least recently
+  (`inkq:gemini:served:<model>`, each user's last place; `inkq:gemini:waiting:<model>`, each waiting
+  call by when it will next try). A user with 10 calls waiting and a user with 1 then take turns,
+  instead of the place going to whichever of the 11 waiting calls wakes first (10 in 11 to the
+  first user): one user's jobs cannot take the fleet's whole provider budget while another user's
+  call waits. A call is passed over only for a call of another user that is due to try within
+  `TURN_GRACE_S` (its margin and jitter), so no place is left empty for a caller that sleeps on; a
+  waiting call not seen for `WAITER_STALE_S` past its time (its thread was stopped) no longer counts.
+  Turns are per user, not per plan weight; they only matter while the window is full.
+- **A 429.** Every worker holds back its next calls to that model until `inkq:gemini:hold:<model>`
   (a key that expires at the hold-until time) lapses. With Google's `RetryInfo` the hold is its
-  delay; without one it grows with each 429 in a row (2, 4, 8 ... 60 s). A successful call ends the streak.
-- The fleet learns the provider's limit from its 429s, so that after the first burst of refusals
-  the calls go out at that pace through the same moving window, instead of every waiting call
-  going out the moment the hold lapses (5 of them accepted, 5 refused again, every window). Every
-  answered call is recorded by when it was sent (`inkq:gemini:answered:<model>`, a sorted set
-  trimmed to one window: the `limits` window stamps a call when it is counted, but a call is known
-  to have been accepted only when answered, seconds after it was sent, while a 429 comes back at
-  once). On a 429, `inkq:gemini:learned:<model>` becomes the number of calls sent in the last
-  window and answered (at least 1): the provider took that many. For one window after the first
-  429 (the learning burst) 429s and answers only raise it, since a 429 overtakes the accepted
-  calls still in flight. After that each 429 lowers it by one: paced at the learned budget and
-  still refused, the budget is above what the provider gives us now (an arrival delayed into the
-  provider's next window, another client of the same project, a lowered quota). It can overshoot
-  by the calls whose send-to-arrival delays carried them across the window's edge (a call or so),
-  and every such refusal takes one off. It lives `LEARNED_TTL_WINDOWS` windows (10 minutes) after
-  its last change, then the fleet goes unpaced again: a raised quota is used, an unchanged one is
-  learned again from one burst of 429s. Clocks of the fleet's boxes must agree (as for `limits`).
+  delay; without one it grows with each 429 in a row (2, 4, 8 ... 60 s). Any call the provider took
+  ends the streak. The job that got the 429 is retried by rq after the same delay (`tasks.errors.decide`).
+- **What the fleet learns.** Every call the provider took is recorded by when it was sent
+  (`inkq:gemini:taken:<model>`, a sorted set trimmed to one window): every call that reached the
+  provider and was not refused with a 429, whatever its answer (an image, a 400 for an input it
+  cannot process, a safety refusal, a 5xx, an answer cut off or late; `tasks.gemini.taken`). The
+  provider counts all of them against the quota, so counting only the calls that succeeded taught the
+  fleet a limit of 1 after one user's 8 refused inputs filled the provider's window (issue 26). It
+  is stamped by when it was sent because a call is known to be taken only when answered, seconds
+  later, while a 429 comes back at once. On a 429 naming a per-minute quota,
+  `inkq:gemini:learned:<model>` becomes the number of calls sent in the last window and taken (at
+  least 1): the provider took that many. For one window after the first 429 (the learning burst) 429s
+  and taken calls only raise it, since a 429 overtakes the calls still in flight. After that each
+  429 lowers it by one: paced at the learned budget and still refused, the budget is above what the
+  provider gives us now (an arrival delayed into the provider's next window, another client of the
+  same project, a lowered quota). It can overshoot by the calls whose send-to-arrival delays carried
+  them across the window's edge (a call or so), and every such refusal takes one off. It lives
+  `LEARNED_TTL_WINDOWS` windows (10 minutes) after its last change, then the fleet goes unpaced
+  again: a raised quota is used, an unchanged one is learned again from one burst of 429s. Clocks of
+  the fleet's boxes must agree.
 - Only a 429 that names a per-minute quota teaches (a `google.rpc.QuotaFailure` whose quota id says
   PerMinute, as Gemini's quota refusals carry; `tasks.gemini.per_minute_quota`). A 429 from
   overload or from a daily quota says nothing about the rate: learning from it would pace the fleet
-  at the few calls that happened to be answered in the last minute (one, at a quiet hour) for ten
+  at the few calls that happened to be taken in the last minute (one, at a quiet hour) for ten
   minutes. Such a 429 only holds the calls for its delay.
-- The budget is the lower of `GEMINI_MAX_RPM` and the learned limit; a call waits for a place in
-  the moving window when there is one (one window per model, whatever the budget, so a changed
-  budget still counts the calls already sent).
-- The job that got the 429 is retried by rq after the same delay (`tasks.errors.decide`).
+- **The budget** is the lower of `GEMINI_MAX_RPM` and the learned limit; without either, calls are
+  not paced (the provider's 429s hold them).
 - Outside a job (no connection to count with) calls are not limited.
 """
 from __future__ import annotations
@@ -45,7 +57,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
 import time
 
 from .settings import env_int
@@ -54,18 +65,59 @@ log = logging.getLogger("inkq.quota")
 
 JITTER_S = 0.25
 MARGIN_S = (0.5, 2.0)  # at least, at most; else 5% of the window
+TURN_GRACE_S = MARGIN_S[1] + JITTER_S  # a place is kept for another user's call due to try within this
+TURN_POLL_S = 0.1  # a call passed over for another user's tries again after this (plus jitter)
+WAITER_STALE_S = 5.0  # a waiting call this late for its next try no longer holds a turn
 MAX_BACKOFF_S = 60.0
 STREAK_TTL_S = 120
 LEARNED_TTL_WINDOWS = 10  # a learned limit lives 10 windows (10 minutes) after its last change
-_limiters: dict[str, object] = {}
-_learn_script = None
-_lock = threading.Lock()
+_scripts: dict[str, object] = {}
 
-# KEYS: the learned limit (hash: n, since), the answered calls (sorted set of send times).
-# ARGV: now, window (s), TTL of the learned limit (ms), event ("answered" or "429"), send time, member.
+# KEYS: the window's calls, the users' last places, the waiting calls (all sorted sets).
+# ARGV: now, window (s), limit, user, this call's id, the slack of a sleeping waiter (margin + jitter, s),
+#   the grace of a turn (s), how late a waiter is stale (s), the poll of a call passed over (s),
+#   how long a user's last place is remembered (s).
+# Returns "0" when a place was taken, "<s>" to wait for the window's oldest call to leave it, "-<s>" to try
+# again soon because another user's call has the turn.
+_TAKE_PLACE = """
+local calls, served, waiting = KEYS[1], KEYS[2], KEYS[3]
+local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local user, me = ARGV[4], ARGV[4] .. ' ' .. ARGV[5]
+local slack, grace, stale, poll = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local remember = tonumber(ARGV[10])
+local function keep(key, s) redis.call('pexpire', key, math.ceil(s * 1000)) end
+redis.call('zremrangebyscore', calls, '-inf', '(' .. string.format('%.6f', now - window))
+redis.call('zremrangebyscore', waiting, '-inf', '(' .. string.format('%.6f', now - stale))
+redis.call('zremrangebyscore', served, '-inf', '(' .. string.format('%.6f', now - remember))
+if redis.call('zcard', calls) >= limit then
+  local oldest = tonumber(redis.call('zrange', calls, 0, 0, 'WITHSCORES')[2])
+  local wait = math.max(0.05, oldest + window - now)
+  redis.call('zadd', waiting, now + wait + slack, me)
+  keep(waiting, window + slack + stale)
+  return string.format('%.3f', wait)
+end
+local last = tonumber(redis.call('zscore', served, user) or '0')
+for _, other in ipairs(redis.call('zrangebyscore', waiting, '-inf', now + grace)) do
+  local who = string.match(other, '^(.*) [^ ]*$')
+  if who ~= user and tonumber(redis.call('zscore', served, who) or '0') < last then
+    redis.call('zadd', waiting, now + poll, me)
+    keep(waiting, window + slack + stale)
+    return string.format('-%.3f', poll)
+  end
+end
+redis.call('zrem', waiting, me)
+redis.call('zadd', calls, now, me)
+keep(calls, window)
+redis.call('zadd', served, now, user)
+keep(served, remember)
+return '0'
+"""
+
+# KEYS: the learned limit (hash: n, since), the taken calls (sorted set of send times).
+# ARGV: now, window (s), TTL of the learned limit (ms), event ("taken" or "429"), send time, member.
 _LEARN = """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-if ARGV[4] == 'answered' then
+if ARGV[4] == 'taken' then
   redis.call('zadd', KEYS[2], ARGV[5], ARGV[6])
   redis.call('pexpire', KEYS[2], math.ceil(window * 1000))
 end
@@ -75,7 +127,7 @@ local n = tonumber(redis.call('hget', KEYS[1], 'n'))
 local since = redis.call('hget', KEYS[1], 'since')
 local learning = n ~= nil and now - tonumber(since) < window
 local new
-if ARGV[4] == 'answered' then
+if ARGV[4] == 'taken' then
   if not learning or count <= n then return n or 0 end
   new = count
 elseif n == nil then
@@ -106,9 +158,24 @@ def learned_key(model: str) -> str:
     return f"inkq:gemini:learned:{model}"
 
 
-def answered_key(model: str) -> str:
-    """Calls to `model` answered in the last window, scored by when they were sent."""
-    return f"inkq:gemini:answered:{model}"
+def taken_key(model: str) -> str:
+    """Calls to `model` the provider took in the last window, scored by when they were sent."""
+    return f"inkq:gemini:taken:{model}"
+
+
+def calls_key(model: str) -> str:
+    """The budget's moving window for `model`: one member per place taken, scored by when."""
+    return f"inkq:gemini:calls:{model}"
+
+
+def served_key(model: str) -> str:
+    """Each user's last place in the window of `model` (the turns between users)."""
+    return f"inkq:gemini:served:{model}"
+
+
+def waiting_key(model: str) -> str:
+    """The calls to `model` waiting for a place, `<user> <call id>`, scored by when each tries next."""
+    return f"inkq:gemini:waiting:{model}"
 
 
 def max_rpm(env=None) -> int:
@@ -132,32 +199,39 @@ def budget(redis, model: str) -> int:
     return min((b for b in (max_rpm(), learned(redis, model)) if b > 0), default=0)
 
 
-def _limiter(redis_url: str):
-    from limits.storage import storage_from_string
-    from limits.strategies import MovingWindowRateLimiter
-
-    with _lock:
-        if redis_url not in _limiters:
-            _limiters[redis_url] = MovingWindowRateLimiter(storage_from_string(redis_url, socket_connect_timeout=2))
-        return _limiters[redis_url]
+def _script(redis, source: str):
+    """The script built once (its SHA), run on whichever connection is passed."""
+    if source not in _scripts:
+        _scripts[source] = redis.register_script(source)
+    return _scripts[source]
 
 
-def before_call(redis, redis_url: str, model: str) -> float:
-    """Wait until a call to `model` is within the fleet's budget; the seconds waited."""
+def before_call(redis, model: str, user: str = "") -> float:
+    """Wait until a call of `user` to `model` is within the fleet's budget and has its turn; the seconds waited."""
     started = time.monotonic()
     _wait_for_hold(redis, model)
     limit = budget(redis, model)
     if limit > 0:
-        # The limiter's storage with one key per model (a `RateLimitItem` puts its amount in its key),
-        # so a learned budget that changes still counts the calls already in the window.
-        storage = _limiter(redis_url).storage
-        key, window = f"inkq-gemini/{model}", window_s()
-        while not storage.acquire_entry(key, limit, window):
-            oldest, _ = storage.get_moving_window(key, limit, window)
-            margin = min(MARGIN_S[1], max(MARGIN_S[0], 0.05 * window))
-            time.sleep(max(0.05, oldest + window - time.time()) + margin + random.uniform(0, JITTER_S))
-            _wait_for_hold(redis, model)
-            limit = budget(redis, model) or limit
+        window = window_s()
+        margin = min(MARGIN_S[1], max(MARGIN_S[0], 0.05 * window))
+        call_id = os.urandom(6).hex()
+        try:
+            while True:
+                wait = float(_script(redis, _TAKE_PLACE)(
+                    keys=[calls_key(model), served_key(model), waiting_key(model)], client=redis,
+                    args=[f"{time.time():.6f}", window, limit, user or "-", call_id, margin + JITTER_S,
+                          TURN_GRACE_S, WAITER_STALE_S, TURN_POLL_S, window * LEARNED_TTL_WINDOWS]))
+                if wait == 0:
+                    break
+                if wait > 0:
+                    time.sleep(wait + margin + random.uniform(0, JITTER_S))
+                else:
+                    time.sleep(-wait + random.uniform(0, TURN_POLL_S))
+                _wait_for_hold(redis, model)
+                limit = budget(redis, model) or limit
+        except BaseException:
+            redis.zrem(waiting_key(model), f"{user or '-'} {call_id}")
+            raise
     waited = time.monotonic() - started
     if waited > 0.5:
         log.info("waited %.1f s for the provider's quota", waited)
@@ -173,15 +247,11 @@ def _wait_for_hold(redis, model: str) -> None:
 
 
 def _learn(redis, model: str, event: str, sent_at: float = 0.0) -> int:
-    global _learn_script
-    if _learn_script is None:  # built once (its SHA), run on whichever connection is passed
-        _learn_script = redis.register_script(_LEARN)
     window = window_s()
-    script = _learn_script
     member = f"{sent_at:.6f}:{os.urandom(4).hex()}"
-    return int(script(keys=[learned_key(model), answered_key(model)], client=redis,
-                      args=[f"{time.time():.6f}", window, window * LEARNED_TTL_WINDOWS * 1000, event,
-                            f"{sent_at:.6f}", member]))
+    return int(_script(redis, _LEARN)(keys=[learned_key(model), taken_key(model)], client=redis,
+                                      args=[f"{time.time():.6f}", window, window * LEARNED_TTL_WINDOWS * 1000,
+                                            event, f"{sent_at:.6f}", member]))
 
 
 def rate_limited(redis, model: str, delay: float | None, learn: bool = True) -> float:
@@ -202,7 +272,8 @@ def rate_limited(redis, model: str, delay: float | None, learn: bool = True) -> 
     return hold
 
 
-def answered(redis, model: str, sent_at: float | None = None) -> None:
-    """A call sent at `sent_at` (epoch seconds) was answered: the streak of 429s is over, the call counts as accepted."""
+def taken(redis, model: str, sent_at: float | None = None) -> None:
+    """The provider took a call sent at `sent_at` (epoch seconds): any answer but a 429, or a call lost after
+    it was sent. The streak of 429s is over, and the call counts against the quota learned from the next 429."""
     redis.delete(streak_key(model))
-    _learn(redis, model, "answered", time.time() if sent_at is None else sent_at)
+    _learn(redis, model, "taken", time.time() if sent_at is None else sent_at)
