@@ -33,7 +33,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 from google import genai
 from google.genai import errors as genai_errors
@@ -43,7 +43,7 @@ from rq import get_current_job
 
 from tasks import metrics, quota
 from tasks.errors import FinalError, JobError, TransientError
-from tasks.settings import WorkerSettings
+from tasks.settings import WorkerSettings, current
 
 log = logging.getLogger("inkq.gemini")
 
@@ -293,13 +293,13 @@ def client_for(settings: WorkerSettings) -> genai.Client:
         return client
 
 
-def warm(env: Mapping[str, str] | None = None) -> None:
-    """Build this process's client now, when a key is set (the worker service's supervisor, before its
-    forks: every queue process and work-horse inherits it). Left to the first call, building it (two
-    TLS contexts, the CA bundle read for each) took about 0.3 s of the stencil queue's CPU in the first
-    second of a 500-user burst, while the other 99 job threads waited for it and the API's submissions
-    waited for the cores (issue 17)."""
-    settings = WorkerSettings.from_env(env)
+def warm(settings: WorkerSettings | None = None) -> None:
+    """Build this process's client for `settings` (this process's worker settings by default) now, when
+    a key is set (the worker service's supervisor, before its forks: every queue process inherits it).
+    Left to the first call, building it (two TLS contexts, the CA bundle read for each) took about 0.3 s
+    of the stencil queue's CPU in the first second of a 500-user burst, while the other 99 job threads
+    waited for it and the API's submissions waited for the cores (issue 17)."""
+    settings = settings or current()
     if available(settings):
         client_for(settings)
         # pydantic completes google-genai's models on their first use: the request's and the answer's
