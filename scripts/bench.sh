@@ -5,8 +5,8 @@
 # (4) the read path at the seed's scale (saturation, 2,500 polls/s, busy workers, 2,000 event streams)
 # beside the naive baseline scripts/naive_api.py, in the same run; (5) the image store: Redis memory per
 # finished 12 MP job with BLOB_STORE=redis and =s3 (SeaweedFS), and direct upload beside multipart; (6) the
-# 500-user burst of Gemini stencils, idle memory and local jobs/s on the threads path beside the process
-# path (INKQ_EXECUTION), in the same run.
+# 500-user burst of Gemini stencils beside the API alone, idle memory, and local jobs/s beside the engine
+# alone on the same cores, in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -35,5 +35,5 @@ if command -v hey >/dev/null 2>&1; then
   "$VENV/bin/python" scripts/bench_read.py
 fi
 echo
-echo "== jobs in threads beside the process path (burst, memory, local jobs/s) =="
+echo "== jobs in threads (burst, memory, local jobs/s) =="
 "$VENV/bin/python" scripts/bench_burst.py

@@ -2,8 +2,9 @@
 (kept only for retries), then schedule its webhook (`tasks/webhooks.py`).
 
 `on_failure` runs after every failed attempt; only a final one (no retry left) settles.
-A work-horse that dies with no retry left runs no callback: the API settles such a job the next
-time its owner reads it or their balance.
+A job whose queue process dies mid-run runs no callback: the recovery sweep (`tasks/recovery.py`)
+settles it as `on_failure` would have, and the API settles any job it finds ended and unsettled the
+next time its owner reads it or their balance.
 """
 from __future__ import annotations
 

@@ -1,21 +1,16 @@
 """`inkq-workers`: run the workers of every queue in the foreground, as one service.
 
-Two execution paths, chosen by INKQ_EXECUTION:
-
-- `threads` (the default, issue 17): the supervisor imports the image stack once, forks the CPU pool
-  (`tasks/cpu.py`) and then one process per queue, each an rq worker running `CONCURRENCY_*` jobs at
-  once in threads (`tasks/slots.py`). Forked from the preloaded supervisor (after `gc.freeze`, so the
-  collector does not touch the shared objects), the processes share its pages copy-on-write.
-- `processes` (the path before issue 17, kept for comparison in `make bench`): one `rq worker-pool`
-  per queue, `CONCURRENCY_*` worker processes each, a forked work-horse per job.
+The supervisor imports the image stack once (`tasks.worker`), forks the CPU pool (`tasks/cpu.py`) and
+then one process per queue, each an rq worker running `CONCURRENCY_*` jobs at once in threads
+(`tasks/slots.py`). Forked from the preloaded supervisor (after `gc.freeze`, so the collector does not
+touch the shared objects), the processes share its pages copy-on-write.
 
 Every queue's worker runs with the scheduler (interval retries need it) and the JSON serializer.
-SIGTERM or SIGINT is passed on to every queue process for a warm shutdown (running jobs finish). On
-the threads path a queue process that dies on its own (OOM killer, SIGKILL) is forked again, as rq's
-pool starts a new worker, and the recovery sweep queues its jobs again; one that dies more than
-`RESTARTS_PER_MINUTE` times a minute, or a pool on the process path, stops the others and the exit
-status is non-zero so the platform restarts the service. They die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing
-running.
+SIGTERM or SIGINT is passed on to every queue process for a warm shutdown (running jobs finish). A
+queue process that dies on its own (OOM killer, SIGKILL) is forked again, as rq's pool starts a new
+worker, and the recovery sweep queues its jobs again; one that dies more than `RESTARTS_PER_MINUTE`
+times a minute stops the others and the exit status is non-zero so the platform restarts the service.
+They die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing running.
 
 The supervisor also runs the recovery sweep (`tasks/recovery.py`): about once a second across all
 worker services on one Redis, the jobs of dead workers are queued again or ended; beside it, with the
@@ -43,7 +38,6 @@ import gc  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -53,8 +47,7 @@ from redis.exceptions import RedisError  # noqa: E402
 
 from . import blobs as blob_store  # noqa: E402
 from . import durability, links, logs  # noqa: E402
-from .orphans import die_with_parent  # noqa: E402
-from .queues import SERIALIZER, WORKER_QUEUES, QueueSpec  # noqa: E402
+from .queues import WORKER_QUEUES, QueueSpec  # noqa: E402
 from .recovery import SWEEP_EVERY_S, Recovery, notify_ended  # noqa: E402
 from .settings import WorkerSettings, env_bool  # noqa: E402
 
@@ -73,19 +66,6 @@ def wait_for_redis(url: str, timeout_s: float = 60.0) -> None:
                 log.error("redis at %s did not answer: %s", url.split("@")[-1], exc)
                 sys.exit(2)
             time.sleep(1)
-
-
-def pool_commands(env) -> list[list[str]]:
-    """The `rq worker-pool` command line for each queue."""
-    rq = os.path.join(os.path.dirname(sys.executable), "rq")
-    settings = WorkerSettings.from_env(env)
-    return [
-        [rq, "worker-pool", spec.name, "--num-workers", str(spec.concurrency(env)), "--url", settings.redis_url,
-         "--serializer", SERIALIZER, "--worker-class", "tasks.worker.InkqWorker",
-         "--queue-class", "tasks.worker.InkqQueue",
-         "--logging-level", env.get("LOG_LEVEL", "INFO")]
-        for spec in WORKER_QUEUES
-    ]
 
 
 _STOPS = {signal.SIGINT, signal.SIGTERM}
@@ -108,14 +88,8 @@ class Restarts:
         return True
 
 
-def execution(env) -> str:
-    """INKQ_EXECUTION: `threads` (default) or `processes`."""
-    mode = (env.get("INKQ_EXECUTION") or "threads").strip().lower()
-    return mode if mode in ("threads", "processes") else "threads"
-
-
 class Forked:
-    """A forked queue process, with the part of `subprocess.Popen` the supervisor uses."""
+    """A forked queue process and its queue."""
 
     def __init__(self, process, spec: QueueSpec):
         self.process = process
@@ -140,10 +114,9 @@ def run_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> None:
     from rq.serializers import JSONSerializer
 
     from .slots import SlotWorker
-    from .worker import InkqQueue, _remember_stop
+    from .worker import InkqQueue, remember_stops
 
-    for sig in _STOPS:  # a stop before the worker installs its handlers is remembered, not lost
-        signal.signal(sig, _remember_stop)
+    remember_stops()  # a stop before the worker installs its handlers is remembered, not lost
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
     pool.attach(spec.name)
     redis = Redis.from_url(url)
@@ -177,7 +150,7 @@ def tune_malloc_for_engines() -> None:
     The pool is forked after `tune_malloc`, whose fixed 256 KB mmap threshold suits the job threads'
     provider answers. The engines allocate and free many arrays of 0.2-30 MB per job: under that
     threshold each one was a fresh mmap, faulted in page by page and unmapped again, and a local
-    stencil cost 1.05-1.24 CPU-seconds in the pool against 0.86 in a forked horse with glibc's defaults.
+    stencil cost 1.05-1.24 CPU-seconds in the pool against 0.86 with glibc's defaults.
     Here buffers up to 32 MB come from the heap and up to 64 MB of free heap is kept for the next run.
     """
     _mallopt((M_MMAP_THRESHOLD, ENGINE_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, ENGINE_TRIM_THRESHOLD))
@@ -258,7 +231,7 @@ def check_store(blobs) -> None:
 
 def main() -> int:
     """Start the queue processes and supervise them until a signal or a death."""
-    procs: list = []
+    procs: list[Forked] = []
     signaled: set[int] = set()
     stopping = _stopped_early
 
@@ -295,24 +268,16 @@ def main() -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    if execution(env) == "threads":
-        from . import worker  # the image stack, once, before the forks; it sets a SIGINT handler of its own
-
-        signal.signal(signal.SIGINT, stop)
-        stopping = stopping or worker._stop_before_start
+    from . import worker  # noqa: F401 - the image stack, once, before the forks
     if stopping:
         log.info("stopped during start-up")
         return 0
-    pool = None
-    if execution(env) == "processes":
-        procs.extend(subprocess.Popen(cmd, preexec_fn=die_with_parent) for cmd in pool_commands(env))
-    else:
-        children, pool = start_slot_workers(env, url)
-        procs.extend(children)
+    children, pool = start_slot_workers(env, url)
+    procs.extend(children)
     for spec in WORKER_QUEUES:
-        log.info("queue %s: %d jobs at once (%s)", spec.name, spec.concurrency(env), execution(env))
+        log.info("queue %s: %d jobs at once", spec.name, spec.concurrency(env))
     status = 0
-    # After the handlers and the pools' start: checking the store may take seconds when it is down.
+    # After the handlers and the forks: checking the store may take seconds when it is down.
     blobs = blob_store.store(redis, env)
     check_store(blobs)
     if blobs.kind == "s3":  # in a thread of its own: a slow store must not hold up the recovery sweep
@@ -325,24 +290,24 @@ def main() -> int:
         for i, proc in enumerate(procs):
             if proc.poll() is None or stopping:
                 continue
-            if isinstance(proc, Forked) and restarts.allow(proc.spec.name):
+            if restarts.allow(proc.spec.name):
                 log.error("queue %s: its process exited with status %s; starting a new one (the recovery sweep "
                           "queues its jobs again)", proc.spec.name, proc.returncode)
                 procs[i] = fork_slot_worker(proc.spec, env, url, pool)
                 continue
-            log.error("a worker pool exited with status %s; stopping the others", proc.returncode)
+            log.error("queue %s: its process exited with status %s, more than %d times in a minute; stopping the "
+                      "others", proc.spec.name, proc.returncode, RESTARTS_PER_MINUTE)
             status = 1
             stop(signal.SIGTERM, None)
-        if pool is not None and not stopping and pool.dead():
+        if not stopping and pool.dead():
             log.error("%d CPU pool processes died; starting new ones", len(pool.dead()))
             pool.start()
         if time.monotonic() >= next_sweep:
             next_sweep = time.monotonic() + SWEEP_EVERY_S / 2
             sweep(recovery, me)
         time.sleep(0.1)
-    if pool is not None:
-        pool.stop()
-    log.info("all worker pools stopped")
+    pool.stop()
+    log.info("all queue processes stopped")
     return status
 
 

@@ -12,14 +12,15 @@ there: at most that many engine runs at once across the whole service, however m
   holds its read lock while it waits, so a queue process killed while waiting (always, for its
   reader thread) left the lock held, and the process forked in its place could never read a reply.
 - The engine writes progress into the job's meta itself (`tasks.progress.job_reporter` on the job
-  fetched by id), as the horse did.
+  fetched by id).
 - A pool process ignores SIGINT and SIGTERM: a stop sent to every process of the service
   (systemd's `KillMode=control-group`) lets the running engine work finish. It leaves when the
   supervisor sends it `None` after the queue processes are gone, and is SIGKILLed if the supervisor dies.
-- With `WORKER_NICE`, a pool process lowers itself as a work-horse does (`tasks.worker.lower_horse_priority`).
+- With `WORKER_NICE`, a pool process yields the CPU to the API and Redis on the same box (`lower_priority`):
+  engine runs are the only CPU-bound work of the service.
 - A job whose slot is ended by the supervisor (timeout, cancel) stops waiting; the engine run goes on
   to its end and its answer is dropped.
-- Without a pool (the process path, a test calling a job function), `run` calls the function inline.
+- Without a pool (a test calling a job function), `run` calls the function inline.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 import uuid
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 
@@ -39,6 +41,8 @@ from .settings import env_int
 log = logging.getLogger("inkq.cpu")
 
 WAIT_STEP_S = 0.5  # a waiting slot wakes this often, so an `Abandoned` raised in it is delivered
+DEFAULT_WORKER_NICE = 0
+AUTOGROUP_TRIES = 6
 _client: "Client | None" = None
 
 
@@ -146,13 +150,9 @@ def _serve(tasks, replies, locks) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     die_with_parent(signal.SIGKILL)
     from .cli import tune_malloc_for_engines
-    from .worker import horse_nice, lower_horse_priority
 
     tune_malloc_for_engines()
-
-    if horse_nice() > 0:  # WORKER_NICE: engine runs yield to the API, as the process path's horses do
-        os.setsid()
-        lower_horse_priority(horse_nice())
+    lower_priority(worker_nice())
     connections: dict = {}
     while True:
         item = tasks.get()
@@ -165,6 +165,41 @@ def _serve(tasks, replies, locks) -> None:
             reply = (request, False, _picklable(exc))
         with locks[queue_name]:
             replies[queue_name].send(reply)
+
+
+def worker_nice() -> int:
+    """WORKER_NICE: how far below the API the pool's engine runs go (0 turns it off; at most 19)."""
+    return min(max(env_int(os.environ, "WORKER_NICE", DEFAULT_WORKER_NICE), 0), 19)
+
+
+def lower_priority(nice: int) -> None:
+    """In a new pool process: let the API and Redis on the same box take a core first.
+
+    Linux shares CPU between sessions (autogroups) before nice values count, so a niced process still
+    got its whole service's share beside the API. Here the process starts a session of its own
+    (`setsid`), whose autogroup is lowered to `nice`, is niced, and runs under SCHED_IDLE so an
+    ordinary task that wakes (a status read) preempts it at once. Only the pool: the supervisor, the
+    queue processes and their threads keep their ordinary priority. Each step after `setsid` is best
+    effort (no autogroups, no SCHED_IDLE).
+    """
+    if nice <= 0:
+        return
+    os.setsid()
+    for _ in range(AUTOGROUP_TRIES):
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(nice))
+            break
+        except BlockingIOError:  # unprivileged writers get one write per 100 ms across the machine
+            time.sleep(0.03)
+        except OSError as exc:
+            log.debug("could not lower the pool process's autogroup: %s", exc)
+            break
+    try:
+        os.nice(nice)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError) as exc:
+        log.debug("could not lower the pool process's priority: %s", exc)
 
 
 def _reporter(job_id: str | None, redis_url: str, connections: dict):

@@ -186,7 +186,7 @@ for qi = 13, #ARGV do
           meta['canceled'] = true
           finish(queue, job_id, jkey, meta, 'stopped', 'canceled', 'canceled')
         elseif status == 'queued' then
-          -- its horse never started: not an attempt
+          -- its job never started: not an attempt
           meta['stage'] = 'queued again: its worker stopped before starting it'
           meta['progress'] = 0
           redis.call('HSET', jkey, 'meta', cjson.encode(meta))

@@ -1,6 +1,6 @@
-"""Many jobs in flight in one process: an rq worker whose jobs run in threads ("slots"), not in forked horses.
+"""Many jobs in flight in one process: the service's rq worker, whose jobs run in threads ("slots").
 
-A provider job is one 5-8 s HTTPS call; a forked work-horse per call cost 41-55 MB and 100 of them
+A provider job is one 5-8 s HTTPS call; rq's forked work-horse per call cost 41-55 MB and 100 of them
 could not be scheduled on 2 cores (issue 17). `SlotWorker` keeps rq's queues, registries, retries,
 scheduler and dashboard, and the recovery design of `tasks/recovery.py` (claims, liveness, the sweep),
 and changes only where a job runs:
@@ -20,8 +20,9 @@ and changes only where a job runs:
   now detached, gets an asynchronous `Abandoned` so it does nothing more once its blocking call returns.
 - **Cancel.** rq's `stop-job` command kills a horse and handles only the worker's first execution
   (`handle_stop_job_command` compares with `get_current_job_id()`); here it marks the slot running that
-  job, and the supervisor ends the job as stopped (rq's `_handle_stopped_job`: the stopped callback,
-  `STOPPED` status) and detaches the thread the same way.
+  job, and the supervisor ends the job as stopped (as rq's `_handle_stopped_job`: the stopped callback,
+  `STOPPED` status) and detaches the thread the same way. No process is ever signalled for a job: the
+  worker is rq's `BaseWorker`, whose `kill_horse` does nothing.
 - **Per-job context.** `get_current_job()` is a ContextVar that `Job.perform` sets in the slot's
   thread; each slot binds the job's log fields (`tasks.logs`, also a ContextVar) in its own thread.
 - **Stops.** SIGTERM (to the main process, or to every process of the service) is a warm stop: no new
@@ -43,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from rq.callbacks import execute_stopped_callback
 from rq.command import parse_payload
 from rq.job import Job
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
@@ -198,9 +200,7 @@ class SlotWorker(InkqWorker):
             try:
                 with self._finish_lock:
                     if stopped:
-                        job.ended_at = now()
-                        self._stopped_job_id = job.id
-                        self._handle_stopped_job(job, slot.queue, slot.execution)
+                        self._end_stopped(job, slot.queue, slot.execution)
                     else:
                         timeout = self._timeout_of(job)
                         exc = JobTimeoutException(f"Task exceeded maximum timeout value ({int(timeout)} seconds)")
@@ -211,6 +211,17 @@ class SlotWorker(InkqWorker):
             except Exception:
                 log.exception("could not end job %s", job.id)
         self._release(slot)
+
+    def _end_stopped(self, job, queue, execution) -> None:
+        """rq's ending of a job stopped on request (`Worker._handle_stopped_job`): its stopped callback,
+        whose raise is logged, then `STOPPED`, never retried."""
+        job.ended_at = now()
+        self._stopped_job_id = job.id
+        try:
+            execute_stopped_callback(job, self.death_penalty_class)
+        except Exception:
+            log.exception("stopped callback for job %s raised", job.id)
+        self.handle_job_failure(job, queue=queue, exc_string="Job stopped by user.", execution=execution)
 
     def _release(self, slot: Slot) -> None:
         self.executions.pop(slot.execution.id, None)
@@ -288,7 +299,7 @@ class SlotWorker(InkqWorker):
 
     def teardown(self):
         """Let the running jobs finish (or reach their timeout), then rq's and InkqWorker's teardown."""
-        if not self.is_horse and self.running and not self._cold:
+        if self.running and not self._cold:
             log.info("warm stop: waiting for %d running jobs", len(self.running))
             self.wait_for_slots(0)
         super().teardown()

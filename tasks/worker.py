@@ -1,9 +1,13 @@
-"""The rq worker class used by the pools: it imports the image stack once, before forking.
+"""The rq worker base of the worker service, and the image stack imported once, before the forks.
 
-`rq worker-pool --worker-class tasks.worker.InkqWorker` imports this module in the pool process,
-which then forks its workers, which fork a work-horse per job. Importing numpy/scipy/Pillow and the
-engines here, at import time, means they are loaded once per pool and shared copy-on-write by
-every worker and horse, instead of being imported by each of them.
+The supervisor (`tasks/cli.py`) imports this module, then forks the CPU pool and one queue process per
+queue, each running a `tasks.slots.SlotWorker` (this module's `InkqWorker`, with its jobs in threads).
+Importing numpy/scipy/Pillow and the engines here, at import time, means they are loaded once per
+service and shared copy-on-write by every process, instead of being imported by each of them.
+
+`InkqWorker` holds the workarounds of rq's worker life cycle (stops, liveness, claims, the scheduler,
+heartbeats, outcome metrics); it runs no job itself: it is rq's `BaseWorker`, which forks no
+work-horse, and `SlotWorker.execute_job` runs each job in a thread of its own process.
 """
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ import logging
 import os
 import signal
 import threading
-import time
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -23,7 +26,7 @@ from rq.executions import Execution
 from rq.job import JobStatus
 from rq.queue import Queue
 from rq.utils import now as utcnow
-from rq.worker import Worker, WorkerStatus
+from rq.worker import BaseWorker, WorkerStatus
 
 from . import blobs, logs, metrics, recovery
 from .changes import announce
@@ -58,11 +61,6 @@ def preload() -> None:
 logs.configure()  # before rq sets up its own handlers, which it skips when the root logger has one
 preload()
 
-# rq's pool forks its workers before it installs its own signal handlers, so a worker forked while
-# the service is being stopped inherits Python's default SIGINT (KeyboardInterrupt), and the pool's
-# stop can be swallowed inside logging's fork hooks: that worker never stops and the pool waits for
-# ever. This handler, installed when the pool imports this module, is what such a worker inherits;
-# it only remembers the stop, and `InkqWorker.bootstrap` acts on it.
 _stop_before_start = False
 
 
@@ -71,7 +69,19 @@ def _remember_stop(signum, frame) -> None:
     _stop_before_start = True
 
 
-signal.signal(signal.SIGINT, _remember_stop)
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def remember_stops() -> None:
+    """In a newly forked queue process, before its worker exists: a SIGINT or SIGTERM is only remembered,
+    and `InkqWorker.bootstrap` acts on it.
+
+    The process inherits the supervisor's handlers, which act on the supervisor's copied state: a stop
+    arriving before the worker installs its own was lost, the worker never stopped and the service
+    waited for ever.
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _remember_stop)
 
 
 class InkqQueue(Queue):
@@ -124,8 +134,8 @@ class InkqQueue(Queue):
 
 
 def bind_job(job) -> None:
-    """Every line this worker (and the horse it forks) logs about the job carries its id, queue, owner,
-    attempt and the id of the request that submitted it."""
+    """Every line this process logs about the job (in the thread that binds it) carries its id, queue,
+    owner, attempt and the id of the request that submitted it."""
     meta = job.meta or {}
     logs.clear()
     logs.bind(jobId=job.id, queue=job.origin, userId=meta.get("user"), requestId=meta.get("requestId"),
@@ -175,50 +185,13 @@ class Liveness(threading.Thread):
 
 
 DEQUEUE_WAIT_S = 5
-DEFAULT_WORKER_NICE = 0
-AUTOGROUP_TRIES = 6
 SCHEDULER_STOP_TRIES = 5
 SCHEDULER_STOP_WAIT_S = 2.5  # the scheduler reads its stop flag once a second (rq's interval)
 
 
 def _default_stop_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-def horse_nice() -> int:
-    """WORKER_NICE: how far below the API a work-horse runs (0 turns it off; at most 19)."""
-    return min(max(env_int(os.environ, "WORKER_NICE", DEFAULT_WORKER_NICE), 0), 19)
-
-
-def lower_horse_priority(nice: int) -> None:
-    """In a new work-horse, which `InkqWorker.fork_work_horse` started in a session of its own: let the API
-    and Redis on the same box take a core first.
-
-    Linux shares CPU between sessions (autogroups) before nice values count, so a niced horse still
-    got its whole service's share beside the API. Here the horse's own autogroup is lowered to
-    `nice`, the horse is niced, and it runs under SCHED_IDLE so an ordinary task that wakes (a status
-    read) preempts it at once. Only the horse: the worker and its liveness thread, and the service's
-    start-up, keep their ordinary priority. Each step is best effort (no autogroups, no SCHED_IDLE).
-    """
-    if nice <= 0:
-        return
-    for _ in range(AUTOGROUP_TRIES):
-        try:
-            with open("/proc/self/autogroup", "w") as f:
-                f.write(str(nice))
-            break
-        except BlockingIOError:  # unprivileged writers get one write per 100 ms across the machine
-            time.sleep(0.03)
-        except OSError as exc:
-            log.debug("could not lower the horse's autogroup: %s", exc)
-            break
-    try:
-        os.nice(nice)
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError) as exc:
-        log.debug("could not lower the horse's priority: %s", exc)
 
 
 @contextlib.contextmanager
@@ -226,10 +199,10 @@ def signals_for_main_thread_only():
     """Start threads inside this block: they inherit a mask that blocks SIGINT and SIGTERM.
 
     The kernel hands a process-directed signal to any thread that does not block it, and does so
-    whenever the main thread already has one pending (SIGTERM from a group kill, then SIGINT from the
-    pool). A stop delivered to rq's pub/sub thread or to the liveness thread never interrupts the main
+    whenever the main thread already has one pending (SIGTERM from a group kill, then the supervisor's
+    own). A stop delivered to rq's pub/sub thread or to the liveness thread never interrupts the main
     thread's `BLMOVE` read, and CPython runs the handler only when the main thread next executes
-    Python: the worker slept through its stop for up to 405 s while its pool waited. With the stop
+    Python: the worker slept through its stop for up to 405 s while its service waited. With the stop
     signals blocked in every helper thread, they always reach the main thread.
     """
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
@@ -239,9 +212,9 @@ def signals_for_main_thread_only():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-class InkqWorker(Worker):
-    """An rq Worker whose module preloaded the job modules, which hears a stop during start-up,
-    whose stop never hits itself, which proves it is alive every second, and whose horse dies with it."""
+class InkqWorker(BaseWorker):
+    """The base of `tasks.slots.SlotWorker`: an rq worker which hears a stop during start-up, which
+    proves it is alive every second, whose scheduler always stops, and which counts each outcome."""
 
     queue_class = InkqQueue
     liveness: Liveness | None = None
@@ -249,9 +222,9 @@ class InkqWorker(Worker):
     def bootstrap(self, *args, **kwargs):
         """Install the shutdown handlers before start-up, not after it.
 
-        rq installs them only once registration and the scheduler are done; a SIGINT from the pool
-        in between (a deploy that stops the service as it starts) is then lost in a
-        KeyboardInterrupt, and the pool waits for that worker for ever.
+        rq installs them only once registration and the scheduler are done; a stop from the
+        supervisor in between (a deploy that stops the service as it starts) is then lost in a
+        KeyboardInterrupt, and the supervisor waits for that worker for ever.
         """
         self._install_signal_handlers()
         self._children_start_with_default_stops()
@@ -262,8 +235,8 @@ class InkqWorker(Worker):
 
     @staticmethod
     def _children_start_with_default_stops() -> None:
-        """In a process forked by this worker (its scheduler, its horse), SIGINT and SIGTERM start
-        with their default action until the child installs its own handlers.
+        """In a process forked by this worker (its scheduler), SIGINT and SIGTERM start with their
+        default action until the child installs its own handlers.
 
         Otherwise the child inherits the worker's `request_stop`, bound to a copy of the worker. rq's
         `stop_scheduler` SIGTERMs the scheduler and joins it; a SIGTERM landing before the scheduler
@@ -279,8 +252,8 @@ class InkqWorker(Worker):
         rq sends one SIGTERM and joins for ever. A SIGTERM that lands in the scheduler between its
         fork and `_default_stop_signals` is caught by CPython's C handler, and by the time the
         interpreter runs the Python handler it is SIG_DFL, which CPython skips: the signal is dropped,
-        the scheduler loops on, and the worker (so its pool, so the service) never exits. Seen under
-        load in the restart-race test, 1 stop in about 40.
+        the scheduler loops on, and the worker (so the service) never exits. Seen under load in the
+        restart-race test, 1 stop in about 40.
         """
         process = getattr(self.scheduler, "_process", None) if self.scheduler else None
         if not process or not process.pid:
@@ -298,7 +271,7 @@ class InkqWorker(Worker):
 
     def start_liveness(self) -> None:
         """Prove this worker alive before its first dequeue, and keep proving it; dequeue into its claims."""
-        die_with_parent(signal.SIGTERM)  # a worker whose pool is gone shuts down warmly
+        die_with_parent(signal.SIGTERM)  # a worker whose supervisor is gone shuts down warmly
         self.liveness = Liveness(self.connection, self.name, self.queue_names())
         self.liveness.beat()
         with signals_for_main_thread_only():
@@ -317,21 +290,6 @@ class InkqWorker(Worker):
         reached the process by any other path is acted on within that time (INKQ_DEQUEUE_WAIT_S)."""
         return env_int(os.environ, "INKQ_DEQUEUE_WAIT_S", DEQUEUE_WAIT_S)
 
-    def _shutdown(self):
-        """A warm stop interrupts only the blocking dequeue; anywhere else it is remembered.
-
-        rq 3.0 raises `StopRequested` from the signal handler whenever the worker is not busy. A stop
-        landing inside logging's at-fork hook (the worker forks its scheduler right after start-up)
-        is then swallowed ("Exception ignored in: _releaseLock"): the worker never stops and its pool
-        waits for ever. Raised only while blocked in `BLMOVE`, the stop always reaches the work loop;
-        elsewhere the flag is read before the next wait.
-        """
-        if self.get_state() != WorkerStatus.BUSY and not InkqQueue.blocking:
-            self._stop_requested = True
-            InkqQueue.stop_requested = True
-            return
-        super()._shutdown()
-
     def teardown(self):
         """rq's teardown, then the liveness key goes: whatever this worker still claims goes back at once.
 
@@ -342,7 +300,7 @@ class InkqWorker(Worker):
         except RedisError as exc:
             log.warning("worker %s leaves without unregistering: Redis is unreachable (%s)", self.name, exc)
         finally:
-            if self.liveness is not None and not self.is_horse:
+            if self.liveness is not None:
                 self.liveness.stop()
 
     def prepare_execution(self, job):
@@ -363,36 +321,18 @@ class InkqWorker(Worker):
             pipeline.execute()
         return execution
 
-    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
-        """Remember that this job's horse died, for `handle_job_failure`."""
-        self._horse_died_for = job.id
-        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
-        """rq's handling, with the stored meta, then, for a job whose horse died with no retry left, the
-        failure callback.
+        """rq's handling, on the stored meta; then the change is announced and the outcome counted.
 
-        rq 3.0 runs `on_failure` only inside the horse. A horse killed mid-job (OOM killer, SIGKILL,
-        segfault) with no retries left was failed without it: no refund, no input dropped, no
-        webhook, until its owner happened to read it. Here the worker runs it once the job is failed.
+        Other processes write into the stored meta while the job runs (the CPU pool its progress, the
+        API its cancel mark); rq's retry saves this worker's copy over it, which lost those writes.
         """
-        if not self.is_horse:
-            # The horse wrote attempts, stage and pid into the stored meta; rq's retry saves the
-            # worker's copy from dequeue time over it, which reset `attempts` after every crash.
-            job.get_meta(refresh=True)
+        job.get_meta(refresh=True)
         super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
                                    execution=execution)
         announce(self.connection, job.id)  # failed, stopped or waiting to retry
         self._count_outcome(job, {JobStatus.FAILED: "failed", JobStatus.SCHEDULED: "retried",
                                   JobStatus.QUEUED: "retried"}.get(job.get_status(refresh=False)))
-        if getattr(self, "_horse_died_for", None) != job.id:
-            return
-        self._horse_died_for = None
-        if job.get_status(refresh=True) == JobStatus.FAILED:
-            from .callbacks import on_failure
-
-            job.retries_left = 0
-            on_failure(job, self.connection)
 
     def handle_job_success(self, job, queue, started_job_registry, execution):
         """rq's handling, then the change is announced to event streams."""
@@ -414,48 +354,17 @@ class InkqWorker(Worker):
         metrics.batch(self.connection, commands)
         log.info("job attempt %s", outcome, extra={"durationMs": round(ran * 1000, 1)} if ran is not None else None)
 
-    def main_work_horse(self, job, queue):
-        """The horse is SIGKILLed if its worker dies: the sweep will run the job again elsewhere, and
-        two copies must never run at once."""
-        die_with_parent(signal.SIGKILL, parent_pid=self.pid)
-        lower_horse_priority(horse_nice())
-        return super().main_work_horse(job, queue)
-
-    def fork_work_horse(self, job, queue):
-        """rq 3.0's fork, but the horse starts a session of its own (`setsid`, which also makes it the
-        leader of its own process group, as rq's `setpgrp` did) when WORKER_NICE is on, so that it has
-        an autogroup of its own to lower (`lower_horse_priority`)."""
-        if horse_nice() <= 0:
-            return super().fork_work_horse(job, queue)
-        child_pid = os.fork()
-        os.environ["RQ_WORKER_ID"] = self.name
-        os.environ["RQ_JOB_ID"] = job.id
-        if child_pid == 0:
-            os.setsid()
-            self.main_work_horse(job, queue)
-            os._exit(0)
-        self._horse_pid = child_pid
-        self.procline(f"Forked {child_pid} at {time.time()}")
-
-    def execute_job(self, job, queue):
-        """rq's execution; then this process's log lines no longer name the job."""
-        try:
-            return super().execute_job(job, queue)
-        finally:
-            InkqQueue.holding = False
-            logs.clear()
-
     def heartbeat(self, timeout=None, pipeline=None):
-        """rq's heartbeat, where an idle worker asked to stop (`_shutdown`) stops.
+        """rq's heartbeat, where an idle worker asked to stop stops.
 
         rq's dequeue loop retries a lost Redis for ever, each round starting with a heartbeat and never
         looking at the stop flag: a worker stopped during a Redis outage (its service SIGTERMed, or its
-        pool gone) never exited. The heartbeat opens every round of that loop and of the work loop, and
-        rq's work loop ends on `StopRequested`. Not while a job is in hand: that one is handled first.
-        Called without a pipeline, rq's three commands go in one round trip rather than three (each
-        dequeue and each job start heartbeats; issue 17).
+        supervisor gone) never exited. The heartbeat opens every round of that loop and of the work
+        loop, and rq's work loop ends on `StopRequested`. Not while a job is in hand: that one is
+        handed to a slot first. Called without a pipeline, rq's three commands go in one round trip
+        rather than three (each dequeue and each job start heartbeats; issue 17).
         """
-        if InkqQueue.stop_requested and not InkqQueue.holding and not self.is_horse:
+        if InkqQueue.stop_requested and not InkqQueue.holding:
             raise StopRequested()
         self.rq_heartbeat(timeout, pipeline)
 
@@ -475,23 +384,3 @@ class InkqWorker(Worker):
         except StopRequested:
             self.register_death()
             return False
-
-    def kill_horse(self, sig=signal.SIGKILL):
-        """Kill the work-horse's process group, but never the worker's own.
-
-        rq 3.0 calls `os.killpg(os.getpgid(self.horse_pid), sig)`. When a stop command arrives just
-        as a job ends, `horse_pid` is already 0, `getpgid(0)` is the worker's own group, and the
-        whole worker service is SIGKILLed. Without a live horse of its own group there is nothing
-        to stop.
-        """
-        pid = self.horse_pid
-        if pid <= 0:
-            return
-        try:
-            group = os.getpgid(pid)
-        except ProcessLookupError:
-            return
-        if group == os.getpgrp():
-            os.kill(pid, sig)
-            return
-        super().kill_horse(sig)

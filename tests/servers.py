@@ -94,12 +94,10 @@ class RedisServer:
 
 
 def live_workers_expected(env: dict) -> int:
-    """How many workers of the four operation queues a service started with `env` keeps alive."""
-    from tasks.cli import execution
+    """How many workers of the four operation queues a service started with `env` keeps alive: one per
+    queue, whatever its concurrency."""
     from tasks.queues import QUEUES
 
-    if execution(env) == "processes":
-        return sum(spec.concurrency(env) for spec in QUEUES.values())
     return len(QUEUES)
 
 
@@ -168,7 +166,7 @@ def process_tree(pid: int) -> list[int]:
 
 def cpu_seconds(pids, reaped_children: bool = False) -> float:
     """CPU time (user and system, every thread) these processes have used, in s; with `reaped_children`,
-    also that of the children they have waited for (the process path's work-horses)."""
+    also that of the children they have waited for."""
     ticks = 0
     for pid in pids:
         try:

@@ -139,6 +139,18 @@ def test_cancel_of_a_running_provider_job(stack, gemini):
     assert stack.api.get(f"/status/{job_id}").json()["status"] == "canceled"
 
 
+def test_a_canceled_running_job_runs_its_stopped_callback(stack, gemini):
+    """The supervisor ends a canceled job as rq ends a stopped one: the job's stopped callback runs (its
+    input image is dropped) before the job is `STOPPED`."""
+    gemini.push(fg.slow(120))
+    job_id = stack.api.submit(photo((64, 64)), engine="gemini").json()["jobId"]
+    _in_call(stack, gemini, job_id)
+    assert stack.redis.exists(blobs.input_key(job_id))
+    assert stack.api.delete(f"/jobs/{job_id}").status_code == 200
+    assert stack.redis.hget(f"rq:job:{job_id}", "status") == b"stopped"
+    assert not stack.redis.exists(blobs.input_key(job_id))
+
+
 @pytest.mark.parametrize("target", ["supervisor", "group", "group-twice"])
 def test_a_stop_lets_the_calls_in_flight_finish(tmp_path, gemini, target):
     """SIGTERM to the service's main process, or to every process of it (systemd's KillMode=control-group),

@@ -1,27 +1,11 @@
-"""The worker class: a stop command that arrives when no horse is running must not kill the worker."""
+"""The worker class (`tasks.slots.SlotWorker` on `tasks.worker.InkqWorker`): every stop reaches it and ends it,
+whenever it arrives, in a process of its own."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
 from tests.servers import ROOT
-
-PROGRAM = """
-import os, sys
-from redis import Redis
-from tasks.worker import InkqWorker
-worker = InkqWorker(["enhance"], connection=Redis.from_url(sys.argv[1]))
-assert worker.horse_pid == 0
-worker.kill_horse()          # rq's own kill_horse would SIGKILL this whole process group here
-child = os.fork()
-if child == 0:
-    os.setpgrp()
-    os.execvp("sleep", ["sleep", "30"])
-worker._horse_pid = child
-worker.kill_horse()          # a real horse in its own group is still killed
-_, status = os.waitpid(child, 0)
-print("survived", os.WIFSIGNALED(status))
-"""
 
 
 def run_worker_program(program: str, redis_url: str) -> str:
@@ -32,19 +16,17 @@ def run_worker_program(program: str, redis_url: str) -> str:
     return done.stdout
 
 
-def test_kill_horse_without_a_horse_spares_the_worker(redis_url):
-    assert "survived True" in run_worker_program(PROGRAM, redis_url)
-
-
 STOP_DURING_START = """
 import os, signal, sys
 from redis import Redis
-from tasks.worker import InkqWorker
+from tasks.slots import SlotWorker
+from tasks.worker import remember_stops
+remember_stops()  # as in a newly forked queue process (tasks.cli.run_slot_worker)
 
-class Probe(InkqWorker):
+class Probe(SlotWorker):
     def register_birth(self, *args, **kwargs):
         super().register_birth(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)  # the pool's stop, arriving mid start-up
+        os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's stop, arriving mid start-up
 
 worker = Probe(["enhance"], connection=Redis.from_url(sys.argv[1]))
 print("work returned", worker.work(burst=False, with_scheduler=True))
@@ -59,24 +41,25 @@ def test_stop_during_start_up_is_heard(redis_url):
 STOP_BEFORE_START = """
 import os, signal, sys
 from redis import Redis
-import tasks.worker  # what the pool imports before it forks its workers
-os.kill(os.getpid(), signal.SIGINT)  # the pool's stop, reaching a worker forked a moment ago
-from tasks.worker import InkqWorker
-worker = InkqWorker(["enhance"], connection=Redis.from_url(sys.argv[1]))
+from tasks.worker import remember_stops
+remember_stops()  # what a newly forked queue process does first (tasks.cli.run_slot_worker)
+os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's stop, reaching it a moment after the fork
+from tasks.slots import SlotWorker
+worker = SlotWorker(["enhance"], connection=Redis.from_url(sys.argv[1]))
 print("work returned", worker.work(burst=False, with_scheduler=True))
 """
 
 
 def test_stop_before_the_worker_exists_is_heard(redis_url):
+    """A stop that reaches a queue process before its worker exists is acted on once it starts."""
     assert "work returned False" in run_worker_program(STOP_BEFORE_START, redis_url)
-
 
 
 STOP_AS_THE_SCHEDULER_STARTS = """
 import signal, sys, time
 from redis import Redis
 from rq.scheduler import RQScheduler
-from tasks.worker import InkqWorker
+from tasks.slots import SlotWorker
 
 real_work = RQScheduler.work
 def slow_work(self):
@@ -84,7 +67,7 @@ def slow_work(self):
     return real_work(self)
 RQScheduler.work = slow_work
 
-class Probe(InkqWorker):
+class Probe(SlotWorker):
     def _start_scheduler(self, *args, **kwargs):
         super()._start_scheduler(*args, **kwargs)
         self.request_stop(signal.SIGTERM, None)  # a stop right now: teardown SIGTERMs the new scheduler
@@ -110,7 +93,7 @@ SCHEDULER_DROPS_A_STOP = """
 import signal, sys, time
 from redis import Redis
 from rq.scheduler import RQScheduler
-from tasks.worker import InkqWorker
+from tasks.slots import SlotWorker
 
 real_work = RQScheduler.work
 def deaf_work(self):
@@ -119,7 +102,7 @@ def deaf_work(self):
     return real_work(self)
 RQScheduler.work = deaf_work
 
-class Probe(InkqWorker):
+class Probe(SlotWorker):
     def _start_scheduler(self, *args, **kwargs):
         super()._start_scheduler(*args, **kwargs)
         self.request_stop(signal.SIGTERM, None)
@@ -133,7 +116,7 @@ print("work returned", worker.work(burst=False, with_scheduler=True), round(time
 def test_a_scheduler_that_lost_its_stop_is_stopped_again(redis_url):
     """CPython drops a signal that reaches a forked child before its Python handler exists (the flag
     is cleared after fork, or the handler is SIG_DFL by the time the interpreter looks). rq sends its
-    scheduler one SIGTERM and joins it for ever: the worker, its pool and the service hung on stop
+    scheduler one SIGTERM and joins it for ever: the worker and so the service hung on stop
     (1 restart in about 40 under load). The stop is now repeated until the scheduler ends."""
     from redis import Redis
 
@@ -147,8 +130,8 @@ def test_a_scheduler_that_lost_its_stop_is_stopped_again(redis_url):
 IDLE_WORKER = """
 import sys
 from redis import Redis
-from tasks.worker import InkqWorker
-worker = InkqWorker(["enhance"], connection=Redis.from_url(sys.argv[1], socket_timeout=2, socket_connect_timeout=2))
+from tasks.slots import SlotWorker
+worker = SlotWorker(["enhance"], connection=Redis.from_url(sys.argv[1], socket_timeout=2, socket_connect_timeout=2))
 print("work returned", worker.work(burst=False, with_scheduler=False), flush=True)
 """
 
