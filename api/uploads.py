@@ -186,11 +186,12 @@ def take(ctx, user_id: str, upload_id: str | None, job_id: str, keep_s: int) -> 
     if int(claimed[0]) == 2:
         raise ApiError(409, "conflict", f"This upload was refused: {claimed[1].decode()}. "
                                         "Create a new one with POST /uploads.")
-    upload = Upload(upload_id, blob_store.upload_key(upload_id), user_id, float(claimed[1]),
-                    blob_store.input_key(job_id))
+    # A record written before forms had a `closes`: its form expired within POST_TTL_S of its creation.
+    closes = float(claimed[1]) if claimed[1] else time.time() + POST_TTL_S + FORM_GRACE_S
+    upload = Upload(upload_id, blob_store.upload_key(upload_id), user_id, closes, blob_store.input_key(job_id))
     try:
-        found = ctx.blobs.head(upload.input_key, HEAD_BYTES) if ctx.blobs.copy(
-            upload.key, upload.input_key, keep_s) else None
+        copied = ctx.blobs.copy(upload.key, upload.input_key, keep_s)
+        found = ctx.blobs.head(upload.input_key, HEAD_BYTES) if copied else None
         if found is None:
             raise bad_request("Nothing was uploaded for this upload id (POST the file to its url first).")
     except Exception:

@@ -399,6 +399,20 @@ def test_an_idempotent_retry_with_an_upload_gets_the_original_job(make_s3_api):
     assert api.wait(first.json()["jobId"], token="tok-own")["status"] == "completed"
 
 
+def test_an_upload_recorded_without_closes_still_serves_a_job(make_s3_api, s3_redis):
+    """A record written before forms had `closes` (an upload open across an upgrade): its job is queued, and
+    its key is swept no earlier than its form could still have written it (within POST_TTL_S + grace)."""
+    api, _ = _own_user(make_s3_api)
+    upload_id, _ = upload(api, drawing(), token="tok-own")
+    client = redis_lib.Redis.from_url(s3_redis.url)
+    client.hdel(f"inkq:upload:{upload_id}", "closes")
+    job = api.post("/generate", token="tok-own", json={"upload": upload_id, "engine": "local"})
+    assert job.status_code == 202, job.text
+    due = client.zscore("inkq:blobs:expiry", f"inkq:blob:up:{upload_id}")
+    assert due is not None and abs(due - (time.time() + 960)) < 30
+    assert api.wait(job.json()["jobId"], token="tok-own")["status"] == "completed"
+
+
 class S3Hop:
     """A real HTTP hop between the API and the S3 server, forwarding every request unchanged (its Host
     header included: SigV4 signed it), that calls `before()` and `after()` around the API's server-side
