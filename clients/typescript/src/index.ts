@@ -3,136 +3,163 @@
  *
  * Design decisions:
  * - No runtime dependency: `fetch`, `FormData`, `Blob` and streams are in browsers and Node >= 20.
- * - Types come from the server's own /openapi.json (openapi-typescript, in ./schema.ts), never
- *   written twice; a test regenerates them and fails when they differ.
- * - `waitForJob` follows `GET /status/{id}/events` through fetch's streaming body (an EventSource
- *   cannot send the Authorization header) and falls back to polling `GET /status/{id}` every 2 s,
- *   as the seed's front end does, when the stream cannot be opened or ends before the job does.
- * - Every non-2xx answer becomes an `InkqError` carrying the API's `code`, the HTTP status, the
- *   request id and `Retry-After`; a failed or canceled job is not an error: it is a final status.
+ * - Types come from the server's own /openapi.json (openapi-typescript, in ./schema.ts); the input of
+ *   `createJob` and the job's shape are written over them here, where the generated ones say less than
+ *   the API does (every field with a server default is optional; a completed job has a result).
+ * - Transient failures (no answer, 429, 502, 503, 504) are retried (./retry.ts). `createJob` sends an
+ *   `Idempotency-Key` (its own when the caller gives none), so a retry after a lost answer never makes
+ *   a second job. `cancelJob` retried after a lost answer reads the job to tell "already canceled" from a
+ *   real conflict.
+ * - `waitForJob` follows `GET /status/{id}/events` through fetch's streaming body, reopens it when it
+ *   ends before a final status or goes silent past `idleTimeoutMs` (the server sends a heartbeat every
+ *   EVENTS_POLL_S, 10 s by default), and polls `GET /status/{id}` only while the stream cannot be had.
+ * - Images over `uploadThresholdBytes` go straight to the object store (`uploadImage`: `POST /uploads`,
+ *   then the presigned form POST) when the server offers it (S3 store; otherwise `/uploads` is 404 and
+ *   the client remembers to send multipart).
+ * - Every non-2xx answer becomes an `InkqError`; a failed or canceled job is not an error: it is a final status.
  */
+import { InkqError, networkError, toError } from "./errors.js";
+import { events } from "./events.js";
+import { byteSize, type ImageInput, isImage, toBlob } from "./images.js";
+import { backoff, type RetryOptions, retrying, retryPolicy, sleep } from "./retry.js";
 import type { components, operations } from "./schema.js";
 
 export type { components, operations, paths } from "./schema.js";
+export { InkqError, type ErrorCode } from "./errors.js";
+export type { ImageInput } from "./images.js";
+export type { RetryEvent, RetryOptions } from "./retry.js";
 
-export type Job = components["schemas"]["JobStatusBody"];
-export type JobAccepted = components["schemas"]["JobAccepted"];
-export type JobList = components["schemas"]["JobList"];
-export type Canceled = components["schemas"]["Canceled"];
-export type Credits = components["schemas"]["Credits"];
-export type GenerateRequest = components["schemas"]["GenerateRequest"];
-export type JobStatusWord = Job["status"];
+type Schemas = components["schemas"];
+type StatusBody = Schemas["JobStatusBody"];
+export type GenerateRequest = Schemas["GenerateRequest"];
+export type Canceled = Schemas["Canceled"];
+export type Credits = Schemas["Credits"];
+export type JobStatusWord = StatusBody["status"];
 export type ListJobsQuery = NonNullable<operations["listJobs"]["parameters"]["query"]>;
 
-/** The error codes of the API's contract; `network_error` when no answer came at all. */
-export type ErrorCode =
-  | "invalid_request" | "unauthenticated" | "insufficient_credits" | "forbidden" | "not_found"
-  | "method_not_allowed" | "conflict" | "payload_too_large" | "unsupported_media_type" | "rate_limited"
-  | "too_many_jobs" | "unavailable" | "queue_full" | "provider_unavailable" | "storage_unavailable"
-  | "internal_error" | "network_error";
+/** Where a waiting job stands (API.md; absent from servers that do not report them). */
+interface QueueFields {
+  /** Waiting jobs: 1 = the next to start in its queue. */
+  queuePosition?: number | null;
+  /** Waiting and active jobs: estimated seconds until the result. */
+  etaS?: number | null;
+}
+
+/** A completed job's result: the image's signed URL (usable in an `<img>` without a token) and more. */
+export type JobResult = Schemas["JobResult"] & { image: string };
+type JobBase = Omit<StatusBody, "status" | "result"> & QueueFields;
+export type CompletedJob = JobBase & { status: "completed"; result: JobResult };
+/** A job's status object (`GET /status/{id}`); narrowing on `status === "completed"` gives its `result`. */
+export type Job = CompletedJob | (JobBase & { status: Exclude<JobStatusWord, "completed">; result: null });
+export type JobAccepted = Schemas["JobAccepted"] & QueueFields;
+export type JobList = { jobs: Job[] };
 
 export const TERMINAL: readonly JobStatusWord[] = ["completed", "failed", "canceled"];
 export const POLL_INTERVAL_MS = 2000;
+export const IDLE_TIMEOUT_MS = 25_000;
+export const UPLOAD_THRESHOLD_BYTES = 1024 * 1024;
 
-/** An answer of the API that was not a success, or no answer at all (`network_error`, status 0). */
-export class InkqError extends Error {
-  readonly code: ErrorCode | (string & {});
-  readonly status: number;
-  readonly requestId: string | null;
-  /** Seconds to wait before trying again, from `Retry-After` (429 and 503). */
-  readonly retryAfter: number | null;
-
-  constructor(message: string, code: string, status: number, requestId: string | null = null,
-              retryAfter: number | null = null, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = "InkqError";
-    this.code = code;
-    this.status = status;
-    this.requestId = requestId;
-    this.retryAfter = retryAfter;
-  }
-}
-
-/** A photo: a File or Blob, bytes (a Node Buffer is a Uint8Array), or a data: URL / base64 string. */
-export type ImageInput = Blob | Uint8Array | ArrayBuffer | string;
-
-/** The fields of `POST /generate`, with `image` as any `ImageInput`. */
-export type CreateJobInput = Omit<GenerateRequest, "image" | "operation"> & {
-  operation?: GenerateRequest["operation"];
+/** The fields of `POST /generate`, every one optional as the server defaults it, with `image` as any
+ * `ImageInput` (required except for `ia-gen`, which needs a `prompt`: the API answers 400 otherwise). */
+export type CreateJobInput = { [K in Exclude<keyof GenerateRequest, "image">]?: GenerateRequest[K] } & {
   image?: ImageInput;
-  /** Sent as the `Idempotency-Key` header: a retry with the same key answers the same job. */
+  /** Sent as the `Idempotency-Key` header (one is made when absent): a retry answers the same job. */
   idempotencyKey?: string;
 };
 
-export interface WaitOptions {
+export interface RequestOptions {
+  /** Aborting it rejects the call with the signal's reason (an `AbortError`), retries and waits included. */
+  signal?: AbortSignal;
+}
+
+export interface WaitOptions extends RequestOptions {
   /** Called with every status object that differs from the last one. */
   onProgress?: (job: Job) => void;
-  signal?: AbortSignal;
+  /** Between polls, while the event stream cannot be had (the client's setting, 2000 by default). */
   pollIntervalMs?: number;
+  /** An event stream silent this long is reopened (the client's setting, 25 000 by default). */
+  idleTimeoutMs?: number;
+}
+
+/** A direct upload, ready to be submitted as `createJob({ upload: uploadId })`. */
+export interface UploadedImage {
+  uploadId: string;
+  /** When the upload is deleted if no job uses it (ISO 8601). */
+  expiresAt: string;
+  contentType: string;
+  size: number;
 }
 
 export interface ClientOptions {
   baseUrl: string;
-  /** An API key or a JWT, sent as `Authorization: Bearer <token>`. */
+  /** An API key or a JWT, sent as `Authorization: Bearer <token>`; a function is called before each request. */
   token?: string | (() => string | Promise<string>);
   fetch?: typeof fetch;
+  /** Retries of transient failures, or `false` for none. */
+  retry?: RetryOptions | false;
+  /** `createJob` uploads images larger than this straight to the object store when the server offers it
+   * (1 MiB; `Infinity` never, 0 always). */
+  uploadThresholdBytes?: number;
+  pollIntervalMs?: number;
+  idleTimeoutMs?: number;
 }
 
 export interface InkqClient {
   readonly baseUrl: string;
-  createJob(input: CreateJobInput | ImageInput, options?: { signal?: AbortSignal }): Promise<JobAccepted>;
-  getJob(id: string, options?: { signal?: AbortSignal }): Promise<Job>;
+  /** The same for two clients made with the same settings (the token enters as a hash): `useJob` keys on it. */
+  readonly key: string;
+  createJob(input: CreateJobInput | ImageInput, options?: RequestOptions): Promise<JobAccepted>;
+  uploadImage(image: ImageInput, options?: RequestOptions): Promise<UploadedImage>;
+  getJob(id: string, options?: RequestOptions): Promise<Job>;
   waitForJob(id: string, options?: WaitOptions): Promise<Job>;
-  cancelJob(id: string): Promise<Canceled>;
-  listJobs(query?: ListJobsQuery): Promise<JobList>;
-  getCredits(): Promise<Credits>;
+  cancelJob(id: string, options?: RequestOptions): Promise<Canceled>;
+  listJobs(query?: ListJobsQuery, options?: RequestOptions): Promise<JobList>;
+  getCredits(options?: RequestOptions): Promise<Credits>;
 }
 
-function isImage(input: unknown): input is ImageInput {
-  return typeof input === "string" || input instanceof Blob || input instanceof Uint8Array
-    || input instanceof ArrayBuffer;
+interface Send extends RequestOptions {
+  body?: BodyInit;
+  headers?: Record<string, string>;
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const timer = setTimeout(() => { signal?.removeEventListener("abort", onAbort); resolve(); }, ms);
-    const onAbort = () => { clearTimeout(timer); reject(signal!.reason); };
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
-}
+const IDLE = Symbol("idle");
+const FATAL_STATUSES = [401, 403, 404];
 
-/** The `data:` lines of each server-sent event in a byte stream, parsed as JSON. */
-async function* events(body: ReadableStream<Uint8Array>): AsyncGenerator<Job> {
-  const reader = body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer = (buffer + decoder.decode(value, { stream: true })).replace(/\r\n?/g, "\n");
-      let end: number;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const data = block.split("\n").filter((l) => l.startsWith("data:"))
-          .map((l) => l.slice(l.startsWith("data: ") ? 6 : 5)).join("\n");
-        if (data) yield JSON.parse(data) as Job;
-      }
-    }
-  } finally {
-    reader.cancel().catch(() => undefined);
+/** A short hash of a string (cyrb53), so `key` does not carry the token itself. */
+function hash(text: string): string {
+  let h1 = 0xdeadbeef, h2 = 0x41c6ce57;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 2654435761);
+    h2 = Math.imul(h2 ^ c, 1597334677);
   }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  return (4294967296 * (2097151 & h2) + (h1 >>> 0)).toString(36);
+}
+
+/** A random Idempotency-Key (getRandomValues is there on plain-http pages too, unlike randomUUID). */
+function newKey(): string {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function json(value: unknown): Send {
+  return { body: JSON.stringify(value), headers: { "Content-Type": "application/json" } };
 }
 
 /** Build a client for the API at `baseUrl`. */
 export function createClient(options: ClientOptions): InkqClient {
   const baseUrl = options.baseUrl.replace(/\/+$/, "");
   const fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+  const policy = retryPolicy(options.retry);
+  const threshold = options.uploadThresholdBytes ?? UPLOAD_THRESHOLD_BYTES;
+  const tuning = options.retry === false ? false : { ...options.retry, onRetry: undefined };
+  const key = [baseUrl, hash(typeof options.token === "string" ? options.token : typeof options.token),
+               JSON.stringify([tuning, threshold, options.pollIntervalMs, options.idleTimeoutMs])].join(" ");
+  let uploadsOffered: boolean | undefined;
 
-  async function send(method: string, path: string, init: { body?: BodyInit; headers?: Record<string, string>;
-                                                            signal?: AbortSignal } = {}): Promise<Response> {
+  /** One request; an `InkqError` for anything but a 2xx answer. */
+  async function attempt(method: string, path: string, init: Send = {}): Promise<Response> {
     const headers: Record<string, string> = { ...init.headers };
     const token = typeof options.token === "function" ? await options.token() : options.token;
     if (token) headers.Authorization = `Bearer ${token}`;
@@ -141,92 +168,187 @@ export function createClient(options: ClientOptions): InkqClient {
       response = await fetchImpl(baseUrl + path, { method, headers, body: init.body, signal: init.signal });
     } catch (err) {
       if (init.signal?.aborted) throw err;
-      throw new InkqError(`Cannot reach ${baseUrl}: ${(err as Error).message}`, "network_error", 0, null, null,
-                          { cause: err });
+      throw networkError(baseUrl, err);
     }
     if (!response.ok) throw await toError(response);
     return response;
   }
 
-  async function call<T>(method: string, path: string, init?: Parameters<typeof send>[2]): Promise<T> {
-    return (await send(method, path, init)).json() as Promise<T>;
+  /** A request retried by the policy, its JSON answer. */
+  function call<T>(method: string, path: string, init: Send = {}, counted?: () => void): Promise<T> {
+    return retrying(`${method} ${path}`, async () => {
+      counted?.();
+      return (await attempt(method, path, init)).json() as Promise<T>;
+    }, policy, init.signal);
   }
 
-  async function createJob(input: CreateJobInput | ImageInput, opts: { signal?: AbortSignal } = {}) {
-    const { image, idempotencyKey, ...fields } = isImage(input) ? { image: input } as CreateJobInput : input;
-    const headers: Record<string, string> = idempotencyKey ? { "Idempotency-Key": idempotencyKey } : {};
-    if (image === undefined || typeof image === "string") {
-      headers["Content-Type"] = "application/json";
-      const body = JSON.stringify(image === undefined ? fields : { ...fields, image });
-      return call<JobAccepted>("POST", "/generate", { body, headers, signal: opts.signal });
+  /** The presigned form POST of `POST /uploads`, straight to the object store. */
+  async function store(form: Schemas["UploadCreated"], blob: Blob, signal?: AbortSignal): Promise<void> {
+    const body = new FormData();
+    for (const [name, value] of Object.entries(form.fields)) body.append(name, value);
+    body.append("file", blob);
+    let response: Response;
+    try {
+      response = await fetchImpl(form.url, { method: "POST", body, signal });
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      throw networkError(new URL(form.url).origin, err);
     }
+    if (response.ok) return;
+    const text = await response.text().catch(() => "");
+    const code = /<Code>([^<]*)<\/Code>/.exec(text)?.[1];
+    const message = /<Message>([^<]*)<\/Message>/.exec(text)?.[1] ?? code ?? `HTTP ${response.status}`;
+    throw new InkqError(`The image store refused the upload: ${message}`,
+                        code === "EntityTooLarge" ? "payload_too_large"
+                          : response.status >= 500 ? "storage_unavailable" : "invalid_request", response.status);
+  }
+
+  /** `POST /uploads`, then the image straight to the object store. */
+  async function upload(blob: Blob, signal?: AbortSignal): Promise<UploadedImage> {
+    const contentType = blob.type || "application/octet-stream";   // the API names what it accepts (415)
+    const form = await call<Schemas["UploadCreated"]>("POST", "/uploads", { ...json({ contentType }), signal });
+    await retrying(`POST ${form.url}`, () => store(form, blob, signal), policy, signal);
+    return { uploadId: form.uploadId, expiresAt: form.expiresAt, contentType, size: blob.size };
+  }
+
+  /** `{ upload: id }` for an image worth uploading when the server offers it; null to send the image itself. */
+  async function uploaded(image: ImageInput, signal?: AbortSignal): Promise<{ upload: string } | null> {
+    if (uploadsOffered === false || byteSize(image) <= threshold) return null;
+    const blob = await toBlob(image);
+    if (!blob.type) return null;   // not an image the API takes: let its answer say so
+    try {
+      const { uploadId } = await upload(blob, signal);
+      uploadsOffered = true;
+      return { upload: uploadId };
+    } catch (err) {
+      if (!(err instanceof InkqError && err.code === "not_found")) throw err;
+      uploadsOffered = false;   // the Redis store: /uploads is 404
+      return null;
+    }
+  }
+
+  async function createJob(input: CreateJobInput | ImageInput, opts: RequestOptions = {}): Promise<JobAccepted> {
+    const { image, idempotencyKey, ...fields } = isImage(input) ? { image: input } as CreateJobInput : input;
+    const headers = { "Idempotency-Key": idempotencyKey ?? newKey() };
+    const send = (init: Send) => call<JobAccepted>("POST", "/generate",
+                                                   { ...init, headers: { ...init.headers, ...headers },
+                                                     signal: opts.signal });
+    const upload = image === undefined ? null : await uploaded(image, opts.signal);
+    if (upload) return send(json({ ...fields, ...upload }));
+    if (image === undefined || typeof image === "string") return send(json({ ...fields, image }));
     const form = new FormData();
     for (const [name, value] of Object.entries(fields)) {
       if (value !== undefined && value !== null) form.append(name, String(value));
     }
     const blob = image instanceof Blob ? image : new Blob([image as Uint8Array<ArrayBuffer> | ArrayBuffer]);
     form.append("image", blob, blob instanceof File ? blob.name : "image");
-    return call<JobAccepted>("POST", "/generate", { body: form, headers, signal: opts.signal });
+    return send({ body: form });
   }
 
-  function getJob(id: string, opts: { signal?: AbortSignal } = {}) {
+  function getJob(id: string, opts: RequestOptions = {}): Promise<Job> {
     return call<Job>("GET", `/status/${encodeURIComponent(id)}`, { signal: opts.signal });
+  }
+
+  /** Read one event stream of the job: its final status, or null when the stream ended or went silent first. */
+  async function follow(id: string, seen: (job: Job) => boolean, idleMs: number,
+                        signal?: AbortSignal): Promise<Job | null> {
+    const controller = new AbortController();
+    const stop = () => controller.abort(signal!.reason);
+    signal?.addEventListener("abort", stop, { once: true });
+    if (signal?.aborted) stop();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => controller.abort(IDLE), idleMs);
+    };
+    try {
+      arm();
+      const response = await attempt("GET", `/status/${encodeURIComponent(id)}/events`,
+                                     { headers: { Accept: "text/event-stream" }, signal: controller.signal });
+      for await (const job of events<Job>(response.body!, arm)) {
+        if (seen(job)) return job;
+      }
+      return null;
+    } catch (err) {
+      if (controller.signal.reason === IDLE) return null;
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", stop);
+    }
   }
 
   async function waitForJob(id: string, opts: WaitOptions = {}): Promise<Job> {
     const { onProgress, signal } = opts;
+    const pollMs = opts.pollIntervalMs ?? options.pollIntervalMs ?? POLL_INTERVAL_MS;
+    const idleMs = opts.idleTimeoutMs ?? options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
     let last = "";
     const seen = (job: Job) => {
-      const key = JSON.stringify(job);
-      if (key !== last) {
-        last = key;
+      const text = JSON.stringify(job);
+      if (text !== last) {
+        last = text;
         onProgress?.(job);
       }
       return TERMINAL.includes(job.status);
     };
-    try {
-      const response = await send("GET", `/status/${encodeURIComponent(id)}/events`,
-                                   { headers: { Accept: "text/event-stream" }, signal });
-      if (response.body) {
-        for await (const job of events(response.body)) {
-          if (seen(job)) return job;
-        }
-      }
-    } catch (err) {
-      if (signal?.aborted || (err instanceof InkqError && [401, 403, 404].includes(err.status))) throw err;
-    }
+    let failures = 0;   // streams in a row that failed or ended within a second
+    let streamAt = 0;   // when to try the stream again
     for (;;) {
+      if (Date.now() >= streamAt) {
+        const opened = Date.now();
+        let retryAfter: number | null = null;
+        try {
+          const job = await follow(id, seen, idleMs, signal);
+          if (job) return job;
+        } catch (err) {
+          if (signal?.aborted || (err instanceof InkqError && FATAL_STATUSES.includes(err.status))) throw err;
+          retryAfter = err instanceof InkqError ? err.retryAfter : null;
+        }
+        if (retryAfter === null && Date.now() - opened >= 1000) {
+          failures = 0;   // it lived (ended at the server's EVENTS_MAX_S, or went silent): reopen now
+          continue;
+        }
+        failures++;
+        streamAt = Date.now() + (retryAfter !== null ? retryAfter * 1000
+          : backoff(failures, { retries: 0, minDelayMs: 1000, maxDelayMs: 30_000 }));
+      }
       const job = await getJob(id, { signal });
       if (seen(job)) return job;
-      await sleep(opts.pollIntervalMs ?? POLL_INTERVAL_MS, signal);
+      await sleep(Math.max(0, Math.min(pollMs, streamAt - Date.now())), signal);
     }
+  }
+
+  async function cancelJob(id: string, opts: RequestOptions = {}): Promise<Canceled> {
+    let tries = 0;
+    try {
+      return await call<Canceled>("DELETE", `/jobs/${encodeURIComponent(id)}`, { signal: opts.signal },
+                                  () => tries++);
+    } catch (err) {
+      // a retry of a cancel whose answer was lost finds the job ended: canceled by that first try?
+      if (tries > 1 && err instanceof InkqError && err.code === "conflict"
+          && (await getJob(id, opts)).status === "canceled") {
+        return { jobId: id, status: "canceled" };
+      }
+      throw err;
+    }
+  }
+
+  function listJobs(query: ListJobsQuery = {}, opts: RequestOptions = {}): Promise<JobList> {
+    const params = new URLSearchParams(Object.entries(query).filter(([, v]) => v !== undefined)
+      .map(([k, v]) => [k, String(v)]));
+    const search = params.toString();
+    return call<JobList>("GET", search ? `/jobs?${search}` : "/jobs", { signal: opts.signal });
   }
 
   return {
     baseUrl,
+    key,
     createJob,
+    uploadImage: async (image, opts = {}) => upload(await toBlob(image), opts.signal),
     getJob,
     waitForJob,
-    cancelJob: (id) => call<Canceled>("DELETE", `/jobs/${encodeURIComponent(id)}`),
-    listJobs: (query = {}) => {
-      const params = new URLSearchParams(Object.entries(query).filter(([, v]) => v !== undefined)
-        .map(([k, v]) => [k, String(v)]));
-      const search = params.toString();
-      return call<JobList>("GET", search ? `/jobs?${search}` : "/jobs");
-    },
-    getCredits: () => call<Credits>("GET", "/credits"),
+    cancelJob,
+    listJobs,
+    getCredits: (opts = {}) => call<Credits>("GET", "/credits", { signal: opts.signal }),
   };
-}
-
-async function toError(response: Response): Promise<InkqError> {
-  const requestId = response.headers.get("X-Request-ID");
-  const retry = response.headers.get("Retry-After");
-  let body: { error?: string; code?: string } = {};
-  try {
-    body = await response.json();
-  } catch {
-    // not the API's JSON (a proxy's page): the status alone says what happened
-  }
-  return new InkqError(body.error ?? `HTTP ${response.status}`, body.code ?? `http_${response.status}`,
-                       response.status, requestId, retry === null ? null : Number(retry));
 }

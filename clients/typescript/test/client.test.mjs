@@ -1,9 +1,11 @@
+// The client's calls against the real API and workers: inputs, results, errors, cancel, signals, idempotency.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { createClient, InkqError } from "../dist/index.js";
-import { baseUrl, photo, token } from "./env.mjs";
+import { baseUrl, photo, tokenFor } from "./env.mjs";
 
+const token = tokenFor("client");
 const client = createClient({ baseUrl, token });
 
 test("a Buffer is submitted and followed through the event stream to its result", async () => {
@@ -38,42 +40,38 @@ test("a data URL, a Blob and a File are accepted; the job is listed and read", a
   assert.equal((await client.getJob(ids[0])).jobId, ids[0]);
   const completed = (await client.listJobs({ status: "completed" })).jobs;   // the first test's job at least
   assert.ok(completed.length >= 1 && completed.every((j) => j.status === "completed"));
+  assert.equal(typeof (await client.getCredits()).enabled, "boolean");
   for (const id of ids) await client.cancelJob(id).catch(() => undefined);
 });
 
-test("waitForJob polls GET /status every 2 s when the stream cannot be opened", async () => {
-  const asked = [];
-  const noStreams = async (url, init) => {
-    asked.push(String(url));
-    if (String(url).endsWith("/events")) throw new TypeError("streams are blocked here");
-    return fetch(url, init);
-  };
-  const polling = createClient({ baseUrl, token, fetch: noStreams });
-  const { jobId } = await polling.createJob({ image: photo, engine: "local" });
-  const started = Date.now();
-  const job = await polling.waitForJob(jobId);
-  assert.equal(job.status, "completed");
-  const polls = asked.filter((u) => u.endsWith(`/status/${jobId}`)).length;
-  assert.ok(polls >= 2, `polled ${polls} times`);
-  assert.ok(Date.now() - started >= (polls - 1) * 2000 - 50, "polls are 2 s apart");
-});
-
-test("errors carry the API's code, status and request id", async () => {
-  await assert.rejects(client.getJob("0123456789abcdef0123456789abcdef"), (err) => {
+test("errors carry the API's code, status and request id; only transient ones are retried", async () => {
+  const retries = [];
+  const counting = createClient({ baseUrl, token, retry: { minDelayMs: 20, onRetry: (e) => retries.push(e) } });
+  await assert.rejects(counting.getJob("0123456789abcdef0123456789abcdef"), (err) => {
     assert.ok(err instanceof InkqError);
     assert.equal(err.code, "not_found");
     assert.equal(err.status, 404);
+    assert.equal(err.retryable, false);
     assert.match(err.requestId, /^[A-Za-z0-9._:-]+$/);
     return true;
   });
   await assert.rejects(createClient({ baseUrl, token: "wrong" }).listJobs(),
                        { name: "InkqError", code: "unauthenticated", status: 401 });
-  await assert.rejects(client.createJob({ image: "not an image", engine: "local" }),
+  await assert.rejects(counting.createJob({ image: "not an image", engine: "local" }),
                        { code: "invalid_request", status: 400 });
-  await assert.rejects(client.createJob(new Blob([Buffer.from("GIF89a" + "\0".repeat(64))])),
+  await assert.rejects(counting.createJob(new Blob([Buffer.from("GIF89a" + "\0".repeat(64))])),
                        { code: "unsupported_media_type", status: 415 });
-  await assert.rejects(createClient({ baseUrl: "http://127.0.0.1:9", token }).getJob("x"),
-                       { code: "network_error", status: 0 });
+  assert.deepEqual(retries, [], "answers that will not change are not retried");
+
+  const nobody = createClient({ baseUrl: "http://127.0.0.1:9", token,
+                                retry: { retries: 3, minDelayMs: 40, onRetry: (e) => retries.push(e) } });
+  await assert.rejects(nobody.getJob("x"), { code: "network_error", status: 0, retryable: true });
+  assert.deepEqual(retries.map((r) => [r.request, r.error.code, r.attempt]),
+                   [1, 2, 3].map((n) => ["GET /status/x", "network_error", n]));
+  const delays = retries.map((r) => r.delayMs);   // 40, 80, 160 ms, each jittered down to half at most
+  delays.forEach((d, i) => assert.ok(d >= 20 * 2 ** i && d <= 40 * 2 ** i, `backoff ${delays}`));
+  await assert.rejects(createClient({ baseUrl: "http://127.0.0.1:9", token, retry: false }).getJob("x"),
+                       { code: "network_error" });
 });
 
 test("cancelJob cancels a waiting job; a second cancel is a conflict", async () => {
@@ -87,13 +85,26 @@ test("cancelJob cancels a waiting job; a second cancel is a conflict", async () 
   for (const id of jobs.slice(0, -1)) await client.cancelJob(id).catch(() => undefined);
 });
 
-test("waitForJob stops when its signal aborts", async () => {
+test("every call stops when its signal aborts, waits between retries included", async () => {
   const { jobId } = await client.createJob({ image: photo, engine: "local" });
   const controller = new AbortController();
   const waiting = client.waitForJob(jobId, { signal: controller.signal });
   controller.abort();
   await assert.rejects(waiting, { name: "AbortError" });
-  await client.waitForJob(jobId);
+
+  const signal = AbortSignal.abort();
+  const calls = [() => client.createJob({ image: photo }, { signal }), () => client.uploadImage(photo, { signal }),
+                 () => client.getJob(jobId, { signal }), () => client.waitForJob(jobId, { signal }),
+                 () => client.cancelJob(jobId, { signal }), () => client.listJobs({}, { signal }),
+                 () => client.getCredits({ signal })];
+  for (const call of calls) await assert.rejects(call(), { name: "AbortError" });
+
+  await client.cancelJob(jobId).catch(() => undefined);
+
+  const nobody = createClient({ baseUrl: "http://127.0.0.1:9", token, retry: { minDelayMs: 10_000 } });
+  const started = Date.now();
+  await assert.rejects(nobody.listJobs({}, { signal: AbortSignal.timeout(300) }), { name: "TimeoutError" });
+  assert.ok(Date.now() - started < 2000, "the backoff's sleep ends with the signal");
 });
 
 test("the same Idempotency-Key answers the same job", async () => {

@@ -1,10 +1,27 @@
-// What the tests talk to: the API and workers started by tests/test_ts_client.py (INKQ_URL, INKQ_TOKEN),
-// and a photo it wrote (INKQ_PHOTO).
+// What the tests talk to, from tests/test_ts_client.py: the APIs it started on real workers, each with
+// the settings a test needs (INKQ_URL*), one user per test file (INKQ_TOKEN-<file>), and images it wrote.
 import { readFileSync } from "node:fs";
 
-for (const name of ["INKQ_URL", "INKQ_TOKEN", "INKQ_PHOTO"]) {
+/** An environment variable the test needs; run through pytest to get them all. */
+export function need(name) {
   if (!process.env[name]) throw new Error(`${name} is not set: run these tests through pytest tests/test_ts_client.py`);
+  return process.env[name];
 }
-export const baseUrl = process.env.INKQ_URL;
-export const token = process.env.INKQ_TOKEN;
-export const photo = readFileSync(process.env.INKQ_PHOTO);
+
+/** The API key of this test file's own user. */
+export const tokenFor = (file) => `${need("INKQ_TOKEN")}-${file}`;
+export const baseUrl = need("INKQ_URL");
+export const photo = readFileSync(need("INKQ_PHOTO"));
+/** A flat image: every operation fails on it (no colour, no lines). */
+export const flat = () => readFileSync(need("INKQ_FLAT"));
+
+/** Resolve once `check()` is truthy (polled every 20 ms); reject after `timeoutMs`. */
+export async function until(check, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
