@@ -37,18 +37,40 @@ its connection, and its slot in the worker's pool, for as long as it liked. Here
   request has no turn: it was accepted in a turn of its own, and a turn there made 2,000 event
   streams opened at once wait for each other (first-event p50 0.5 -> 1.0 s).
 
-The hooks used are gevent's `WSGIHandler.read_requestline`, `read_request` and
+- **Framing** (RFC 9112 §6.1, §6.3; issue 26). gevent 26.9 read a request with both `Content-Length`
+  and `Transfer-Encoding: chunked` as chunked and kept the connection open, so a second request
+  hidden in the body, where a proxy that frames by `Content-Length` saw only body, was served on it.
+  It also framed by `Content-Length` (or as bodiless) a request whose `Transfer-Encoding` was not
+  exactly "chunked" (`gzip, chunked`, `chunked` twice, a trailing space), and took a header line it
+  could not parse (`Transfer-Encoding : chunked`, a folded line) as the end of the headers. So the
+  header section is read here (`read_fields`), line by line, each a `name: value` with CRLF; then a
+  request is refused with 400 `invalid_request` and the connection closed when: a header line is
+  malformed (whitespace before the colon, a folded line, a bare CR or LF, a control character); it
+  has both `Content-Length` and `Transfer-Encoding`; its `Transfer-Encoding` is anything but one
+  `chunked` (the only coding served) or comes on an HTTP/1.0 request; it has more than one
+  `Content-Length`, or one that is not a plain decimal number; it has more than one `Host`, or none
+  on HTTP/1.1. No request on a connection after such a message is read.
+
+The hooks used are gevent's `WSGIHandler.read_requestline`, `read_request`, `MessageClass` and
 `_handle_client_error` (the last documented by gevent as experimental, since 1.1b6).
 """
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
 import socket
 import time
 from collections import OrderedDict
 
 import gevent
+from gevent.pywsgi import headers_factory
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
+
+from .access import request_id
+
+log = logging.getLogger("inkq.api")
 
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 60.0
@@ -56,6 +78,68 @@ SHED_SHARE = 10  # keep at least 1/SHED_SHARE of the pool free
 SHED_AFTER_S = 1.0  # a connection is shed only after waiting this long for its headers
 SHED_EVERY_S = 0.25
 TURN_S = 1e-6  # a kept-alive connection's next request waits this long (one turn of the event loop) to be read
+MAX_FIELDS = 100  # header lines per request (http.client's limit)
+MAX_FIELD_LINE = 65536  # bytes per header line (http.client's limit)
+FIELD_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n")  # RFC 9110 token, VCHAR/obs-text/SP/HTAB
+CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+
+
+class BadFraming(ValueError):
+    """A request whose header section is malformed or whose length is not certain (module docstring)."""
+
+    def __init__(self, message: str, given_id: str | None = None):
+        super().__init__(message)
+        self.given_id = given_id
+
+
+def read_fields(rfile):
+    """The header section of a request, read from `rfile` line by line and checked; gevent's headers object."""
+    lines = []
+    while True:
+        line = rfile.readline(MAX_FIELD_LINE + 1)
+        if line in (b"\r\n", b""):  # the end, or a client that went away (or was shed)
+            break
+        if len(lines) >= MAX_FIELDS:
+            raise BadFraming(f"A request may have at most {MAX_FIELDS} header lines.")
+        if not FIELD_LINE.fullmatch(line):
+            raise BadFraming("A header line is malformed: each must be 'Name: value' ending in CRLF, with no "
+                             "whitespace before the colon, no folding and no control characters.")
+        lines.append(line)
+    return headers_factory(io.BytesIO(b"".join(lines) + b"\r\n"))
+
+
+def check_framing(headers, version: str) -> None:
+    """Refuse a request whose length a proxy in front could read otherwise (RFC 9112 §6.1, §6.3), or whose
+    Host is ambiguous (§3.2); a lone chunked coding is left as exactly `chunked`, as gevent compares it."""
+    given_id = headers.get("X-Request-ID")
+    codings = [c.strip().lower() for v in headers.get_all("Transfer-Encoding") or [] for c in v.split(",")]
+    lengths = headers.get_all("Content-Length") or []
+    hosts = headers.get_all("Host") or []
+    problem = None
+    if len(hosts) > 1 or (not hosts and version == "HTTP/1.1"):
+        problem = "An HTTP/1.1 request must have exactly one Host header."
+    elif codings and lengths:
+        problem = "A request may not have both Content-Length and Transfer-Encoding."
+    elif codings and version != "HTTP/1.1":
+        problem = "Transfer-Encoding is not accepted on an HTTP/1.0 request."
+    elif codings and codings != ["chunked"]:
+        problem = "The only Transfer-Encoding accepted is 'chunked', once."
+    elif len(lengths) > 1:
+        problem = "A request may have only one Content-Length."
+    elif lengths and not CONTENT_LENGTH.fullmatch(lengths[0].strip()):
+        problem = "Content-Length must be a decimal number of bytes."
+    if problem:
+        raise BadFraming(problem, given_id)
+    if codings:
+        del headers["Transfer-Encoding"]
+        headers["Transfer-Encoding"] = "chunked"
+
+
+def refusal(status: str, message: str, given_id: str | None = None) -> bytes:
+    """A whole error response that closes the connection: contract JSON, with its request id."""
+    body = json.dumps({"error": message, "code": "invalid_request"}).encode()
+    return (b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: application/json\r\nX-Request-ID: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (status.encode(), request_id(given_id).encode(), len(body), body))
 
 
 class ReadDeadline(TimeoutError):
@@ -153,15 +237,21 @@ class DeadlineHandler(PyWSGIHandler):
         finally:
             _waiting.pop(id(self), None)
 
+    def MessageClass(self, rfile, *args):
+        headers = read_fields(rfile)
+        check_framing(headers, self.request_version)
+        return headers
+
     def _handle_client_error(self, ex):
         if isinstance(ex, ReadDeadline):
             self.close_connection = True
             if self.was_shed:
                 return None  # closed without an answer: nobody reads it
-            body = json.dumps({"error": "The request headers did not arrive in time.",
-                               "code": "invalid_request"}).encode()
-            return ("408", b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            return "408", refusal("408 Request Timeout", "The request headers did not arrive in time.")
+        if isinstance(ex, BadFraming):
+            self.close_connection = True
+            log.warning("refused a request from %s: %s", self.client_address, ex)
+            return "400", refusal("400 Bad Request", str(ex), ex.given_id)
         return super()._handle_client_error(ex)
 
     def shed(self) -> None:
