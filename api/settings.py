@@ -3,7 +3,7 @@
 Tests pass a mapping to `create_app(config)`; it is layered over the process environment,
 so nothing is patched. Secrets have no defaults; `SECRET_KEY` falls back to a random key per
 process only in development (`INKQ_DEV=1`), since signed result URLs must verify on every API
-process of a deployment.
+process of a deployment, and outside it must be at least 32 bytes (`tasks.links.checked_secret`).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from tasks import links
 from tasks.queues import QUEUES
 from tasks.settings import env_bool, env_int
 
@@ -85,6 +86,10 @@ class Settings:
             if not dev:
                 raise ConfigError("SECRET_KEY is required (it signs result URLs); set INKQ_DEV=1 for development")
             secret = secrets.token_hex(32)
+        try:
+            links.checked_secret(secret, dev)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         from .forwarding import allowed_networks, public_url
 
         engine = (env.get("ENGINE") or "auto").lower()

@@ -252,6 +252,12 @@ def main() -> int:
     logs.configure()
     log.setLevel(logging.INFO)
     env = dict(os.environ)
+    try:  # webhooks sign result links with SECRET_KEY under PUBLIC_URL (tasks.links)
+        links.checked_origin(env.get("PUBLIC_URL"))
+        links.checked_secret(env.get("SECRET_KEY"), env_bool(env, "INKQ_DEV", False))
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     url = WorkerSettings.from_env(env).redis_url
     wait_for_redis(url)
     redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
@@ -261,11 +267,6 @@ def main() -> int:
     try:
         blob_store.parse_store(env.get("BLOB_STORE", ""))
     except blob_store.StoreConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    try:  # webhooks sign result links under it (tasks.links)
-        links.checked_origin(env.get("PUBLIC_URL"))
-    except ValueError as exc:
         log.error("%s", exc)
         return 2
     from . import worker  # noqa: F401 - the image stack, once, before the forks

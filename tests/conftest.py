@@ -21,7 +21,7 @@ from tests.servers import ApiServer, RedisServer, SeaweedFS, Workers, wait_until
 
 ADMIN_TOKEN = "admin-secret-token"
 WEBHOOK_SECRET = "whsec_aG9vay1zZWNyZXQtZm9yLXRlc3Rz"
-SECRET_KEY = "test-signing-key"  # the APIs' and the shared worker service's: webhooks sign result links with it
+SECRET_KEY = "test-signing-key-of-32-bytes-or-more"  # the APIs' and the shared worker service's: webhooks sign result links with it
 WORKERS_PUBLIC_URL = "https://api.inkq.example"  # the shared worker service's PUBLIC_URL
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 

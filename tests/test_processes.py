@@ -68,7 +68,7 @@ def test_start_api_serves_jobs_with_gunicorn(gunicorn_api, workers):
 def test_start_api_refuses_to_run_without_auth(redis_url, tmp_path):
     proc = subprocess.run([os.path.join(ROOT, "scripts", "start_api.sh")], cwd=tmp_path, capture_output=True,
                           timeout=60, env=_env(REDIS_URL=redis_url, PORT=free_port(), API_KEYS="", JWT_SECRET="",
-                                               JWT_JWKS_URL="", ADMIN_TOKEN="", SECRET_KEY="k", INKQ_DEV=""))
+                                               JWT_JWKS_URL="", ADMIN_TOKEN="", SECRET_KEY="k" * 32, INKQ_DEV=""))
     assert proc.returncode == 2
     assert b"no authentication is configured" in proc.stderr
 

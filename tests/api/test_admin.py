@@ -190,7 +190,7 @@ def test_api_refuses_to_start_without_auth(redis_url):
 
     with pytest.raises(ConfigError):
         create_app({"REDIS_URL": redis_url, "API_KEYS": "", "JWT_SECRET": "", "JWT_JWKS_URL": "",
-                    "ADMIN_TOKEN": "", "SECRET_KEY": "k", "INKQ_DEV": ""})
+                    "ADMIN_TOKEN": "", "SECRET_KEY": "k" * 32, "INKQ_DEV": ""})
     with pytest.raises(ConfigError):
         create_app({"REDIS_URL": redis_url, "API_KEYS": "a:b", "SECRET_KEY": "", "INKQ_DEV": ""})
 

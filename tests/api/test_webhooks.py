@@ -6,7 +6,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests import fakegemini as fg
-from tests.conftest import WEBHOOK_SECRET, WORKERS_PUBLIC_URL, drawing, webhook_receiver
+from tests.conftest import SECRET_KEY, WEBHOOK_SECRET, WORKERS_PUBLIC_URL, drawing, webhook_receiver
 from tests.servers import wait_until
 
 
@@ -59,7 +59,7 @@ def test_without_secret_key_and_public_url_a_webhook_names_the_owners_result_pat
     job_id = api.submit(drawing(), engine="local").json()["jobId"]
     assert api.wait(job_id)["status"] == "completed"
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-    both = {"SECRET_KEY": "test-signing-key", "PUBLIC_URL": WORKERS_PUBLIC_URL}
+    both = {"SECRET_KEY": SECRET_KEY, "PUBLIC_URL": WORKERS_PUBLIC_URL}
     for missing in both:
         settings = WorkerSettings.from_env({**both, missing: ""})
         assert webhooks.payload(job, "completed", settings)["result"]["image"] == f"/result/{job_id}", missing
