@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -33,7 +34,7 @@ from tests.servers import ApiServer, RedisServer, Workers, die_with_parent, wait
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "clients", "typescript")
 NODE_TESTS = ["test/client.test.mjs", "test/resilience.test.mjs", "test/react.test.mjs"]
-NODE_TEST_COUNT = 17
+NODE_TEST_COUNT = 18
 TEST_FILES = ("client", "net", "react", "s3")  # each node test file's own user (test/env.mjs: tokenFor)
 GZIP_BUDGET = 10 * 1024  # dist/*.js together, gzipped, comments kept: no dependency, so it stays small
 
@@ -82,8 +83,8 @@ def _keys(user: str) -> str:
 
 
 def _node(package, files, env, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run(["node", "--test", "--test-concurrency=1", *files], cwd=package, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **env})
+    return subprocess.run(["node", "--test", "--test-concurrency=1", "--test-timeout=60000", *files], cwd=package,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
 
 
 def _flat_png() -> bytes:
@@ -142,7 +143,7 @@ def test_wait_for_job_survives_redis_stopped_for_5_s(package, tmp_path):
     server = RedisServer()
     user = "u" + uuid.uuid4().hex[:10]
     api = ApiServer(create_app(base_config(server.url, API_KEYS=f"tok-{user}:{user}", MAX_STREAMS_PER_USER=0)))
-    service = None
+    service = proc = None
     try:
         job_id = Api(api.url).submit(photo((96, 96)), token=f"tok-{user}", engine="local").json()["jobId"]
         proc = subprocess.Popen(["node", "test/follow.mjs", job_id], cwd=package, stdout=subprocess.PIPE,
@@ -167,6 +168,8 @@ def test_wait_for_job_survives_redis_stopped_for_5_s(package, tmp_path):
         retried = [line for line in out.lines if "retry" in line]
         assert any(line["code"] == "unavailable" and line["delayMs"] >= 5000 for line in retried), out.lines
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
         if service is not None:
             service.stop()
         api.stop()
@@ -189,7 +192,7 @@ def test_large_photos_go_straight_to_the_object_store(package, make_s3_api, s3_w
 
 def _readme_blocks(path: str) -> list[str]:
     """The ts/tsx code blocks of a Markdown file."""
-    text = open(path, encoding="utf-8").read()
+    text = pathlib.Path(path).read_text(encoding="utf-8")
     return re.findall(r"^```(?:ts|tsx|typescript)\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
 
 
@@ -236,7 +239,7 @@ def test_npm_pack_ships_dist_and_types_without_runtime_dependencies(package, pac
     core = open(os.path.join(package, "dist", "index.js"), encoding="utf-8").read()
     assert not re.search(r"""(from|import)\s*\(?\s*["']react""", core), "the core must not import React"
     scripts = sorted(f for f in files if f.endswith(".js"))
-    gzipped = len(gzip.compress(b"".join(open(os.path.join(package, f), "rb").read() for f in scripts), 9))
+    gzipped = len(gzip.compress(b"".join(pathlib.Path(package, f).read_bytes() for f in scripts), 9))
     print(f"@inkq/client: {len(scripts)} scripts, {gzipped} bytes gzipped together; tarball {packed['size']} bytes")
     assert gzipped <= GZIP_BUDGET, f"dist/*.js is {gzipped} bytes gzipped (budget {GZIP_BUDGET})"
     # Installed from the tarball alone (no registry, no React), the core imports by its package name.

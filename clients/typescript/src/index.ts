@@ -233,8 +233,8 @@ export function createClient(options: ClientOptions): InkqClient {
     const send = (init: Send) => call<JobAccepted>("POST", "/generate",
                                                    { ...init, headers: { ...init.headers, ...headers },
                                                      signal: opts.signal });
-    const upload = image === undefined ? null : await uploaded(image, opts.signal);
-    if (upload) return send(json({ ...fields, ...upload }));
+    const stored = image === undefined ? null : await uploaded(image, opts.signal);
+    if (stored) return send(json({ ...fields, ...stored }));
     if (image === undefined || typeof image === "string") return send(json({ ...fields, image }));
     const form = new FormData();
     for (const [name, value] of Object.entries(fields)) {

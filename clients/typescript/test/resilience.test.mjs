@@ -43,6 +43,16 @@ test("createJob whose answer is lost is retried with its Idempotency-Key: one jo
   assert.equal((await client.waitForJob(accepted.jobId)).status, "completed");
 });
 
+test("cancelJob whose answer is lost resolves with the cancel its first try made", async () => {
+  const { proxy, client, retries } = await through(baseUrl);
+  const { jobId } = await slowJob(client);
+  proxy.drop((r) => r.method === "DELETE");
+  assert.deepEqual(await client.cancelJob(jobId), { jobId, status: "canceled" });
+  assert.deepEqual(proxy.requests("DELETE", `/jobs/${jobId}`).map((r) => r.status), [200, 409]);
+  assert.deepEqual(retries.map((r) => r.error.code), ["network_error"]);
+  await assert.rejects(client.cancelJob(jobId), { code: "conflict", status: 409 }, "a real conflict stays one");
+});
+
 test("429 answers are retried after their Retry-After", async () => {
   // RATE_LIMIT=1/second, READ_RATE_LIMIT=3/second
   const { client, retries } = await through(need("INKQ_URL_LOW_LIMITS"));
