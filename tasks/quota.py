@@ -214,12 +214,12 @@ def before_call(redis, model: str, user: str = "") -> float:
     if limit > 0:
         window = window_s()
         margin = min(MARGIN_S[1], max(MARGIN_S[0], 0.05 * window))
-        call_id = os.urandom(6).hex()
+        user, call_id = user or "-", os.urandom(6).hex()
         try:
             while True:
                 wait = float(_script(redis, _TAKE_PLACE)(
                     keys=[calls_key(model), served_key(model), waiting_key(model)], client=redis,
-                    args=[f"{time.time():.6f}", window, limit, user or "-", call_id, margin + JITTER_S,
+                    args=[f"{time.time():.6f}", window, limit, user, call_id, margin + JITTER_S,
                           TURN_GRACE_S, WAITER_STALE_S, TURN_POLL_S, window * LEARNED_TTL_WINDOWS]))
                 if wait == 0:
                     break
@@ -230,7 +230,7 @@ def before_call(redis, model: str, user: str = "") -> float:
                 _wait_for_hold(redis, model)
                 limit = budget(redis, model) or limit
         except BaseException:
-            redis.zrem(waiting_key(model), f"{user or '-'} {call_id}")
+            redis.zrem(waiting_key(model), f"{user} {call_id}")
             raise
     waited = time.monotonic() - started
     if waited > 0.5:
