@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
-from .settings import AuthSettings, ConfigError, Settings
+from .settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -63,11 +63,11 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .store import JobStore
 
     settings = Settings.load(config)
-    auth = Authenticator.from_settings(AuthSettings.from_env(settings.env))
+    auth = Authenticator.from_settings(settings.auth)
     if not auth.configured and not settings.dev:
         raise ConfigError("no authentication is configured: set API_KEYS, JWT_SECRET or JWT_JWKS_URL "
                           "(INKQ_DEV=1 allows running without, for `make run` only)")
-    logs.configure(settings.log_format)
+    logs.configure(settings.log.format, settings.log.level)
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # no HTML redirects for odd paths: they are JSON 404s
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + 64 * 1024
@@ -82,7 +82,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         socket_connect_timeout=3, socket_timeout=10, health_check_interval=30,
         driver_info=DriverInfo(name="redis-py", lib_version=redis_version)))
     try:
-        blobs = blob_store.store(redis, settings.env)
+        blobs = blob_store.store(redis, settings.store)
     except blob_store.StoreConfigError as exc:
         raise ConfigError(str(exc)) from None
     metrics = Metrics()

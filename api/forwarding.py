@@ -21,17 +21,15 @@ from werkzeug.sansio.utils import get_current_url
 from werkzeug.wsgi import get_host
 
 from tasks import links
+from tasks.settings import DEFAULTS, ConfigError
 
-from .settings import ConfigError
-
-DEFAULT_ALLOW = "127.0.0.1,::1"
 _FORWARDED = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
               "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_PREFIX")
 
 
 def allowed_networks(value: str) -> list | None:
     """FORWARDED_ALLOW_IPS as networks; None means every peer (`*`)."""
-    parts = [part.strip() for part in (value or DEFAULT_ALLOW).split(",") if part.strip()]
+    parts = [part.strip() for part in (value or str(DEFAULTS["FORWARDED_ALLOW_IPS"])).split(",") if part.strip()]
     if "*" in parts:
         return None
     try:

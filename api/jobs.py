@@ -240,5 +240,5 @@ def cancel(job_id: str):
     log.info("job canceled (%s)", how, extra={"jobId": job.id, "queue": job.origin})
     if how == "canceled":
         blobs.discard_input(_ctx().blobs, job.id)  # a stopped job's webhook is sent by its worker
-        webhooks.schedule(job, "canceled", _ctx().redis, _ctx().settings.env)
+        webhooks.schedule(job, "canceled", _ctx().redis, _ctx().settings.webhook_retry_s)
     return jsonify({"jobId": job.id, "status": "canceled"})

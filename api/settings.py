@@ -14,21 +14,18 @@ from typing import Mapping
 
 from tasks import links
 from tasks.queues import QUEUES
-from tasks.settings import env_bool, env_int
+from tasks.settings import (DEFAULTS, ConfigError, LogSettings, StoreSettings, env_bool, env_float, env_int,
+                            env_secret, env_str, retry_seconds)
 
 from .cors import parse_origins
+from .forwarding import allowed_networks, public_url
 
-DEFAULT_CREDIT_COSTS = "stencil=1,enhance=1,ia-gen=2,color-match=1"
-
-
-class ConfigError(ValueError):
-    """The configuration cannot run the service."""
+__all__ = ["AuthSettings", "ConfigError", "ServerSettings", "Settings", "parse_costs"]
 
 
 def parse_costs(value: str) -> dict[str, int]:
-    """Parse `op=n,op=n` into a dict, every operation present (missing ones default)."""
-    costs = {op: 1 for op in QUEUES}
-    costs["ia-gen"] = 2
+    """Parse `op=n,op=n` into a dict; an operation it does not name costs what the default `CREDIT_COSTS` says."""
+    costs = {} if value == DEFAULTS["CREDIT_COSTS"] else parse_costs(str(DEFAULTS["CREDIT_COSTS"]))
     for part in filter(None, (p.strip() for p in value.split(","))):
         op, _, n = part.partition("=")
         op = op.strip()
@@ -42,7 +39,10 @@ def parse_costs(value: str) -> dict[str, int]:
 class Settings:
     """Everything the API process reads from its environment."""
 
-    env: Mapping[str, str] = field(repr=False)
+    auth: "AuthSettings" = field(repr=False)
+    store: StoreSettings = field(repr=False)
+    log: LogSettings
+    webhook_retry_s: tuple
     redis_url: str
     secret_key: str
     dev: bool
@@ -68,7 +68,6 @@ class Settings:
     events_max_s: float
     redis_max_connections: int
     status_cache_s: float
-    log_format: str
     access_log: bool
     forwarded_allow: list | None
     max_streams_per_user: int
@@ -77,10 +76,11 @@ class Settings:
 
     @classmethod
     def load(cls, overrides: Mapping[str, str] | None = None) -> "Settings":
-        """Read settings from the environment with `overrides` layered on top."""
+        """Read settings from the environment with `overrides` layered on top; every default is the table's
+        (`tasks.settings.DEFAULTS`)."""
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (overrides or {}).items()})
-        dev = env_bool(env, "INKQ_DEV", False)
+        dev = env_bool(env, "INKQ_DEV")
         secret = env.get("SECRET_KEY", "")
         if not secret:
             if not dev:
@@ -90,9 +90,7 @@ class Settings:
             links.checked_secret(secret, dev)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        from .forwarding import allowed_networks, public_url
-
-        engine = (env.get("ENGINE") or "auto").lower()
+        engine = env_str(env, "ENGINE").lower()
         if engine not in ("auto", "local", "gemini"):
             raise ConfigError(f"ENGINE must be auto, local or gemini, not {engine!r}")
         try:
@@ -100,42 +98,44 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return cls(
-            env=env,
-            redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            auth=AuthSettings.from_env(env),
+            store=StoreSettings.from_env(env),
+            log=LogSettings.from_env(env),
+            webhook_retry_s=retry_seconds(env),
+            redis_url=env_str(env, "REDIS_URL"),
             secret_key=secret,
             dev=dev,
             engine=engine,
             gemini_configured=bool(env.get("GEMINI_API_KEY")),
-            result_ttl_s=env_int(env, "RESULT_TTL_S", 86400),
-            failure_ttl_s=env_int(env, "FAILURE_TTL_S", 604800),
-            result_url_ttl_s=env_int(env, "RESULT_URL_TTL_S", 3600),
-            max_upload_bytes=int(float(env.get("MAX_UPLOAD_MB") or 10) * 1024 * 1024),
-            max_pixels=env_int(env, "MAX_PIXELS", 40_000_000),
-            max_inflight_per_user=env_int(env, "MAX_INFLIGHT_PER_USER", 10),
-            upload_ttl_s=max(1, env_int(env, "UPLOAD_TTL_S", 3600)),
-            max_open_uploads_per_user=max(1, env_int(env, "MAX_OPEN_UPLOADS_PER_USER", 20)),
-            rate_limit=env.get("RATE_LIMIT") or "120/minute",
-            read_rate_limit=env.get("READ_RATE_LIMIT") or "3000/minute",
-            queue_max_depth=env_int(env, "QUEUE_MAX_DEPTH", 1000),
-            credits_enabled=env_bool(env, "CREDITS_ENABLED", False),
-            credits_initial=env_int(env, "CREDITS_INITIAL", 0),
-            credit_costs=parse_costs(env.get("CREDIT_COSTS") or DEFAULT_CREDIT_COSTS),
+            result_ttl_s=env_int(env, "RESULT_TTL_S"),
+            failure_ttl_s=env_int(env, "FAILURE_TTL_S"),
+            result_url_ttl_s=env_int(env, "RESULT_URL_TTL_S"),
+            max_upload_bytes=int(env_float(env, "MAX_UPLOAD_MB") * 1024 * 1024),
+            max_pixels=env_int(env, "MAX_PIXELS"),
+            max_inflight_per_user=env_int(env, "MAX_INFLIGHT_PER_USER"),
+            upload_ttl_s=max(1, env_int(env, "UPLOAD_TTL_S")),
+            max_open_uploads_per_user=max(1, env_int(env, "MAX_OPEN_UPLOADS_PER_USER")),
+            rate_limit=env_str(env, "RATE_LIMIT"),
+            read_rate_limit=env_str(env, "READ_RATE_LIMIT"),
+            queue_max_depth=env_int(env, "QUEUE_MAX_DEPTH"),
+            credits_enabled=env_bool(env, "CREDITS_ENABLED"),
+            credits_initial=env_int(env, "CREDITS_INITIAL"),
+            credit_costs=parse_costs(env_str(env, "CREDIT_COSTS")),
             metrics_token=env.get("METRICS_TOKEN", ""),
-            webhook_allow_private=env_bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
-            events_poll_s=float(env.get("EVENTS_POLL_S") or 10),
-            events_max_s=float(env.get("EVENTS_MAX_S") or 600),
-            redis_max_connections=env_int(env, "REDIS_MAX_CONNECTIONS", 64),
-            status_cache_s=float(env.get("STATUS_CACHE_S") or 10),
-            log_format=(env.get("LOG_FORMAT") or "json").lower(),
-            access_log=env.get("ACCESS_LOG", "-") != "",
-            max_streams_per_user=env_int(env, "MAX_STREAMS_PER_USER", 20),
+            webhook_allow_private=env_bool(env, "WEBHOOK_ALLOW_PRIVATE"),
+            events_poll_s=env_float(env, "EVENTS_POLL_S"),
+            events_max_s=env_float(env, "EVENTS_MAX_S"),
+            redis_max_connections=env_int(env, "REDIS_MAX_CONNECTIONS"),
+            status_cache_s=env_float(env, "STATUS_CACHE_S"),
+            access_log=env.get("ACCESS_LOG", DEFAULTS["ACCESS_LOG"]) != "",  # empty turns it off
+            max_streams_per_user=env_int(env, "MAX_STREAMS_PER_USER"),
             forwarded_allow=allowed_networks(env.get("FORWARDED_ALLOW_IPS", "")),
             public_url=public_url(env.get("PUBLIC_URL", "")),
             cors_origins=cors_origins,
         )
 
 
-from tasks.settings import env_float, env_secret, env_str  # noqa: E402
+
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ import functools
 import logging
 import os
 import time
-from typing import Mapping
 
 from .errors import TransientError
+from .settings import StoreSettings, current
 
 log = logging.getLogger("inkq.blobs")
 
@@ -317,23 +317,23 @@ def _client(endpoint: str | None, region: str, key_id: str | None, secret: str |
 os.register_at_fork(after_in_child=_client.cache_clear)
 
 
-def store(redis, env: Mapping[str, str] | None = None):
-    """The blob store BLOB_STORE names, bound to this Redis (the S3 client is shared per process)."""
-    env = os.environ if env is None else env
-    parsed = parse_store(env.get("BLOB_STORE", ""))
+def store(redis, settings: StoreSettings | None = None):
+    """The blob store `settings` name (this process's worker settings by default), bound to this Redis (the
+    S3 client is shared per process)."""
+    settings = current().store if settings is None else settings
+    parsed = parse_store(settings.store)
     if parsed is None:
         return RedisBlobs(redis)
     bucket, prefix = parsed
-    endpoint = env.get("S3_ENDPOINT_URL") or None
-    region = env.get("S3_REGION") or "us-east-1"
-    client = _client(endpoint, region, env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"))
+    client = _client(settings.endpoint_url, settings.region, settings.access_key_id, settings.secret_access_key)
     return S3Blobs(redis, client, bucket, prefix, _origin(client.meta.endpoint_url))
 
 
-def warm(env: Mapping[str, str] | None = None) -> None:
-    """Build this process's S3 client now (before forking work-horses); nothing for Redis."""
-    if parse_store((os.environ if env is None else env).get("BLOB_STORE", "")) is not None:
-        store(None, env)
+def warm(settings: StoreSettings | None = None) -> None:
+    """Build this process's S3 client now (before the service's processes fork); nothing for Redis."""
+    settings = current().store if settings is None else settings
+    if parse_store(settings.store) is not None:
+        store(None, settings)
 
 
 def _origin(url: str) -> str:

@@ -49,7 +49,7 @@ from . import blobs as blob_store  # noqa: E402
 from . import durability, links, logs  # noqa: E402
 from .queues import WORKER_QUEUES, QueueSpec  # noqa: E402
 from .recovery import SWEEP_EVERY_S, Recovery, notify_ended  # noqa: E402
-from .settings import WorkerSettings, env_bool  # noqa: E402
+from .settings import WorkerSettings, env_bool, use  # noqa: E402
 
 log = logging.getLogger("inkq.workers")
 
@@ -258,7 +258,8 @@ def main() -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    url = WorkerSettings.from_env(env).redis_url
+    settings = use(WorkerSettings.from_env(env))  # once, before the forks: every process of the service
+    url = settings.redis_url
     wait_for_redis(url)
     redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
@@ -279,7 +280,7 @@ def main() -> int:
         log.info("queue %s: %d jobs at once", spec.name, spec.concurrency(env))
     status = 0
     # After the handlers and the forks: checking the store may take seconds when it is down.
-    blobs = blob_store.store(redis, env)
+    blobs = blob_store.store(redis, settings.store)
     check_store(blobs)
     if blobs.kind == "s3":  # in a thread of its own: a slow store must not hold up the recovery sweep
         threading.Thread(target=_blob_sweeps, args=(blobs, me), daemon=True, name="blob-sweep").start()

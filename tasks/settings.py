@@ -19,6 +19,10 @@ from typing import Mapping
 
 from .queues import WORKER_QUEUES
 
+class ConfigError(ValueError):
+    """The configuration cannot run the service (both services exit with status 2 on it)."""
+
+
 DEFAULTS: dict[str, object] = {
     # both services
     "REDIS_URL": "redis://127.0.0.1:6379/0",

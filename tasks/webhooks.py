@@ -55,7 +55,7 @@ from requests.adapters import HTTPAdapter
 
 from . import blobs, links, logs
 from .changes import save_meta_and_announce
-from .settings import WorkerSettings, current, retry_seconds
+from .settings import WorkerSettings, current
 
 log = logging.getLogger("inkq.webhooks")
 TIMEOUT_S = 10
@@ -316,11 +316,11 @@ def _iso(value) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def schedule(job, status: str, connection=None, env=None) -> bool:
+def schedule(job, status: str, connection=None, retry_s: tuple | None = None) -> bool:
     """Queue the delivery of this job's final status, once per event; False when it has no webhook.
 
-    Retried after the waits of WEBHOOK_RETRY_S: read from `env`, the API's settings mapping, or from the
-    worker service's settings (`tasks.settings.current`) without one."""
+    Retried after the waits `retry_s` (WEBHOOK_RETRY_S: the API passes its settings'; by default the worker
+    service's, `tasks.settings.current`)."""
     if not webhook_url(job):
         return False
     from rq import Queue, Retry
@@ -330,7 +330,7 @@ def schedule(job, status: str, connection=None, env=None) -> bool:
     msg_id = event_id(job.id, status)
     if not connection.set(f"inkq:webhook:{msg_id}", 1, nx=True, ex=SCHEDULED_TTL_S):
         return False  # already scheduled (the callback and the sweep both saw the end)
-    intervals = list(retry_seconds(env) if env is not None else current().webhook_retry_s)
+    intervals = list(current().webhook_retry_s if retry_s is None else retry_s)
     # recorded before the delivery is queued: a delivery worker quicker than this line had its first
     # attempt's state overwritten with "pending", 0 attempts (seen on a loaded box)
     state = _record(connection, job.id, {"state": "pending", "attempts": 0, "eventId": msg_id})

@@ -24,6 +24,7 @@ import redis as redis_lib
 import requests
 from PIL import Image
 
+from tasks.settings import StoreSettings
 from tests import fakegemini as fg
 from tests.conftest import S3_BUCKET, drawing, photo
 from tests.servers import wait_until
@@ -141,7 +142,7 @@ def test_the_workers_blob_sweep_deletes_what_is_due(s3_redis, seaweed):
     from tasks import blobs
 
     client = redis_lib.Redis.from_url(s3_redis.url)
-    store = blobs.store(client, {"BLOB_STORE": f"s3://{S3_BUCKET}/jobs", **seaweed.env})
+    store = blobs.store(client, StoreSettings.from_env({"BLOB_STORE": f"s3://{S3_BUCKET}/jobs", **seaweed.env}))
     store.save(blobs.output_key("sweep-short"), b"x", 1, "image/png")
     store.save(blobs.output_key("sweep-long"), b"x", 3600, "image/png")
     assert store.exists(blobs.output_key("sweep-short"))
@@ -557,7 +558,8 @@ def test_store_down_for_good_in_a_worker_fails_and_refunds(make_s3_api, stopped,
     assert wait_until(lambda: api.get("/credits").json()["balance"] == 4, timeout=10)
     # its input could not be deleted at the end: it is due now, and the blob sweep deletes it once the store is back
     client = redis_lib.Redis.from_url(s3_redis.url)
-    assert client.zscore("inkq:blobs:expiry", f"inkq:blob:in:{job_id}") == 0
+    wait_until(lambda: client.zscore("inkq:blobs:expiry", f"inkq:blob:in:{job_id}") == 0, timeout=10,
+               what="the input to be due now (dropped just after the end is written)")
     stopped.start()
     wait_until(lambda: objects(stopped, "in", job_id) == [], timeout=15, what="the sweep to delete the input")
     assert client.zscore("inkq:blobs:expiry", f"inkq:blob:in:{job_id}") is None
@@ -576,7 +578,7 @@ def test_wrong_credentials_or_missing_bucket(make_s3_api, seaweed, caplog, setti
     assert ready.status_code == 503 and named in ready.json()["error"]
     caplog.clear()
     env = {"BLOB_STORE": f"s3://{S3_BUCKET}", **seaweed.env, setting: value}
-    cli.check_store(blobs.store(None, env))
+    cli.check_store(blobs.store(None, StoreSettings.from_env(env)))
     assert any(named in r.getMessage() for r in caplog.records if r.name == "inkq.workers"), caplog.text
 
 
