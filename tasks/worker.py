@@ -322,7 +322,8 @@ class InkqWorker(BaseWorker):
         return execution
 
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
-        """rq's handling, on the stored meta; then the change is announced and the outcome counted.
+        """rq's handling, on the stored meta; then a final end drops the input (`drop_input`), and the
+        change is announced and the outcome counted.
 
         Other processes write into the stored meta while the job runs (the CPU pool its progress, the
         API its cancel mark); rq's retry saves this worker's copy over it, which lost those writes.
@@ -330,15 +331,33 @@ class InkqWorker(BaseWorker):
         job.get_meta(refresh=True)
         super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
                                    execution=execution)
+        status = job.get_status(refresh=False)
+        if status in (JobStatus.FAILED, JobStatus.STOPPED):
+            self.drop_input(job)
         announce(self.connection, job.id)  # failed, stopped or waiting to retry
         self._count_outcome(job, {JobStatus.FAILED: "failed", JobStatus.SCHEDULED: "retried",
-                                  JobStatus.QUEUED: "retried"}.get(job.get_status(refresh=False)))
+                                  JobStatus.QUEUED: "retried"}.get(status))
 
     def handle_job_success(self, job, queue, started_job_registry, execution):
-        """rq's handling, then the change is announced to event streams."""
+        """rq's handling, then the input goes and the change is announced to event streams."""
         super().handle_job_success(job, queue, started_job_registry, execution)
+        self.drop_input(job)
         announce(self.connection, job.id)
         self._count_outcome(job, "completed")
+
+    def drop_input(self, job) -> None:
+        """Delete an ended job's input image, once its end is written, never before.
+
+        rq 3.0 runs the job's callbacks before it writes the end (`_finalize_success` and
+        `_finalize_failure` call them first). A worker lost in between leaves the job `started`, the
+        recovery sweep runs it again, and that run needs its input: dropped by the callback, it failed
+        with "The input image expired" (the soak, once in 30-60 runs). Lost after the end is written,
+        the input only waits for its own expiry.
+        """
+        try:
+            blobs.discard_input(blobs.store(self.connection), job.id)
+        except RedisError as exc:
+            log.warning("could not drop the input of job %s now (%s); it expires on its own", job.id, exc)
 
     def _count_outcome(self, job, outcome: str | None) -> None:
         """Add an attempt's outcome and run time to the shared job metrics (`tasks/metrics.py`); a stop

@@ -56,6 +56,13 @@ def _log_lines(stack: Stack, job_ids) -> list[str]:
     return lines
 
 
+def _explained(stack: Stack, ended: dict[str, dict]) -> str:
+    """Each job's status, attempts and error, then the worker log lines that name it."""
+    lines = [f"{job_id}: {body['status']} after {body['attempts']} attempts: {body.get('error')}"
+             for job_id, body in ended.items()]
+    return "\n".join(lines + _log_lines(stack, ended))
+
+
 def _wait_in_call(stack: Stack, job_id: str, gemini, calls: int = 1) -> dict:
     """Wait until the job runs and its request has reached the (fake) provider."""
     def in_call():
@@ -198,7 +205,7 @@ def test_soak_with_restarts_and_kills(credit_stack):
     """(b) Steady submissions through 8 restarts of the worker service, 2 of them SIGKILL: every job
     completes, is charged once, and no id is left in an intermediate or claims list."""
     stack = credit_stack
-    service = stack.workers()
+    service = stack.workers(LOG_LEVEL="INFO")  # each attempt's start is logged, for a failure's message
     ids: list[str] = []
     stop = threading.Event()
 
@@ -219,14 +226,14 @@ def test_soak_with_restarts_and_kills(credit_stack):
             else:
                 service.proc.send_signal(signal.SIGTERM)
                 assert service.proc.wait(30) == 0
-            service = stack.workers()
+            service = stack.workers(LOG_LEVEL="INFO")
         time.sleep(1.0)
     finally:
         stop.set()
         feeder.join(10)
     final = stack.wait_all(ids, timeout=90)
     failed = {job_id: body for job_id, body in final.items() if body["status"] != "completed"}
-    assert not failed, (failed, _log_lines(stack, failed))
+    assert not failed, _explained(stack, failed)
     assert stack.api.get("/credits").json()["balance"] == 1000 - len(ids)
     assert list(stack.redis.scan_iter("inkq:charge:*")) == []
     wait_until(lambda: not stack.leftovers(), timeout=10, what="claims and intermediate lists to empty")
@@ -234,6 +241,43 @@ def test_soak_with_restarts_and_kills(credit_stack):
     attempts = [body["attempts"] for body in final.values()]
     print(f"soak: {len(ids)} jobs, 8 restarts (2 SIGKILL), max attempts {max(attempts)}, "
           f"recovery stats {stack.stats()}")
+
+
+LOST_AS_THE_JOB_ENDS = """
+import os, signal, sys
+from redis import Redis
+from rq.serializers import JSONSerializer
+from tasks.slots import SlotWorker
+from tasks.worker import InkqQueue
+
+class Probe(SlotWorker):
+    def handle_job_success(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)  # lost here: the success callback ran, the end is not written
+
+redis = Redis.from_url(sys.argv[1])
+queue = InkqQueue("stencil-generation", connection=redis, serializer=JSONSerializer)
+Probe([queue], connection=redis, serializer=JSONSerializer, slots=1).work()
+"""
+
+
+def test_a_worker_lost_as_its_job_ends_leaves_the_input_for_the_run_again(credit_stack):
+    """rq runs a job's success callback before it writes the job's end. A worker lost in between leaves
+    the job `started`, and the sweep runs it again; that run found its input already dropped by the
+    callback and failed ("The input image expired before the job could run"): the soak's one failed
+    job in 30-60 runs. The input is now dropped only once the end is written: the job runs again and
+    completes, charged once."""
+    stack = credit_stack
+    job_id = stack.submit_stencils(1)[0]
+    lost = subprocess.run([sys.executable, "-c", LOST_AS_THE_JOB_ENDS, stack.server.url], cwd=ROOT, timeout=60,
+                          capture_output=True, text=True, env={**os.environ, "REDIS_URL": stack.server.url},
+                          start_new_session=True)
+    assert lost.returncode == -signal.SIGKILL, lost.stderr[-2000:]
+    assert stack.redis.hget(f"rq:job:{job_id}", "status") == b"started"
+    stack.workers()  # its sweep finds the lost worker's job and queues it again
+    body = stack.wait_all([job_id], timeout=60)[job_id]
+    assert body["status"] == "completed" and body["attempts"] == 2, _explained(stack, {job_id: body})
+    assert stack.api.get("/credits").json()["balance"] == 1000 - 1
+    wait_until(lambda: not stack.redis.exists(blobs.input_key(job_id)), timeout=5, what="the input to be dropped")
 
 
 def test_failover_to_another_worker_service(credit_stack, gemini):

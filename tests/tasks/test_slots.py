@@ -15,7 +15,7 @@ import pytest
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
-from tasks import blobs, recovery
+from tasks import blobs, recovery, webhooks
 from tasks.errors import TIMEOUT_FAILURE
 from tests import fakegemini as fg
 from tests.conftest import ADMIN_TOKEN, photo
@@ -141,14 +141,15 @@ def test_cancel_of_a_running_provider_job(stack, gemini):
 
 def test_a_canceled_running_job_runs_its_stopped_callback(stack, gemini):
     """The supervisor ends a canceled job as rq ends a stopped one: the job's stopped callback runs (its
-    input image is dropped) before the job is `STOPPED`."""
+    "canceled" webhook is queued) and the job is `STOPPED`; then its input image is dropped."""
     gemini.push(fg.slow(120))
-    job_id = stack.api.submit(photo((64, 64)), engine="gemini").json()["jobId"]
+    job_id = stack.api.submit(photo((64, 64)), engine="gemini", webhookUrl="http://127.0.0.1:9/hook").json()["jobId"]
     _in_call(stack, gemini, job_id)
     assert stack.redis.exists(blobs.input_key(job_id))
     assert stack.api.delete(f"/jobs/{job_id}").status_code == 200
     assert stack.redis.hget(f"rq:job:{job_id}", "status") == b"stopped"
-    assert not stack.redis.exists(blobs.input_key(job_id))
+    assert stack.redis.exists(f"inkq:webhook:{webhooks.event_id(job_id, 'canceled')}")
+    wait_until(lambda: not stack.redis.exists(blobs.input_key(job_id)), timeout=5, what="the input to be dropped")
 
 
 @pytest.mark.parametrize("target", ["supervisor", "group", "group-twice"])
