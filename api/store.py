@@ -180,9 +180,12 @@ class JobStore:
             job.cancel(pipeline=pipe)
             self.expire_canceled(job, pipe)
         try:
-            return ending.finish(self.redis, ending.Ending(job, "canceled", "api", env=env), writes, still_waiting)
+            done = ending.finish(self.redis, ending.Ending(job, "canceled", "api", env=env), writes, still_waiting)
         except InvalidJobOperation:
             return False
+        if done:
+            ending.drop_input_now(self.blobs, job.id)
+        return done
 
     def cancel(self, job: Job, wait_s: float = 5.0, env=None) -> str | None:
         """Cancel a waiting job ("canceled") or stop an active one ("stopped", ended by its worker); None if

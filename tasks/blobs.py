@@ -70,12 +70,12 @@ def input_key(job_id: str) -> str:
 def output_key(job_id: str, execution_id: str | None = None) -> str:
     """Key of the output image of one execution of a job (its return value names it); without an
     execution, the key of jobs stored before outputs were kept per execution."""
-    return f"{PREFIX}out:{job_id}" + (f":{execution_id}" if execution_id else "")
+    return f"{PREFIX}out:{job_id}" + (f"/{execution_id}" if execution_id else "")
 
 
 def svg_key(job_id: str, execution_id: str | None = None) -> str:
     """Key of a stencil's SVG, when one was asked for (per execution, as `output_key`)."""
-    return f"{PREFIX}svg:{job_id}" + (f":{execution_id}" if execution_id else "")
+    return f"{PREFIX}svg:{job_id}" + (f"/{execution_id}" if execution_id else "")
 
 
 def outputs_of(job_id: str, execution_id: str) -> tuple[str, str]:

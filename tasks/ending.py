@@ -156,6 +156,15 @@ def finish(connection, ending: Ending, writes: Writes | None, fence: Fence) -> b
                 continue
 
 
+def drop_input_now(store, job_id: str) -> None:
+    """After a final end: delete the input object now rather than at the blob sweep's next run (the `Input`
+    hook made it due); best effort, the sweep deletes it otherwise."""
+    try:
+        blobs.discard_input(store, job_id)
+    except Exception as exc:  # noqa: BLE001 - a Redis or store error: it is due, the blob sweep deletes it
+        log.warning("could not delete the input of job %s now (%s); the blob sweep will", job_id, exc)
+
+
 def refused(connection, job, execution_id: str, by: str) -> None:
     """A late end: logged and counted (`inkq_jobs_total{outcome="late"}`); nothing about the job is written."""
     log.warning("late end of job %s from execution %s refused (%s): the job is owned or ended elsewhere",

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 from rq.utils import now, utcformat
 
-from . import changes, ending, logs, metrics
+from . import blobs, changes, ending, logs, metrics
 from .errors import CRASH_FAILURE
 from .queues import QUEUE_NAMES
 
@@ -302,6 +302,7 @@ def drain(redis) -> int:
         with logs.bound(jobId=job_id, queue=job.origin, userId=job.meta.get("user"),
                         requestId=job.meta.get("requestId")):
             if end_swept(redis, job, word):
+                ending.drop_input_now(blobs.store(redis), job_id)
                 done += 1
             else:
                 redis.hdel(ENDING_KEY, job_id)  # it had ended otherwise, or another drain ended it

@@ -386,6 +386,8 @@ class InkqWorker(BaseWorker):
                              ending.execution_fence(job.id, execution.id))
         if done:
             log.info("job attempt %s", outcome, extra={"durationMs": round(ran * 1000, 1)} if ran is not None else None)
+            if outcome != "retried":
+                ending.drop_input_now(blobs.store(self.connection), job.id)
         else:
             ending.refused(self.connection, job, execution.id, by)
             self.forget_execution(job, execution)

@@ -403,7 +403,7 @@ def test_a_frozen_workers_late_result_changes_nothing(credit_stack, gemini):
     assert stack.api.get(f"/result/{job_id}").content == result
     assert stack.api.get("/credits").json()["balance"] == balance
     assert stack.redis.hget("inkq:metrics", "c|ia-gen|completed") == b"1"
-    assert len(list(stack.redis.scan_iter(blobs.output_key(job_id) + ":*"))) == 1  # the late copy's went
+    assert len(list(stack.redis.scan_iter(blobs.output_key(job_id) + "/*"))) == 1  # the late copy's went
 
 
 def test_a_supervisor_lost_right_after_the_sweep_loses_no_webhook(credit_stack, gemini, receiver):

@@ -74,7 +74,7 @@ def test_provider_jobs_run_at_once_in_one_process_each_with_its_own_job(stack, g
     for job_id, body in final.items():
         assert body["status"] == "completed" and body["attempts"] == 1, body
         assert body["progress"] == 100
-        assert list(stack.redis.scan_iter(blobs.output_key(job_id) + ":*"))  # under its id and execution
+        assert list(stack.redis.scan_iter(blobs.output_key(job_id) + "/*"))  # under its id and execution
     sent = sorted(request.images[0] for request in gemini.requests)
     assert len(set(sent)) == 3  # each job sent its own input
     calls = [line["jobId"] for line in _log_lines(stack)
