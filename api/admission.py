@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from redis import Redis
-from tasks import credits, recovery
+from tasks import credits, ending, recovery
 from tasks.queues import QUEUES
 
 from .errors import ApiError
@@ -103,9 +103,10 @@ class Admission:
         credits.settle_unqueued(self.redis, job_id, user_id, wait_for_admission=False)
 
     def settle(self, job_id: str, user_id: str | None, word: str) -> None:
-        """Settle an ended job's charge: refund failed and canceled jobs, commit completed ones."""
+        """A job read as ended whose charge is still pending: repaired by `tasks.ending.repair` (refund failed
+        and canceled jobs, commit completed ones). Every read that settles comes here."""
         if word in TERMINAL:
-            credits.settle(self.redis, job_id, user_id, refund=word != "completed")
+            ending.repair(self.redis, job_id, user_id, word)
 
     def balance(self, user_id: str) -> int:
         """The user's balance after settling their ended jobs. With credits on, a first read stores the

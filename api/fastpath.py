@@ -82,7 +82,7 @@ class FastStatus:
         identify(environ, who.user_id)
         public = ctx.settings.public_url
         try:
-            opened = open_stream(ctx, job_id, who.user_id, lambda name: ctx.links.url(origin(environ, public), name),
+            opened = open_stream(ctx, job_id, who.user_id, lambda name, value=None: ctx.links.url(origin(environ, public), name, value),
                                  limiter=ctx.read_limiter)
         except OverLimit:  # the view counts it again and answers the 429 (a refusal counts nothing)
             return None
@@ -115,7 +115,7 @@ class FastStatus:
             if view is None or view.user != who.user_id:
                 return None
             public = ctx.settings.public_url  # the origin is built only for a completed job's URLs
-            body = describe(view, lambda name: ctx.links.url(origin(environ, public), name))
+            body = describe(view, lambda name, value=None: ctx.links.url(origin(environ, public), name, value))
         except Exception:  # noqa: BLE001 - the Flask view answers, with the contract's error if any
             log.debug("status fast path fell through", exc_info=True)
             return None

@@ -6,9 +6,7 @@ from functools import partial
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
-from tasks import blobs, webhooks
-from tasks import metrics as job_metrics
-from tasks.changes import announce
+from tasks import webhooks
 from tasks.queues import QUEUES
 
 from . import idempotency, uploads
@@ -35,7 +33,7 @@ def _url_maker():
     """A function giving a job's signed result URL, absolute on PUBLIC_URL or this request's host."""
     base = origin(request.environ, _ctx().settings.public_url)
     links = _ctx().links
-    return lambda name: links.url(base, name)
+    return lambda name, value=None: links.url(base, name, value)
 
 
 def _owned(job_id: str):
@@ -142,10 +140,10 @@ def events(job_id: str):
 
 
 def _png(job) -> Response:
-    stored = _ctx().links.stored(job.id)
+    value = job.return_value() or {}
+    stored = _ctx().links.stored(job.id, value)
     if stored:
         return redirect(stored, 302)
-    value = job.return_value() or {}
     data = _ctx().blobs.open(value.get("outputKey", "")) if value else None
     if data is None:
         raise not_found("The result has expired.")
@@ -192,7 +190,7 @@ def _files_for_any_origin(response: Response) -> Response:
 def _svg(job) -> Response:
     """The stencil's SVG: our tracer's paths only, served so that no script in it could ever run."""
     value = job.return_value() or {}
-    stored = _ctx().links.stored(job.id + SVG_SUFFIX) if value.get("svgKey") else None
+    stored = _ctx().links.stored(job.id + SVG_SUFFIX, value) if value.get("svgKey") else None
     if stored:
         return redirect(stored, 302)
     data = _ctx().blobs.open(value.get("svgKey", "")) if value.get("svgKey") else None
@@ -231,14 +229,8 @@ def list_jobs():
 def cancel(job_id: str):
     """Cancel: a waiting job never runs, an active one is stopped; 409 once it has ended."""
     job = _owned(job_id)
-    how = _ctx().store.cancel(job)
+    how = _ctx().store.cancel(job, webhook_retry_s=_ctx().settings.webhook_retry_s)  # ended there, or by its worker when running
     if how is None:
         raise ApiError(409, "conflict", f"The job has already ended ({word_of(job, refresh=True)}).")
-    _ctx().admission.settle(job.id, job.meta.get("user"), "canceled")
-    announce(_ctx().redis, job.id)
-    job_metrics.count(_ctx().redis, job.origin, "canceled")
     log.info("job canceled (%s)", how, extra={"jobId": job.id, "queue": job.origin})
-    if how == "canceled":
-        blobs.discard_input(_ctx().blobs, job.id)  # a stopped job's webhook is sent by its worker
-        webhooks.schedule(job, "canceled", _ctx().redis, _ctx().settings.webhook_retry_s)
     return jsonify({"jobId": job.id, "status": "canceled"})

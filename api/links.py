@@ -34,13 +34,14 @@ class ResultLinks:
             return None
         return value if isinstance(value, str) else None
 
-    def stored(self, name: str) -> str | None:
-        """The store's own URL for `<jobId>` or `<jobId>.svg`, or None when the API serves the bytes."""
+    def stored(self, name: str, value: dict | None = None) -> str | None:
+        """The store's own URL for `<jobId>` or `<jobId>.svg` (`value`: the job's return value, naming its
+        keys), or None when the API serves the bytes."""
         if self.blobs is None:
             return None
         svg = name.endswith(SVG_SUFFIX)
-        return blob_store.result_url(self.blobs, name.removesuffix(SVG_SUFFIX), svg, self.ttl_s)
+        return blob_store.result_url(self.blobs, name.removesuffix(SVG_SUFFIX), svg, self.ttl_s, value)
 
-    def url(self, base: str, name: str) -> str:
+    def url(self, base: str, name: str, value: dict | None = None) -> str:
         """The result URL of `<jobId>` or `<jobId>.svg`: the store's presigned one, else ours under base."""
-        return self.stored(name) or f"{base}/files/{self.token(name)}"
+        return self.stored(name, value) or f"{base}/files/{self.token(name)}"

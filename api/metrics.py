@@ -99,7 +99,7 @@ class JobCollector:
         except Exception:
             return
         jobs = CounterMetricFamily("inkq_jobs", "job attempts by outcome (completed, failed, retried, canceled, "
-                                   "recovered)", labels=["queue", "outcome"])
+                                   "recovered, late)", labels=["queue", "outcome"])
         for queue in QUEUE_NAMES:
             for outcome in job_metrics.OUTCOMES:
                 jobs.add_metric([queue, outcome], snap.counters.get((queue, outcome), 0))

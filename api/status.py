@@ -157,16 +157,17 @@ def error_text(view: View, word: str) -> str | None:
 
 
 def describe(view: View, result_url=None) -> dict:
-    """The status object for a job; `result_url(job_id)` builds the signed image URL."""
+    """The status object for a job; `result_url(name, value)` builds the signed image URL of `<jobId>` or
+    `<jobId>.svg` (`value`, the return value, names the stored keys)."""
     meta = view.meta
     word = view.word
     result = None
     if word == COMPLETED:
         value = view.value or {}
         result = {k: v for k, v in value.items() if k not in ("outputKey", "svgKey")}
-        result["image"] = result_url(view.id) if result_url else None
+        result["image"] = result_url(view.id, value) if result_url else None
         if value.get("svgKey"):
-            result["svg"] = result_url(view.id + SVG_SUFFIX) if result_url else None
+            result["svg"] = result_url(view.id + SVG_SUFFIX, value) if result_url else None
     progress = 100 if word == COMPLETED else int(meta.get("progress", 0))
     stage = meta.get("stage") or {WAITING: "queued", COMPLETED: "done", CANCELED: "canceled"}.get(word, "")
     if word == WAITING and meta.get("attempts"):

@@ -25,7 +25,7 @@ import uuid
 from datetime import datetime, timezone
 
 from redis import Redis
-from rq import Callback, Queue, Retry
+from rq import Queue, Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
@@ -33,7 +33,7 @@ from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
 from tasks import blobs as blob_store
-from tasks import credits
+from tasks import credits, ending
 from tasks.queues import QUEUES, QueueSpec
 
 from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
@@ -100,9 +100,7 @@ class JobStore:
                 result_ttl=self.result_ttl_s, failure_ttl=self.failure_ttl_s, retry=retry,
                 meta={"user": user_id, "operation": operation, "progress": 0, "attempts": 0, "requestId": request_id,
                       **({"webhook": {"state": "waiting", "attempts": 0}} if params.get("webhookUrl") else {})},
-                description=f"{operation} for {user_id}", pipeline=pipe,
-                on_success=Callback("tasks.callbacks.on_success"), on_failure=Callback("tasks.callbacks.on_failure"),
-                on_stopped=Callback("tasks.callbacks.on_stopped"))
+                description=f"{operation} for {user_id}", pipeline=pipe)
             if image is not None:
                 self.blobs.save(input_key, image, keep_s, mime_type, pipeline=pipe)
             index = user_index_key(user_id)
@@ -161,32 +159,44 @@ class JobStore:
             start += count
         return found[:limit]
 
-    def expire_canceled(self, job: Job) -> None:
+    def expire_canceled(self, job: Job, pipe) -> None:
         """Let a canceled job expire after its failure TTL, scored so in the canceled registry (as the recovery
         sweep does), and drop that registry's entries whose jobs have expired."""
         ttl = job.failure_ttl or self.failure_ttl_s
         registry = CanceledJobRegistry(job.origin, connection=self.redis, serializer=JSONSerializer).key
         now = time.time()
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.expire(job.key, ttl)
-            pipe.zadd(registry, {job.id: now + ttl})
-            pipe.zremrangebyscore(registry, "-inf", now)
-            pipe.execute()
+        pipe.expire(job.key, ttl)
+        pipe.zadd(registry, {job.id: now + ttl})
+        pipe.zremrangebyscore(registry, "-inf", now)
 
-    def cancel(self, job: Job, wait_s: float = 5.0) -> str | None:
-        """Cancel a waiting job ("canceled") or stop an active one ("stopped"); None if it had ended."""
+    def cancel_waiting(self, job: Job, webhook_retry_s: tuple | None = None) -> bool:
+        """End a job that still waits as canceled, through the one end path (`tasks/ending.py`: refund, input,
+        webhook, metrics and announcement in the same transaction); False if it no longer waits."""
+        def still_waiting(pipe) -> bool:
+            pipe.watch(job.key)
+            return pipe.hget(job.key, "status") in (b"queued", b"scheduled", b"deferred")
+
+        def writes(pipe) -> None:
+            job.cancel(pipeline=pipe)
+            self.expire_canceled(job, pipe)
+        try:
+            done = ending.finish(self.redis, ending.Ending(job, "canceled", "api", webhook_retry_s=webhook_retry_s), writes, still_waiting)
+        except InvalidJobOperation:
+            return False
+        if done:
+            ending.drop_input_now(self.blobs, job.id)
+        return done
+
+    def cancel(self, job: Job, wait_s: float = 5.0, webhook_retry_s: tuple | None = None) -> str | None:
+        """Cancel a waiting job ("canceled") or stop an active one ("stopped", ended by its worker); None if
+        it had ended."""
         if word_of(job, refresh=True) in TERMINAL:
             return None
         job.meta["canceledAt"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         job.save_meta()
         how = "stopped"
-        if word_of(job, refresh=True) == WAITING:
-            try:
-                job.cancel()
-                how = "canceled"
-                self.expire_canceled(job)
-            except InvalidJobOperation:
-                pass
+        if word_of(job, refresh=True) == WAITING and self.cancel_waiting(job, webhook_retry_s):
+            how = "canceled"
         deadline = time.monotonic() + wait_s
         next_stop = 0.0
         while word_of(job, refresh=True) == ACTIVE and time.monotonic() < deadline:

@@ -67,14 +67,21 @@ def input_key(job_id: str) -> str:
     return f"{PREFIX}in:{job_id}"
 
 
-def output_key(job_id: str) -> str:
-    """Key of a job's output image."""
-    return f"{PREFIX}out:{job_id}"
+def output_key(job_id: str, execution_id: str | None = None) -> str:
+    """Key of the output image of one execution of a job (its return value names it); without an
+    execution, the key of jobs stored before outputs were kept per execution."""
+    return f"{PREFIX}out:{job_id}" + (f"/{execution_id}" if execution_id else "")
 
 
-def svg_key(job_id: str) -> str:
-    """Key of a stencil's SVG, when one was asked for."""
-    return f"{PREFIX}svg:{job_id}"
+def svg_key(job_id: str, execution_id: str | None = None) -> str:
+    """Key of a stencil's SVG, when one was asked for (per execution, as `output_key`)."""
+    return f"{PREFIX}svg:{job_id}" + (f"/{execution_id}" if execution_id else "")
+
+
+def outputs_of(job_id: str, execution_id: str) -> tuple[str, str]:
+    """The keys one execution may have written: a late execution, whose end was refused, deletes them.
+    Keyed per execution, a late copy never overwrites the result of the run that replaced it."""
+    return output_key(job_id, execution_id), svg_key(job_id, execution_id)
 
 
 def upload_key(upload_id: str) -> str:
@@ -343,11 +350,14 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def result_url(blobs, job_id: str, svg: bool, ttl_s: int) -> str | None:
-    """A presigned URL of a job's PNG (or SVG) with its download name; None where the API serves it."""
+def result_url(blobs, job_id: str, svg: bool, ttl_s: int, value: dict | None = None) -> str | None:
+    """A presigned URL of a job's PNG (or SVG) with its download name; None where the API serves it.
+    `value`: the job's return value, which names its keys (older jobs: the keys by job id)."""
+    value = value if isinstance(value, dict) else {}
     if svg:
-        return blobs.url(svg_key(job_id), f"inkq-{job_id}.svg", "image/svg+xml", ttl_s)
-    return blobs.url(output_key(job_id), f"inkq-{job_id}.png", "image/png", ttl_s)
+        key = value.get("svgKey") or svg_key(job_id)
+        return blobs.url(key, f"inkq-{job_id}.svg", "image/svg+xml", ttl_s)
+    return blobs.url(value.get("outputKey") or output_key(job_id), f"inkq-{job_id}.png", "image/png", ttl_s)
 
 
 def discard_input(blobs, job_id: str) -> None:

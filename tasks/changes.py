@@ -1,7 +1,7 @@
 """Change announcements: a job's id, published on one channel after its status, stage or progress changed.
 
-Writers publish after their change is in Redis: the work-horse (start and progress), the worker
-(success, failure, retry, stop), the recovery sweep (in its Lua script) and the API (cancel). Each API
+Writers publish after their change is in Redis: the job (start and progress) and every end of a job
+(`tasks/ending.py`, in the end's transaction). Each API
 process listens with one connection and wakes only the event streams watching that job
 (`api/events.py`). An announcement is a hint, never the data: a stream re-reads the job when woken,
 so a lost announcement only delays an event until the stream's periodic re-read.
@@ -13,6 +13,15 @@ import logging
 from redis.exceptions import RedisError
 
 CHANNEL = "inkq:changed"
+EXECUTION_ATTR = "inkq_execution_id"  # on an rq Job object: the execution running that copy
+
+# KEYS: the job, its executions (rq). ARGV: the meta, the channel, the job id, the execution id or ''.
+_SAVE_META = """
+if ARGV[4] ~= '' and not redis.call('ZSCORE', KEYS[2], ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], 'meta', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
 
 log = logging.getLogger("inkq.changes")
 
@@ -25,17 +34,20 @@ def announce(connection, job_id: str) -> None:
         log.warning("could not announce a change of job %s: %s", job_id, exc)
 
 
-def save_meta_and_announce(job) -> None:
-    """`job.save_meta()` and `announce` in one round trip (a pipeline, no transaction): the meta write
-    still raises on failure, the announcement stays best effort. A job start wrote its meta three times
-    (start, input read, provider call), each followed by a separate PUBLISH; with 100 provider calls
-    starting in the first second of a burst those round trips were a share of the cores that the API's
-    submissions waited for (issue 17)."""
-    pipe = job.connection.pipeline(transaction=False)
-    pipe.hset(job.key, "meta", job._serialize_meta())
-    pipe.publish(CHANNEL, job.id)
-    saved, published = pipe.execute(raise_on_error=False)
-    if isinstance(saved, Exception):
-        raise saved
-    if isinstance(published, Exception):
-        log.warning("could not announce a change of job %s: %s", job.id, published)
+def execution_of(job) -> str | None:
+    """The id of the rq execution running this copy of the job (set by the worker that runs it), or None."""
+    return getattr(job, EXECUTION_ATTR, None)
+
+
+def save_meta_and_announce(job) -> bool:
+    """`job.save_meta()` and `announce` in one round trip (a script). A job start wrote its meta three
+    times (start, input read, provider call), each followed by a separate PUBLISH; with 100 provider
+    calls starting in the first second of a burst those round trips were a share of the cores that the
+    API's submissions waited for (issue 17).
+
+    Fenced: a copy run by an execution (`execution_of`) writes only while that execution still owns the
+    job (`tasks/ending.py`), so a worker frozen past its liveness that resumes cannot set back the
+    progress, stage or attempts of the run that replaced it. False when refused."""
+    execution = execution_of(job) or ""
+    return bool(job.connection.eval(_SAVE_META, 2, job.key, f"rq:executions:{job.id}", job._serialize_meta(),
+                                    CHANNEL, job.id, execution))

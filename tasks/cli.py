@@ -48,7 +48,7 @@ from redis.exceptions import RedisError  # noqa: E402
 from . import blobs as blob_store  # noqa: E402
 from . import durability, links, logs  # noqa: E402
 from .queues import WORKER_QUEUES, QueueSpec  # noqa: E402
-from .recovery import SWEEP_EVERY_S, Recovery, notify_ended  # noqa: E402
+from .recovery import SWEEP_EVERY_S, Recovery, drain  # noqa: E402
 from .settings import WorkerSettings, env_bool, use  # noqa: E402
 
 log = logging.getLogger("inkq.workers")
@@ -195,11 +195,11 @@ def fork_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> Forked:
 
 
 def sweep(recovery: Recovery, me: str) -> None:
-    """One recovery sweep if it is this service's turn; Redis trouble is logged and tried again."""
+    """One recovery sweep if it is this service's turn, then the ends it (or any service's sweep) left to do
+    (`recovery.drain`); Redis trouble is logged and tried again."""
     try:
-        result = recovery.maybe_sweep(me)
-        if result is not None and result.ended:  # webhooks must not hold up the next sweep
-            threading.Thread(target=notify_ended, args=(recovery.redis, result.ended), daemon=True).start()
+        recovery.maybe_sweep(me)
+        drain(recovery.redis)
     except RedisError as exc:
         log.warning("recovery sweep skipped: %s", exc)
 

@@ -213,7 +213,12 @@ def _reporter(job_id: str | None, redis_url: str, connections: dict):
 
     if redis_url not in connections:
         connections[redis_url] = Redis.from_url(redis_url)
-    return job_reporter(Job.fetch(job_id, connection=connections[redis_url], serializer=JSONSerializer))
+    from .changes import EXECUTION_ATTR
+
+    job_id, _, execution_id = job_id.partition(":")  # `<jobId>:<executionId>`: progress fenced by it
+    job = Job.fetch(job_id, connection=connections[redis_url], serializer=JSONSerializer)
+    setattr(job, EXECUTION_ATTR, execution_id or None)
+    return job_reporter(job)
 
 
 def _picklable(exc: Exception) -> Exception:

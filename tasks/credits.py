@@ -3,7 +3,7 @@
 A job is charged once, at admission, and its charge is recorded under `inkq:charge:<jobId>`.
 Settling the job consumes that record with GETDEL, so a refund (failed, canceled) or a commit
 (completed) happens exactly once however many processes try: retries, crash re-runs, repeated
-status reads and the worker's own callbacks all call `settle` safely.
+status reads and every end of the job (`tasks/ending.py`) all settle safely.
 
 Between admission (the charge and the in-flight entry) and the transaction that writes the job,
 the job has no record. Admission marks that gap with `inkq:admitting:<jobId>` (expiring after

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from rq import get_current_job
 
 from . import blobs
-from .changes import save_meta_and_announce
+from .changes import execution_of, save_meta_and_announce
 from .errors import CANCELED_MESSAGE, FinalError, decide
 from .progress import job_reporter
 from .settings import WorkerSettings, current
@@ -31,7 +31,7 @@ def _begin(job) -> None:
         # Canceled while a worker was already taking it off the queue: do no work.
         job.meta["canceled"] = True
         job.retries_left = 0
-        job.save_meta()
+        save_meta_and_announce(job)
         raise FinalError(CANCELED_MESSAGE)
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
     job.meta["pid"] = os.getpid()  # the work-horse running this attempt, for operators
@@ -51,7 +51,7 @@ def record_failure(job, exc: BaseException) -> None:
         job.meta["stage"] = f"retrying in {decision.delay}s"
     else:
         job.retries_left = 0
-    job.save_meta()
+    save_meta_and_announce(job)
 
 
 def run(spec: dict, work) -> dict:
@@ -71,7 +71,7 @@ def run(spec: dict, work) -> dict:
                 raise FinalError("The input image expired before the job could run; submit it again.")
         png, extras = work(spec, data, settings, report)
         report(92, "storing result")
-        key = store.save(blobs.output_key(job.id), png, settings.result_ttl_s, "image/png")
+        key = store.save(blobs.output_key(job.id, execution_of(job)), png, settings.result_ttl_s, "image/png")
         report(100, "done")
         return {"outputKey": key, **extras}
     except Exception as exc:
@@ -152,7 +152,8 @@ def _on_cpu(name: str, spec: dict, data, settings: WorkerSettings, report):
     from . import cpu
 
     job = get_current_job()
-    return cpu.run(f"tasks.jobs.{name}", spec, data, settings, job_id=job.id if job else None,
+    job_id = f"{job.id}:{execution_of(job)}" if job and execution_of(job) else job.id if job else None
+    return cpu.run(f"tasks.jobs.{name}", spec, data, settings, job_id=job_id,
                    redis_url=settings.redis_url, report=report)
 
 
@@ -174,8 +175,8 @@ def _stored_svg(vector: dict | None, settings: WorkerSettings) -> dict:
     if not vector or not vector.get("svg"):
         return {}
     job = get_current_job()
-    key = blobs.store(job.connection).save(blobs.svg_key(job.id), vector["svg"].encode(), settings.result_ttl_s,
-                                           "image/svg+xml")
+    key = blobs.store(job.connection).save(blobs.svg_key(job.id, execution_of(job)), vector["svg"].encode(),
+                                           settings.result_ttl_s, "image/svg+xml")
     return {"svgKey": key}
 
 

@@ -1,8 +1,8 @@
 """Job metrics, kept in Redis so that they stay right with any number of worker services and API boxes.
 
-Every process that sees a job's outcome adds it to one hash, `inkq:metrics`: the workers (completed,
-failed, retried, run and wait times, Gemini calls), the API (canceled) and the recovery sweep, inside
-its script (recovered, and the jobs it fails or cancels). The API's `/metrics` reads the hash on
+Every end of a job adds its outcome to one hash, `inkq:metrics`, in the end's transaction
+(`tasks/ending.py`: completed, failed, retried, canceled, and `late` for a refused end); the workers add
+wait times and Gemini calls, the recovery sweep, inside its script, the jobs it queued again (recovered). The API's `/metrics` reads the hash on
 each scrape and exposes counters and histograms (`api/metrics.py`); nothing is per process, so a
 restart resets nothing and several API boxes report the same totals.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 KEY = "inkq:metrics"
-OUTCOMES = ("completed", "failed", "retried", "canceled", "recovered")
+OUTCOMES = ("completed", "failed", "retried", "canceled", "recovered", "late")  # late: refused ends (tasks/ending.py)
 GEMINI_OUTCOMES = ("ok", "retryable", "final")
 BUCKETS = {
     "run": (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),

@@ -21,16 +21,19 @@ not run (rq#2079, rq#2061). inkq keeps RQ and adds three things:
    - for each execution in a started registry whose worker is dead: removes the execution; a job that
      never started is queued again at the head without using a retry; a started job with retries left is
      queued again at the head as a new attempt (its retry counter goes down by one); a job with none left
-     is failed with `CRASH_FAILURE`, its credits refunded, its input dropped (or, in S3, made due for the
-     blob sweep), like the worker's own
-     `on_failure` callback would have; a job its owner had asked to stop is ended as canceled;
+     is to be failed with `CRASH_FAILURE`, and a job its owner had asked to stop to be canceled: the
+     script does not end them itself but leaves an entry in `inkq:ending` (`ENDING_KEY`), in the same
+     step as the removal of the dead execution (the job's fencing token, `tasks/ending.py`). `drain`,
+     run by every supervisor at each tick, ends each entry through the one end path (refund, input,
+     webhook, metrics, announcement) in one transaction with the entry's removal, so a supervisor
+     that dies between the script and the drain loses no end and no webhook;
    - forgets dead workers that hold nothing any more, in rq's worker registry too (a killed worker
      stayed listed for 7 minutes, counted by `/admin/queue-stats` and rq-dashboard);
    - moves due retries to their queue when the queue's rq scheduler is gone (its lock missing, or not
      renewed for 10 s). rq lets a dead scheduler's lock linger 61 s and lets a live worker take it
      over only at its next maintenance run (every 10 minutes), so a retry scheduled on a machine that
      died waited up to ten minutes.
-   It returns the ids it ended, for their webhooks, and counts what it did in `inkq:recovery:stats`.
+   It returns the ids it left to end and counts what it did in `inkq:recovery:stats`.
 
 Recovery time = liveness TTL (5 s) + at most one sweep interval (1 s), then a free worker's BLMOVE picks
 the job at once. Running the sweep on several boxes at once is safe: it is one script, so each dead
@@ -45,7 +48,7 @@ from dataclasses import dataclass, field
 
 from rq.utils import now, utcformat
 
-from . import blobs, changes, credits, logs, metrics
+from . import blobs, changes, ending, logs, metrics
 from .errors import CRASH_FAILURE
 from .queues import QUEUE_NAMES
 
@@ -58,6 +61,8 @@ SWEEP_EVERY_S = 1.0
 SCHEDULER_STALE_MS = 51_000
 TICK_KEY = "inkq:recovery:tick"
 STATS_KEY = "inkq:recovery:stats"
+ENDING_KEY = "inkq:ending"  # job id -> the end the sweep decided ("failed" | "canceled"), until `drain` ends it
+FAILURE_TTL_S = 604800  # a swept job's record lives this long without a failure TTL of its own
 
 
 def alive_key(worker: str) -> str:
@@ -120,14 +125,11 @@ return requeue_at_head(KEYS[2], back)
 """
 
 # KEYS: none (the script walks rq's and inkq's keys for the queues given; a single Redis, not a cluster).
-# ARGV: now (Unix seconds, and in rq's timestamp format), crash message, the prefixes of the charge, balance,
-# input-image keys and the in-flight set's prefix and suffix (owned by tasks.credits and tasks.blobs), the
-# scheduler lock's stale threshold (ms), the change channel (tasks.changes), the metrics hash (tasks.metrics),
-# the blob expiry set (tasks.blobs: an S3-held input is made due now, for the blob sweep), then the queue names.
-SWEEP = _CLAIMS + credits.SETTLE_FN + """
-local now, now_utc, crash_msg = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local charge_p, balance_p, input_p, inflight_p, inflight_s = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local stale_lock_ms, changes_channel, metrics_key, blob_expiry = tonumber(ARGV[9]), ARGV[10], ARGV[11], ARGV[12]
+# ARGV: now (Unix seconds, and in rq's timestamp format), the ending hash (`ENDING_KEY`), the scheduler lock's
+# stale threshold (ms), the change channel (tasks.changes), the metrics hash (tasks.metrics), then the queues.
+SWEEP = _CLAIMS + """
+local now, now_utc, ending_key = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local stale_lock_ms, changes_channel, metrics_key = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local ended, changed, counts = {}, {}, {requeued = 0, recovered = 0, failed = 0, canceled = 0, released = 0, scheduled = 0}
 
 local function dead(worker)
@@ -143,24 +145,15 @@ local function meta_of(jkey)
   return {}
 end
 
-local function finish(queue, job_id, jkey, meta, status, registry, word)
-  -- end a job as its worker's failure callback would have: status, registry, TTL, refund, input dropped
-  local ttl = tonumber(redis.call('HGET', jkey, 'failure_ttl') or '604800') or 604800
-  meta['stage'] = word
-  redis.call('HSET', jkey, 'status', status, 'ended_at', now_utc, 'meta', cjson.encode(meta))
-  redis.call('ZADD', 'rq:' .. registry .. ':' .. queue, now + ttl, job_id)
-  if ttl > 0 then redis.call('EXPIRE', jkey, ttl) end
-  settle_charge(charge_p .. job_id, balance_p, true)
-  if meta['user'] then redis.call('SREM', inflight_p .. meta['user'] .. inflight_s, job_id) end
-  redis.call('DEL', input_p .. job_id)
-  redis.call('ZADD', blob_expiry, 'XX', 0, input_p .. job_id)
+local function to_end(job_id, word)
+  -- the job's end is left to `drain` (tasks/ending.py's one end path), as a durable entry written in
+  -- this same step as the removal of its dead execution: no end is lost with the supervisor
+  redis.call('HSET', ending_key, job_id, word)
   table.insert(ended, {job_id, word})
-  table.insert(changed, job_id)
   counts[word] = counts[word] + 1
-  redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|' .. word, 1)
 end
 
-for qi = 13, #ARGV do
+for qi = 7, #ARGV do
   local queue = ARGV[qi]
   local back = {}
 
@@ -183,8 +176,7 @@ for qi = 13, #ARGV do
         local meta = meta_of(jkey)
         local retries_left = tonumber(redis.call('HGET', jkey, 'retries_left') or '0') or 0
         if meta['canceledAt'] then
-          meta['canceled'] = true
-          finish(queue, job_id, jkey, meta, 'stopped', 'canceled', 'canceled')
+          to_end(job_id, 'canceled')
         elseif status == 'queued' then
           -- its job never started: not an attempt
           meta['stage'] = 'queued again: its worker stopped before starting it'
@@ -204,8 +196,7 @@ for qi = 13, #ARGV do
           counts.recovered = counts.recovered + 1
           redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|recovered', 1)
         else
-          meta['error'] = crash_msg
-          finish(queue, job_id, jkey, meta, 'failed', 'failed', 'failed')
+          to_end(job_id, 'failed')
         end
       end
     end
@@ -273,11 +264,9 @@ class Recovery:
 
     def sweep(self) -> SweepResult:
         """Run the sweep once, now, whatever the tick says."""
-        inflight_prefix, inflight_suffix = credits.inflight_key("\0").split("\0")
         raw = self._sweep(keys=[], args=[
-            f"{time.time():.6f}", utcformat(now()), CRASH_FAILURE, credits.charge_key(""), credits.balance_key(""),
-            blobs.input_key(""), inflight_prefix, inflight_suffix, SCHEDULER_STALE_MS, changes.CHANNEL, metrics.KEY,
-            blobs.EXPIRY_KEY, *self.queues])
+            f"{time.time():.6f}", utcformat(now()), ENDING_KEY, SCHEDULER_STALE_MS, changes.CHANNEL, metrics.KEY,
+            *self.queues])
         data = json.loads(raw)
         ended = [tuple(item) for item in (data.get("ended") or [])]
         return SweepResult(ended=ended, counts=data.get("counts") or {})
@@ -292,27 +281,56 @@ class Recovery:
         return result
 
 
-def notify_ended(redis, ended) -> None:
-    """Schedule the webhooks of jobs the sweep ended (failed or canceled), as their worker would have."""
-    if not ended:
-        return
+def drain(redis) -> int:
+    """End the jobs the sweep left in `ENDING_KEY` through the one end path (`tasks/ending.py`); the number
+    ended. Run by every worker service's supervisor at each tick: an entry left by a supervisor that died
+    after its sweep is ended by the next one (another service, or this one restarted)."""
+    if not redis.hlen(ENDING_KEY):
+        return 0
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
-    from . import webhooks
-
-    for job_id, word in ended:
+    done = 0
+    for raw_id, raw_word in redis.hgetall(ENDING_KEY).items():
+        job_id, word = raw_id.decode(), raw_word.decode()
         try:
             job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
         except NoSuchJobError:
+            redis.hdel(ENDING_KEY, job_id)
             continue
         with logs.bound(jobId=job_id, queue=job.origin, userId=job.meta.get("user"),
                         requestId=job.meta.get("requestId")):
-            try:
-                webhooks.schedule(job, word, redis)
-            except Exception:  # a webhook must never stop the sweep
-                log.exception("webhook for recovered job %s could not be scheduled", job_id)
+            if end_swept(redis, job, word):
+                ending.drop_input_now(blobs.store(redis), job_id)
+                done += 1
+            else:
+                redis.hdel(ENDING_KEY, job_id)  # it had ended otherwise, or another drain ended it
+    return done
+
+
+def end_swept(redis, job, word: str) -> bool:
+    """End one job of a dead worker as the sweep decided: failed with `CRASH_FAILURE`, or canceled when its
+    owner had asked it to stop. Its entry goes in the same transaction as its end."""
+    def entry_stands(pipe) -> bool:
+        pipe.watch(ENDING_KEY, job.key)
+        return bool(pipe.hexists(ENDING_KEY, job.id)) and not ending.ended(pipe, job.id)
+
+    def writes(pipe) -> None:
+        ttl = int(job.failure_ttl or FAILURE_TTL_S)
+        job.meta["stage"] = word
+        if word == "canceled":
+            job.meta["canceled"] = True
+            status, registry = "stopped", f"rq:canceled:{job.origin}"
+        else:
+            job.meta["error"] = CRASH_FAILURE
+            status, registry = "failed", f"rq:failed:{job.origin}"
+        pipe.hset(job.key, mapping={"status": status, "ended_at": utcformat(now()), "meta": job._serialize_meta()})
+        pipe.zadd(registry, {job.id: time.time() + ttl})
+        if ttl > 0:
+            pipe.expire(job.key, ttl)
+        pipe.hdel(ENDING_KEY, job.id)
+    return ending.finish(redis, ending.Ending(job, word, "sweep"), writes, entry_stands)
 
 
 def waiting_counts(redis, queues=QUEUE_NAMES) -> dict[str, int]:

@@ -20,7 +20,7 @@ and changes only where a job runs:
   now detached, gets an asynchronous `Abandoned` so it does nothing more once its blocking call returns.
 - **Cancel.** rq's `stop-job` command kills a horse and handles only the worker's first execution
   (`handle_stop_job_command` compares with `get_current_job_id()`); here it marks the slot running that
-  job, and the supervisor ends the job as stopped (as rq's `_handle_stopped_job`: the stopped callback,
+  job, and the supervisor ends the job as stopped (as rq's `_handle_stopped_job`: canceled,
   `STOPPED` status) and detaches the thread the same way. No process is ever signalled for a job: the
   worker is rq's `BaseWorker`, whose `kill_horse` does nothing.
 - **Per-job context.** `get_current_job()` is a ContextVar that `Job.perform` sets in the slot's
@@ -29,8 +29,9 @@ and changes only where a job runs:
   job is taken, the running ones finish (still under their timeouts), then the worker leaves. A second
   signal more than a second later is a cold stop: the process exits and the recovery sweep queues its
   jobs again.
-- Finalisation (rq's success and failure handling) is serialised by one lock: rq keeps a stopped job's
-  id in one attribute (`_stopped_job_id`), and the finalisations are short Redis pipelines.
+- Every end (the thread's, the supervisor's) goes through `InkqWorker.end`, the one end path of
+  `tasks/ending.py`, fenced by the slot's execution id; the ends are serialised by one lock (each is one
+  short Redis transaction).
 - CPU-bound engine work does not run in the slots: `tasks/cpu.py` sends it to the service's process pool.
 """
 from __future__ import annotations
@@ -44,13 +45,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from rq.callbacks import execute_stopped_callback
 from rq.command import parse_payload
 from rq.job import Job
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import now
+from rq.worker.base import format_exc_info
 
 from . import logs
+from .changes import EXECUTION_ATTR
 from .queues import WORKER_QUEUES
 from .worker import InkqQueue, InkqWorker, bind_job, signals_for_main_thread_only
 
@@ -66,8 +68,8 @@ class Abandoned(BaseException):
 
 
 class NoDeathPenalty(BaseDeathPenalty):
-    """rq's callbacks run under a death penalty; a signal one cannot be armed off the main thread, and
-    the callbacks here are short Redis writes, so none is armed."""
+    """rq arms a death penalty around job callbacks (its registry cleanup may run them); a signal one
+    cannot be armed off the main thread, and inkq's jobs carry no callback, so none is armed."""
 
     def setup_death_penalty(self):
         pass
@@ -130,6 +132,7 @@ class SlotWorker(InkqWorker):
         """Start the job in a slot thread; return once a slot is free for the next one."""
         try:
             execution = self.prepare_execution(job)
+            setattr(job, EXECUTION_ATTR, execution.id)  # the job's own writes are fenced by it
             slot = Slot(job, queue, execution)
             slot.thread = threading.Thread(target=self._run, args=(slot,), name=f"slot-{job.id[:8]}", daemon=True)
             with self._changed:
@@ -196,32 +199,25 @@ class SlotWorker(InkqWorker):
             return
         _raise_in(slot.thread, Abandoned)
         job = Job.fetch(slot.job.id, connection=self.connection, serializer=self.serializer)
+        job.started_at = slot.job.started_at
+        setattr(job, EXECUTION_ATTR, slot.execution.id)
         with logs.bound(**_fields(job)):
             try:
                 with self._finish_lock:
-                    if stopped:
-                        self._end_stopped(job, slot.queue, slot.execution)
+                    if stopped:  # as rq's `_handle_stopped_job`: STOPPED, never retried
+                        self.end(job, slot.queue, slot.execution, "supervisor-stop",
+                                 exc_string="Job stopped by user.", stopped=True)
                     else:
                         timeout = self._timeout_of(job)
                         exc = JobTimeoutException(f"Task exceeded maximum timeout value ({int(timeout)} seconds)")
                         log.warning("job ran past its timeout of %d s; ended, its thread detached", timeout)
                         from .jobs import record_failure
                         record_failure(job, exc)
-                        self._finalize_failure(job, slot.queue, slot.execution, (type(exc), exc, None))
+                        self.end(job, slot.queue, slot.execution, "supervisor-timeout",
+                                 exc_string=format_exc_info((type(exc), exc, None)))
             except Exception:
                 log.exception("could not end job %s", job.id)
         self._release(slot)
-
-    def _end_stopped(self, job, queue, execution) -> None:
-        """rq's ending of a job stopped on request (`Worker._handle_stopped_job`): its stopped callback,
-        whose raise is logged, then `STOPPED`, never retried."""
-        job.ended_at = now()
-        self._stopped_job_id = job.id
-        try:
-            execute_stopped_callback(job, self.death_penalty_class)
-        except Exception:
-            log.exception("stopped callback for job %s raised", job.id)
-        self.handle_job_failure(job, queue=queue, exc_string="Job stopped by user.", execution=execution)
 
     def _release(self, slot: Slot) -> None:
         self.executions.pop(slot.execution.id, None)
@@ -248,9 +244,10 @@ class SlotWorker(InkqWorker):
                 return
             with self._finish_lock:
                 if exc_info is None:
-                    self._finalize_success(job, queue, execution, result)
+                    self.end(job, queue, execution, "worker", result=result)
                 else:
-                    self._finalize_failure(job, queue, execution, exc_info)
+                    self.handle_exception(job, *exc_info)
+                    self.end(job, queue, execution, "worker", exc_string=format_exc_info(exc_info))
         except Abandoned:
             return
         except Exception:

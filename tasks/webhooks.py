@@ -7,8 +7,8 @@ drop duplicates), `webhook-timestamp` (Unix seconds of this attempt) and `webhoo
 `whsec_<base64>`; a secret without the prefix is used as UTF-8 bytes). A receiver verifies them with
 any Standard Webhooks library (`standardwebhooks` on PyPI, Svix's, ...).
 
-Delivery is durable: the job's end (callbacks, the recovery sweep, the API's cancel) only schedules
-it, once per event (`SET NX`), as an rq job on the `webhooks` queue, which the worker service runs
+Delivery is durable: the job's end (`tasks/ending.py`, in the transaction that ends the job, so once
+per job whoever ends it) only schedules it, as an rq job on the `webhooks` queue, which the worker service runs
 with its own pool (CONCURRENCY_WEBHOOKS). Timeouts, connection errors, 429 and 5xx are retried by
 rq's scheduler with exponential backoff (WEBHOOK_RETRY_S, default 5, 20, 60, 180 and 420 s: six
 attempts over about 11 minutes), across restarts and crashes like any job. Other 4xx answers are
@@ -61,7 +61,6 @@ log = logging.getLogger("inkq.webhooks")
 TIMEOUT_S = 10
 QUEUE = "webhooks"
 SECRET_PREFIX = "whsec_"
-SCHEDULED_TTL_S = 7 * 86400
 RETRYABLE_STATUS = {408, 425, 429}
 CONNECT_TIMEOUT_S = 5
 RESOLVE_TIMEOUT_S = 5
@@ -284,9 +283,9 @@ def payload(job, status: str, settings: WorkerSettings | None = None) -> dict:
         store, ttl_s = blobs.store(job.connection), settings.result_url_ttl_s
         has_svg = isinstance(value, dict) and bool(value.get("svgKey"))
         if store.kind == "s3":
-            result["image"] = blobs.result_url(store, job.id, False, ttl_s)
+            result["image"] = blobs.result_url(store, job.id, False, ttl_s, value)
             if has_svg:
-                result["svg"] = blobs.result_url(store, job.id, True, ttl_s)
+                result["svg"] = blobs.result_url(store, job.id, True, ttl_s, value)
         elif (keys := signing(settings)) is not None:
             secret_key, origin = keys
             result["image"] = links.signed_url(secret_key, origin, job.id)
@@ -316,8 +315,10 @@ def _iso(value) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def schedule(job, status: str, connection=None, retry_s: tuple | None = None) -> bool:
-    """Queue the delivery of this job's final status, once per event; False when it has no webhook.
+def schedule(job, status: str, pipeline, retry_s: tuple | None = None) -> bool:
+    """Add to `pipeline` (the job's end transaction, `tasks/ending.py`) the queueing of the delivery of this
+    job's final status and its `pending` state; False when it has no webhook. The end is fenced, so it
+    runs once per job: no guard of its own.
 
     Retried after the waits `retry_s` (WEBHOOK_RETRY_S: the API passes its settings'; by default the worker
     service's, `tasks.settings.current`)."""
@@ -326,19 +327,16 @@ def schedule(job, status: str, connection=None, retry_s: tuple | None = None) ->
     from rq import Queue, Retry
     from rq.serializers import JSONSerializer
 
-    connection = connection or job.connection
     msg_id = event_id(job.id, status)
-    if not connection.set(f"inkq:webhook:{msg_id}", 1, nx=True, ex=SCHEDULED_TTL_S):
-        return False  # already scheduled (the callback and the sweep both saw the end)
     intervals = list(current().webhook_retry_s if retry_s is None else retry_s)
-    # recorded before the delivery is queued: a delivery worker quicker than this line had its first
-    # attempt's state overwritten with "pending", 0 attempts (seen on a loaded box)
-    state = _record(connection, job.id, {"state": "pending", "attempts": 0, "eventId": msg_id})
-    job.meta["webhook"] = state  # so that a later save of this copy of the job keeps it
-    Queue(QUEUE, connection=connection, serializer=JSONSerializer).enqueue(
+    # recorded in the same transaction, before the delivery is queued: a delivery worker can only
+    # overwrite it with a later state
+    job.meta["webhook"] = {"state": "pending", "attempts": 0, "eventId": msg_id}
+    pipeline.hset(job.key, "meta", job._serialize_meta())
+    Queue(QUEUE, connection=job.connection, serializer=JSONSerializer).enqueue(
         "tasks.webhooks.send", job.id, status, msg_id, job_timeout=TIMEOUT_S * 3, result_ttl=3600,
         failure_ttl=86400, retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
-        description=f"webhook {msg_id}", meta={"source": job.id, "retries": len(intervals)})
+        description=f"webhook {msg_id}", meta={"source": job.id, "retries": len(intervals)}, pipeline=pipeline)
     return True
 
 

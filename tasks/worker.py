@@ -6,7 +6,7 @@ Importing numpy/scipy/Pillow and the engines here, at import time, means they ar
 service and shared copy-on-write by every process, instead of being imported by each of them.
 
 `InkqWorker` holds the workarounds of rq's worker life cycle (stops, liveness, claims, the scheduler,
-heartbeats, outcome metrics); it runs no job itself: it is rq's `BaseWorker`, which forks no
+heartbeats) and its end of a job (`InkqWorker.end`, through `tasks/ending.py`); it runs no job itself: it is rq's `BaseWorker`, which forks no
 work-horse, and `SlotWorker.execute_job` runs each job in a thread of its own process.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+from datetime import timedelta
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -28,14 +29,13 @@ from rq.queue import Queue
 from rq.utils import now as utcnow
 from rq.worker import BaseWorker, WorkerStatus
 
-from . import blobs, logs, metrics, recovery
-from .changes import announce
+from . import blobs, ending, logs, metrics, recovery
 from .orphans import die_with_parent
 from .settings import env_int
 
 log = logging.getLogger("inkq.worker")
 PRELOAD = ("tasks.jobs", "tasks.images", "tasks.stencil", "tasks.enhance", "tasks.colormatch", "tasks.gemini",
-           "tasks.callbacks", "tasks.webhooks")
+           "tasks.webhooks")
 
 
 def preload() -> None:
@@ -133,6 +133,18 @@ class InkqQueue(Queue):
         return queue_key, result
 
 
+def _retry(job, queue, pipe) -> None:
+    """rq 3.0's `Job.retry`, every write in `pipe`: rq's writes the scheduled status outside it, which a
+    refused (late) end must not do."""
+    interval = job.get_retry_interval()
+    job.retries_left = job.retries_left - 1
+    if interval:
+        job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
+        queue.schedule_job(job, utcnow() + timedelta(seconds=interval), pipeline=pipe)
+    else:
+        queue._enqueue_job(job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)
+
+
 def bind_job(job) -> None:
     """Every line this process logs about the job (in the thread that binds it) carries its id, queue,
     owner, attempt and the id of the request that submitted it."""
@@ -143,25 +155,28 @@ def bind_job(job) -> None:
 
 
 class Liveness(threading.Thread):
-    """Keeps `inkq:alive:<worker>` alive and the worker listed under its queues, every second.
+    """Keeps `inkq:alive:<worker>` alive, the worker listed under its queues and its slots published
+    (`tasks.metrics.publish_slots`, read by /admin/queue-stats), every second.
 
     A thread of its own, with its own connection and a short socket timeout, so a long job, a slow
     maintenance run or a long `BLMOVE` never lets the key lapse while the process lives.
     """
 
-    def __init__(self, connection: Redis, name: str, queue_names: list[str]):
+    def __init__(self, connection: Redis, name: str, queue_names: list[str], slots: int = 1):
         super().__init__(name="inkq-liveness", daemon=True)
         kwargs = {**get_connection_kwargs(connection), "socket_timeout": 2, "socket_connect_timeout": 2}
         self.redis = Redis(connection_pool=connection.connection_pool.__class__(
             connection_class=connection.connection_pool.connection_class, **kwargs))
         self.worker = name
         self.queue_names = queue_names
+        self.slots = slots
         self.stopped = threading.Event()
 
     def beat(self) -> None:
-        """Renew the liveness key and the listing once."""
+        """Renew the liveness key, the listing and the published slots once."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(recovery.alive_key(self.worker), os.getpid(), px=recovery.LIVENESS_TTL_MS)
+            metrics.publish_slots(pipe, self.worker, self.slots)
             for queue in self.queue_names:
                 pipe.sadd(recovery.workers_key(queue), self.worker)
             pipe.execute()
@@ -179,7 +194,7 @@ class Liveness(threading.Thread):
         if self.is_alive():
             self.join(timeout=3)  # a beat in flight would bring the key back
         try:
-            self.redis.delete(recovery.alive_key(self.worker))
+            self.redis.delete(recovery.alive_key(self.worker), metrics.slots_key(self.worker))
         except RedisError:
             pass  # it lapses on its own within LIVENESS_TTL_MS
 
@@ -214,10 +229,11 @@ def signals_for_main_thread_only():
 
 class InkqWorker(BaseWorker):
     """The base of `tasks.slots.SlotWorker`: an rq worker which hears a stop during start-up, which
-    proves it is alive every second, whose scheduler always stops, and which counts each outcome."""
+    proves it is alive every second, whose scheduler always stops, and whose ends of jobs are fenced."""
 
     queue_class = InkqQueue
     liveness: Liveness | None = None
+    slots = 1  # jobs run at once, published beside the liveness key; `tasks.slots.SlotWorker` sets its own
 
     def bootstrap(self, *args, **kwargs):
         """Install the shutdown handlers before start-up, not after it.
@@ -272,7 +288,7 @@ class InkqWorker(BaseWorker):
     def start_liveness(self) -> None:
         """Prove this worker alive before its first dequeue, and keep proving it; dequeue into its claims."""
         die_with_parent(signal.SIGTERM)  # a worker whose supervisor is gone shuts down warmly
-        self.liveness = Liveness(self.connection, self.name, self.queue_names())
+        self.liveness = Liveness(self.connection, self.name, self.queue_names(), self.slots)
         self.liveness.beat()
         with signals_for_main_thread_only():
             self.liveness.start()
@@ -321,57 +337,76 @@ class InkqWorker(BaseWorker):
             pipeline.execute()
         return execution
 
-    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
-        """rq's handling, on the stored meta; then a final end drops the input (`drop_input`), and the
-        change is announced and the outcome counted.
+    def end(self, job, queue, execution, by: str, result=None, exc_string: str | None = None,
+            stopped: bool = False) -> bool:
+        """End this worker's execution of a job through the one end path (`tasks.ending.finish`), fenced by
+        its execution id: True if it ended the job, False if its end came late (the recovery sweep gave the
+        job to another execution meanwhile, or it had ended) and was refused.
 
-        Other processes write into the stored meta while the job runs (the CPU pool its progress, the
-        API its cancel mark); rq's retry saves this worker's copy over it, which lost those writes.
+        `exc_string` None: completed with `result`; else failed, retried (retries left, not stopped) or,
+        `stopped`, canceled. The rq writes are those of rq 3.0's `handle_job_success` and
+        `handle_job_failure` (status, result, registries, counters, the execution's removal), in the end's
+        transaction: rq runs a job's callbacks and writes its end in separate steps, and a worker lost
+        between them left a half-ended job (the soak's `failed` job: the input dropped by the callback, the
+        job still `started`, its re-run found no input). No rq callback is used; `job.retry`, which writes
+        the scheduled status outside the given pipeline, is replaced by `_retry`.
         """
+        job.ended_at = utcnow()
         job.get_meta(refresh=True)
-        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
-                                   execution=execution)
-        status = job.get_status(refresh=False)
-        if status in (JobStatus.FAILED, JobStatus.STOPPED):
-            self.drop_input(job)
-        announce(self.connection, job.id)  # failed, stopped or waiting to retry
-        self._count_outcome(job, {JobStatus.FAILED: "failed", JobStatus.SCHEDULED: "retried",
-                                  JobStatus.QUEUED: "retried"}.get(status))
+        if exc_string is None:
+            outcome = "completed"
+        elif stopped or job.meta.get("canceled"):
+            outcome = "canceled"  # stopped on request, or refused to start after a cancel
+        elif job.should_retry:
+            outcome = "retried"
+        else:
+            outcome = "failed"
+        retries_left = job.retries_left
 
-    def handle_job_success(self, job, queue, started_job_registry, execution):
-        """rq's handling, then the input goes and the change is announced to event streams."""
-        super().handle_job_success(job, queue, started_job_registry, execution)
-        self.drop_input(job)
-        announce(self.connection, job.id)
-        self._count_outcome(job, "completed")
+        def writes(pipe) -> None:
+            job.retries_left = retries_left
+            meta = {"worker_name": self.name, "execution_id": execution.id,
+                    "execution_started_at": execution.created_at, "execution_ended_at": job.ended_at}
+            if outcome == "completed":
+                job._result = result
+                result_ttl = job.get_result_ttl(self.default_result_ttl)
+                if result_ttl != 0:
+                    job._handle_success(result_ttl, pipeline=pipe, **meta)
+                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                self.increment_successful_job_count(pipeline=pipe)
+            elif outcome == "retried":
+                _retry(job, queue, pipe)
+                self.increment_failed_job_count(pipe)
+            else:
+                job.set_status(JobStatus.STOPPED if stopped else JobStatus.FAILED, pipeline=pipe)
+                job._handle_failure(exc_string, pipeline=pipe, **meta)
+                self.increment_failed_job_count(pipe)
+            if job.started_at:
+                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
 
-    def drop_input(self, job) -> None:
-        """Delete an ended job's input image, once its end is written, never before.
+        ran = metrics.seconds_between(job.started_at, job.ended_at)
+        done = ending.finish(self.connection, ending.Ending(job, outcome, by, ran), writes,
+                             ending.execution_fence(job.id, execution.id))
+        if done:
+            log.info("job attempt %s", outcome, extra={"durationMs": round(ran * 1000, 1)} if ran is not None else None)
+            if outcome != "retried":
+                ending.drop_input_now(blobs.store(self.connection), job.id)
+        else:
+            ending.refused(self.connection, job, execution.id, by)
+            self.forget_execution(job, execution)
+        return done
 
-        rq 3.0 runs the job's callbacks before it writes the end (`_finalize_success` and
-        `_finalize_failure` call them first). A worker lost in between leaves the job `started`, the
-        recovery sweep runs it again, and that run needs its input: dropped by the callback, it failed
-        with "The input image expired" (the soak, once in 30-60 runs). Lost after the end is written,
-        the input only waits for its own expiry.
-        """
+    def forget_execution(self, job, execution) -> None:
+        """After a refused end: remove only this execution's own bookkeeping (a resumed heartbeat may have
+        written its record again) and its own output objects; never the job."""
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            pipe.execute()
         try:
-            blobs.discard_input(blobs.store(self.connection), job.id)
-        except RedisError as exc:
-            log.warning("could not drop the input of job %s now (%s); it expires on its own", job.id, exc)
-
-    def _count_outcome(self, job, outcome: str | None) -> None:
-        """Add an attempt's outcome and run time to the shared job metrics (`tasks/metrics.py`); a stop
-        (cancel) is counted by whoever canceled."""
-        if outcome is None:
-            return
-        ran = metrics.seconds_between(job.started_at, job.ended_at or utcnow())
-
-        def commands(pipe):
-            metrics.count(self.connection, job.origin, outcome, pipeline=pipe)
-            if ran is not None:
-                metrics.observe(self.connection, "run", job.origin, ran, pipeline=pipe)
-        metrics.batch(self.connection, commands)
-        log.info("job attempt %s", outcome, extra={"durationMs": round(ran * 1000, 1)} if ran is not None else None)
+            blobs.store(self.connection).delete(*blobs.outputs_of(job.id, execution.id))
+        except Exception as exc:  # noqa: BLE001 - they expire with the result TTL anyway
+            log.warning("could not delete the outputs of late execution %s: %s", execution.id, exc)
 
     def heartbeat(self, timeout=None, pipeline=None):
         """rq's heartbeat, where an idle worker asked to stop stops.

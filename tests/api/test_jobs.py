@@ -218,7 +218,8 @@ def test_job_record_holds_no_image_and_no_pickle(api, redis, workers):
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     spec = job.args[0]
     assert spec["inputKey"] == f"inkq:blob:in:{job_id}" and "image" not in spec["params"]
-    assert redis.ttl(f"inkq:blob:out:{job_id}") > 0
+    output = job.return_value()["outputKey"]  # one per execution: inkq:blob:out:<jobId>/<executionId>
+    assert output.startswith(f"inkq:blob:out:{job_id}/") and redis.ttl(output) > 0
     wait_until(lambda: not redis.exists(spec["inputKey"]), timeout=10, what="the input to be dropped")
 
 

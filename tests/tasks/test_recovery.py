@@ -251,8 +251,8 @@ from tasks.slots import SlotWorker
 from tasks.worker import InkqQueue
 
 class Probe(SlotWorker):
-    def handle_job_success(self, *args, **kwargs):
-        os.kill(os.getpid(), signal.SIGKILL)  # lost here: the success callback ran, the end is not written
+    def end(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)  # lost here: the job ran, its end is not written
 
 redis = Redis.from_url(sys.argv[1])
 queue = InkqQueue("stencil-generation", connection=redis, serializer=JSONSerializer)
@@ -261,10 +261,10 @@ Probe([queue], connection=redis, serializer=JSONSerializer, slots=1).work()
 
 
 def test_a_worker_lost_as_its_job_ends_leaves_the_input_for_the_run_again(credit_stack):
-    """rq runs a job's success callback before it writes the job's end. A worker lost in between leaves
-    the job `started`, and the sweep runs it again; that run found its input already dropped by the
-    callback and failed ("The input image expired before the job could run"): the soak's one failed
-    job in 30-60 runs. The input is now dropped only once the end is written: the job runs again and
+    """A worker lost as its job ends leaves the job `started`, and the sweep runs it again. rq ran a job's
+    success callback, which dropped its input, before it wrote the job's end, so that run failed ("The
+    input image expired before the job could run"): the soak's one failed job in 30-60 runs. The input is
+    now dropped only inside the end's one transaction (`tasks/ending.py`): the job runs again and
     completes, charged once."""
     stack = credit_stack
     job_id = stack.submit_stencils(1)[0]
@@ -382,3 +382,94 @@ def test_claimed_ids_count_as_waiting(tmp_path, gemini):
         assert refused.status_code == 503 and refused.json()["code"] == "queue_full"
     finally:
         stack.close()
+
+
+# --- one end per job (tasks/ending.py) -------------------------------------------------------------
+
+def _processes_of(service) -> list[int]:
+    """Every process of a worker service: its process group and any descendant that left it (the CPU
+    pool starts sessions of its own)."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [service.proc.pid]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _holder(stack: Stack, job_id: str):
+    """The worker service whose worker runs the job."""
+    worker = stack.redis.hget(f"rq:job:{job_id}", "worker_name").decode()
+    pid = int(stack.redis.get(recovery.alive_key(worker)))
+    return next(s for s in stack.services if os.getpgid(pid) == s.proc.pid)
+
+
+def test_a_frozen_workers_late_result_changes_nothing(credit_stack, gemini):
+    """Two worker services; the one running a 10 s provider job is frozen (SIGSTOP, every process) for
+    25 s; the other runs the job again and completes it. Once the frozen one resumes and finishes its
+    copy, nothing changes: status, endedAt, result bytes, attempts, balance; the late end is logged and
+    counted (`inkq_jobs_total{outcome="late"}`)."""
+    stack = credit_stack
+    stack.workers(stencil=1)
+    stack.workers(stencil=1)
+    gemini.push(fg.slow(10, fg.ok(fg.sample_png(48))))  # the frozen run's answer; the re-run's is 64 px
+    job_id = stack.api.post("/generate", json={"operation": "ia-gen", "prompt": "a fox"}).json()["jobId"]
+    _wait_in_call(stack, job_id, gemini)
+    frozen = _processes_of(_holder(stack, job_id))
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        body = stack.wait_all([job_id], timeout=30)[job_id]
+        assert body["status"] == "completed" and body["attempts"] == 2, body
+        result = stack.api.get(f"/result/{job_id}").content
+        balance = stack.api.get("/credits").json()["balance"]
+        assert balance == 1000 - 2
+        time.sleep(max(0.0, 25 - (time.monotonic() - stopped_at)))
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: stack.redis.hget("inkq:metrics", "c|ia-gen|late") == b"1", timeout=30,
+               what="the frozen copy's end to be refused")
+    assert any("late end of job" in line for line in _log_lines(stack, [job_id]))
+    after = stack.api.get(f"/status/{job_id}").json()
+    for status in (body, after):
+        status["result"].pop("image")  # a link signed at each read
+    assert after == body, (body, after)
+    assert stack.api.get(f"/result/{job_id}").content == result
+    assert stack.api.get("/credits").json()["balance"] == balance
+    assert stack.redis.hget("inkq:metrics", "c|ia-gen|completed") == b"1"
+    assert len(list(stack.redis.scan_iter(blobs.output_key(job_id) + "/*"))) == 1  # the late copy's went
+
+
+def test_a_supervisor_lost_right_after_the_sweep_loses_no_webhook(credit_stack, gemini, receiver):
+    """The sweep's end of a job and its webhook's enqueue are one step: a supervisor that dies right
+    after its sweep script (the script is run here, as that supervisor's last act) leaves the end to
+    the next supervisor, which delivers the webhook and refunds the job."""
+    url, calls = receiver
+    stack = credit_stack
+    service = stack.workers(stencil=1)
+    gemini.push(fg.slow(120))
+    job_id = stack.api.post("/generate", json={"operation": "ia-gen", "prompt": "a wren",
+                                               "webhookUrl": url}).json()["jobId"]
+    _wait_in_call(stack, job_id, gemini)
+    stack.redis.hset(f"rq:job:{job_id}", "retries_left", 0)  # as if its retries were used up
+    worker = stack.redis.hget(f"rq:job:{job_id}", "worker_name").decode()
+    service.kill()  # no supervisor left
+    wait_until(lambda: not stack.redis.exists(recovery.alive_key(worker)), timeout=10, what="its liveness to lapse")
+    assert recovery.Recovery(stack.redis).sweep().ended == [(job_id, "failed")]
+    assert calls.empty()
+    stack.workers(stencil=1)  # the next supervisor
+    _, hook = calls.get(timeout=15)
+    assert json.loads(hook)["jobId"] == job_id and json.loads(hook)["status"] == "failed"
+    assert stack.redis.hget(f"rq:job:{job_id}", "status") == b"failed"
+    assert stack.redis.get("inkq:credits:alice") == b"1000"
+    assert stack.redis.hlen(recovery.ENDING_KEY) == 0

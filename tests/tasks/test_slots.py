@@ -74,7 +74,7 @@ def test_provider_jobs_run_at_once_in_one_process_each_with_its_own_job(stack, g
     for job_id, body in final.items():
         assert body["status"] == "completed" and body["attempts"] == 1, body
         assert body["progress"] == 100
-        assert stack.redis.exists(blobs.output_key(job_id))
+        assert list(stack.redis.scan_iter(blobs.output_key(job_id) + "/*"))  # under its id and execution
     sent = sorted(request.images[0] for request in gemini.requests)
     assert len(set(sent)) == 3  # each job sent its own input
     calls = [line["jobId"] for line in _log_lines(stack)
@@ -139,16 +139,18 @@ def test_cancel_of_a_running_provider_job(stack, gemini):
     assert stack.api.get(f"/status/{job_id}").json()["status"] == "canceled"
 
 
-def test_a_canceled_running_job_runs_its_stopped_callback(stack, gemini):
-    """The supervisor ends a canceled job as rq ends a stopped one: the job's stopped callback runs (its
-    "canceled" webhook is queued) and the job is `STOPPED`; then its input image is dropped."""
+def test_a_canceled_running_job_ends_canceled_with_its_webhook(stack, gemini):
+    """The supervisor ends a canceled running job through the one end path (`tasks/ending.py`): the job
+    is `STOPPED`, its "canceled" webhook delivery is queued in the same transaction, and its input is
+    dropped."""
     gemini.push(fg.slow(120))
     job_id = stack.api.submit(photo((64, 64)), engine="gemini", webhookUrl="http://127.0.0.1:9/hook").json()["jobId"]
     _in_call(stack, gemini, job_id)
     assert stack.redis.exists(blobs.input_key(job_id))
     assert stack.api.delete(f"/jobs/{job_id}").status_code == 200
     assert stack.redis.hget(f"rq:job:{job_id}", "status") == b"stopped"
-    assert stack.redis.exists(f"inkq:webhook:{webhooks.event_id(job_id, 'canceled')}")
+    meta = json.loads(stack.redis.hget(f"rq:job:{job_id}", "meta"))
+    assert meta["webhook"]["eventId"] == webhooks.event_id(job_id, "canceled")
     wait_until(lambda: not stack.redis.exists(blobs.input_key(job_id)), timeout=5, what="the input to be dropped")
 
 

@@ -1,0 +1,179 @@
+"""How a job ends: one function, `finish`, that every way of ending a job calls, and one ordered list
+of end-of-job concerns, `HOOKS`, that it runs.
+
+The ways a job ends: completed, failed or retried by its worker (`tasks.worker.InkqWorker.end`),
+timed out or stopped on request by its slot's supervisor (`tasks/slots.py`), ended after a dead
+worker by the recovery sweep (`tasks/recovery.py`, through its `inkq:ending` entries), canceled while
+waiting by the API (`api/store.py`).
+
+`finish` runs one WATCH/MULTI/EXEC transaction:
+1. the **fence**: the caller's proof that it still owns the job (a worker: its rq execution id is still
+   in `rq:executions:<jobId>`, which the sweep removes when it takes the job from a dead or frozen
+   worker; the sweep's drain: its entry is still in `inkq:ending`; the API: the job still waits), and
+   the job has not ended already. A refused end writes nothing about the job: a worker frozen past
+   its liveness (SIGSTOP, a paused VM, a partition) whose job ran again elsewhere cannot overwrite
+   the second run's status, result, meta, credits or webhook;
+2. the caller's rq writes for that outcome (status, result, registries, its execution's removal);
+3. every hook, in order: credits, input, webhook, metrics, announcement. A hook only adds commands to
+   the transaction: no round trips, no S3 call. So the end, its settlement, its input's deletion and
+   its webhook delivery's enqueue happen together or not at all.
+
+`repair` is the one place where a read settles a charge left pending: an end interrupted before its
+transaction (a job that expired, or one ended by code from before this module).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from redis.exceptions import WatchError
+
+from . import blobs, changes, credits, metrics
+
+log = logging.getLogger("inkq.ending")
+
+OUTCOMES = ("completed", "failed", "retried", "canceled", "expired")
+ENDED = {b"finished", b"failed", b"stopped", b"canceled"}
+_SETTLE = credits.SETTLE_FN + "return settle_charge(KEYS[1], ARGV[2], ARGV[1] == 'refund')\n"
+
+Fence = Callable[[object], bool]  # given a pipeline in WATCH mode: WATCH its keys, read, True if still owner
+Writes = Callable[[object], None]  # add the outcome's rq writes to a pipeline in MULTI mode
+
+
+@dataclass
+class Ending:
+    """One job's end: its rq job, the outcome word, who ended it, how long it ran."""
+
+    job: object
+    outcome: str  # one of OUTCOMES
+    by: str  # worker | supervisor-timeout | supervisor-stop | sweep | api | deadline
+    ran_s: float | None = None
+    webhook_retry_s: tuple | None = None  # WEBHOOK_RETRY_S of a process other than a worker service (the API's)
+
+    @property
+    def final(self) -> bool:
+        """Whether the job is over (a retried one runs again)."""
+        return self.outcome != "retried"
+
+    @property
+    def user(self) -> str | None:
+        """The job's owner."""
+        return (self.job.meta or {}).get("user")
+
+
+class Credits:
+    """A final end settles the charge: committed when completed, refunded otherwise (`tasks/credits.py`)."""
+
+    def on_end(self, ending: Ending, pipe) -> None:
+        if not ending.final:
+            return
+        refund = "commit" if ending.outcome == "completed" else "refund"
+        pipe.eval(_SETTLE, 1, credits.charge_key(ending.job.id), refund, credits.balance_key(""))
+        if ending.user:
+            pipe.srem(credits.inflight_key(ending.user), ending.job.id)
+
+
+class Input:
+    """A final end drops the input image, needed only by a run: deleted in the Redis store, made due now
+    for the blob sweep in the S3 store (`tasks/blobs.py`)."""
+
+    def on_end(self, ending: Ending, pipe) -> None:
+        if not ending.final:
+            return
+        key = blobs.input_key(ending.job.id)
+        pipe.delete(key)
+        pipe.zadd(blobs.EXPIRY_KEY, {key: 0}, xx=True)
+
+
+class Webhook:
+    """A final end of a job with a webhook queues its delivery (`tasks/webhooks.py`) in the same step."""
+
+    def on_end(self, ending: Ending, pipe) -> None:
+        if ending.final:
+            from . import webhooks
+
+            word = "failed" if ending.outcome == "expired" else ending.outcome
+            webhooks.schedule(ending.job, word, pipe, ending.webhook_retry_s)
+
+
+class Metrics:
+    """The outcome's counter and, for a run, its run time (`tasks/metrics.py`)."""
+
+    def on_end(self, ending: Ending, pipe) -> None:
+        queue = ending.job.origin
+        metrics.count(None, queue, ending.outcome, pipeline=pipe)
+        if ending.ran_s is not None:
+            metrics.observe(None, "run", queue, ending.ran_s, pipeline=pipe)
+
+
+class Announcement:
+    """Event streams hear of the change (`tasks/changes.py`), sent when the transaction commits."""
+
+    def on_end(self, ending: Ending, pipe) -> None:
+        pipe.publish(changes.CHANNEL, ending.job.id)
+
+
+HOOKS = [Credits(), Input(), Webhook(), Metrics(), Announcement()]
+
+
+def executions_key(job_id: str) -> str:
+    """rq's registry of a job's executions (zset of execution ids): the fencing token's home."""
+    return f"rq:executions:{job_id}"
+
+
+def execution_fence(job_id: str, execution_id: str) -> Fence:
+    """The fence of a worker's end: its execution still owns the job, and the job has not ended."""
+    def owns(pipe) -> bool:
+        pipe.watch(executions_key(job_id), f"rq:job:{job_id}")
+        return pipe.zscore(executions_key(job_id), execution_id) is not None and not ended(pipe, job_id)
+    return owns
+
+
+def ended(pipe, job_id: str) -> bool:
+    """Whether the job's stored status is a final one (read on a watching pipeline)."""
+    return pipe.hget(f"rq:job:{job_id}", "status") in ENDED
+
+
+def finish(connection, ending: Ending, writes: Writes | None, fence: Fence) -> bool:
+    """End a job: fence check, then `writes` and every hook in one transaction. True if this call ended
+    it, False if the fence refused (another execution owns the job, or it has ended)."""
+    with connection.pipeline() as pipe:
+        while True:
+            try:
+                if not fence(pipe):
+                    pipe.unwatch()
+                    return False
+                ending.job.get_meta(refresh=True)  # the stored meta (progress, cancel mark), read under WATCH
+                pipe.multi()
+                if writes is not None:
+                    writes(pipe)
+                for hook in HOOKS:
+                    hook.on_end(ending, pipe)
+                pipe.execute()
+                return True
+            except WatchError:
+                continue
+
+
+def drop_input_now(store, job_id: str) -> None:
+    """After a final end: delete the input object now rather than at the blob sweep's next run (the `Input`
+    hook made it due); best effort, the sweep deletes it otherwise."""
+    try:
+        blobs.discard_input(store, job_id)
+    except Exception as exc:  # noqa: BLE001 - a Redis or store error: it is due, the blob sweep deletes it
+        log.warning("could not delete the input of job %s now (%s); the blob sweep will", job_id, exc)
+
+
+def refused(connection, job, execution_id: str, by: str) -> None:
+    """A late end: logged and counted (`inkq_jobs_total{outcome="late"}`); nothing about the job is written."""
+    log.warning("late end of job %s from execution %s refused (%s): the job is owned or ended elsewhere",
+                job.id, execution_id, by)
+    metrics.count(connection, job.origin, "late")
+
+
+def repair(connection, job_id: str, user_id: str | None, word: str) -> None:
+    """Settle the pending charge of a job found ended (refund unless completed): the repair of an end
+    interrupted before its transaction. Idempotent (the charge is consumed once)."""
+    if word in ("completed", "failed", "canceled"):
+        credits.settle(connection, job_id, user_id, refund=word != "completed")
