@@ -1,6 +1,6 @@
 """inkq API: `create_app(config=None)` builds the Flask app (flaskr-style factory).
 
-Redis, the blob store (`tasks.blobs`: Redis or S3), the job store, admission (limits and credits),
+Redis, the blob store (`tasks.core.blobs`: Redis or S3), the job store, admission (limits and credits),
 result links and metrics are built here and hung on `app.extensions["inkq"]`. The API enqueues
 jobs by dotted name (`tasks.jobs.*`) and never imports image or provider code.
 """
@@ -45,8 +45,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from redis import __version__ as redis_version
     from redis.driver_info import DriverInfo
 
-    from tasks import blobs as blob_store
-    from tasks import logs
+    from tasks.core import blobs as blob_store
+    from tasks.core import logs
 
     from . import admin, credits, errors, health, jobs, openapi, uploads, web
     from .access import RequestIds

@@ -3,7 +3,7 @@ Flask's, the status fast path's (`api/fastpath.py`), rq-dashboard's and every er
 
 `X-Request-ID` from the client is kept when it is 1-128 characters of `A-Za-z0-9._:-` (API.md),
 otherwise a new one is made; it is echoed on the response, bound to the request's log lines
-(`tasks.logs.bind`), left in `environ["inkq.request_id"]` for the submit view to store on the job,
+(`tasks.core.logs.bind`), left in `environ["inkq.request_id"]` for the submit view to store on the job,
 and written on the access line. The access line is logged when the response body is closed, so a
 stream's line gives the stream's whole length. It names the method, the path without its query
 (signed URLs' tokens cut), the status, the duration, the user (`environ["inkq.user"]`, set once
@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 
-from tasks import logs
+from tasks.core import logs
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ENVIRON_ID = "inkq.request_id"

@@ -38,9 +38,8 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from tasks import metrics as job_metrics
-from tasks import recovery
-from tasks.queues import QUEUES
+from tasks.core import metrics as job_metrics
+from tasks.core.queues import QUEUES
 
 from .auth import valid_user_id
 from .errors import ApiError, bad_request, error_response
@@ -69,11 +68,11 @@ def queue_stats(redis) -> dict:
     """Counts per queue, read straight from the registries' keys (no clean-up is triggered).
 
     `waiting` counts the queue and the ids workers have claimed but not yet started. `concurrency` is
-    what the running worker services publish (`tasks.metrics.queue_gauges`: the slots of the queue's
+    what the running worker services publish (`tasks.core.metrics.queue_gauges`: the slots of the queue's
     live workers, summed), never the API's own idea of CONCURRENCY_*: 0 while no worker runs the queue.
     """
     workers = Worker.all(connection=redis, serializer=JSONSerializer)
-    waiting = recovery.waiting_counts(redis, [spec.name for spec in QUEUES.values()])
+    waiting = job_metrics.waiting_counts(redis, [spec.name for spec in QUEUES.values()])
     stats = {}
     pipe = redis.pipeline()
     for spec in QUEUES.values():

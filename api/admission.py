@@ -2,9 +2,9 @@
 
 Checked in this order, before anything is queued: in-flight jobs (429 `too_many_jobs`), the
 queue's waiting depth (503 `queue_full`: ids in the queue plus ids a worker has claimed and not yet
-started, see `tasks/recovery.py`), then credits (403 `insufficient_credits`), which are
+started, see `tasks/runtime/recovery.py`), then credits (403 `insufficient_credits`), which are
 reserved in the same Lua script. A refused submission is never charged. An admitted job is marked as
-being written until its enqueue transaction lands (`tasks.credits.admitting_key`), so `prune` never
+being written until its enqueue transaction lands (`tasks.core.credits.admitting_key`), so `prune` never
 takes a job that is still being stored for one that ended. The request rate per
 user is limited separately (`limits.py`, with the `limits` library behind Flask-Limiter).
 """
@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 
 from redis import Redis
-from tasks import credits, ending, recovery
-from tasks.queues import QUEUES
+from tasks import ending
+from tasks.core import credits, keys
+from tasks.core.queues import QUEUES
 
 from .errors import ApiError
 from .status import TERMINAL, read_many
@@ -69,12 +70,12 @@ class Admission:
     def _try(self, user_id: str, spec, operation: str, job_id: str) -> tuple[str, int]:
         s = self.settings
         verdict, value = self._admit(
-            keys=[credits.inflight_key(user_id), recovery.queue_key(spec.name),
-                  credits.balance_key(user_id), credits.charge_key(job_id), recovery.workers_key(spec.name),
+            keys=[credits.inflight_key(user_id), keys.queue_key(spec.name),
+                  credits.balance_key(user_id), credits.charge_key(job_id), keys.workers_key(spec.name),
                   credits.admitting_key(job_id)],
             args=[s.max_inflight_per_user, s.queue_max_depth, "1" if s.credits_enabled else "0",
                   s.credit_costs[operation], s.credits_initial, job_id, user_id, credits.CHARGE_TTL_S,
-                  recovery.claims_key(""), credits.ADMIT_GRACE_S])
+                  keys.claims_key(""), credits.ADMIT_GRACE_S])
         return (verdict.decode() if isinstance(verdict, bytes) else verdict), value
 
     def admit(self, user_id: str, operation: str, job_id: str) -> None:

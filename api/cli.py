@@ -55,7 +55,7 @@ def _gunicorn_logger_class():
 
     class GunicornLogger(glogging.Logger):
         """gunicorn's loggers, emptied of their own handlers: their lines go through the root handler
-        (`tasks.logs`), as JSON with LOG_FORMAT=json."""
+        (`tasks.core.logs`), as JSON with LOG_FORMAT=json."""
 
         def setup(self, cfg):
             super().setup(cfg)
@@ -84,8 +84,8 @@ def main() -> int:
 
     from gunicorn.app.base import BaseApplication
 
-    from tasks import logs
-    from tasks.durability import warn_if_unsafe
+    from tasks.core import logs
+    from tasks.core.durability import warn_if_unsafe
 
     from . import create_app
     from .server import set_deadlines

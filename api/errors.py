@@ -8,7 +8,7 @@ from redis.exceptions import RedisError, ResponseError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
-from tasks.blobs import StorageUnavailable
+from tasks.core.blobs import StorageUnavailable
 
 log = logging.getLogger("inkq.api")
 

@@ -1,7 +1,7 @@
 """Server-sent event streams, woken by one Redis pub/sub listener per API process.
 
 A stream parks on an event of its own (a greenlet under the gevent server: no thread per stream).
-The process's one listener (`Hub`) subscribes to `tasks.changes.CHANNEL` and sets the events of the
+The process's one listener (`Hub`) subscribes to `tasks.core.changes.CHANNEL` and sets the events of the
 streams watching the announced job; the woken streams of a job read it once between them
 (`Hub.read`: one `status.read`, one round trip, per process) and each sends the status object if it
 changed. A stream also re-reads every `EVENTS_POLL_S`
@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 from redis import Redis
 from redis.exceptions import RedisError
 
-from tasks.changes import CHANNEL
+from tasks.core.changes import CHANNEL
 
 from .status import TERMINAL, View, describe, read
 from .store import valid_job_id

@@ -20,8 +20,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.sansio.utils import get_current_url
 from werkzeug.wsgi import get_host
 
-from tasks import links
-from tasks.settings import DEFAULTS, ConfigError
+from tasks.core import links
+from tasks.core.settings import DEFAULTS, ConfigError
 
 _FORWARDED = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
               "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_PREFIX")

@@ -7,7 +7,7 @@ from functools import partial
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
 from tasks import webhooks
-from tasks.queues import QUEUES
+from tasks.core.queues import QUEUES
 
 from . import idempotency, uploads
 from .access import ENVIRON_ID

@@ -2,14 +2,14 @@
 
 With the Redis blob store they are the API's own `/files/<token>` links, the job id signed with
 SECRET_KEY and checked within RESULT_URL_TTL_S. With the S3 store they are presigned GETs of the
-object itself, valid for RESULT_URL_TTL_S (`tasks.blobs.result_url`); the API serves no bytes.
+object itself, valid for RESULT_URL_TTL_S (`tasks.core.blobs.result_url`); the API serves no bytes.
 """
 from __future__ import annotations
 
 from itsdangerous import BadSignature
 
-from tasks import blobs as blob_store
-from tasks import links
+from tasks.core import blobs as blob_store
+from tasks.core import links
 
 from .status import SVG_SUFFIX
 

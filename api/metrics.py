@@ -1,7 +1,7 @@
 """Prometheus metrics: request counts and latency and submissions (per API process), and, read from
 Redis on each scrape so that every API box reports the same totals from every worker service: queue
 depths, the oldest waiting job's age, live workers, job outcomes, run and queue-wait times, and
-Gemini calls (`tasks/metrics.py`).
+Gemini calls (`tasks/core/metrics.py`).
 
 Every label value comes from a closed set, so no request can add series: the method is one of
 `METHODS` or `other`, the endpoint is a route's name (`unknown` when none matched, never the raw
@@ -17,8 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from tasks import metrics as job_metrics
-from tasks.queues import QUEUE_NAMES
+from tasks.core import metrics as job_metrics
+from tasks.core.queues import QUEUE_NAMES
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 

@@ -3,7 +3,7 @@
 Tests pass a mapping to `create_app(config)`; it is layered over the process environment,
 so nothing is patched. Secrets have no defaults; `SECRET_KEY` falls back to a random key per
 process only in development (`INKQ_DEV=1`), since signed result URLs must verify on every API
-process of a deployment, and outside it must be at least 32 bytes (`tasks.links.checked_secret`).
+process of a deployment, and outside it must be at least 32 bytes (`tasks.core.links.checked_secret`).
 """
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from tasks import links
-from tasks.queues import QUEUES
-from tasks.settings import (DEFAULTS, ConfigError, LogSettings, StoreSettings, env_bool, env_float, env_int,
-                            env_secret, env_str, retry_seconds)
+from tasks.core import links
+from tasks.core.queues import QUEUES
+from tasks.core.settings import (
+    DEFAULTS, ConfigError, LogSettings, StoreSettings, env_bool, env_float, env_int, env_secret, env_str, retry_seconds,
+)
 
 from .cors import parse_origins
 from .forwarding import allowed_networks, public_url
@@ -77,7 +78,7 @@ class Settings:
     @classmethod
     def load(cls, overrides: Mapping[str, str] | None = None) -> "Settings":
         """Read settings from the environment with `overrides` layered on top; every default is the table's
-        (`tasks.settings.DEFAULTS`)."""
+        (`tasks.core.settings.DEFAULTS`)."""
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (overrides or {}).items()})
         dev = env_bool(env, "INKQ_DEV")

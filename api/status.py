@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from tasks.credits import charge_key
-from tasks.errors import CANCELED_MESSAGE, CRASH_FAILURE, GENERIC_FAILURE
-from tasks.links import SVG_SUFFIX
+from tasks.core.credits import charge_key
+from tasks.core.errors import CANCELED_MESSAGE, CRASH_FAILURE, GENERIC_FAILURE
+from tasks.core.links import SVG_SUFFIX
 
 WAITING, ACTIVE, COMPLETED, FAILED, CANCELED = "waiting", "active", "completed", "failed", "canceled"
 STATUS_WORDS = (WAITING, ACTIVE, COMPLETED, FAILED, CANCELED)

@@ -1,6 +1,6 @@
 """Jobs as the API sees them: enqueue by dotted name, fetch with ownership, list, cancel.
 
-A job carries ids, keys and parameters only; image bytes go to the blob store (`tasks.blobs`): into
+A job carries ids, keys and parameters only; image bytes go to the blob store (`tasks.core.blobs`): into
 the same Redis transaction as the job with the Redis store, or written to S3 just before it (a write
 that fails raises `StorageUnavailable` and nothing is queued; an object left by a failed transaction
 is deleted by the blob sweep when it is due). Each user has an index (sorted set by creation time)
@@ -32,9 +32,10 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from tasks import blobs as blob_store
-from tasks import credits, ending
-from tasks.queues import QUEUES, QueueSpec
+from tasks import ending
+from tasks.core import blobs as blob_store
+from tasks.core import credits
+from tasks.core.queues import QUEUES, QueueSpec
 
 from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
 

@@ -4,13 +4,13 @@ straight to the bucket and never through the API or Redis.
 
 - An upload is a Redis hash `inkq:upload:<id>` ({user, contentType, closes}, TTL UPLOAD_TTL_S) and one
   object, `up/<id>`, entered in the blob expiry set: an unused upload is deleted by the blob sweep
-  (`tasks/blobs.py`) after UPLOAD_TTL_S, without the bucket's lifecycle rules.
+  (`tasks/core/blobs.py`) after UPLOAD_TTL_S, without the bucket's lifecycle rules.
 - A presigned form cannot be revoked: until it expires, the client may post it again, whatever became
   of its upload. So the form expires `FORM_GRACE_S` (60 s, at most half of UPLOAD_TTL_S) before its
   upload's record (and after at most `POST_TTL_S`), and the object key's expiry entry is never removed
   before the form has expired plus that grace (`closes`): when a job uses the upload or its object is
   refused, the object is deleted at once and its entry made due at `closes` (never earlier; `delete` in
-  `tasks/blobs.py` leaves upload entries to the sweep). Whatever is posted again is deleted then: no
+  `tasks/core/blobs.py` leaves upload entries to the sweep). Whatever is posted again is deleted then: no
   object outlives its form by more than the grace. The grace covers clock skew between the API, the
   store and the workers, and an upload the store accepted just before expiry still being written.
 - Unused uploads per user are capped (`MAX_OPEN_UPLOADS_PER_USER`, default 20): each is a member of
@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import ValidationError
 
-from tasks import blobs as blob_store
+from tasks.core import blobs as blob_store
 
 from .errors import ApiError, bad_request, not_found
 from .guard import require_user

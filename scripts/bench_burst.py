@@ -270,7 +270,7 @@ def engine_alone(image: bytes, runs: int = ENGINE_RUNS) -> dict:
     as many processes as the service's CPU pool: no API, Redis, queue or store. jobs/s."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from tasks import cpu
+    from tasks.runtime import cpu
 
     processes = cpu.size()
     with ProcessPoolExecutor(processes) as pool:
@@ -282,9 +282,9 @@ def engine_alone(image: bytes, runs: int = ENGINE_RUNS) -> dict:
 
 
 def _engine_once(image: bytes) -> int:
+    from tasks.core.progress import silent
+    from tasks.core.settings import WorkerSettings
     from tasks.jobs import local_stencil
-    from tasks.progress import silent
-    from tasks.settings import WorkerSettings
 
     png, _, _ = local_stencil({"params": {}}, image, WorkerSettings.from_env({}), silent)
     return len(png)

@@ -3,4 +3,4 @@
 # SIGTERM = warm shutdown.
 # Reads only the environment (REDIS_URL, CONCURRENCY_*, GEMINI_*, ...), the same under make, Docker and fly.io.
 set -euo pipefail
-exec python -m tasks.cli "$@"
+exec python -m tasks.runtime.cli "$@"

@@ -18,9 +18,9 @@ from PIL import Image
 from scipy.cluster.vq import kmeans2
 from skimage.color import deltaE_ciede2000, lab2rgb, rgb2lab
 
-from tasks.errors import FinalError
+from tasks.core.errors import FinalError
+from tasks.core.progress import Reporter, silent
 from tasks.images import working_size
-from tasks.progress import Reporter, silent
 
 INKS_PATH = Path(__file__).with_name("data") / "inks.json"
 COLOR_RANGE = (1, 12)

@@ -1,9 +1,9 @@
 """How a job ends: one function, `finish`, that every way of ending a job calls, and one ordered list
 of end-of-job concerns, `HOOKS`, that it runs.
 
-The ways a job ends: completed, failed or retried by its worker (`tasks.worker.InkqWorker.end`),
-timed out or stopped on request by its slot's supervisor (`tasks/slots.py`), ended after a dead
-worker by the recovery sweep (`tasks/recovery.py`, through its `inkq:ending` entries), canceled while
+The ways a job ends: completed, failed or retried by its worker (`tasks.runtime.worker.InkqWorker.end`),
+timed out or stopped on request by its slot's supervisor (`tasks/runtime/slots.py`), ended after a dead
+worker by the recovery sweep (`tasks/runtime/recovery.py`, through its `inkq:ending` entries), canceled while
 waiting by the API (`api/store.py`).
 
 `finish` runs one WATCH/MULTI/EXEC transaction:
@@ -29,7 +29,7 @@ from typing import Callable
 
 from redis.exceptions import WatchError
 
-from . import blobs, changes, credits, metrics
+from .core import blobs, changes, credits, metrics
 
 log = logging.getLogger("inkq.ending")
 
@@ -63,7 +63,7 @@ class Ending:
 
 
 class Credits:
-    """A final end settles the charge: committed when completed, refunded otherwise (`tasks/credits.py`)."""
+    """A final end settles the charge: committed when completed, refunded otherwise (`tasks/core/credits.py`)."""
 
     def on_end(self, ending: Ending, pipe) -> None:
         if not ending.final:
@@ -76,7 +76,7 @@ class Credits:
 
 class Input:
     """A final end drops the input image, needed only by a run: deleted in the Redis store, made due now
-    for the blob sweep in the S3 store (`tasks/blobs.py`)."""
+    for the blob sweep in the S3 store (`tasks/core/blobs.py`)."""
 
     def on_end(self, ending: Ending, pipe) -> None:
         if not ending.final:
@@ -98,7 +98,7 @@ class Webhook:
 
 
 class Metrics:
-    """The outcome's counter and, for a run, its run time (`tasks/metrics.py`)."""
+    """The outcome's counter and, for a run, its run time (`tasks/core/metrics.py`)."""
 
     def on_end(self, ending: Ending, pipe) -> None:
         queue = ending.job.origin
@@ -108,7 +108,7 @@ class Metrics:
 
 
 class Announcement:
-    """Event streams hear of the change (`tasks/changes.py`), sent when the transaction commits."""
+    """Event streams hear of the change (`tasks/core/changes.py`), sent when the transaction commits."""
 
     def on_end(self, ending: Ending, pipe) -> None:
         pipe.publish(changes.CHANNEL, ending.job.id)

@@ -14,8 +14,8 @@ from PIL import Image, ImageFilter
 from scipy import ndimage as ndi
 from skimage.exposure import equalize_adapthist
 
+from tasks.core.progress import Reporter, silent
 from tasks.images import working_size
-from tasks.progress import Reporter, silent
 
 SCALE = 2
 MAX_OUTPUT_PIXELS = 16_000_000

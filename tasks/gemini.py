@@ -13,7 +13,7 @@ Design decisions:
   and was not refused with a 429 counts against the quota).
 - Only this module imports the SDK; the API never imports it.
 - One `genai.Client` per process and settings (`client_for`), shared by every job thread of a worker
-  (`tasks/slots.py`): the client is thread-safe, and its httpx pool keeps connections (and the TLS
+  (`tasks/runtime/slots.py`): the client is thread-safe, and its httpx pool keeps connections (and the TLS
   context) instead of building them for every call. Its pool holds `POOL_CONNECTIONS` connections,
   above the highest `CONCURRENCY_*` a worker service is expected to run.
 - At most `ANSWERS_AT_ONCE` answers per process are read and decoded at once (`answer_gate`). An image
@@ -41,9 +41,10 @@ from google.genai import types
 
 from rq import get_current_job
 
-from tasks import metrics, quota
-from tasks.errors import FinalError, JobError, TransientError
-from tasks.settings import WorkerSettings, current
+from tasks import quota
+from tasks.core import metrics
+from tasks.core.errors import FinalError, JobError, TransientError
+from tasks.core.settings import WorkerSettings, current
 
 log = logging.getLogger("inkq.gemini")
 

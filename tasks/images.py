@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from tasks.errors import FinalError
+from tasks.core.errors import FinalError
 
 FORMATS = ("JPEG", "PNG", "WEBP")
 MIN_SIDE = 16

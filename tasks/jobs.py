@@ -3,7 +3,7 @@
     {"jobId", "operation", "userId", "inputKey": str | None, "mimeType": str | None,
      "params": {"style", "prompt", "engine", "lineWeight", "transparent", "colors"}}
 
-A job reads its input from the blob store (`tasks/blobs.py`: Redis or S3), runs an engine, stores the
+A job reads its input from the blob store (`tasks/core/blobs.py`: Redis or S3), runs an engine, stores the
 PNG under its output key and returns `{"outputKey", ...operation-specific fields}`. A store that does
 not answer raises `blobs.StorageUnavailable`, a transient error: the attempt is retried with backoff. Exceptions propagate so RQ records failures and
 retries; `run` only asks `errors.decide` whether this failure is retried and after how long.
@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 
 from rq import get_current_job
 
-from . import blobs
-from .changes import execution_of, save_meta_and_announce
-from .errors import CANCELED_MESSAGE, FinalError, decide
-from .progress import job_reporter
-from .settings import WorkerSettings, current
+from .core import blobs
+from .core.changes import execution_of, save_meta_and_announce
+from .core.errors import CANCELED_MESSAGE, FinalError, decide
+from .core.progress import job_reporter
+from .core.settings import WorkerSettings, current
 
 
 def _now() -> str:
@@ -56,7 +56,7 @@ def record_failure(job, exc: BaseException) -> None:
 
 def run(spec: dict, work) -> dict:
     """Run `work(spec, image_bytes, settings, report) -> (png, extras)` as the current job, with this
-    process's worker settings (`tasks.settings.current`, read once per service)."""
+    process's worker settings (`tasks.core.settings.current`, read once per service)."""
     job = get_current_job()
     settings = current()
     report = job_reporter(job)
@@ -148,13 +148,13 @@ def _stencil_work(spec, data, settings, report):
 
 
 def _on_cpu(name: str, spec: dict, data, settings: WorkerSettings, report):
-    """Run a local engine's work (`local_stencil`, ...) in the service's CPU pool (`tasks/cpu.py`), or here."""
-    from . import cpu
+    """Run a local engine's work (`local_stencil`, ...) in the service's CPU pool (`tasks/runtime/cpu.py`), or here."""
+    from .core import offload
 
     job = get_current_job()
     job_id = f"{job.id}:{execution_of(job)}" if job and execution_of(job) else job.id if job else None
-    return cpu.run(f"tasks.jobs.{name}", spec, data, settings, job_id=job_id,
-                   redis_url=settings.redis_url, report=report)
+    return offload.run(f"tasks.jobs.{name}", spec, data, settings, job_id=job_id,
+                       redis_url=settings.redis_url, report=report)
 
 
 def local_stencil(spec, data, settings, report):

@@ -24,7 +24,7 @@ Gemini limits requests per minute per project, not per worker, so the budget liv
 - **A 429.** Every worker holds back its next calls to that model until `inkq:gemini:hold:<model>`
   (a key that expires at the hold-until time) lapses. With Google's `RetryInfo` the hold is its
   delay; without one it grows with each 429 in a row (2, 4, 8 ... 60 s). Any call the provider took
-  ends the streak. The job that got the 429 is retried by rq after the same delay (`tasks.errors.decide`).
+  ends the streak. The job that got the 429 is retried by rq after the same delay (`tasks.core.errors.decide`).
 - **What the fleet learns.** Every call the provider took is recorded by when it was sent
   (`inkq:gemini:taken:<model>`, a sorted set trimmed to one window): every call that reached the
   provider and was not refused with a 429, whatever its answer (an image, a 400 for an input it
@@ -59,7 +59,7 @@ import os
 import random
 import time
 
-from .settings import env_int
+from .core.settings import env_int
 
 log = logging.getLogger("inkq.quota")
 

@@ -35,8 +35,8 @@ from PIL import Image
 from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
-from tasks.errors import FinalError
-from tasks.progress import Reporter, silent
+from tasks.core.errors import FinalError
+from tasks.core.progress import Reporter, silent
 
 STYLES = {"standard": 1.0, "fine": 0.6, "bold": 1.8, "topographic": 1.0}
 LINE_WEIGHT_RANGE = (0.5, 3.0)

@@ -21,7 +21,7 @@ import subprocess
 
 from PIL import Image
 
-from .errors import FinalError
+from .core.errors import FinalError
 
 SCALE = 3
 INK_BELOW = 128

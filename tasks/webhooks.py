@@ -53,9 +53,9 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import blobs, links, logs
-from .changes import save_meta_and_announce
-from .settings import WorkerSettings, current
+from .core import blobs, links, logs
+from .core.changes import save_meta_and_announce
+from .core.settings import WorkerSettings, current
 
 log = logging.getLogger("inkq.webhooks")
 TIMEOUT_S = 10
@@ -272,7 +272,7 @@ def payload(job, status: str, settings: WorkerSettings | None = None) -> dict:
     """The job's final status object, as GET /status gives it. `result.image` (and `svg`) are signed links
     made at each attempt, valid for RESULT_URL_TTL_S: with the S3 store presigned URLs of the objects; with
     Redis the API's `/files/<token>` links under PUBLIC_URL, when the worker service has SECRET_KEY and
-    PUBLIC_URL (`tasks.links`), else the path of `GET /result/<jobId>`, which needs the owner's token.
+    PUBLIC_URL (`tasks.core.links`), else the path of `GET /result/<jobId>`, which needs the owner's token.
     `settings`: the worker service's (this process's by default)."""
     settings = settings or current()
     meta = job.meta
@@ -304,7 +304,7 @@ def payload(job, status: str, settings: WorkerSettings | None = None) -> dict:
 
 def signing(settings: WorkerSettings) -> tuple[str, str] | None:
     """(SECRET_KEY, PUBLIC_URL) when the worker service can sign the API's result links, else None.
-    `tasks.cli` refuses to start with a PUBLIC_URL that is not an origin."""
+    `tasks.runtime.cli` refuses to start with a PUBLIC_URL that is not an origin."""
     origin = links.checked_origin(settings.public_url)
     return (settings.secret_key, origin) if settings.secret_key and origin else None
 
@@ -321,7 +321,7 @@ def schedule(job, status: str, pipeline, retry_s: tuple | None = None) -> bool:
     runs once per job: no guard of its own.
 
     Retried after the waits `retry_s` (WEBHOOK_RETRY_S: the API passes its settings'; by default the worker
-    service's, `tasks.settings.current`)."""
+    service's, `tasks.core.settings.current`)."""
     if not webhook_url(job):
         return False
     from rq import Queue, Retry

@@ -96,7 +96,7 @@ class RedisServer:
 def live_workers_expected(env: dict) -> int:
     """How many workers of the four operation queues a service started with `env` keeps alive: one per
     queue, whatever its concurrency."""
-    from tasks.queues import QUEUES
+    from tasks.core.queues import QUEUES
 
     return len(QUEUES)
 
@@ -121,9 +121,9 @@ class Workers:
         self.proc.wait(10)
 
     def live_workers(self, client) -> int:
-        """How many of this service's rq workers have proved themselves alive (tasks/recovery.py)."""
-        from tasks.queues import QUEUE_NAMES
-        from tasks.recovery import alive_key, workers_key
+        """How many of this service's rq workers have proved themselves alive (tasks/runtime/recovery.py)."""
+        from tasks.core.keys import alive_key, workers_key
+        from tasks.core.queues import QUEUE_NAMES
 
         count = 0
         for queue in QUEUE_NAMES:
@@ -404,9 +404,9 @@ class Stack:
 
     def stats(self) -> dict[str, int]:
         """What the recovery sweeps have done on this Redis."""
-        from tasks import recovery
+        from tasks.core import keys
 
-        return {k.decode(): int(v) for k, v in self.redis.hgetall(recovery.STATS_KEY).items()}
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(keys.STATS_KEY).items()}
 
     def close(self) -> None:
         """Stop every service, the API and the Redis."""

@@ -263,7 +263,7 @@ def test_fly_image_holds_what_both_groups_import(fly, stages):
 
 
 def test_fly_toml_service_and_shutdown(fly, stages):
-    from tasks.queues import QUEUES
+    from tasks.core.queues import QUEUES
 
     service = fly["http_service"]
     exposed = dict(stages["Dockerfile.api"][-1].instructions)["EXPOSE"]  # the API's port
@@ -372,7 +372,7 @@ def test_compose_services_and_redis(compose):
 
 
 def test_compose_api_and_worker(compose, stages):
-    from tasks.queues import QUEUES
+    from tasks.core.queues import QUEUES
 
     services = compose["services"]
     for name, dockerfile in (("api", "Dockerfile.api"), ("worker", "Dockerfile.worker")):
@@ -385,7 +385,7 @@ def test_compose_api_and_worker(compose, stages):
     assert services["api"]["healthcheck"]["test"][1:] == exec_form(probe), "not Dockerfile.api's probe"
     exposed = dict(stages["Dockerfile.api"][-1].instructions)["EXPOSE"]
     assert f"{exposed}:{exposed}" in services["api"]["ports"]
-    assert "tasks.cli" in services["worker"]["healthcheck"]["test"][-1]
+    assert "tasks.runtime.cli" in services["worker"]["healthcheck"]["test"][-1]
     longest_job = max(spec.timeout_s for spec in QUEUES.values())
     assert seconds(services["worker"]["stop_grace_period"]) > longest_job, "SIGTERM must let jobs finish"
     assert services["worker"].get("stop_signal", "SIGTERM") == "SIGTERM"

@@ -229,7 +229,7 @@ def test_logs_hold_no_secrets(services, ran):
 
 def test_text_logs_stay_readable(tmp_path):
     """LOG_FORMAT=text: plain lines, context as key=value."""
-    program = ("import logging; from tasks import logs; logs.configure('text'); "
+    program = ("import logging; from tasks.core import logs; logs.configure('text'); "
                "logs.bind(jobId='j1', requestId='r1'); logging.getLogger('rq.worker').info('Job OK')")
     out = subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "python"), "-c", program], cwd=ROOT,
                          capture_output=True, text=True, timeout=30).stderr.strip()
@@ -263,7 +263,7 @@ def test_text_log_records_of_several_lines_cannot_be_forged():
     import logging
     import sys
 
-    from tasks import logs
+    from tasks.core import logs
 
     forged = "2020-01-01 00:00:00,000 INFO inkq.access GET /admin/forged 200"
     try:

@@ -48,7 +48,7 @@ def test_a_service_refuses_to_start_on_an_unsafe_public_url_or_secret_key(redis_
     ("http://[::1]:8000", "http://[::1]:8000"),
 ])
 def test_an_origin_is_kept(value, origin):
-    from tasks.links import checked_origin
+    from tasks.core.links import checked_origin
 
     assert checked_origin(value) == origin
 
@@ -61,7 +61,7 @@ def test_an_origin_is_kept(value, origin):
     "https://api.example.com\\@evil.example",
 ])
 def test_anything_else_is_not_an_origin(value):
-    from tasks.links import checked_origin
+    from tasks.core.links import checked_origin
 
     with pytest.raises(ValueError, match="PUBLIC_URL must be like"):
         checked_origin(value)

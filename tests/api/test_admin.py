@@ -61,8 +61,8 @@ def test_queue_stats_report_the_concurrency_the_worker_services_run(tmp_path, fa
 def test_queue_stats_sum_the_slots_live_workers_publish(make_api):
     """Per queue, the slots of its live workers, summed: a worker whose liveness lapsed, or one that
     publishes none, adds nothing; the API's own CONCURRENCY_* plays no part."""
-    from tasks import metrics
-    from tasks.recovery import LIVENESS_TTL_MS, alive_key, workers_key
+    from tasks.core import metrics
+    from tasks.core.keys import LIVENESS_TTL_MS, alive_key, workers_key
 
     server = RedisServer()
     try:

@@ -127,7 +127,7 @@ def test_prune_leaves_an_admitted_job_alone_until_its_record_is_due(redis_url, r
     """The same race without timing: a prune between admission and enqueue keeps the charge; once the
     admission's grace has passed with no record (its request died), prune refunds it once."""
     from api import create_app
-    from tasks import credits
+    from tasks.core import credits
     from tests.conftest import base_config
 
     user = "pruned-" + uuid.uuid4().hex[:8]

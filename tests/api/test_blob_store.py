@@ -24,7 +24,7 @@ import redis as redis_lib
 import requests
 from PIL import Image
 
-from tasks.settings import StoreSettings
+from tasks.core.settings import StoreSettings
 from tests import fakegemini as fg
 from tests.conftest import S3_BUCKET, drawing, photo
 from tests.servers import wait_until
@@ -59,7 +59,7 @@ def test_stencil_png_and_svg_are_presigned_urls_of_the_store(make_s3_api, seawee
     status = api.wait(job_id)
     assert status["status"] == "completed", status
     image, svg = status["result"]["image"], status["result"]["svg"]
-    # one object per execution of the job (tasks/blobs.py: output_key)
+    # one object per execution of the job (tasks/core/blobs.py: output_key)
     assert image.startswith(f"{seaweed.url}/{S3_BUCKET}/jobs/out/{job_id}/") and "X-Amz-Signature=" in image
     png = fetch_png(image)
     svg_response = requests.get(svg, timeout=10)
@@ -140,7 +140,7 @@ def test_cancel_of_a_waiting_job_deletes_its_input(make_s3_api, fake_gemini, sea
 
 def test_the_workers_blob_sweep_deletes_what_is_due(s3_redis, seaweed):
     """What a job writes is due after its TTL; the worker service's sweep deletes it, with no lifecycle rule."""
-    from tasks import blobs
+    from tasks.core import blobs
 
     client = redis_lib.Redis.from_url(s3_redis.url)
     store = blobs.store(client, StoreSettings.from_env({"BLOB_STORE": f"s3://{S3_BUCKET}/jobs", **seaweed.env}))
@@ -574,7 +574,8 @@ def test_store_down_for_good_in_a_worker_fails_and_refunds(make_s3_api, stopped,
     ("AWS_SECRET_ACCESS_KEY", "wrong-secret", "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
 ])
 def test_wrong_credentials_or_missing_bucket(make_s3_api, seaweed, caplog, setting, value, named):
-    from tasks import blobs, cli
+    from tasks.core import blobs
+    from tasks.runtime import cli
 
     api = make_s3_api(**{setting: value})
     assert any(named in r.getMessage() for r in caplog.records if r.name == "inkq.api"), caplog.text

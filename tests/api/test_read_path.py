@@ -98,7 +98,7 @@ def test_a_status_read_is_one_redis_command(tmp_path):
 def test_unchanged_jobs_are_read_once_and_announced_changes_at_once(tmp_path):
     """The status cache: repeated polls of a waiting job cost no Redis command; an announced change
     is seen by the very next read; a change that bypasses announcements shows within STATUS_CACHE_S."""
-    from tasks.changes import announce
+    from tasks.core.changes import announce
     from tests.servers import wait_until
 
     server = RedisServer()

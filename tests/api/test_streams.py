@@ -1,5 +1,5 @@
 """Event streams at scale: thousands open at once on the deployed server (gunicorn, gevent), woken by
-announcements (tasks/changes.py) rather than by polling, and no thread held per stream."""
+announcements (tasks/core/changes.py) rather than by polling, and no thread held per stream."""
 from __future__ import annotations
 
 import base64

@@ -54,7 +54,7 @@ def test_without_secret_key_and_public_url_a_webhook_names_the_owners_result_pat
     from rq.serializers import JSONSerializer
 
     from tasks import webhooks
-    from tasks.settings import WorkerSettings
+    from tasks.core.settings import WorkerSettings
 
     job_id = api.submit(drawing(), engine="local").json()["jobId"]
     assert api.wait(job_id)["status"] == "completed"

@@ -18,7 +18,7 @@ from PIL import Image, ImageFilter
 from scipy import ndimage as ndi
 from skimage import color, draw, feature
 
-from tasks.errors import FinalError
+from tasks.core.errors import FinalError
 from tasks.stencil import stencil
 
 SIZE = 1024

@@ -11,7 +11,7 @@ import redis as redis_lib
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tasks import durability
+from tasks.core import durability
 from tests.servers import ROOT, RedisServer, free_port, wait_until
 
 

@@ -16,8 +16,8 @@ from skimage.morphology import skeletonize
 
 from tasks import enhance as enhance_module
 from tasks.colormatch import inks, match_colors
+from tasks.core.errors import FinalError
 from tasks.enhance import enhance
-from tasks.errors import FinalError
 from tasks.images import decode, encode_png, working_size
 from tasks.stencil import output_size, stencil
 

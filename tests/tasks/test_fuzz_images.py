@@ -23,7 +23,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from skimage import data as samples
 
-from tasks.errors import CRASH_FAILURE, GENERIC_FAILURE, TIMEOUT_FAILURE
+from tasks.core.errors import CRASH_FAILURE, GENERIC_FAILURE, TIMEOUT_FAILURE
 from tests.conftest import drawing
 from tests.servers import wait_until
 

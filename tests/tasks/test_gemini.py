@@ -8,8 +8,8 @@ import time
 import pytest
 
 from tasks import gemini
-from tasks.errors import FinalError, TransientError
-from tasks.settings import WorkerSettings
+from tasks.core.errors import FinalError, TransientError
+from tasks.core.settings import WorkerSettings
 from tests.fakegemini import (
     FakeGemini,
     blocked,
@@ -295,7 +295,7 @@ def test_a_turn_held_by_a_thread_that_ended_is_taken_back(fake):
 
 def test_the_client_is_built_before_the_first_call(fake):
     """`gemini.warm` builds the process's client (its TLS contexts) ahead of the first call, and the
-    worker service's supervisor does it before its forks (`tasks.worker.preload`); with no key, nothing."""
+    worker service's supervisor does it before its forks (`tasks.runtime.worker.preload`); with no key, nothing."""
     import os
     import subprocess
     import sys
@@ -313,7 +313,7 @@ def test_the_client_is_built_before_the_first_call(fake):
     assert gemini.client_for(settings) is built
 
     # ... and completes google-genai's request and answer models there (pydantic builds them on first use)
-    check = ("import tasks.worker; from tasks import gemini; from google.genai import types; "
+    check = ("import tasks.runtime.worker; from tasks import gemini; from google.genai import types; "
              "print(sorted((k[1], k[2]) for k in gemini._clients)); "
              "print([m.__pydantic_complete__ for m in (types.Part, types.GenerateContentConfig, "
              "types.GenerateContentResponse)])")

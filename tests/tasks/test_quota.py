@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tasks import quota
-from tasks.settings import DEFAULT_GEMINI_MODEL
+from tasks.core.settings import DEFAULT_GEMINI_MODEL
 from tests import fakegemini as fg
 from tests.servers import Stack, free_port, wait_until
 
@@ -187,8 +187,8 @@ def test_calls_the_provider_refused_for_their_input_count_as_taken(tmp_path, gem
 def test_every_call_that_reached_the_provider_counts_as_taken_except_a_429(gemini, reply, expected):
     """`tasks.gemini.taken` on the exceptions the real google-genai client raises against the fake."""
     from tasks import gemini as provider
-    from tasks.errors import JobError
-    from tasks.settings import WorkerSettings
+    from tasks.core.errors import JobError
+    from tasks.core.settings import WorkerSettings
 
     url = gemini.url if reply is not None else f"http://127.0.0.1:{free_port()}"
     if reply is not None:

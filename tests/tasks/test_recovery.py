@@ -2,7 +2,7 @@
 
 Every test here runs real worker services (`scripts/start_workers.sh`) on a Redis of its own, the
 API over real HTTP, and kills them with real signals. The RQ behaviours inkq works around have their
-own regression tests at the top (`InkqQueue`, `tasks/recovery.py`).
+own regression tests at the top (`InkqQueue`, `tasks/runtime/recovery.py`).
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import redis as redis_lib
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from tasks import blobs, recovery
-from tasks.errors import CRASH_FAILURE
-from tasks.queues import QUEUE_NAMES
+from tasks.core import blobs, keys
+from tasks.core.errors import CRASH_FAILURE
+from tasks.core.queues import QUEUE_NAMES
+from tasks.runtime import recovery
 from tests import fakegemini as fg
 from tests.conftest import ADMIN_TOKEN, photo
 from tests.servers import ROOT, Stack, wait_until
@@ -85,14 +86,14 @@ DEQUEUE_THEN_DIE = """
 import os, sys, time
 from redis import Redis
 from rq import Queue
-from tasks.worker import InkqQueue
-from tasks import blobs, recovery
+from tasks.core import blobs, keys
+from tasks.runtime.worker import InkqQueue
 redis = Redis.from_url(sys.argv[1])
 if sys.argv[2] == "inkq":
     # what InkqWorker.start_liveness does, minus the thread: alive for 1.5 s, then lapsed
-    InkqQueue.claims_key = recovery.claims_key("w-dead")
-    redis.sadd(recovery.workers_key("enhance"), "w-dead")
-    redis.set(recovery.alive_key("w-dead"), os.getpid(), px=1500)
+    InkqQueue.claims_key = keys.claims_key("w-dead")
+    redis.sadd(keys.workers_key("enhance"), "w-dead")
+    redis.set(keys.alive_key("w-dead"), os.getpid(), px=1500)
     queue_class = InkqQueue
 else:
     queue_class = Queue
@@ -140,28 +141,28 @@ def test_an_id_claimed_by_a_worker_that_dies_goes_back_to_the_head_in_order(redi
     redis.flushdb()
     ids = ["c" * 32, "d" * 32, "e" * 32]
     _dequeue_then_die(url, "inkq", redis, ids)
-    assert redis.lrange(recovery.claims_key("w-dead"), 0, -1) == [ids[0].encode()]
+    assert redis.lrange(keys.claims_key("w-dead"), 0, -1) == [ids[0].encode()]
     sweeper = recovery.Recovery(redis, ["enhance"])
     assert sweeper.sweep().counts["released"] == 0  # its liveness has not lapsed yet: never judged
-    wait_until(lambda: not redis.exists(recovery.alive_key("w-dead")), timeout=5)
+    wait_until(lambda: not redis.exists(keys.alive_key("w-dead")), timeout=5)
     result = sweeper.sweep()
     assert result.counts["released"] == 1
     assert Queue("enhance", connection=redis, serializer=JSONSerializer).job_ids == ids  # head, in order
-    assert not redis.exists(recovery.claims_key("w-dead"))
-    assert not redis.sismember(recovery.workers_key("enhance"), "w-dead")
+    assert not redis.exists(keys.claims_key("w-dead"))
+    assert not redis.sismember(keys.workers_key("enhance"), "w-dead")
     redis.flushdb()
 
 
 def test_a_claim_whose_reply_was_lost_is_given_back_before_the_next_dequeue(redis_server):
     """A BLMOVE served by Redis whose reply never reached the worker (connection reset) leaves an id
     in the claims of a live worker; its next dequeue puts it back first and takes it again."""
-    from tasks.worker import InkqQueue
+    from tasks.runtime.worker import InkqQueue
 
     redis = redis_lib.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/3")
     redis.flushdb()
     queue = Queue("enhance", connection=redis, serializer=JSONSerializer)
     first, second = queue.enqueue("tasks.jobs.enhance", {}), queue.enqueue("tasks.jobs.enhance", {})
-    claims = recovery.claims_key("w-live")
+    claims = keys.claims_key("w-live")
     redis.lmove(queue.key, claims)  # served, reply lost
     try:
         InkqQueue.claims_key = claims
@@ -237,7 +238,7 @@ def test_soak_with_restarts_and_kills(credit_stack):
     assert stack.api.get("/credits").json()["balance"] == 1000 - len(ids)
     assert list(stack.redis.scan_iter("inkq:charge:*")) == []
     wait_until(lambda: not stack.leftovers(), timeout=10, what="claims and intermediate lists to empty")
-    assert sum(stack.redis.zcard(recovery.started_key(q)) for q in QUEUE_NAMES) == 0
+    assert sum(stack.redis.zcard(keys.started_key(q)) for q in QUEUE_NAMES) == 0
     attempts = [body["attempts"] for body in final.values()]
     print(f"soak: {len(ids)} jobs, 8 restarts (2 SIGKILL), max attempts {max(attempts)}, "
           f"recovery stats {stack.stats()}")
@@ -247,8 +248,8 @@ LOST_AS_THE_JOB_ENDS = """
 import os, signal, sys
 from redis import Redis
 from rq.serializers import JSONSerializer
-from tasks.slots import SlotWorker
-from tasks.worker import InkqQueue
+from tasks.runtime.slots import SlotWorker
+from tasks.runtime.worker import InkqQueue
 
 class Probe(SlotWorker):
     def end(self, *args, **kwargs):
@@ -313,11 +314,11 @@ def test_dead_workers_job_with_no_retries_left_fails_and_is_refunded(credit_stac
     _wait_in_call(stack, job_id, gemini)
     assert stack.api.get("/credits").json()["balance"] == 998
     stack.redis.hset(f"rq:job:{job_id}", "retries_left", 0)  # as if its retries were used up
-    # as if its input were an S3 object (tasks/blobs.py): due in an hour, until the job ends
+    # as if its input were an S3 object (tasks/core/blobs.py): due in an hour, until the job ends
     stack.redis.zadd(blobs.EXPIRY_KEY, {blobs.input_key(job_id): time.time() + 3600, "inkq:blob:out:other": 1e12})
     # which service runs it does not matter: kill the one whose worker holds it
     worker = stack.redis.hget(f"rq:job:{job_id}", "worker_name").decode()
-    pid = int(stack.redis.get(recovery.alive_key(worker)))
+    pid = int(stack.redis.get(keys.alive_key(worker)))
     holder = next(s for s in stack.services if os.getpgid(pid) == s.proc.pid)
     killed_at = time.monotonic()
     holder.kill()
@@ -372,9 +373,9 @@ def test_claimed_ids_count_as_waiting(tmp_path, gemini):
     stack = Stack(tmp_path, gemini.url, QUEUE_MAX_DEPTH=2, MAX_INFLIGHT_PER_USER=100)
     try:
         stack.submit_stencils(2)
-        stack.redis.sadd(recovery.workers_key("stencil-generation"), "w-busy")
-        stack.redis.set(recovery.alive_key("w-busy"), 1, px=60_000)
-        stack.redis.lmove("rq:queue:stencil-generation", recovery.claims_key("w-busy"))  # its BLMOVE
+        stack.redis.sadd(keys.workers_key("stencil-generation"), "w-busy")
+        stack.redis.set(keys.alive_key("w-busy"), 1, px=60_000)
+        stack.redis.lmove("rq:queue:stencil-generation", keys.claims_key("w-busy"))  # its BLMOVE
         assert stack.redis.llen("rq:queue:stencil-generation") == 1
         stats = stack.api.get("/admin/queue-stats", token=ADMIN_TOKEN).json()
         assert stats["stencil-generation"]["waiting"] == 2
@@ -408,7 +409,7 @@ def _processes_of(service) -> list[int]:
 def _holder(stack: Stack, job_id: str):
     """The worker service whose worker runs the job."""
     worker = stack.redis.hget(f"rq:job:{job_id}", "worker_name").decode()
-    pid = int(stack.redis.get(recovery.alive_key(worker)))
+    pid = int(stack.redis.get(keys.alive_key(worker)))
     return next(s for s in stack.services if os.getpgid(pid) == s.proc.pid)
 
 
@@ -464,7 +465,7 @@ def test_a_supervisor_lost_right_after_the_sweep_loses_no_webhook(credit_stack, 
     stack.redis.hset(f"rq:job:{job_id}", "retries_left", 0)  # as if its retries were used up
     worker = stack.redis.hget(f"rq:job:{job_id}", "worker_name").decode()
     service.kill()  # no supervisor left
-    wait_until(lambda: not stack.redis.exists(recovery.alive_key(worker)), timeout=10, what="its liveness to lapse")
+    wait_until(lambda: not stack.redis.exists(keys.alive_key(worker)), timeout=10, what="its liveness to lapse")
     assert recovery.Recovery(stack.redis).sweep().ended == [(job_id, "failed")]
     assert calls.empty()
     stack.workers(stencil=1)  # the next supervisor

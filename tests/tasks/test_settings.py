@@ -1,13 +1,13 @@
-"""Settings: every default written once (`tasks.settings.DEFAULTS`), the same as the contract's, and the
+"""Settings: every default written once (`tasks.core.settings.DEFAULTS`), the same as the contract's, and the
 worker service's settings read once per process."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from tasks import settings as worker_settings
-from tasks.queues import WORKER_QUEUES
-from tasks.settings import DEFAULTS, WorkerSettings
+from tasks.core import settings as worker_settings
+from tasks.core.queues import WORKER_QUEUES
+from tasks.core.settings import DEFAULTS, WorkerSettings
 
 CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "API.md"
 

@@ -1,4 +1,4 @@
-"""Jobs in threads (`tasks/slots.py`): real worker services, the API over HTTP, the fake Gemini.
+"""Jobs in threads (`tasks/runtime/slots.py`): real worker services, the API over HTTP, the fake Gemini.
 
 Each behaviour the threaded path has to add over rq's forked horses has a test here: several jobs
 at once in one process with their own `get_current_job()` and log fields, the dashboard listing them
@@ -15,8 +15,9 @@ import pytest
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
-from tasks import blobs, recovery, webhooks
-from tasks.errors import TIMEOUT_FAILURE
+from tasks import webhooks
+from tasks.core import blobs, keys
+from tasks.core.errors import TIMEOUT_FAILURE
 from tests import fakegemini as fg
 from tests.conftest import ADMIN_TOKEN, photo
 from tests.servers import Stack, wait_until
@@ -90,7 +91,7 @@ def test_every_running_execution_is_heartbeaten(stack, gemini):
     _in_call(stack, gemini, job_id)
 
     def score():
-        members = stack.redis.zrange(recovery.started_key("ia-gen"), 0, -1, withscores=True)
+        members = stack.redis.zrange(keys.started_key("ia-gen"), 0, -1, withscores=True)
         return next(s for m, s in members if m.decode().startswith(job_id))
     first = score()
     time.sleep(6.5)
@@ -123,7 +124,7 @@ def test_a_timed_out_job_with_no_retry_left_fails_with_the_timeout_message(stack
     wait_until(lambda: job.get_status(refresh=True) == "failed", timeout=20, interval=0.1, what="the job to fail")
     assert job.get_meta(refresh=True)["error"] == TIMEOUT_FAILURE
     assert job.id in queue.failed_job_registry.get_job_ids()
-    assert not stack.redis.zcard(recovery.started_key("ia-gen"))
+    assert not stack.redis.zcard(keys.started_key("ia-gen"))
 
 
 def test_cancel_of_a_running_provider_job(stack, gemini):
@@ -192,7 +193,7 @@ def _local_job_in_the_pool(stack):
 
 
 def test_a_stop_to_every_process_lets_a_local_engine_run_finish(tmp_path, gemini):
-    """systemd's KillMode=control-group also SIGTERMs the CPU pool (`tasks/cpu.py`): the engine run in
+    """systemd's KillMode=control-group also SIGTERMs the CPU pool (`tasks/runtime/cpu.py`): the engine run in
     progress finishes and its job completes with one attempt."""
     stack = Stack(tmp_path, gemini.url, MAX_INFLIGHT_PER_USER=1000)
     try:

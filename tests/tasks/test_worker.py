@@ -1,5 +1,5 @@
-"""The worker class (`tasks.slots.SlotWorker` on `tasks.worker.InkqWorker`): every stop reaches it and ends it,
-whenever it arrives, in a process of its own."""
+"""The worker class (`tasks.runtime.slots.SlotWorker` on `tasks.runtime.worker.InkqWorker`): every stop reaches it and
+ends it, whenever it arrives, in a process of its own."""
 from __future__ import annotations
 
 import subprocess
@@ -19,9 +19,9 @@ def run_worker_program(program: str, redis_url: str) -> str:
 STOP_DURING_START = """
 import os, signal, sys
 from redis import Redis
-from tasks.slots import SlotWorker
-from tasks.worker import remember_stops
-remember_stops()  # as in a newly forked queue process (tasks.cli.run_slot_worker)
+from tasks.runtime.slots import SlotWorker
+from tasks.runtime.worker import remember_stops
+remember_stops()  # as in a newly forked queue process (tasks.runtime.cli.run_slot_worker)
 
 class Probe(SlotWorker):
     def register_birth(self, *args, **kwargs):
@@ -41,10 +41,10 @@ def test_stop_during_start_up_is_heard(redis_url):
 STOP_BEFORE_START = """
 import os, signal, sys
 from redis import Redis
-from tasks.worker import remember_stops
-remember_stops()  # what a newly forked queue process does first (tasks.cli.run_slot_worker)
+from tasks.runtime.worker import remember_stops
+remember_stops()  # what a newly forked queue process does first (tasks.runtime.cli.run_slot_worker)
 os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's stop, reaching it a moment after the fork
-from tasks.slots import SlotWorker
+from tasks.runtime.slots import SlotWorker
 worker = SlotWorker(["enhance"], connection=Redis.from_url(sys.argv[1]))
 print("work returned", worker.work(burst=False, with_scheduler=True))
 """
@@ -59,7 +59,7 @@ STOP_AS_THE_SCHEDULER_STARTS = """
 import signal, sys, time
 from redis import Redis
 from rq.scheduler import RQScheduler
-from tasks.slots import SlotWorker
+from tasks.runtime.slots import SlotWorker
 
 real_work = RQScheduler.work
 def slow_work(self):
@@ -93,7 +93,7 @@ SCHEDULER_DROPS_A_STOP = """
 import signal, sys, time
 from redis import Redis
 from rq.scheduler import RQScheduler
-from tasks.slots import SlotWorker
+from tasks.runtime.slots import SlotWorker
 
 real_work = RQScheduler.work
 def deaf_work(self):
@@ -130,7 +130,7 @@ def test_a_scheduler_that_lost_its_stop_is_stopped_again(redis_url):
 IDLE_WORKER = """
 import sys
 from redis import Redis
-from tasks.slots import SlotWorker
+from tasks.runtime.slots import SlotWorker
 worker = SlotWorker(["enhance"], connection=Redis.from_url(sys.argv[1], socket_timeout=2, socket_connect_timeout=2))
 print("work returned", worker.work(burst=False, with_scheduler=False), flush=True)
 """

@@ -136,7 +136,7 @@ def configure(log_format: str | None = None, level: str | None = None) -> None:
     """Send every logger of this process to stderr in one format; call once per process, early.
 
     Replaces a handler an earlier call installed (a forked child reconfiguring is harmless). Without a
-    format or a level, LOG_FORMAT's or LOG_LEVEL's (`tasks.settings.LogSettings`)."""
+    format or a level, LOG_FORMAT's or LOG_LEVEL's (`tasks.core.settings.LogSettings`)."""
     if not (log_format and level):
         given = LogSettings.from_env()
         log_format, level = log_format or given.format, level or given.level

@@ -10,11 +10,11 @@ not run (rq#2079, rq#2061). inkq keeps RQ and adds three things:
    `inkq:workers:<queue>`. A worker is dead when it is listed and its key has lapsed. A listed worker
    that is alive is never judged, however long its job runs.
 2. **Claims.** A worker moves a job id from its queue into its own list, `inkq:claims:<worker>`
-   (`tasks.worker.InkqQueue`), instead of RQ's shared intermediate list, and takes it out in the same
+   (`tasks.runtime.worker.InkqQueue`), instead of RQ's shared intermediate list, and takes it out in the same
    transaction that records the execution in RQ's started registry. So every id is always in exactly one
    place: the queue, one worker's claims, or the started registry, and each place has an owner whose
    death is visible.
-3. **The sweep** (`SWEEP`, below), run by the supervisor of every worker service (`tasks/cli.py`) at most
+3. **The sweep** (`SWEEP`, below), run by the supervisor of every worker service (`tasks/runtime/cli.py`) at most
    once a second across all of them (`inkq:recovery:tick`, SET NX PX). In one atomic step it:
    - puts the claimed ids of dead workers back at the head of their queue, oldest first (a job no longer
      queued, e.g. canceled meanwhile, is dropped instead);
@@ -48,46 +48,20 @@ from dataclasses import dataclass, field
 
 from rq.utils import now, utcformat
 
-from . import blobs, changes, ending, logs, metrics
-from .errors import CRASH_FAILURE
-from .queues import QUEUE_NAMES
+from .. import ending
+from ..core import blobs, changes, logs, metrics
+from ..core.errors import CRASH_FAILURE
+from ..core.keys import TICK_KEY
+from ..core.queues import QUEUE_NAMES
 
 log = logging.getLogger("inkq.recovery")
 
-LIVENESS_TTL_MS = 5000
 LIVENESS_EVERY_S = 1.0
 SWEEP_EVERY_S = 1.0
 # rq's scheduler renews its per-queue lock to 61 s every second; one not renewed for 10 s is dead.
 SCHEDULER_STALE_MS = 51_000
-TICK_KEY = "inkq:recovery:tick"
-STATS_KEY = "inkq:recovery:stats"
 ENDING_KEY = "inkq:ending"  # job id -> the end the sweep decided ("failed" | "canceled"), until `drain` ends it
 FAILURE_TTL_S = 604800  # a swept job's record lives this long without a failure TTL of its own
-
-
-def alive_key(worker: str) -> str:
-    """Key that exists while the worker lives."""
-    return f"inkq:alive:{worker}"
-
-
-def claims_key(worker: str) -> str:
-    """List of job ids a worker has taken off its queue and not yet registered as started."""
-    return f"inkq:claims:{worker}"
-
-
-def workers_key(queue: str) -> str:
-    """Set of the workers of a queue that keep a liveness key."""
-    return f"inkq:workers:{queue}"
-
-
-def queue_key(queue: str) -> str:
-    """RQ's list of waiting job ids."""
-    return f"rq:queue:{queue}"
-
-
-def started_key(queue: str) -> str:
-    """RQ's started registry (members `<jobId>:<executionId>`)."""
-    return f"rq:wip:{queue}"
 
 
 # Shared by both scripts: move a claims list's still-queued ids into `back`, and put `back` at a queue's head.
@@ -126,7 +100,7 @@ return requeue_at_head(KEYS[2], back)
 
 # KEYS: none (the script walks rq's and inkq's keys for the queues given; a single Redis, not a cluster).
 # ARGV: now (Unix seconds, and in rq's timestamp format), the ending hash (`ENDING_KEY`), the scheduler lock's
-# stale threshold (ms), the change channel (tasks.changes), the metrics hash (tasks.metrics), then the queues.
+# stale threshold (ms), the change channel (tasks.core.changes), the metrics hash (tasks.core.metrics), then the queues.
 SWEEP = _CLAIMS + """
 local now, now_utc, ending_key = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local stale_lock_ms, changes_channel, metrics_key = tonumber(ARGV[4]), ARGV[5], ARGV[6]
@@ -331,21 +305,3 @@ def end_swept(redis, job, word: str) -> bool:
             pipe.expire(job.key, ttl)
         pipe.hdel(ENDING_KEY, job.id)
     return ending.finish(redis, ending.Ending(job, word, "sweep"), writes, entry_stands)
-
-
-def waiting_counts(redis, queues=QUEUE_NAMES) -> dict[str, int]:
-    """Ids waiting per queue: in the queue, plus those claimed by a worker and not yet started."""
-    pipe = redis.pipeline()
-    for name in queues:
-        pipe.llen(queue_key(name))
-        pipe.smembers(workers_key(name))
-    raw = pipe.execute()
-    pipe = redis.pipeline()
-    workers = {}
-    for i, name in enumerate(queues):
-        workers[name] = [w.decode() if isinstance(w, bytes) else w for w in raw[2 * i + 1]]
-        for worker in workers[name]:
-            pipe.llen(claims_key(worker))
-    claimed = iter(pipe.execute())
-    return {name: int(raw[2 * i]) + sum(next(claimed) for _ in workers[name]) for i, name in enumerate(queues)}
-

@@ -2,12 +2,11 @@
 timeout and retries (and the internal `webhooks` queue the worker service also runs).
 
 This module is imported by the API, so it holds plain data and no image or provider code. The
-concurrency defaults are in `tasks.settings.DEFAULTS`, with every other default.
+concurrency defaults are in `tasks.core.settings.DEFAULTS`, with every other default.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
 
 SERIALIZER = "rq.serializers.JSONSerializer"
 
@@ -22,12 +21,6 @@ class QueueSpec:
     concurrency_env: str
     timeout_s: int
     max_retries: int
-
-    def concurrency(self, env: Mapping[str, str]) -> int:
-        """Jobs in flight for this queue per worker service, from its CONCURRENCY_* variable."""
-        from .settings import queue_concurrency
-
-        return queue_concurrency(env)[self.name]
 
 
 QUEUES: dict[str, QueueSpec] = {

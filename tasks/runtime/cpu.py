@@ -1,8 +1,8 @@
 """The worker service's CPU pool: local engine work runs in a few processes, never in the job threads.
 
-Provider jobs run as threads (`tasks/slots.py`), but a local stencil, enhance or colour match is
+Provider jobs run as threads (`tasks/runtime/slots.py`), but a local stencil, enhance or colour match is
 CPU-bound: in a thread it would hold the GIL against every provider call of its process. So the
-supervisor (`tasks/cli.py`) forks `INKQ_CPU_PROCESSES` processes (default: the box's cores) from its
+supervisor (`tasks/runtime/cli.py`) forks `INKQ_CPU_PROCESSES` processes (default: the box's cores) from its
 preloaded image stack, before the queue processes, and every queue process sends its engine work
 there: at most that many engine runs at once across the whole service, however many slots wait.
 
@@ -11,7 +11,7 @@ there: at most that many engine runs at once across the whole service, however m
   the waiting slot. The reply pipe has one reader and no read lock: a `multiprocessing.Queue`
   holds its read lock while it waits, so a queue process killed while waiting (always, for its
   reader thread) left the lock held, and the process forked in its place could never read a reply.
-- The engine writes progress into the job's meta itself (`tasks.progress.job_reporter` on the job
+- The engine writes progress into the job's meta itself (`tasks.core.progress.job_reporter` on the job
   fetched by id).
 - A pool process ignores SIGINT and SIGTERM: a stop sent to every process of the service
   (systemd's `KillMode=control-group`) lets the running engine work finish. It leaves when the
@@ -35,8 +35,9 @@ import time
 import uuid
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 
+from ..core import offload
+from ..core.settings import env_int
 from .orphans import die_with_parent
-from .settings import env_int
 
 log = logging.getLogger("inkq.cpu")
 
@@ -90,6 +91,7 @@ class Pool:
         """In a queue process: send this process's engine work to the pool."""
         global _client
         _client = Client(self.tasks, self.replies[queue_name][0], queue_name)
+        offload.install(run)
 
 
 class Client:
@@ -149,7 +151,7 @@ def _serve(tasks, replies, locks) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     die_with_parent(signal.SIGKILL)
-    from .cli import tune_malloc_for_engines
+    from .malloc import tune_malloc_for_engines
 
     tune_malloc_for_engines()
     lower_priority(worker_nice())
@@ -203,7 +205,7 @@ def lower_priority(nice: int) -> None:
 
 
 def _reporter(job_id: str | None, redis_url: str, connections: dict):
-    from .progress import job_reporter, silent
+    from ..core.progress import job_reporter, silent
 
     if not job_id or not redis_url:
         return silent
@@ -213,7 +215,7 @@ def _reporter(job_id: str | None, redis_url: str, connections: dict):
 
     if redis_url not in connections:
         connections[redis_url] = Redis.from_url(redis_url)
-    from .changes import EXECUTION_ATTR
+    from ..core.changes import EXECUTION_ATTR
 
     job_id, _, execution_id = job_id.partition(":")  # `<jobId>:<executionId>`: progress fenced by it
     job = Job.fetch(job_id, connection=connections[redis_url], serializer=JSONSerializer)

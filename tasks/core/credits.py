@@ -19,7 +19,7 @@ from rq.job import Job
 CHARGE_TTL_S = 30 * 24 * 3600
 ADMIT_GRACE_S = 120  # far above an enqueue's worst case (10 s socket timeout on a 10 MB write)
 
-# The one rule of settling, shared by `settle` and the recovery sweep's script (tasks/recovery.py).
+# The one rule of settling, shared by `settle` and the recovery sweep's script (tasks/runtime/recovery.py).
 SETTLE_FN = """
 local function settle_charge(charge_key, balance_prefix, refund)
   local raw = redis.call('GETDEL', charge_key)

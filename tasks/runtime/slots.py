@@ -2,7 +2,7 @@
 
 A provider job is one 5-8 s HTTPS call; rq's forked work-horse per call cost 41-55 MB and 100 of them
 could not be scheduled on 2 cores (issue 17). `SlotWorker` keeps rq's queues, registries, retries,
-scheduler and dashboard, and the recovery design of `tasks/recovery.py` (claims, liveness, the sweep),
+scheduler and dashboard, and the recovery design of `tasks/runtime/recovery.py` (claims, liveness, the sweep),
 and changes only where a job runs:
 
 - **The main thread dequeues and supervises.** It takes a job only while a slot is free
@@ -16,7 +16,7 @@ and changes only where a job runs:
   and `TimerDeathPenalty`'s asynchronous exception cannot interrupt a blocked socket read. A provider
   call is bounded by its HTTP timeout (`GEMINI_TIMEOUT_S`, below every job timeout); as the last resort,
   the supervisor ends a job past its rq timeout itself: it is failed or retried as a
-  `JobTimeoutException` (the rule of `tasks.errors.decide`), its slot is freed at once, and the thread,
+  `JobTimeoutException` (the rule of `tasks.core.errors.decide`), its slot is freed at once, and the thread,
   now detached, gets an asynchronous `Abandoned` so it does nothing more once its blocking call returns.
 - **Cancel.** rq's `stop-job` command kills a horse and handles only the worker's first execution
   (`handle_stop_job_command` compares with `get_current_job_id()`); here it marks the slot running that
@@ -24,7 +24,7 @@ and changes only where a job runs:
   `STOPPED` status) and detaches the thread the same way. No process is ever signalled for a job: the
   worker is rq's `BaseWorker`, whose `kill_horse` does nothing.
 - **Per-job context.** `get_current_job()` is a ContextVar that `Job.perform` sets in the slot's
-  thread; each slot binds the job's log fields (`tasks.logs`, also a ContextVar) in its own thread.
+  thread; each slot binds the job's log fields (`tasks.core.logs`, also a ContextVar) in its own thread.
 - **Stops.** SIGTERM (to the main process, or to every process of the service) is a warm stop: no new
   job is taken, the running ones finish (still under their timeouts), then the worker leaves. A second
   signal more than a second later is a cold stop: the process exits and the recovery sweep queues its
@@ -32,7 +32,7 @@ and changes only where a job runs:
 - Every end (the thread's, the supervisor's) goes through `InkqWorker.end`, the one end path of
   `tasks/ending.py`, fenced by the slot's execution id; the ends are serialised by one lock (each is one
   short Redis transaction).
-- CPU-bound engine work does not run in the slots: `tasks/cpu.py` sends it to the service's process pool.
+- CPU-bound engine work does not run in the slots: `tasks/runtime/cpu.py` sends it to the service's process pool.
 """
 from __future__ import annotations
 
@@ -51,9 +51,10 @@ from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import now
 from rq.worker.base import format_exc_info
 
-from . import logs
-from .changes import EXECUTION_ATTR
-from .queues import WORKER_QUEUES
+from ..core import logs
+from ..core.changes import EXECUTION_ATTR
+from ..core.queues import WORKER_QUEUES
+from ..core.settings import queue_concurrency
 from .worker import InkqQueue, InkqWorker, bind_job, signals_for_main_thread_only
 
 log = logging.getLogger("inkq.slots")
@@ -104,7 +105,7 @@ def slots_for(queue_names, env=None) -> int:
     """Jobs in flight for this worker: the CONCURRENCY_* of its queue."""
     env = os.environ if env is None else env
     specs = {spec.name: spec for spec in WORKER_QUEUES}
-    return max((specs[name].concurrency(env) for name in queue_names if name in specs), default=1)
+    return max((queue_concurrency(env)[specs[name].name] for name in queue_names if name in specs), default=1)
 
 
 class SlotWorker(InkqWorker):
@@ -211,7 +212,7 @@ class SlotWorker(InkqWorker):
                         timeout = self._timeout_of(job)
                         exc = JobTimeoutException(f"Task exceeded maximum timeout value ({int(timeout)} seconds)")
                         log.warning("job ran past its timeout of %d s; ended, its thread detached", timeout)
-                        from .jobs import record_failure
+                        from ..jobs import record_failure
                         record_failure(job, exc)
                         self.end(job, slot.queue, slot.execution, "supervisor-timeout",
                                  exc_string=format_exc_info((type(exc), exc, None)))

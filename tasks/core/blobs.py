@@ -13,7 +13,7 @@ learn which backend answers; a job carries only keys (`input_key`, `output_key`,
 
 Expiry does not rely on the bucket's lifecycle rules (SeaweedFS's and some providers' are unreliable):
 every object written is first entered in one sorted set, `EXPIRY_KEY`, scored by the time it is due to
-go, and `sweep` (run beside the recovery sweep by the worker services, `tasks/cli.py`) deletes what is
+go, and `sweep` (run beside the recovery sweep by the worker services, `tasks/runtime/cli.py`) deletes what is
 due, a bounded batch at a time. The entry is written before the object, so a crash between the two
 leaves an entry for an object that was never written (harmless), never an object nobody will delete.
 An input is deleted as soon as its job ends (`discard_input`); when the store is down at that moment,
@@ -28,7 +28,7 @@ deleted then, as any other.
 
 One boto3 client per process (`_client`, cached by its settings): building one loads botocore's
 service model (tens of milliseconds), and boto3 clients are thread-safe. The worker service builds it
-before forking its work-horses (`tasks/worker.py`), so a job does not pay for it.
+before forking its work-horses (`tasks/runtime/worker.py`), so a job does not pay for it.
 """
 from __future__ import annotations
 

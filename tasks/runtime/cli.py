@@ -1,8 +1,8 @@
 """`inkq-workers`: run the workers of every queue in the foreground, as one service.
 
-The supervisor imports the image stack once (`tasks.worker`), forks the CPU pool (`tasks/cpu.py`) and
+The supervisor imports the image stack once (`tasks.runtime.worker`), forks the CPU pool (`tasks/runtime/cpu.py`) and
 then one process per queue, each an rq worker running `CONCURRENCY_*` jobs at once in threads
-(`tasks/slots.py`). Forked from the preloaded supervisor (after `gc.freeze`, so the collector does not
+(`tasks/runtime/slots.py`). Forked from the preloaded supervisor (after `gc.freeze`, so the collector does not
 touch the shared objects), the processes share its pages copy-on-write.
 
 Every queue's worker runs with the scheduler (interval retries need it) and the JSON serializer.
@@ -12,10 +12,10 @@ worker, and the recovery sweep queues its jobs again; one that dies more than `R
 times a minute stops the others and the exit status is non-zero so the platform restarts the service.
 They die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing running.
 
-The supervisor also runs the recovery sweep (`tasks/recovery.py`): about once a second across all
+The supervisor also runs the recovery sweep (`tasks/runtime/recovery.py`): about once a second across all
 worker services on one Redis, the jobs of dead workers are queued again or ended; beside it, with the
-S3 store, the blob sweep deletes a bounded batch of objects that are due (`tasks/blobs.py`). At start it names
-Redis settings that can lose jobs (`tasks/durability.py`).
+S3 store, the blob sweep deletes a bounded batch of objects that are due (`tasks/core/blobs.py`). At start it names
+Redis settings that can lose jobs (`tasks/core/durability.py`).
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ if __name__ == "__main__":  # before the imports below: a stop as the service st
     signal.signal(signal.SIGTERM, _stop_early)
     signal.signal(signal.SIGINT, _stop_early)
 
-import ctypes  # noqa: E402
 import gc  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -45,11 +44,12 @@ import time  # noqa: E402
 from redis import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
-from . import blobs as blob_store  # noqa: E402
-from . import durability, links, logs  # noqa: E402
-from .queues import WORKER_QUEUES, QueueSpec  # noqa: E402
+from ..core import blobs as blob_store  # noqa: E402
+from ..core import durability, links, logs  # noqa: E402
+from ..core.queues import WORKER_QUEUES, QueueSpec  # noqa: E402
+from ..core.settings import WorkerSettings, env_bool, queue_concurrency, use  # noqa: E402
+from .malloc import tune_malloc  # noqa: E402
 from .recovery import SWEEP_EVERY_S, Recovery, drain  # noqa: E402
-from .settings import WorkerSettings, env_bool, use  # noqa: E402
 
 log = logging.getLogger("inkq.workers")
 
@@ -121,49 +121,8 @@ def run_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> None:
     pool.attach(spec.name)
     redis = Redis.from_url(url)
     queue = InkqQueue(spec.name, connection=redis, serializer=JSONSerializer)
-    worker = SlotWorker([queue], connection=redis, serializer=JSONSerializer, slots=spec.concurrency(env))
+    worker = SlotWorker([queue], connection=redis, serializer=JSONSerializer, slots=queue_concurrency(env)[spec.name])
     worker.work(with_scheduler=True, logging_level=env.get("LOG_LEVEL", "INFO"))
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-MMAP_THRESHOLD = 256 * 1024
-ARENAS = 2
-ENGINE_MMAP_THRESHOLD = 32 * 1024 * 1024
-ENGINE_TRIM_THRESHOLD = 64 * 1024 * 1024
-
-
-def tune_malloc() -> None:
-    """glibc malloc for many threads handling MB-sized buffers (before the forks, so the children inherit it).
-
-    glibc 2.36 gives threads their own arenas (up to 8 per core), and raises its mmap threshold to the
-    size of the largest block freed (up to 32 MB): after the first response, every 1-2 MB provider
-    answer came from an arena and its pages stayed with the process when freed. A fixed threshold
-    (which also turns the raising off) keeps such buffers in mmap, returned on free; two arenas bound
-    the rest.
-    """
-    _mallopt((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_ARENA_MAX, ARENAS))
-
-
-def tune_malloc_for_engines() -> None:
-    """In a CPU-pool process: give image-sized buffers back to the heap, not to the kernel.
-
-    The pool is forked after `tune_malloc`, whose fixed 256 KB mmap threshold suits the job threads'
-    provider answers. The engines allocate and free many arrays of 0.2-30 MB per job: under that
-    threshold each one was a fresh mmap, faulted in page by page and unmapped again, and a local
-    stencil cost 1.05-1.24 CPU-seconds in the pool against 0.86 with glibc's defaults.
-    Here buffers up to 32 MB come from the heap and up to 64 MB of free heap is kept for the next run.
-    """
-    _mallopt((M_MMAP_THRESHOLD, ENGINE_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, ENGINE_TRIM_THRESHOLD))
-
-
-def _mallopt(*settings: tuple[int, int]) -> None:
-    """glibc's `mallopt` for each (parameter, value); best effort: other C libraries have none."""
-    try:
-        libc = ctypes.CDLL(None)
-        for parameter, value in settings:
-            libc.mallopt(parameter, value)
-    except (OSError, AttributeError) as exc:
-        log.debug("mallopt unavailable: %s", exc)
 
 
 def start_slot_workers(env: dict, url: str):
@@ -252,7 +211,7 @@ def main() -> int:
     logs.configure()
     log.setLevel(logging.INFO)
     env = dict(os.environ)
-    try:  # webhooks sign result links with SECRET_KEY under PUBLIC_URL (tasks.links)
+    try:  # webhooks sign result links with SECRET_KEY under PUBLIC_URL (tasks.core.links)
         links.checked_origin(env.get("PUBLIC_URL"))
         links.checked_secret(env.get("SECRET_KEY"), env_bool(env, "INKQ_DEV", False))
     except ValueError as exc:
@@ -277,7 +236,7 @@ def main() -> int:
     children, pool = start_slot_workers(env, url)
     procs.extend(children)
     for spec in WORKER_QUEUES:
-        log.info("queue %s: %d jobs at once", spec.name, spec.concurrency(env))
+        log.info("queue %s: %d jobs at once", spec.name, queue_concurrency(env)[spec.name])
     status = 0
     # After the handlers and the forks: checking the store may take seconds when it is down.
     blobs = blob_store.store(redis, settings.store)

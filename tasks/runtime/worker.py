@@ -1,7 +1,7 @@
 """The rq worker base of the worker service, and the image stack imported once, before the forks.
 
-The supervisor (`tasks/cli.py`) imports this module, then forks the CPU pool and one queue process per
-queue, each running a `tasks.slots.SlotWorker` (this module's `InkqWorker`, with its jobs in threads).
+The supervisor (`tasks/runtime/cli.py`) imports this module, then forks the CPU pool and one queue process per
+queue, each running a `tasks.runtime.slots.SlotWorker` (this module's `InkqWorker`, with its jobs in threads).
 Importing numpy/scipy/Pillow and the engines here, at import time, means they are loaded once per
 service and shared copy-on-write by every process, instead of being imported by each of them.
 
@@ -29,9 +29,11 @@ from rq.queue import Queue
 from rq.utils import now as utcnow
 from rq.worker import BaseWorker, WorkerStatus
 
-from . import blobs, ending, logs, metrics, recovery
+from .. import ending
+from ..core import blobs, keys, logs, metrics
+from ..core.settings import env_int
+from . import recovery
 from .orphans import die_with_parent
-from .settings import env_int
 
 log = logging.getLogger("inkq.worker")
 PRELOAD = ("tasks.jobs", "tasks.images", "tasks.stencil", "tasks.enhance", "tasks.colormatch", "tasks.gemini",
@@ -51,7 +53,7 @@ def preload() -> None:
     except (ImportError, blobs.StoreConfigError) as exc:
         log.error("image store: %s", exc)
     try:
-        from . import gemini
+        from .. import gemini
 
         gemini.warm()
     except Exception as exc:  # noqa: BLE001 - the first call builds it then, and reports what fails
@@ -92,7 +94,7 @@ class InkqQueue(Queue):
     serves the `BLMOVE` of the dying connection), strands the id there: rq fails it after a minute at
     its next maintenance run, never runs it (rq#2079, rq#2061), and `LLEN` no longer counts it. In
     `inkq:claims:<worker>` the owner is known, so the recovery sweep puts the id back at the head of
-    its queue as soon as the owner's liveness key lapses (`tasks/recovery.py`).
+    its queue as soon as the owner's liveness key lapses (`tasks/runtime/recovery.py`).
     """
 
     claims_key: str | None = None  # the claims list of the worker in this process
@@ -156,7 +158,7 @@ def bind_job(job) -> None:
 
 class Liveness(threading.Thread):
     """Keeps `inkq:alive:<worker>` alive, the worker listed under its queues and its slots published
-    (`tasks.metrics.publish_slots`, read by /admin/queue-stats), every second.
+    (`tasks.core.metrics.publish_slots`, read by /admin/queue-stats), every second.
 
     A thread of its own, with its own connection and a short socket timeout, so a long job, a slow
     maintenance run or a long `BLMOVE` never lets the key lapse while the process lives.
@@ -175,10 +177,10 @@ class Liveness(threading.Thread):
     def beat(self) -> None:
         """Renew the liveness key, the listing and the published slots once."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(recovery.alive_key(self.worker), os.getpid(), px=recovery.LIVENESS_TTL_MS)
+            pipe.set(keys.alive_key(self.worker), os.getpid(), px=keys.LIVENESS_TTL_MS)
             metrics.publish_slots(pipe, self.worker, self.slots)
             for queue in self.queue_names:
-                pipe.sadd(recovery.workers_key(queue), self.worker)
+                pipe.sadd(keys.workers_key(queue), self.worker)
             pipe.execute()
 
     def run(self) -> None:
@@ -194,7 +196,7 @@ class Liveness(threading.Thread):
         if self.is_alive():
             self.join(timeout=3)  # a beat in flight would bring the key back
         try:
-            self.redis.delete(recovery.alive_key(self.worker), metrics.slots_key(self.worker))
+            self.redis.delete(keys.alive_key(self.worker), metrics.slots_key(self.worker))
         except RedisError:
             pass  # it lapses on its own within LIVENESS_TTL_MS
 
@@ -228,12 +230,12 @@ def signals_for_main_thread_only():
 
 
 class InkqWorker(BaseWorker):
-    """The base of `tasks.slots.SlotWorker`: an rq worker which hears a stop during start-up, which
+    """The base of `tasks.runtime.slots.SlotWorker`: an rq worker which hears a stop during start-up, which
     proves it is alive every second, whose scheduler always stops, and whose ends of jobs are fenced."""
 
     queue_class = InkqQueue
     liveness: Liveness | None = None
-    slots = 1  # jobs run at once, published beside the liveness key; `tasks.slots.SlotWorker` sets its own
+    slots = 1  # jobs run at once, published beside the liveness key; `tasks.runtime.slots.SlotWorker` sets its own
 
     def bootstrap(self, *args, **kwargs):
         """Install the shutdown handlers before start-up, not after it.
@@ -292,7 +294,7 @@ class InkqWorker(BaseWorker):
         self.liveness.beat()
         with signals_for_main_thread_only():
             self.liveness.start()
-        InkqQueue.claims_key = recovery.claims_key(self.name)
+        InkqQueue.claims_key = keys.claims_key(self.name)
 
     def subscribe(self):
         """rq's command listener thread, started with SIGINT and SIGTERM blocked (see

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
+from .keys import claims_key, queue_key, workers_key
+from .queues import QUEUE_NAMES
+
 KEY = "inkq:metrics"
 OUTCOMES = ("completed", "failed", "retried", "canceled", "recovered", "late")  # late: refused ends (tasks/ending.py)
 GEMINI_OUTCOMES = ("ok", "retryable", "final")
@@ -135,20 +138,20 @@ def slots_key(worker: str) -> str:
 
 def publish_slots(pipe, worker: str, slots: int) -> None:
     """Add to `pipe` the renewal of a worker's published slots, which lapse with its liveness key
-    (`tasks/recovery.py`): the worker's liveness beat sends both."""
-    from .recovery import LIVENESS_TTL_MS
+    (`tasks/runtime/recovery.py`): the worker's liveness beat sends both."""
+    from .keys import LIVENESS_TTL_MS
 
     pipe.set(slots_key(worker), int(slots), px=LIVENESS_TTL_MS)
 
 
 def queue_gauges(redis, queues) -> dict[str, dict]:
     """Per queue, read now: the oldest waiting job's age in seconds (0 when none waits), the live workers
-    (those whose liveness key, `tasks/recovery.py`, has not lapsed) and their concurrency: the sum of the
+    (those whose liveness key, `tasks/runtime/recovery.py`, has not lapsed) and their concurrency: the sum of the
     slots they publish (`publish_slots`), so the CONCURRENCY_* the running worker services were given,
     whatever the reader's own environment says; 0 when no live worker publishes any. Two round trips."""
     from rq.utils import now as utcnow, str_to_date
 
-    from .recovery import alive_key, queue_key, workers_key
+    from .keys import alive_key
 
     pipe = redis.pipeline(transaction=False)
     for name in queues:
@@ -209,3 +212,20 @@ def quantile(h: Histogram, q: float) -> float | None:
         if cumulative >= rank:
             return bound if bound != float("inf") else h.buckets[-2][0]
     return None
+
+
+def waiting_counts(redis, queues=QUEUE_NAMES) -> dict[str, int]:
+    """Ids waiting per queue: in the queue, plus those claimed by a worker and not yet started."""
+    pipe = redis.pipeline()
+    for name in queues:
+        pipe.llen(queue_key(name))
+        pipe.smembers(workers_key(name))
+    raw = pipe.execute()
+    pipe = redis.pipeline()
+    workers = {}
+    for i, name in enumerate(queues):
+        workers[name] = [w.decode() if isinstance(w, bytes) else w for w in raw[2 * i + 1]]
+        for worker in workers[name]:
+            pipe.llen(claims_key(worker))
+    claimed = iter(pipe.execute())
+    return {name: int(raw[2 * i]) + sum(next(claimed) for _ in workers[name]) for i, name in enumerate(queues)}

@@ -1,7 +1,7 @@
 """Processes that must not outlive their parent (Linux `PR_SET_PDEATHSIG`).
 
 A work-horse whose worker is gone would finish its job with nobody watching it while the recovery
-sweep (`tasks/recovery.py`) runs the same job again elsewhere: the horse is SIGKILLed with its worker.
+sweep (`tasks/runtime/recovery.py`) runs the same job again elsewhere: the horse is SIGKILLed with its worker.
 A worker pool or a worker whose parent is gone gets SIGTERM and shuts down warmly.
 
 `prctl` is looked up once, when this module is imported, never in a freshly forked child: a lookup

@@ -1,7 +1,7 @@
 """Every setting's default, the readers that apply them, and the worker service's settings (names fixed by API.md).
 
 Each service reads its environment once, as it starts: the API into `api.settings.Settings`, the worker
-service into `WorkerSettings`, which it builds in its supervisor (`tasks/cli.py`) and passes down. The
+service into `WorkerSettings`, which it builds in its supervisor (`tasks/runtime/cli.py`) and passes down. The
 job functions rq runs get it from `current()`, set once per process (`use`) and inherited by the forked
 processes; a process that never set it (a test calling a job function in-process) reads it from its
 environment on first use. No other module reads the environment; `api/client.py`, the `inkq` command
@@ -136,7 +136,7 @@ def queue_concurrency(env: Mapping[str, str]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class LogSettings:
-    """LOG_FORMAT and LOG_LEVEL (`tasks/logs.py`)."""
+    """LOG_FORMAT and LOG_LEVEL (`tasks/core/logs.py`)."""
 
     format: str = DEFAULTS["LOG_FORMAT"]
     level: str = DEFAULTS["LOG_LEVEL"]
@@ -150,7 +150,8 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """Where image bytes live: BLOB_STORE, and the S3 store's endpoint, region and credentials (`tasks/blobs.py`)."""
+    """Where image bytes live: BLOB_STORE, and the S3 store's endpoint, region and credentials
+    (`tasks/core/blobs.py`)."""
 
     store: str = DEFAULTS["BLOB_STORE"]
     endpoint_url: str | None = None
@@ -185,7 +186,7 @@ class WorkerSettings:
     result_url_ttl_s: int = DEFAULTS["RESULT_URL_TTL_S"]
     max_pixels: int = DEFAULTS["MAX_PIXELS"]
     secret_key: str = field(default="", repr=False)
-    public_url: str = ""  # as given; `tasks.links.checked_origin` checks it
+    public_url: str = ""  # as given; `tasks.core.links.checked_origin` checks it
     webhook_secret: str = field(default="", repr=False)
     webhook_allow_private: bool = DEFAULTS["WEBHOOK_ALLOW_PRIVATE"]
     webhook_retry_s: tuple[int, ...] = seconds_list(DEFAULTS["WEBHOOK_RETRY_S"])
