@@ -11,11 +11,12 @@ in between and got a 200 naming a job that was then refused, or not yet stored.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 
 from redis import Redis
+
+from tasks.core import keys
 
 from .errors import ApiError, bad_request
 
@@ -23,10 +24,6 @@ TTL_S = 24 * 3600
 PENDING_TTL_S = 120  # a claim whose request died before storing its job frees the key after this
 WAIT_S = 10.0
 MAX_KEY_LEN = 255
-
-
-def _key(user_id: str, key: str) -> str:
-    return "inkq:idem:" + hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
 
 
 def check_key(value: str | None) -> str | None:
@@ -44,9 +41,9 @@ def claim(redis: Redis, user_id: str, key: str, fingerprint: str, answer: dict) 
     pending = json.dumps({"fingerprint": fingerprint, "answer": answer, "state": "pending"})
     deadline = time.monotonic() + WAIT_S
     while True:
-        if redis.set(_key(user_id, key), pending, nx=True, ex=PENDING_TTL_S):
+        if redis.set(keys.idempotency_key(user_id, key), pending, nx=True, ex=PENDING_TTL_S):
             return None
-        raw = redis.get(_key(user_id, key))
+        raw = redis.get(keys.idempotency_key(user_id, key))
         if raw is None:
             continue  # released or expired since: claim it again
         earlier = json.loads(raw)
@@ -62,10 +59,10 @@ def claim(redis: Redis, user_id: str, key: str, fingerprint: str, answer: dict) 
 
 def confirm(user_id: str, key: str, fingerprint: str, answer: dict, pipe) -> None:
     """Mark the claim done for 24 h, in the pipeline (transaction) that stores the job."""
-    pipe.set(_key(user_id, key), json.dumps({"fingerprint": fingerprint, "answer": answer, "state": "done"}),
-             ex=TTL_S)
+    record = {"fingerprint": fingerprint, "answer": answer, "state": "done"}
+    pipe.set(keys.idempotency_key(user_id, key), json.dumps(record), ex=TTL_S)
 
 
 def release(redis: Redis, user_id: str, key: str) -> None:
     """Forget a claim whose submission did not go through."""
-    redis.delete(_key(user_id, key))
+    redis.delete(keys.idempotency_key(user_id, key))

@@ -21,47 +21,16 @@ import uuid
 from redis import Redis
 from redis.exceptions import NoScriptError, RedisError
 
+from tasks.core import keys, scripts
+
 from .errors import ApiError
 from .status import View, read_keys, view_of
 from .store import valid_job_id
 
 log = logging.getLogger("inkq.api")
 
-_TAKE = """
-if redis.replicate_commands then redis.replicate_commands() end
-local key, cap, lease_ms, id, renew = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-if not renew and redis.call('ZCARD', key) >= cap then return 0 end
-redis.call('ZADD', key, now + lease_ms, id)
-redis.call('PEXPIRE', key, lease_ms)
-return 1
-"""
-
-# KEYS: the job's keys as `status.read` reads them (hash, results, pending charge), the user's leases.
-# ARGV: user id, cap, lease ms, lease id. Answers -1 when the job is gone or another user's (the two are
-# not told apart), 0 when the user holds the cap, else `status.read`'s reply, the lease taken.
-_OPEN = """
-if redis.replicate_commands then redis.replicate_commands() end
-local job = redis.call('HMGET', KEYS[1], 'status', 'meta', 'origin', 'created_at', 'ended_at')
-if not job[2] then return -1 end
-local ok, meta = pcall(cjson.decode, job[2])
-if not ok or type(meta) ~= 'table' or meta['user'] ~= ARGV[1] then return -1 end
-local key, cap, lease_ms, id = KEYS[4], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-if redis.call('ZCARD', key) >= cap then return 0 end
-redis.call('ZADD', key, now + lease_ms, id)
-redis.call('PEXPIRE', key, lease_ms)
-return {job, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1), redis.call('EXISTS', KEYS[3])}
-"""
-
-
-def key(user_id: str) -> str:
-    """The user's set of stream leases."""
-    return f"inkq:streams:{user_id}"
+_TAKE = scripts.load("lease_take")
+_OPEN = scripts.load("lease_open")
 
 
 class StreamLeases:
@@ -78,7 +47,8 @@ class StreamLeases:
     def open(self, user_id: str) -> "Lease":
         """A lease for one more stream; 429 `rate_limited` when the user holds the cap."""
         lease = Lease(self, user_id, uuid.uuid4().hex)
-        if not self._take(keys=[key(user_id)], args=[self.cap, int(self.lease_s * 1000), lease.id, 0]):
+        if not self._take(keys=[keys.stream_leases_key(user_id)],
+                          args=[self.cap, int(self.lease_s * 1000), lease.id, 0]):
             raise self._refused()
         return lease
 
@@ -93,7 +63,7 @@ class StreamLeases:
             return None
         lease = Lease(self, user_id, uuid.uuid4().hex)
         calls = limiter.hits(user_id) if limiter is not None else []
-        calls.append((None, self._open, [*read_keys(job_id), key(user_id)],
+        calls.append((None, self._open, [*read_keys(job_id), keys.stream_leases_key(user_id)],
                       [user_id, self.cap, int(self.lease_s * 1000), lease.id]))
         *counted, reply = self._send(calls)
         failed = next((r for r in (*counted, reply) if isinstance(r, Exception)), None)
@@ -117,13 +87,13 @@ class StreamLeases:
         runs `Script`s asks SCRIPT EXISTS first, a second round trip); a script Redis no longer has
         (restarted, flushed) is loaded and run on its own. The replies in order, errors as exceptions."""
         pipe = self.redis.pipeline(transaction=False)
-        for _, script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for _, script, names, args in calls:
+            pipe.evalsha(script.sha, len(names), *names, *args)
         replies = pipe.execute(raise_on_error=False)
-        for i, (reply, (_, script, keys, args)) in enumerate(zip(replies, calls)):
+        for i, (reply, (_, script, names, args)) in enumerate(zip(replies, calls)):
             if isinstance(reply, NoScriptError):
                 try:
-                    replies[i] = script(keys=keys, args=args)
+                    replies[i] = script(keys=names, args=args)
                 except RedisError as exc:
                     replies[i] = exc
         return replies
@@ -145,13 +115,14 @@ class Lease:
     def renew(self) -> None:
         """Push the lease's expiry on; a Redis error only leaves it to lapse later."""
         try:
-            self.leases._take(keys=[key(self.user_id)], args=[0, int(self.leases.lease_s * 1000), self.id, 1])
+            self.leases._take(keys=[keys.stream_leases_key(self.user_id)],
+                              args=[0, int(self.leases.lease_s * 1000), self.id, 1])
         except RedisError as exc:
             log.warning("could not renew a stream lease: %s", exc)
 
     def release(self) -> None:
         """Give the slot back (idempotent)."""
         try:
-            self.leases.redis.zrem(key(self.user_id), self.id)
+            self.leases.redis.zrem(keys.stream_leases_key(self.user_id), self.id)
         except RedisError as exc:
             log.warning("could not release a stream lease (it lapses on its own): %s", exc)

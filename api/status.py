@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from rq.job import Job, JobStatus
 from rq.results import Result
 
+from tasks.core import scripts
 from tasks.core.credits import charge_key
 from tasks.core.errors import CANCELED_MESSAGE, CRASH_FAILURE, GENERIC_FAILURE
 from tasks.core.links import SVG_SUFFIX
@@ -74,13 +75,7 @@ class View:
         return self.meta.get("user")
 
 
-# One script, so a status read is one command: the job hash's few fields, the latest result entry
-# (raw: [[id, [field, value, ...]]]) and whether a credit charge is still pending.
-_READ = """
-return {redis.call('HMGET', KEYS[1], 'status', 'meta', 'origin', 'created_at', 'ended_at'),
-        redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1),
-        redis.call('EXISTS', KEYS[3])}
-"""
+_READ = scripts.load("status_read")
 _scripts: dict[int, object] = {}
 
 

@@ -47,6 +47,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import ValidationError
 
 from tasks.core import blobs as blob_store
+from tasks.core import keys, scripts
 
 from .errors import ApiError, bad_request, not_found
 from .guard import require_user
@@ -60,16 +61,6 @@ FORM_GRACE_S = 60
 HEAD_BYTES = 256 * 1024  # enough for any JPEG, PNG or WebP header Pillow reads to find the size
 
 
-def upload_record_key(upload_id: str) -> str:
-    """Key of an upload's record."""
-    return f"inkq:upload:{upload_id}"
-
-
-def open_uploads_key(user_id: str) -> str:
-    """Key of the set of a user's unused uploads, scored by their expiry (epoch seconds)."""
-    return f"inkq:uploads:{user_id}"
-
-
 def form_lifetime(ttl_s: int) -> tuple[int, int]:
     """(seconds the form is valid, seconds until its key may be swept for good) for an upload of ttl_s."""
     grace = max(1, min(FORM_GRACE_S, ttl_s // 2))
@@ -77,46 +68,9 @@ def form_lifetime(ttl_s: int) -> tuple[int, int]:
     return form_s, form_s + grace
 
 
-# KEYS: the user's open uploads, the new upload's record, the blob expiry set.
-# ARGV: now, expires at, the cap, upload id, user, content type, TTL (s), the upload's object key,
-#       closes (its form expired, plus the grace), the object key's due time (the later of the two).
-# Returns {1} when created, {0, the oldest open upload's expiry} when the user is at the cap.
-OPEN_UPLOAD = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, oldest[2]}
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('HSET', KEYS[2], 'user', ARGV[5], 'contentType', ARGV[6], 'closes', ARGV[9])
-redis.call('EXPIRE', KEYS[2], ARGV[7])
-redis.call('ZADD', KEYS[3], ARGV[10], ARGV[8])
-return {1}
-"""
-
-# KEYS: the upload's record. ARGV: the caller, the job id.
-# Returns {0} unknown or another user's, {1} used by a job, {2, why} refused, {3, closes} claimed now.
-CLAIM = """
-if redis.call('HGET', KEYS[1], 'user') ~= ARGV[1] then return {0} end
-local refused = redis.call('HGET', KEYS[1], 'refused')
-if refused then return {2, refused} end
-if redis.call('HSETNX', KEYS[1], 'job', ARGV[2]) == 0 then return {1} end
-return {3, redis.call('HGET', KEYS[1], 'closes')}
-"""
-
-# An upload serves no job any more: refused (ARGV[1], why) or used by a job (ARGV[1] empty).
-# KEYS: its record, the user's open uploads, the blob expiry set. ARGV: why, upload id, object key, closes.
-# Its slot is freed, and its key's entry made due at `closes` (never removed: a form may still write it).
-CLOSE = """
-if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'refused', ARGV[1])
-  redis.call('HDEL', KEYS[1], 'job')
-end
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[3])
-return 1
-"""
+OPEN_UPLOAD = scripts.load("upload_open")
+CLAIM = scripts.load("upload_claim")
+CLOSE = scripts.load("upload_close")
 
 
 @dataclass(frozen=True)
@@ -156,7 +110,7 @@ def create_upload():
     key = blob_store.upload_key(upload_id)
     now = time.time()
     created = ctx.redis.register_script(OPEN_UPLOAD)(
-        keys=[open_uploads_key(g.principal.user_id), upload_record_key(upload_id), blob_store.EXPIRY_KEY],
+        keys=[keys.open_uploads_key(g.principal.user_id), keys.upload_record_key(upload_id), blob_store.EXPIRY_KEY],
         args=[now, now + ttl_s, ctx.settings.max_open_uploads_per_user, upload_id, g.principal.user_id,
               content_type, ttl_s, key, now + closes_s, now + max(ttl_s, closes_s)])
     if not int(created[0]):
@@ -177,7 +131,7 @@ def take(ctx, user_id: str, upload_id: str | None, job_id: str, keep_s: int) -> 
         return None
     if ctx.blobs.kind != "s3" or len(upload_id) > 64:
         raise not_found("No such upload.")
-    record = upload_record_key(upload_id)
+    record = keys.upload_record_key(upload_id)
     claimed = ctx.redis.register_script(CLAIM)(keys=[record], args=[user_id, job_id])
     if int(claimed[0]) == 0:
         raise not_found("No such upload.")
@@ -213,7 +167,7 @@ def _close(ctx, upload: Upload, why: str = "") -> None:
     """The upload serves no job any more (refused, with why, or used): its slot is free, and its key is
     swept once its form has expired (`CLOSE`)."""
     ctx.redis.register_script(CLOSE)(
-        keys=[upload_record_key(upload.id), open_uploads_key(upload.user), blob_store.EXPIRY_KEY],
+        keys=[keys.upload_record_key(upload.id), keys.open_uploads_key(upload.user), blob_store.EXPIRY_KEY],
         args=[why, upload.id, upload.key, upload.closes])
 
 
@@ -227,7 +181,7 @@ def release(ctx, upload: Upload | None, job_id: str) -> None:
     """Free an upload whose job could not be queued, so it can be submitted again; its copy goes."""
     if upload is None:
         return
-    record = upload_record_key(upload.id)
+    record = keys.upload_record_key(upload.id)
     if ctx.redis.hget(record, "job") == job_id.encode():
         ctx.redis.hdel(record, "job")
     ctx.blobs.delete(upload.input_key)

@@ -59,6 +59,7 @@ import os
 import random
 import time
 
+from .core import keys, scripts
 from .core.settings import env_int
 
 log = logging.getLogger("inkq.quota")
@@ -73,109 +74,9 @@ STREAK_TTL_S = 120
 LEARNED_TTL_WINDOWS = 10  # a learned limit lives 10 windows (10 minutes) after its last change
 _scripts: dict[str, object] = {}
 
-# KEYS: the window's calls, the users' last places, the waiting calls (all sorted sets).
-# ARGV: now, window (s), limit, user, this call's id, the slack of a sleeping waiter (margin + jitter, s),
-#   the grace of a turn (s), how late a waiter is stale (s), the poll of a call passed over (s),
-#   how long a user's last place is remembered (s).
-# Returns "0" when a place was taken, "<s>" to wait for the window's oldest call to leave it, "-<s>" to try
-# again soon because another user's call has the turn.
-_TAKE_PLACE = """
-local calls, served, waiting = KEYS[1], KEYS[2], KEYS[3]
-local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local user, me = ARGV[4], ARGV[4] .. ' ' .. ARGV[5]
-local slack, grace, stale, poll = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local remember = tonumber(ARGV[10])
-local function keep(key, s) redis.call('pexpire', key, math.ceil(s * 1000)) end
-redis.call('zremrangebyscore', calls, '-inf', '(' .. string.format('%.6f', now - window))
-redis.call('zremrangebyscore', waiting, '-inf', '(' .. string.format('%.6f', now - stale))
-redis.call('zremrangebyscore', served, '-inf', '(' .. string.format('%.6f', now - remember))
-if redis.call('zcard', calls) >= limit then
-  local oldest = tonumber(redis.call('zrange', calls, 0, 0, 'WITHSCORES')[2])
-  local wait = math.max(0.05, oldest + window - now)
-  redis.call('zadd', waiting, now + wait + slack, me)
-  keep(waiting, window + slack + stale)
-  return string.format('%.3f', wait)
-end
-local last = tonumber(redis.call('zscore', served, user) or '0')
-for _, other in ipairs(redis.call('zrangebyscore', waiting, '-inf', now + grace)) do
-  local who = string.match(other, '^(.*) [^ ]*$')
-  if who ~= user and tonumber(redis.call('zscore', served, who) or '0') < last then
-    redis.call('zadd', waiting, now + poll, me)
-    keep(waiting, window + slack + stale)
-    return string.format('-%.3f', poll)
-  end
-end
-redis.call('zrem', waiting, me)
-redis.call('zadd', calls, now, me)
-keep(calls, window)
-redis.call('zadd', served, now, user)
-keep(served, remember)
-return '0'
-"""
+_TAKE_PLACE = scripts.load("quota_take_place")
 
-# KEYS: the learned limit (hash: n, since), the taken calls (sorted set of send times).
-# ARGV: now, window (s), TTL of the learned limit (ms), event ("taken" or "429"), send time, member.
-_LEARN = """
-local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-if ARGV[4] == 'taken' then
-  redis.call('zadd', KEYS[2], ARGV[5], ARGV[6])
-  redis.call('pexpire', KEYS[2], math.ceil(window * 1000))
-end
-redis.call('zremrangebyscore', KEYS[2], '-inf', '(' .. string.format('%.6f', now - window))
-local count = redis.call('zcard', KEYS[2])
-local n = tonumber(redis.call('hget', KEYS[1], 'n'))
-local since = redis.call('hget', KEYS[1], 'since')
-local learning = n ~= nil and now - tonumber(since) < window
-local new
-if ARGV[4] == 'taken' then
-  if not learning or count <= n then return n or 0 end
-  new = count
-elseif n == nil then
-  new, since = math.max(1, count), ARGV[1]
-elseif learning then
-  new = math.max(1, n, count)
-else
-  new = math.max(1, n - 1)
-end
-redis.call('hset', KEYS[1], 'n', new, 'since', since)
-redis.call('pexpire', KEYS[1], ARGV[3])
-return new
-"""
-
-
-def hold_key(model: str) -> str:
-    """Exists (with its expiry at the hold-until time) while every worker holds back calls to `model`."""
-    return f"inkq:gemini:hold:{model}"
-
-
-def streak_key(model: str) -> str:
-    """429s in a row for `model`, for the backoff when the provider sends no delay."""
-    return f"inkq:gemini:429s:{model}"
-
-
-def learned_key(model: str) -> str:
-    """The provider's limit for `model` learned from its 429s (hash: `n` calls per window, `since`)."""
-    return f"inkq:gemini:learned:{model}"
-
-
-def taken_key(model: str) -> str:
-    """Calls to `model` the provider took in the last window, scored by when they were sent."""
-    return f"inkq:gemini:taken:{model}"
-
-
-def calls_key(model: str) -> str:
-    """The budget's moving window for `model`: one member per place taken, scored by when."""
-    return f"inkq:gemini:calls:{model}"
-
-
-def served_key(model: str) -> str:
-    """Each user's last place in the window of `model` (the turns between users)."""
-    return f"inkq:gemini:served:{model}"
-
-
-def waiting_key(model: str) -> str:
-    """The calls to `model` waiting for a place, `<user> <call id>`, scored by when each tries next."""
-    return f"inkq:gemini:waiting:{model}"
+_LEARN = scripts.load("quota_learn")
 
 
 def max_rpm(env=None) -> int:
@@ -190,7 +91,7 @@ def window_s(env=None) -> int:
 
 def learned(redis, model: str) -> int:
     """The limit learned from the provider's 429s, or 0 when none is known."""
-    value = redis.hget(learned_key(model), "n")
+    value = redis.hget(keys.gemini_learned_key(model), "n")
     return int(value) if value is not None else 0
 
 
@@ -218,7 +119,8 @@ def before_call(redis, model: str, user: str = "") -> float:
         try:
             while True:
                 wait = float(_script(redis, _TAKE_PLACE)(
-                    keys=[calls_key(model), served_key(model), waiting_key(model)], client=redis,
+                    keys=[keys.gemini_calls_key(model), keys.gemini_served_key(model), keys.gemini_waiting_key(model)],
+                    client=redis,
                     args=[f"{time.time():.6f}", window, limit, user, call_id, margin + JITTER_S,
                           TURN_GRACE_S, WAITER_STALE_S, TURN_POLL_S, window * LEARNED_TTL_WINDOWS]))
                 if wait == 0:
@@ -230,7 +132,7 @@ def before_call(redis, model: str, user: str = "") -> float:
                 _wait_for_hold(redis, model)
                 limit = budget(redis, model) or limit
         except BaseException:
-            redis.zrem(waiting_key(model), f"{user} {call_id}")
+            redis.zrem(keys.gemini_waiting_key(model), f"{user} {call_id}")
             raise
     waited = time.monotonic() - started
     if waited > 0.5:
@@ -240,7 +142,7 @@ def before_call(redis, model: str, user: str = "") -> float:
 
 def _wait_for_hold(redis, model: str) -> None:
     while True:
-        ms = redis.pttl(hold_key(model))
+        ms = redis.pttl(keys.gemini_hold_key(model))
         if ms <= 0:
             return
         time.sleep(ms / 1000 + random.uniform(0, JITTER_S))
@@ -249,7 +151,7 @@ def _wait_for_hold(redis, model: str) -> None:
 def _learn(redis, model: str, event: str, sent_at: float = 0.0) -> int:
     window = window_s()
     member = f"{sent_at:.6f}:{os.urandom(4).hex()}"
-    return int(_script(redis, _LEARN)(keys=[learned_key(model), taken_key(model)], client=redis,
+    return int(_script(redis, _LEARN)(keys=[keys.gemini_learned_key(model), keys.gemini_taken_key(model)], client=redis,
                                       args=[f"{time.time():.6f}", window, window * LEARNED_TTL_WINDOWS * 1000,
                                             event, f"{sent_at:.6f}", member]))
 
@@ -257,11 +159,11 @@ def _learn(redis, model: str, event: str, sent_at: float = 0.0) -> int:
 def rate_limited(redis, model: str, delay: float | None, learn: bool = True) -> float:
     """A 429: hold every worker's calls to `model` for `delay` (or a growing backoff) and, when it names a
     per-minute quota (`learn`), learn the limit; the hold in seconds."""
-    streak = redis.incr(streak_key(model))
-    redis.expire(streak_key(model), STREAK_TTL_S)
+    streak = redis.incr(keys.gemini_streak_key(model))
+    redis.expire(keys.gemini_streak_key(model), STREAK_TTL_S)
     hold = delay if delay is not None and delay > 0 else min(MAX_BACKOFF_S, 2.0 ** streak)
-    if redis.pttl(hold_key(model)) < hold * 1000:
-        redis.set(hold_key(model), streak, px=max(1, int(hold * 1000)))
+    if redis.pttl(keys.gemini_hold_key(model)) < hold * 1000:
+        redis.set(keys.gemini_hold_key(model), streak, px=max(1, int(hold * 1000)))
     if not learn:
         log.warning("provider refused a call to %s (429, no per-minute quota named): calls held for %.1f s "
                     "(429 #%d in a row)", model, hold, streak)
@@ -275,5 +177,5 @@ def rate_limited(redis, model: str, delay: float | None, learn: bool = True) -> 
 def taken(redis, model: str, sent_at: float | None = None) -> None:
     """The provider took a call sent at `sent_at` (epoch seconds): any answer but a 429, or a call lost after
     it was sent. The streak of 429s is over, and the call counts against the quota learned from the next 429."""
-    redis.delete(streak_key(model))
+    redis.delete(keys.gemini_streak_key(model))
     _learn(redis, model, "taken", time.time() if sent_at is None else sent_at)

@@ -12,16 +12,10 @@ import logging
 
 from redis.exceptions import RedisError
 
+from . import scripts
+
 CHANNEL = "inkq:changed"
 EXECUTION_ATTR = "inkq_execution_id"  # on an rq Job object: the execution running that copy
-
-# KEYS: the job, its executions (rq). ARGV: the meta, the channel, the job id, the execution id or ''.
-_SAVE_META = """
-if ARGV[4] ~= '' and not redis.call('ZSCORE', KEYS[2], ARGV[4]) then return 0 end
-redis.call('HSET', KEYS[1], 'meta', ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"""
 
 log = logging.getLogger("inkq.changes")
 
@@ -43,11 +37,11 @@ def save_meta_and_announce(job) -> bool:
     """`job.save_meta()` and `announce` in one round trip (a script). A job start wrote its meta three
     times (start, input read, provider call), each followed by a separate PUBLISH; with 100 provider
     calls starting in the first second of a burst those round trips were a share of the cores that the
-    API's submissions waited for (issue 17).
+    API's submissions waited for.
 
     Fenced: a copy run by an execution (`execution_of`) writes only while that execution still owns the
     job (`tasks/ending.py`), so a worker frozen past its liveness that resumes cannot set back the
     progress, stage or attempts of the run that replaced it. False when refused."""
     execution = execution_of(job) or ""
-    return bool(job.connection.eval(_SAVE_META, 2, job.key, f"rq:executions:{job.id}", job._serialize_meta(),
+    return bool(job.connection.eval(scripts.load("save_meta"), 2, job.key, f"rq:executions:{job.id}", job._serialize_meta(),
                                     CHANNEL, job.id, execution))

@@ -16,33 +16,14 @@ from __future__ import annotations
 
 from rq.job import Job
 
+from . import scripts
+
 CHARGE_TTL_S = 30 * 24 * 3600
 ADMIT_GRACE_S = 120  # far above an enqueue's worst case (10 s socket timeout on a 10 MB write)
 
-# The one rule of settling, shared by `settle` and the recovery sweep's script (tasks/runtime/recovery.py).
-SETTLE_FN = """
-local function settle_charge(charge_key, balance_prefix, refund)
-  local raw = redis.call('GETDEL', charge_key)
-  if not raw then return -1 end
-  local user_and_cost = cjson.decode(raw)
-  if refund then
-    redis.call('INCRBY', balance_prefix .. user_and_cost[1], user_and_cost[2])
-  end
-  return tonumber(user_and_cost[2])
-end
-"""
-
-_SETTLE = SETTLE_FN + "return settle_charge(KEYS[1], ARGV[2], ARGV[1] == 'refund')\n"
-
-# KEYS: the job's record, its admitting mark, its charge, the user's in-flight set.
-# ARGV: the balance prefix, the job id, '1' to wait for a job still being admitted.
-_SETTLE_UNQUEUED = SETTLE_FN + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -2 end
-if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
-redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[4], ARGV[2])
-return settle_charge(KEYS[3], ARGV[1], true)
-"""
+SETTLE_FN = scripts.load("settle_charge")  # a function, joined into the recovery sweep's script
+_SETTLE = scripts.load("settle")
+_SETTLE_UNQUEUED = scripts.load("settle_unqueued")
 
 
 def balance_key(user_id: str) -> str:

@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+
 LIVENESS_TTL_MS = 5000
 TICK_KEY = "inkq:recovery:tick"
 STATS_KEY = "inkq:recovery:stats"
@@ -33,3 +35,58 @@ def queue_key(queue: str) -> str:
 def started_key(queue: str) -> str:
     """RQ's started registry (members `<jobId>:<executionId>`)."""
     return f"rq:wip:{queue}"
+
+
+def idempotency_key(user_id: str, key: str) -> str:
+    """A user's `Idempotency-Key` record (`api/idempotency.py`), named by a hash so that any key fits."""
+    return "inkq:idem:" + hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
+
+
+def stream_leases_key(user_id: str) -> str:
+    """The user's set of stream leases (`api/leases.py`)."""
+    return f"inkq:streams:{user_id}"
+
+
+def upload_record_key(upload_id: str) -> str:
+    """Key of an upload's record (`api/uploads.py`)."""
+    return f"inkq:upload:{upload_id}"
+
+
+def open_uploads_key(user_id: str) -> str:
+    """Key of the set of a user's unused uploads, scored by their expiry (epoch seconds)."""
+    return f"inkq:uploads:{user_id}"
+
+
+def gemini_hold_key(model: str) -> str:
+    """Exists (with its expiry at the hold-until time) while every worker holds back calls to `model`."""
+    return f"inkq:gemini:hold:{model}"
+
+
+def gemini_streak_key(model: str) -> str:
+    """429s in a row for `model`, for the backoff when the provider sends no delay."""
+    return f"inkq:gemini:429s:{model}"
+
+
+def gemini_learned_key(model: str) -> str:
+    """The provider's limit for `model` learned from its 429s (hash: `n` calls per window, `since`)."""
+    return f"inkq:gemini:learned:{model}"
+
+
+def gemini_taken_key(model: str) -> str:
+    """Calls to `model` the provider took in the last window, scored by when they were sent."""
+    return f"inkq:gemini:taken:{model}"
+
+
+def gemini_calls_key(model: str) -> str:
+    """The budget's moving window for `model`: one member per place taken, scored by when."""
+    return f"inkq:gemini:calls:{model}"
+
+
+def gemini_served_key(model: str) -> str:
+    """Each user's last place in the window of `model` (the turns between users)."""
+    return f"inkq:gemini:served:{model}"
+
+
+def gemini_waiting_key(model: str) -> str:
+    """The calls to `model` waiting for a place, `<user> <call id>`, scored by when each tries next."""
+    return f"inkq:gemini:waiting:{model}"

@@ -253,7 +253,7 @@ def test_open_event_streams_are_capped_per_user_and_given_back(make_api, redis, 
     back at its next write (EVENTS_POLL_S), and the lease set expires with its last lease."""
     import requests
 
-    from api.leases import key
+    from tasks.core.keys import stream_leases_key
     from tests import fakegemini as fg
 
     # The streams must stay open: the job's provider calls outlast the workers' 3 s timeout, so it is
@@ -274,9 +274,9 @@ def test_open_event_streams_are_capped_per_user_and_given_back(make_api, redis, 
                       stream=True, timeout=10) as other_user:
         assert other_user.status_code == 200  # the cap is per user
     first.delete(f"/jobs/{bobs}", token="tok-bob")
-    assert 0 < redis.pttl(key(user)) <= 30_000
+    assert 0 < redis.pttl(stream_leases_key(user)) <= 30_000
     held[0].close()
-    wait_until(lambda: redis.zcard(key(user)) == 1, timeout=10, what="the lease of the closed stream")
+    wait_until(lambda: redis.zcard(stream_leases_key(user)) == 1, timeout=10, what="the lease of the closed stream")
     again = requests.get(f"{second.url}/status/{job_id}/events", headers={"Authorization": "Bearer tok-alice"},
                          stream=True, timeout=10)
     assert again.status_code == 200
@@ -284,7 +284,7 @@ def test_open_event_streams_are_capped_per_user_and_given_back(make_api, redis, 
         response.close()
     first.delete(f"/jobs/{job_id}")
     fake_gemini.reset()  # the slow answers the canceled job did not use
-    wait_until(lambda: not redis.exists(key(user)), timeout=10, what="the leases to be given back")
+    wait_until(lambda: not redis.exists(stream_leases_key(user)), timeout=10, what="the leases to be given back")
 
 
 def test_redis_down_is_503_with_retry_after(make_api):

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tasks import quota
+from tasks.core import keys
 from tasks.core.settings import DEFAULT_GEMINI_MODEL
 from tests import fakegemini as fg
 from tests.servers import Stack, free_port, wait_until
@@ -91,7 +92,7 @@ def test_a_429_teaches_the_fleet_the_calls_taken_in_the_window(redis, monkeypatc
     assert quota.learned(redis, model) == 0, "calls taken alone teach nothing"
     quota.rate_limited(redis, model, 0.01)
     assert quota.learned(redis, model) == n
-    assert 0 < redis.pttl(quota.learned_key(model)) <= quota.LEARNED_TTL_WINDOWS * 2000
+    assert 0 < redis.pttl(keys.gemini_learned_key(model)) <= quota.LEARNED_TTL_WINDOWS * 2000
     time.sleep(0.05)  # the hold
     waits = [quota.before_call(redis, model) for _ in range(n)]
     assert max(waits) < 0.5, waits
@@ -147,7 +148,7 @@ def test_only_a_429_naming_a_per_minute_quota_teaches(redis):
     quota.taken(redis, model, time.time())
     quota.rate_limited(redis, model, 0.01, learn=False)
     assert quota.learned(redis, model) == 0
-    assert redis.exists(quota.hold_key(model))
+    assert redis.exists(keys.gemini_hold_key(model))
 
 
 def test_calls_the_provider_refused_for_their_input_count_as_taken(tmp_path, gemini):
@@ -218,7 +219,8 @@ def test_a_free_place_goes_to_the_waiting_user_served_least_recently(redis, monk
     monkeypatch.setenv("GEMINI_MAX_RPM", "1")
     model, record = f"m-{uuid.uuid4().hex}", []
     bob = _places(redis, model, [("bob", 4)], record)
-    wait_until(lambda: record and redis.zcard(quota.waiting_key(model)) == 3, timeout=5, what="Bob's calls to wait")
+    wait_until(lambda: record and redis.zcard(keys.gemini_waiting_key(model)) == 3, timeout=5,
+               what="Bob's calls to wait")
     alice = _places(redis, model, [("alice", 1)], record)
     alice[0].join(timeout=10)
     assert record[:2] == ["bob", "alice"], record
@@ -226,7 +228,7 @@ def test_a_free_place_goes_to_the_waiting_user_served_least_recently(redis, monk
     for thread in bob:
         thread.join(timeout=10)
     assert sorted(record) == ["alice"] + ["bob"] * 4
-    assert redis.zcard(quota.waiting_key(model)) == 0
+    assert redis.zcard(keys.gemini_waiting_key(model)) == 0
     _keys_expire(redis, model)
 
 
@@ -242,7 +244,7 @@ def test_a_waiting_call_whose_process_died_stops_holding_the_turn(redis, redis_u
             "quota.before_call(redis.Redis.from_url(sys.argv[1]), sys.argv[2], 'alice')")
     horse = subprocess.Popen([sys.executable, "-c", code, redis_url, model], env={**os.environ})
     try:
-        wait_until(lambda: redis.zcard(quota.waiting_key(model)) == 1, timeout=10, what="Alice's call to wait")
+        wait_until(lambda: redis.zcard(keys.gemini_waiting_key(model)) == 1, timeout=10, what="Alice's call to wait")
     finally:
         horse.kill()
         horse.wait(5)
