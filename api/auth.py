@@ -10,7 +10,7 @@ Design decisions:
 - Secrets are never compared as given: the presented token is hashed (SHA-256) first. ADMIN_TOKEN's
   digest is compared with ``hmac.compare_digest``; API keys are looked up by their digest in a dict,
   so the cost does not grow with the number of keys (a constant-time loop over every key's digest
-  took 14% of the API's CPU with 4,000 keys, issue 17). Any timing the lookup shows depends only on
+  took 14% of the API's CPU with 4,000 keys). Any timing the lookup shows depends only on
   the presented token's digest, which a caller cannot steer towards a key's without a SHA-256
   preimage; nothing about a key's length or position shows.
 - The token's ``alg`` header only selects a verifier; the allowed algorithms are fixed by the key

@@ -42,8 +42,8 @@ def freeze_heap(server=None) -> None:
     app's objects out of the garbage collector's view.
 
     Every full collection walked the whole preloaded app (about 85,000 objects) and held the process,
-    with every request it was serving, for 55-165 ms: the tail of submit latency under a burst
-    (issue 17). Frozen objects are never walked again, and the forked workers' pages stay shared.
+    with every request it was serving, for 55-165 ms: the tail of submit latency under a burst.
+    Frozen objects are never walked again, and the forked workers' pages stay shared.
     """
     gc.collect()
     gc.freeze()

@@ -9,7 +9,7 @@ Everything else (no or bad credentials, admin tokens, unknown or foreign jobs, R
 through to the Flask view (`jobs.status`), which answers it and every error exactly as before. Both
 paths build the body with the same `status.read` and `status.describe`; a test checks they agree.
 
-`GET /status/<jobId>/events` is opened here too, for the same reason (issue 19: 2,000 streams opened
+`GET /status/<jobId>/events` is opened here too, for the same reason (2,000 streams opened
 at once queued for Flask's per-request work): the owner's request is authenticated, then counted against
 READ_RATE_LIMIT and opened with `leases.open_on` in one round trip (two scripts pipelined: the limiter's,
 then ownership, MAX_STREAMS_PER_USER and the first event's read), the body being the Flask view's own `events.stream`. A refused

@@ -39,7 +39,7 @@ class UserLimiter:
     `pool`: the API's bounded Redis connection pool (api/__init__.py). Without it the `limits` storage
     builds its own unbounded pool: under gevent, a burst of N concurrent requests opened up to N new
     Redis connections per process, each a TCP connect and two CLIENT SETINFO round trips before the
-    limiter's own (2,000 event streams opened at once: issue 19)."""
+    limiter's own (2,000 event streams opened at once)."""
 
     def __init__(self, redis_url: str, limit: str, scope: str, what: str, strategy=MovingWindowRateLimiter,
                  pool=None):

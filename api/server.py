@@ -1,6 +1,6 @@
 """The gunicorn worker the API runs (`api.server.Worker`): gunicorn's `gevent_pywsgi` worker with read
 deadlines and connection shedding, so that slow or idle clients cannot use up the connection budget
-(GUNICORN_WORKER_CONNECTIONS per process; issue 16).
+(GUNICORN_WORKER_CONNECTIONS per process).
 
 gunicorn 27.0.1 has no request-header timeout, and its `keepalive` and `timeout` settings do not
 reach the `gevent_pywsgi` worker's connections: gevent 26.9's `pywsgi.WSGIHandler` reads a request
@@ -30,14 +30,14 @@ its connection, and its slot in the worker's pool, for as long as it liked. Here
   answer on the other core before Python reaches its next read) was served request after request
   while the process's other connections, their Redis replies long arrived, waited: in a burst of
   32 kept-alive uploads, one connection served back to back at 2 ms a request while 15 others waited
-  150-400 ms (issue 17: submit p99 150-340 ms with wrk, 41-80 ms with the turn, at the same
+  150-400 ms (submit p99 150-340 ms with wrk, 41-80 ms with the turn, at the same
   throughput). So each request after a connection's first starts with a turn of the event loop (a
   `gevent.sleep` of `TURN_S` > 0, which resumes only after the loop has polled; `sleep(0)` may
   resume before): every connection ready at that moment is served first. A new connection's first
   request has no turn: it was accepted in a turn of its own, and a turn there made 2,000 event
   streams opened at once wait for each other (first-event p50 0.5 -> 1.0 s).
 
-- **Framing** (RFC 9112 §6.1, §6.3; issue 26). gevent 26.9 read a request with both `Content-Length`
+- **Framing** (RFC 9112 §6.1, §6.3). gevent 26.9 read a request with both `Content-Length`
   and `Transfer-Encoding: chunked` as chunked and kept the connection open, so a second request
   hidden in the body, where a proxy that frames by `Content-Length` saw only body, was served on it.
   It also framed by `Content-Length` (or as bodiless) a request whose `Transfer-Encoding` was not

@@ -73,7 +73,7 @@ class JobStore:
         self.result_ttl_s = result_ttl_s
         self.failure_ttl_s = failure_ttl_s
         # One Queue per queue, made once: rq's constructor checks its serializer against a runtime
-        # Protocol, tens of microseconds each time on Python 3.11 (issue 17: a few percent of a submit).
+        # Protocol, tens of microseconds each time on Python 3.11 (a few percent of a submit).
         self._queues = {spec.name: queue_for(redis, spec) for spec in QUEUES.values()}
 
     def input_ttl_s(self, operation: str) -> int:

@@ -18,7 +18,7 @@ from flask import Request
 from PIL import Image, UnidentifiedImageError
 # The readers of the accepted formats, imported with the app (gunicorn preloads it), not by each worker's
 # first submission: Pillow imports its plugins on first use (about 25 ms per process while the first
-# burst's requests waited, issue 17).
+# burst's requests waited).
 from PIL import JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
 from pydantic import ValidationError
 
@@ -58,7 +58,7 @@ def decode_base64(text: str) -> bytes:
     """Decode base64 or a data: URL; standard or URL-safe alphabet, whitespace ignored.
 
     `pybase64` (SIMD): a 78 KB upload decodes in a few microseconds, where `binascii` took about 200
-    (an eighth of the API's CPU per submission, issue 17). Text as browsers and clients send it
+    (an eighth of the API's CPU per submission). Text as browsers and clients send it
     (standard alphabet, padded, one line) is decoded as it is; anything else is first normalised by
     byte-level translates, never regular expressions."""
     text = text.strip()

@@ -1,6 +1,6 @@
 """The web page at `/`: submit a photo, follow progress, see the stencil.
 
-The page is served with a strict Content-Security-Policy (issue 16): scripts, styles and fetches
+The page is served with a strict Content-Security-Policy: scripts, styles and fetches
 only from this origin, no inline script or style (the page has none; app.js sets styles through
 the CSSOM, which CSP allows), images from this origin (results are served under `/files/`) plus
 `data:` (the favicon) and `blob:` (the preview of the picked file), plus the object store's origin

@@ -1,4 +1,4 @@
-"""Benchmark of the image store (issue 18): Redis memory per finished job with a 12 MP photo, with
+"""Benchmark of the image store: Redis memory per finished job with a 12 MP photo, with
 BLOB_STORE=redis and with BLOB_STORE=s3 (SeaweedFS from PyPI, on loopback), and the submission of the
 same photo as a direct upload (POST /uploads, the form POST to the store, POST /generate with `upload`)
 beside multipart through the API, in the same run.

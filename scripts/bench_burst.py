@@ -1,4 +1,4 @@
-"""Benchmark of issue 17 (jobs in threads): the burst, memory and local jobs, each beside a baseline
+"""Benchmark of jobs in threads: the burst, memory and local jobs, each beside a baseline
 measured in the same run, on the same box.
 
 1. The burst: BURST_USERS users (500) each submit one Gemini stencil at once (32 uploads of a ~60 KB

@@ -1,4 +1,4 @@
-"""Boundary F-measure of the stencil on the generated colour-edge test sets (issue 11).
+"""Boundary F-measure of the stencil on the generated colour-edge test sets.
 
 Prints F / precision / recall on the "equal" (equal-L* colour edges) and "brightness" sets for the
 stencil engine of this tree ("after"), the one at `--before` (a git revision, default the branch's

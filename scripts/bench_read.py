@@ -1,4 +1,4 @@
-"""The read path under load (issue 8): inkq beside the naive baseline (scripts/naive_api.py), same run.
+"""The read path under load: inkq beside the naive baseline (scripts/naive_api.py), same run.
 
 For each service, on a redis-server of its own and with `hey` on the same box:
 1. saturation at 64 connections, 5 s: POST /generate of a 100 KB photo as JSON, then GET /status;

@@ -1,6 +1,6 @@
 """The naive baseline for `make bench`: the same contract done the obvious way, to measure inkq against.
 
-What makes it naive, on purpose (issue 8):
+What makes it naive, on purpose:
 - the image travels inside the job payload (base64 in the rq job's arguments, so in its Redis hash);
 - every status read is `Job.fetch` plus `job.return_value()`, several round trips, a full RQ job built;
 - an event stream is a loop of `job.refresh()` and `sleep(0.5)` holding its server worker;

@@ -20,7 +20,7 @@ Design decisions:
   answer is about 1.6 MB of base64 JSON, and reading and decoding it holds about 6 MB (the body, its
   text, the parsed JSON, the image bytes, the decoded image) for 20-30 ms of CPU. With 100 calls in
   flight the answers arrive together, and every thread read its body at once: the worker's PSS peaked
-  at 360-415 MB (issue 17). Behind the gate an answer waits in its socket (the kernel's buffers,
+  at 360-415 MB. Behind the gate an answer waits in its socket (the kernel's buffers,
   then TCP flow control), which costs it milliseconds against the provider's 5-8 s.
 """
 from __future__ import annotations
@@ -299,7 +299,7 @@ def warm(settings: WorkerSettings | None = None) -> None:
     a key is set (the worker service's supervisor, before its forks: every queue process inherits it).
     Left to the first call, building it (two TLS contexts, the CA bundle read for each) took about 0.3 s
     of the stencil queue's CPU in the first second of a 500-user burst, while the other 99 job threads
-    waited for it and the API's submissions waited for the cores (issue 17)."""
+    waited for it and the API's submissions waited for the cores."""
     settings = settings or current()
     if available(settings):
         client_for(settings)

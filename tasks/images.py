@@ -4,7 +4,7 @@ Every way an upload can be unusable ends in `FinalError` with a message for the 
 numpy exceptions never leave `decode`. Dimensions are checked from the header before any pixel
 is decoded.
 
-Memory (issue 16, finding 13: a 383 KB 16-bit grey PNG of 6324×6324 once took 578 MB through a
+Memory (a 383 KB 16-bit grey PNG of 6324×6324 once took 578 MB through a
 whole-image float32 copy). The engines work on small grids (stencil 1024 px analysis and at most
 2000 px output, colour match 1024 px, enhance at most `enhance.INPUT_PIXELS`), so `decode` hands
 back no more than they need: a big JPEG is decoded at a reduced DCT scale (`Image.draft`, which is

@@ -30,7 +30,7 @@ Gemini limits requests per minute per project, not per worker, so the budget liv
   provider and was not refused with a 429, whatever its answer (an image, a 400 for an input it
   cannot process, a safety refusal, a 5xx, an answer cut off or late; `tasks.gemini.taken`). The
   provider counts all of them against the quota, so counting only the calls that succeeded taught the
-  fleet a limit of 1 after one user's 8 refused inputs filled the provider's window (issue 26). It
+  fleet a limit of 1 after one user's 8 refused inputs filled the provider's window. It
   is stamped by when it was sent because a call is known to be taken only when answered, seconds
   later, while a 429 comes back at once. On a 429 naming a per-minute quota,
   `inkq:gemini:learned:<model>` becomes the number of calls sent in the last window and taken (at
@@ -60,7 +60,7 @@ import random
 import time
 
 from .core import keys, scripts
-from .core.settings import env_int
+from .core.settings import current
 
 log = logging.getLogger("inkq.quota")
 
@@ -79,14 +79,14 @@ _TAKE_PLACE = scripts.load("quota_take_place")
 _LEARN = scripts.load("quota_learn")
 
 
-def max_rpm(env=None) -> int:
+def max_rpm() -> int:
     """GEMINI_MAX_RPM, or 0 when unset (no budget of our own)."""
-    return env_int(os.environ if env is None else env, "GEMINI_MAX_RPM", 0)
+    return current().gemini_max_rpm
 
 
-def window_s(env=None) -> int:
+def window_s() -> int:
     """The budget's window in seconds (INKQ_GEMINI_WINDOW_S, 60)."""
-    return max(1, env_int(os.environ if env is None else env, "INKQ_GEMINI_WINDOW_S", 60))
+    return current().gemini_window_s
 
 
 def learned(redis, model: str) -> int:

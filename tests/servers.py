@@ -239,7 +239,7 @@ class GunicornApi:
                                      stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
         wait_until(self._ready, timeout=timeout, interval=0.1, what="the API under gunicorn")
         # /readyz answers from the first process gunicorn forks; a measurement begun then ran on that
-        # one process alone (the bench's "API alone" baseline did, issue 17)
+        # one process alone (the bench's "API alone" baseline did)
         processes = int(full.get("WEB_CONCURRENCY") or 2)
         wait_until(lambda: len(self.workers()) >= processes, timeout=timeout, interval=0.05,
                    what=f"{processes} API processes")

@@ -1,4 +1,4 @@
-"""What an operator sees (issue 9): every log line JSON, request ids from the client into the workers'
+"""What an operator sees: every log line JSON, request ids from the client into the workers'
 lines, job metrics on /metrics and /admin/queue-stats, and the shipped alert rules.
 
 The services are the real ones: `scripts/start_api.sh` (gunicorn, gevent) and

@@ -1,4 +1,4 @@
-"""Both services refuse to start on an unsafe PUBLIC_URL or SECRET_KEY (issue 26, finding 6): exit status 2
+"""Both services refuse to start on an unsafe PUBLIC_URL or SECRET_KEY: exit status 2
 and a message naming the setting, from scripts/start_api.sh and scripts/start_workers.sh as deployed."""
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ for `GET /status`, with the request's origin or PUBLIC_URL. The worker service s
 `result.image` of webhooks, when it has SECRET_KEY and PUBLIC_URL (it has no request to take an origin
 from); without them a webhook names `/result/<jobId>`, which needs the owner's token.
 
-Both services check the two settings as they start and refuse to start (exit status 2) on a bad one
-(issue 26): a PUBLIC_URL that is not exactly an origin (a scheme, a host and an optional port: a path
+Both services check the two settings as they start and refuse to start (exit status 2) on a bad one:
+a PUBLIC_URL that is not exactly an origin (a scheme, a host and an optional port: a path
 would be dropped or doubled in every link, credentials would be handed out in them, and a port out of
 range makes no link that works), and, outside INKQ_DEV, a SECRET_KEY under `MIN_SECRET_BYTES`: a
 short key was recovered offline from one result link, and it then signed `/files/` links to any job.

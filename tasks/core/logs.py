@@ -12,7 +12,7 @@ and its horse inherits that at fork. Lines carry no tokens, keys, image bytes or
 code logs none, and access lines log the path without its query and with `/files/<token>` cut.
 
 Text lines cannot be forged: a request path, a user id or an error text carrying a newline would
-otherwise start a line of its own that reads like a record (issue 16). The text formatter escapes
+otherwise start a line of its own that reads like a record. The text formatter escapes
 control characters (C0, DEL, C1 and the Unicode line and paragraph separators) in the message and the
 context fields as `\\n`, `\\r` or `\\xNN` / `\\uNNNN`, and indents every further line of a record (a
 traceback) by four spaces, so each line that starts at column 0 is the first line of a record.

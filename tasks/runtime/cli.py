@@ -47,7 +47,7 @@ from redis.exceptions import RedisError  # noqa: E402
 from ..core import blobs as blob_store  # noqa: E402
 from ..core import durability, links, logs  # noqa: E402
 from ..core.queues import WORKER_QUEUES, QueueSpec  # noqa: E402
-from ..core.settings import WorkerSettings, env_bool, queue_concurrency, use  # noqa: E402
+from ..core.settings import WorkerSettings, use  # noqa: E402
 from .malloc import tune_malloc  # noqa: E402
 from .recovery import SWEEP_EVERY_S, Recovery, drain  # noqa: E402
 
@@ -109,7 +109,7 @@ class Forked:
             pass
 
 
-def run_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> None:
+def run_slot_worker(spec: QueueSpec, settings: WorkerSettings, url: str, pool) -> None:
     """In a forked queue process: one `SlotWorker` for the queue, until it stops."""
     from rq.serializers import JSONSerializer
 
@@ -121,31 +121,31 @@ def run_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> None:
     pool.attach(spec.name)
     redis = Redis.from_url(url)
     queue = InkqQueue(spec.name, connection=redis, serializer=JSONSerializer)
-    worker = SlotWorker([queue], connection=redis, serializer=JSONSerializer, slots=queue_concurrency(env)[spec.name])
-    worker.work(with_scheduler=True, logging_level=env.get("LOG_LEVEL", "INFO"))
+    worker = SlotWorker([queue], connection=redis, serializer=JSONSerializer, slots=settings.concurrency[spec.name])
+    worker.work(with_scheduler=True, logging_level=settings.log.level)
 
 
-def start_slot_workers(env: dict, url: str):
+def start_slot_workers(settings: WorkerSettings, url: str):
     """Preload, fork the CPU pool and one slot worker per queue; (children, pool)."""
     from . import cpu
 
     tune_malloc()
     gc.collect()
     gc.freeze()
-    pool = cpu.Pool(cpu.size(env), [spec.name for spec in WORKER_QUEUES])
+    pool = cpu.Pool(settings.cpu_processes, [spec.name for spec in WORKER_QUEUES])
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # the children install their own first
     try:
         pool.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    return [fork_slot_worker(spec, env, url, pool) for spec in WORKER_QUEUES], pool
+    return [fork_slot_worker(spec, settings, url, pool) for spec in WORKER_QUEUES], pool
 
 
-def fork_slot_worker(spec: QueueSpec, env: dict, url: str, pool) -> Forked:
+def fork_slot_worker(spec: QueueSpec, settings: WorkerSettings, url: str, pool) -> Forked:
     """Fork the process of one queue (again, for one that died)."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # the child installs its own handlers first
     try:
-        process = pool.context.Process(target=run_slot_worker, args=(spec, env, url, pool),
+        process = pool.context.Process(target=run_slot_worker, args=(spec, settings, url, pool),
                                        name=f"inkq-{spec.name}", daemon=False)
         process.start()
     finally:
@@ -208,24 +208,23 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)  # first: a stop during start-up (the imports take seconds) is heard
     signal.signal(signal.SIGINT, stop)
-    logs.configure()
+    settings = use(WorkerSettings.from_env())  # once, before the forks: every process of the service
+    logs.configure(settings.log.format, settings.log.level)
     log.setLevel(logging.INFO)
-    env = dict(os.environ)
     try:  # webhooks sign result links with SECRET_KEY under PUBLIC_URL (tasks.core.links)
-        links.checked_origin(env.get("PUBLIC_URL"))
-        links.checked_secret(env.get("SECRET_KEY"), env_bool(env, "INKQ_DEV", False))
+        links.checked_origin(settings.public_url)
+        links.checked_secret(settings.secret_key, settings.dev)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    settings = use(WorkerSettings.from_env(env))  # once, before the forks: every process of the service
     url = settings.redis_url
     wait_for_redis(url)
     redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    durability.warn_if_unsafe(redis, dev=env_bool(env, "INKQ_DEV", False), logger=log)
+    durability.warn_if_unsafe(redis, dev=settings.dev, logger=log)
     recovery = Recovery(redis, [spec.name for spec in WORKER_QUEUES])
     me = f"{socket.gethostname()}:{os.getpid()}"
     try:
-        blob_store.parse_store(env.get("BLOB_STORE", ""))
+        blob_store.parse_store(settings.store.store)
     except blob_store.StoreConfigError as exc:
         log.error("%s", exc)
         return 2
@@ -233,10 +232,10 @@ def main() -> int:
     if stopping:
         log.info("stopped during start-up")
         return 0
-    children, pool = start_slot_workers(env, url)
+    children, pool = start_slot_workers(settings, url)
     procs.extend(children)
     for spec in WORKER_QUEUES:
-        log.info("queue %s: %d jobs at once", spec.name, queue_concurrency(env)[spec.name])
+        log.info("queue %s: %d jobs at once", spec.name, settings.concurrency[spec.name])
     status = 0
     # After the handlers and the forks: checking the store may take seconds when it is down.
     blobs = blob_store.store(redis, settings.store)
@@ -254,7 +253,7 @@ def main() -> int:
             if restarts.allow(proc.spec.name):
                 log.error("queue %s: its process exited with status %s; starting a new one (the recovery sweep "
                           "queues its jobs again)", proc.spec.name, proc.returncode)
-                procs[i] = fork_slot_worker(proc.spec, env, url, pool)
+                procs[i] = fork_slot_worker(proc.spec, settings, url, pool)
                 continue
             log.error("queue %s: its process exited with status %s, more than %d times in a minute; stopping the "
                       "others", proc.spec.name, proc.returncode, RESTARTS_PER_MINUTE)

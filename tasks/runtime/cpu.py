@@ -36,21 +36,19 @@ import uuid
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 
 from ..core import offload
-from ..core.settings import env_int
+from ..core.settings import current
 from .orphans import die_with_parent
 
 log = logging.getLogger("inkq.cpu")
 
 WAIT_STEP_S = 0.5  # a waiting slot wakes this often, so an `Abandoned` raised in it is delivered
-DEFAULT_WORKER_NICE = 0
 AUTOGROUP_TRIES = 6
 _client: "Client | None" = None
 
 
-def size(env=None) -> int:
+def size() -> int:
     """INKQ_CPU_PROCESSES: engine runs at once per worker service (default: the box's cores)."""
-    env = os.environ if env is None else env
-    return max(1, env_int(env, "INKQ_CPU_PROCESSES", os.cpu_count() or 1))
+    return current().cpu_processes
 
 
 class Pool:
@@ -171,7 +169,7 @@ def _serve(tasks, replies, locks) -> None:
 
 def worker_nice() -> int:
     """WORKER_NICE: how far below the API the pool's engine runs go (0 turns it off; at most 19)."""
-    return min(max(env_int(os.environ, "WORKER_NICE", DEFAULT_WORKER_NICE), 0), 19)
+    return current().worker_nice
 
 
 def lower_priority(nice: int) -> None:

@@ -1,7 +1,7 @@
 """Many jobs in flight in one process: the service's rq worker, whose jobs run in threads ("slots").
 
 A provider job is one 5-8 s HTTPS call; rq's forked work-horse per call cost 41-55 MB and 100 of them
-could not be scheduled on 2 cores (issue 17). `SlotWorker` keeps rq's queues, registries, retries,
+could not be scheduled on 2 cores. `SlotWorker` keeps rq's queues, registries, retries,
 scheduler and dashboard, and the recovery design of `tasks/runtime/recovery.py` (claims, liveness, the sweep),
 and changes only where a job runs:
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import sys
 import threading
 import time
@@ -54,7 +53,7 @@ from rq.worker.base import format_exc_info
 from ..core import logs
 from ..core.changes import EXECUTION_ATTR
 from ..core.queues import WORKER_QUEUES
-from ..core.settings import queue_concurrency
+from ..core.settings import current
 from .worker import InkqQueue, InkqWorker, bind_job, signals_for_main_thread_only
 
 log = logging.getLogger("inkq.slots")
@@ -101,11 +100,11 @@ class Slot:
             return False
 
 
-def slots_for(queue_names, env=None) -> int:
-    """Jobs in flight for this worker: the CONCURRENCY_* of its queue."""
-    env = os.environ if env is None else env
+def slots_for(queue_names, concurrency=None) -> int:
+    """Jobs in flight for this worker: the CONCURRENCY_* of its queue (`settings.concurrency`)."""
+    concurrency = current().concurrency if concurrency is None else concurrency
     specs = {spec.name: spec for spec in WORKER_QUEUES}
-    return max((queue_concurrency(env)[specs[name].name] for name in queue_names if name in specs), default=1)
+    return max((concurrency[specs[name].name] for name in queue_names if name in specs), default=1)
 
 
 class SlotWorker(InkqWorker):

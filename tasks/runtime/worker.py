@@ -31,7 +31,7 @@ from rq.worker import BaseWorker, WorkerStatus
 
 from .. import ending
 from ..core import blobs, keys, logs, metrics
-from ..core.settings import env_int
+from ..core.settings import current
 from . import recovery
 from .orphans import die_with_parent
 
@@ -49,7 +49,7 @@ def preload() -> None:
         except ImportError as exc:
             log.warning("could not preload %s: %s", name, exc)
     try:
-        blobs.warm()
+        blobs.warm(current().store)
     except (ImportError, blobs.StoreConfigError) as exc:
         log.error("image store: %s", exc)
     try:
@@ -60,7 +60,7 @@ def preload() -> None:
         log.warning("could not build the Gemini client ahead of the first call: %s", exc)
 
 
-logs.configure()  # before rq sets up its own handlers, which it skips when the root logger has one
+logs.configure(current().log.format, current().log.level)  # before rq sets up its own handlers, which it skips when the root logger has one
 preload()
 
 _stop_before_start = False
@@ -201,7 +201,6 @@ class Liveness(threading.Thread):
             pass  # it lapses on its own within LIVENESS_TTL_MS
 
 
-DEQUEUE_WAIT_S = 5
 SCHEDULER_STOP_TRIES = 5
 SCHEDULER_STOP_WAIT_S = 2.5  # the scheduler reads its stop flag once a second (rq's interval)
 
@@ -306,7 +305,7 @@ class InkqWorker(BaseWorker):
     def dequeue_timeout(self) -> int:
         """Wake from `BLMOVE` every few seconds (rq: worker_ttl - 15 = 405 s), so a stop whose signal
         reached the process by any other path is acted on within that time (INKQ_DEQUEUE_WAIT_S)."""
-        return env_int(os.environ, "INKQ_DEQUEUE_WAIT_S", DEQUEUE_WAIT_S)
+        return current().dequeue_wait_s
 
     def teardown(self):
         """rq's teardown, then the liveness key goes: whatever this worker still claims goes back at once.
@@ -418,7 +417,7 @@ class InkqWorker(BaseWorker):
         supervisor gone) never exited. The heartbeat opens every round of that loop and of the work
         loop, and rq's work loop ends on `StopRequested`. Not while a job is in hand: that one is
         handed to a slot first. Called without a pipeline, rq's three commands go in one round trip
-        rather than three (each dequeue and each job start heartbeats; issue 17).
+        rather than three (each dequeue and each job start heartbeats).
         """
         if InkqQueue.stop_requested and not InkqQueue.holding:
             raise StopRequested()

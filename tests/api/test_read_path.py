@@ -220,7 +220,7 @@ def _open_one(client, job_id, token="tok-alice"):
 def test_opening_an_event_stream_reads_the_job_once(tmp_path, monkeypatch):
     """An open is one round trip to Redis: the read limiter's script and the open script (ownership,
     lease, the first event's read) pipelined; the first event goes out with the retry line in one
-    write (issue 19: 2,000 opens at once)."""
+    write (2,000 opens at once)."""
     server = RedisServer()
     try:
         app = create_app(base_config(server.url))

@@ -242,8 +242,8 @@ def test_a_busy_connection_cannot_hold_a_worker(own_redis, tmp_path):
     """A gevent worker switches between connections only when a read or write would block. A client
     whose next request is always already there (pipelined here; on a 2-core box, a kept-alive client
     and Redis answering on the other core while Python is still busy) was served request after
-    request while the process's other connections waited: submit latencies of 250-400 ms in bursts
-    (issue 17). Each request now starts with a turn of the event loop (`api.server`), so a request
+    request while the process's other connections waited: submit latencies of 250-400 ms in bursts.
+    Each request starts with a turn of the event loop (`api.server`), so a request
     that arrives meanwhile on another connection is served among the first few of the busy one's."""
     api = GunicornApi({"REDIS_URL": own_redis.url, "API_KEYS": "tok-a:alice", "SECRET_KEY": "k" * 32,
                        "WEB_CONCURRENCY": 1, "GEMINI_API_KEY": "", "ACCESS_LOG": "", "LOG_FORMAT": "text"},

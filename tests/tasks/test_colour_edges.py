@@ -1,4 +1,4 @@
-"""Stencil edges by colour, and no strokes drawn from noise (issue 11, parts 1 and 2).
+"""Stencil edges by colour, and no strokes drawn from noise.
 
 Synthetic test images with a known label map: a few random blobs and polygons over a background,
 each region one flat colour chosen in CIELAB, plus fine texture (low-amplitude band-limited noise on

@@ -1,4 +1,4 @@
-"""Peak memory of decoding an upload and each engine's first step, per input pixel (issue 16, finding 13).
+"""Peak memory of decoding an upload and each engine's first step, per input pixel.
 
 Each case runs in a fresh Python process, so its high-water RSS (`VmHWM`, not `ru_maxrss`, which on
 Linux carries the forking pytest process's own peak across exec) is that decode's own peak: the process

@@ -232,7 +232,7 @@ def test_unknown_operation_and_style():
 
 
 def test_answers_are_read_a_few_at_a_time_and_every_call_gets_its_own(fake):
-    """100 calls in flight got their ~1.6 MB answers together and read them all at once (issue 17's PSS).
+    """100 calls in flight got their ~1.6 MB answers together and read them all at once (the worker's PSS).
     The gate lets ANSWERS_AT_ONCE threads read and decode; the others wait their turn, and all finish."""
     from concurrent.futures import ThreadPoolExecutor
 

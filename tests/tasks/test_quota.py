@@ -14,16 +14,23 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
 from tasks import quota
 from tasks.core import keys
+from tasks.core import settings as worker_settings
 from tasks.core.settings import DEFAULT_GEMINI_MODEL
 from tests import fakegemini as fg
 from tests.servers import Stack, free_port, wait_until
 
 WINDOW_S = 3
+
+
+def configure(monkeypatch, **given) -> None:
+    """This process's worker settings with `given` changed, until the test ends."""
+    monkeypatch.setattr(worker_settings, "_current", replace(worker_settings.current(), **given))
 
 
 @pytest.fixture
@@ -84,8 +91,7 @@ def _keys_expire(redis, model: str) -> None:
 def test_a_429_teaches_the_fleet_the_calls_taken_in_the_window(redis, monkeypatch):
     """N calls taken, then a 429: the learned limit is N, and the next call past N in a window waits
     for the window's oldest call to leave it (plus the margin); every key it wrote expires."""
-    monkeypatch.setenv("INKQ_GEMINI_WINDOW_S", "2")
-    monkeypatch.delenv("GEMINI_MAX_RPM", raising=False)
+    configure(monkeypatch, gemini_window_s=2, gemini_max_rpm=0)
     model, n = f"m-{uuid.uuid4().hex}", 4
     for _ in range(n):
         quota.taken(redis, model, time.time())
@@ -98,9 +104,9 @@ def test_a_429_teaches_the_fleet_the_calls_taken_in_the_window(redis, monkeypatc
     assert max(waits) < 0.5, waits
     waited = quota.before_call(redis, model)
     assert 2.0 <= waited < 2.0 + quota.MARGIN_S[1] + quota.JITTER_S + 1, waited
-    monkeypatch.setenv("GEMINI_MAX_RPM", "3")
+    configure(monkeypatch, gemini_max_rpm=3)
     assert quota.budget(redis, model) == 3, "a configured budget below the learned limit wins"
-    monkeypatch.setenv("GEMINI_MAX_RPM", "100")
+    configure(monkeypatch, gemini_max_rpm=100)
     assert quota.budget(redis, model) == n, "the learned limit caps a configured budget above it"
     _keys_expire(redis, model)
 
@@ -108,7 +114,7 @@ def test_a_429_teaches_the_fleet_the_calls_taken_in_the_window(redis, monkeypatc
 def test_the_learned_limit_rises_during_the_burst_and_falls_when_paced_calls_are_refused(redis, monkeypatch):
     """A 429 overtakes accepted calls still in flight: within a window of the first 429 their answers
     raise the limit. Later, paced at it and still refused, each 429 takes one off (never below 1)."""
-    monkeypatch.setenv("INKQ_GEMINI_WINDOW_S", "1")
+    configure(monkeypatch, gemini_window_s=1)
     model = f"m-{uuid.uuid4().hex}"
     sent = time.time()
     quota.taken(redis, model, sent)
@@ -152,7 +158,7 @@ def test_only_a_429_naming_a_per_minute_quota_teaches(redis):
 
 
 def test_calls_the_provider_refused_for_their_input_count_as_taken(tmp_path, gemini):
-    """Issue 26, finding 2. Bob's 8 calls are refused with 400 (an input the provider cannot process) but
+    """Bob's 8 calls are refused with 400 (an input the provider cannot process) but
     count against the provider's 8 per window; Alice's 4 calls then meet 429s. The fleet learns that the
     provider took 8 calls in the window, not 1, and Alice's jobs end in about one window, not four."""
     window = 4
@@ -215,8 +221,7 @@ def _places(redis, model: str, calls: list[tuple[str, int]], record: list[str]) 
 def test_a_free_place_goes_to_the_waiting_user_served_least_recently(redis, monkeypatch):
     """One place per window. Bob has 4 calls waiting when Alice's one call arrives: the next place is
     Alice's, not whichever of the 5 waiting calls wakes first (4 in 5 Bob's)."""
-    monkeypatch.setenv("INKQ_GEMINI_WINDOW_S", "1")
-    monkeypatch.setenv("GEMINI_MAX_RPM", "1")
+    configure(monkeypatch, gemini_window_s=1, gemini_max_rpm=1)
     model, record = f"m-{uuid.uuid4().hex}", []
     bob = _places(redis, model, [("bob", 4)], record)
     wait_until(lambda: record and redis.zcard(keys.gemini_waiting_key(model)) == 3, timeout=5,
@@ -224,7 +229,7 @@ def test_a_free_place_goes_to_the_waiting_user_served_least_recently(redis, monk
     alice = _places(redis, model, [("alice", 1)], record)
     alice[0].join(timeout=10)
     assert record[:2] == ["bob", "alice"], record
-    monkeypatch.setenv("GEMINI_MAX_RPM", "100")  # let Bob's other calls go
+    configure(monkeypatch, gemini_max_rpm=100)  # let Bob's other calls go
     for thread in bob:
         thread.join(timeout=10)
     assert sorted(record) == ["alice"] + ["bob"] * 4
@@ -235,7 +240,8 @@ def test_a_free_place_goes_to_the_waiting_user_served_least_recently(redis, monk
 def test_a_waiting_call_whose_process_died_stops_holding_the_turn(redis, redis_url, monkeypatch):
     """Alice's work-horse is killed while its call waits for a place: Bob's next call is passed over for it
     at most WAITER_STALE_S past the time it was due, not for ever."""
-    monkeypatch.setenv("INKQ_GEMINI_WINDOW_S", "1")
+    configure(monkeypatch, gemini_window_s=1, gemini_max_rpm=1)
+    monkeypatch.setenv("INKQ_GEMINI_WINDOW_S", "1")  # for Alice's work-horse, a process of its own
     monkeypatch.setenv("GEMINI_MAX_RPM", "1")
     monkeypatch.setattr(quota, "WAITER_STALE_S", 1.0)
     model = f"m-{uuid.uuid4().hex}"
