@@ -35,7 +35,6 @@ log = logging.getLogger("inkq.ending")
 
 OUTCOMES = ("completed", "failed", "retried", "canceled", "expired")
 ENDED = {b"finished", b"failed", b"stopped", b"canceled"}
-_SETTLE = credits.SETTLE_FN + "return settle_charge(KEYS[1], ARGV[2], ARGV[1] == 'refund')\n"
 
 Fence = Callable[[object], bool]  # given a pipeline in WATCH mode: WATCH its keys, read, True if still owner
 Writes = Callable[[object], None]  # add the outcome's rq writes to a pipeline in MULTI mode
@@ -68,10 +67,7 @@ class Credits:
     def on_end(self, ending: Ending, pipe) -> None:
         if not ending.final:
             return
-        refund = "commit" if ending.outcome == "completed" else "refund"
-        pipe.eval(_SETTLE, 1, credits.charge_key(ending.job.id), refund, credits.balance_key(""))
-        if ending.user:
-            pipe.srem(credits.inflight_key(ending.user), ending.job.id)
+        credits.settle_in(pipe, ending.job.id, ending.user, refund=ending.outcome != "completed")
 
 
 class Input:

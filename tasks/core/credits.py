@@ -49,10 +49,16 @@ def inflight_key(user_id: str) -> str:
 def settle(redis, job_id: str, user_id: str | None, refund: bool) -> int:
     """Refund or commit a job's charge once; returns the amount, or -1 if already settled or never charged."""
     pipe = redis.pipeline()
+    settle_in(pipe, job_id, user_id, refund)
+    return int(pipe.execute()[0])
+
+
+def settle_in(pipe, job_id: str, user_id: str | None, refund: bool) -> None:
+    """Add `settle`'s commands to `pipe` (a job's end transaction, `tasks/ending.py`): the settlement, then
+    the job's removal from its owner's in-flight set."""
     pipe.eval(_SETTLE, 1, charge_key(job_id), "refund" if refund else "commit", balance_key(""))
     if user_id:
         pipe.srem(inflight_key(user_id), job_id)
-    return int(pipe.execute()[0])
 
 
 def settle_unqueued(redis, job_id: str, user_id: str, wait_for_admission: bool) -> int:
