@@ -30,6 +30,7 @@ from typing import Callable
 from redis.exceptions import WatchError
 
 from .core import blobs, changes, credits, metrics
+from .core.keys import executions_key
 
 log = logging.getLogger("inkq.ending")
 
@@ -111,11 +112,6 @@ class Announcement:
 
 
 HOOKS = [Credits(), Input(), Webhook(), Metrics(), Announcement()]
-
-
-def executions_key(job_id: str) -> str:
-    """rq's registry of a job's executions (zset of execution ids): the fencing token's home."""
-    return f"rq:executions:{job_id}"
 
 
 def execution_fence(job_id: str, execution_id: str) -> Fence:

@@ -13,6 +13,7 @@ import logging
 from redis.exceptions import RedisError
 
 from . import scripts
+from .keys import executions_key
 
 CHANNEL = "inkq:changed"
 EXECUTION_ATTR = "inkq_execution_id"  # on an rq Job object: the execution running that copy
@@ -43,5 +44,5 @@ def save_meta_and_announce(job) -> bool:
     job (`tasks/ending.py`), so a worker frozen past its liveness that resumes cannot set back the
     progress, stage or attempts of the run that replaced it. False when refused."""
     execution = execution_of(job) or ""
-    return bool(job.connection.eval(scripts.load("save_meta"), 2, job.key, f"rq:executions:{job.id}", job._serialize_meta(),
-                                    CHANNEL, job.id, execution))
+    return bool(job.connection.eval(scripts.load("save_meta"), 2, job.key, executions_key(job.id),
+                                    job._serialize_meta(), CHANNEL, job.id, execution))

@@ -37,6 +37,12 @@ def started_key(queue: str) -> str:
     return f"rq:wip:{queue}"
 
 
+def executions_key(job_id: str) -> str:
+    """RQ's registry of a job's executions (zset of execution ids): the fencing token's home
+    (`tasks/ending.py`)."""
+    return f"rq:executions:{job_id}"
+
+
 def idempotency_key(user_id: str, key: str) -> str:
     """A user's `Idempotency-Key` record (`api/idempotency.py`), named by a hash so that any key fits."""
     return "inkq:idem:" + hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
