@@ -2,13 +2,15 @@
 
     inkq generate PHOTO [--operation stencil|enhance|color-match|ia-gen] [--style S] [--line-weight W]
                         [--colors N] [--prompt TEXT] [--engine E] [--webhook-url URL] [--format png|svg]
-                        [--wait] [-o OUT.png|OUT.svg]
+                        [--max-wait S] [--retention S] [--wait] [-o OUT.png|OUT.svg]
     inkq status ID | inkq jobs [--limit N] [--status WORD] | inkq cancel ID | inkq credits
+    inkq erase ID | inkq erase --user USER_ID (admin)
 
 It reads INKQ_URL and INKQ_TOKEN; `--url` and `--token` override them. `--wait` follows the job's
 event stream (`/status/<id>/events`), falling back to polling `/status/<id>` if the stream breaks;
 on a terminal it draws a progress bar with the stage (rich), otherwise it prints one plain line per
-change. `--json` prints the API's JSON instead. Exit codes: 0 done, 1 the job failed or was
+change; while a job waits it shows its place in line and the estimated time to its result, and
+while it runs the estimate (`queuePosition`, `etaS`). `--json` prints the API's JSON instead. Exit codes: 0 done, 1 the job failed or was
 canceled, 2 usage or input error, 3 server or network error. It never shows a traceback.
 
 Only `requests` and `rich` are used: the client imports nothing of the server.
@@ -22,6 +24,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import requests
 
@@ -104,6 +107,8 @@ def _answer(response: requests.Response) -> dict:
         body = response.json()
     except ValueError:
         body = None
+    if response.status_code == 204:
+        return {}
     if response.status_code < 400 and isinstance(body, dict):
         return body
     if isinstance(body, dict) and "error" in body:
@@ -125,8 +130,47 @@ def _image_field(path: str) -> str:
     return base64.b64encode(data).decode()
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ... 11th, 12th, 13th, 21st ..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def about(seconds: float) -> str:
+    """An estimate as a person says it: 'about 8 s', 'about 40 s' (5 s steps), 'about 3 min'."""
+    if seconds < 10:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 90:
+        return f"about {5 * round(seconds / 5)} s"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min"
+    return f"about {round(seconds / 3600)} h"
+
+
+def wait_text(status: dict) -> str:
+    """Where a job stands: 'next in line, about 8 s' while waiting, 'about 12 s left' while active,
+    '' when the server says nothing (`queuePosition` and `etaS` null or absent)."""
+    position, eta = status.get("queuePosition"), status.get("etaS")
+    eta = eta if isinstance(eta, (int, float)) and not isinstance(eta, bool) and eta >= 0 else None
+    if status.get("status") == "waiting":
+        parts = []
+        if isinstance(position, int) and not isinstance(position, bool) and position >= 1:
+            parts.append("next in line" if position == 1 else f"{ordinal(position)} in line")
+        if eta is not None:
+            parts.append(about(eta))
+        return ", ".join(parts)
+    if status.get("status") == "active" and eta is not None:
+        return f"{about(eta)} left"
+    return ""
+
+
 def _line(status: dict) -> str:
-    return f"{status['jobId']} {status['status']} {status.get('progress', 0)}% {status.get('stage', '')}".rstrip()
+    where = wait_text(status)
+    if status["status"] == "waiting" and where:
+        stage = status.get("stage") or "queued"
+        return f"{status['jobId']} waiting, {'' if stage == 'queued' else stage + ', '}{where}"
+    line = f"{status['jobId']} {status['status']} {status.get('progress', 0)}% {status.get('stage', '')}".rstrip()
+    return f"{line}, {where}" if where else line
 
 
 class Follower:
@@ -149,12 +193,15 @@ class Follower:
         return self
 
     def show(self, status: dict) -> None:
-        key = (status["status"], status.get("progress"), status.get("stage"))
+        where = wait_text(status)
+        key = (status["status"], status.get("progress"), status.get("stage"), where)
         if key == self.last:
             return
         self.last = key
         if self.mode == "bar":
-            self.progress.update(self.task, completed=status.get("progress", 0), description=status.get("stage", ""),
+            stage = status.get("stage", "")
+            self.progress.update(self.task, completed=status.get("progress", 0),
+                                 description=f"{stage}, {where}" if stage and where else stage or where,
                                  word=status["status"])
         elif self.mode == "lines":
             print(_line(status), flush=True)
@@ -195,7 +242,7 @@ def cmd_generate(client: Client, args) -> int:
     fmt = "svg" if svg_out else args.format
     for field, value in (("style", args.style), ("lineWeight", args.line_weight), ("colors", args.colors),
                          ("prompt", args.prompt), ("engine", args.engine), ("webhookUrl", args.webhook_url),
-                         ("format", fmt)):
+                         ("format", fmt), ("maxWaitS", args.max_wait), ("retentionS", args.retention)):
         if value is not None:
             body[field] = value
     accepted = client.call("POST", "/generate", json=body)
@@ -246,6 +293,22 @@ def cmd_cancel(client: Client, args) -> int:
     return DONE
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def cmd_erase(client: Client, args) -> int:
+    if bool(args.job_id) == bool(args.user):
+        raise Exit(USAGE, "inkq erase: give a job id, or --user USER_ID (admin)")
+    if args.user:
+        body = client.call("DELETE", f"/admin/users/{quote(args.user, safe='')}/data")
+        _print(args, body, f"{args.user}: erased {_count(body['jobs'], 'job')} and {_count(body['objects'], 'object')}")
+    else:
+        client.call("DELETE", f"/jobs/{quote(args.job_id, safe='')}/data")
+        _print(args, {"jobId": args.job_id, "erased": True}, f"{args.job_id} erased")
+    return DONE
+
+
 def cmd_credits(client: Client, args) -> int:
     body = client.call("GET", "/credits")
     _print(args, body, str(body["balance"]) if body.get("enabled", True) else "credits are off on this server")
@@ -274,6 +337,10 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--engine", choices=["auto", "local", "gemini"])
     gen.add_argument("--webhook-url")
     gen.add_argument("--format", choices=["png", "svg"], help="stencil: also an SVG (implied by -o NAME.svg)")
+    gen.add_argument("--max-wait", type=int, metavar="S",
+                     help="cancel the job (never run, never charged) if it has not started S seconds after submission")
+    gen.add_argument("--retention", type=int, metavar="S",
+                     help="delete the job, its inputs and results S seconds after it ends (60 up to the server's limit)")
     gen.add_argument("--wait", action="store_true", help="follow the job until it ends")
     gen.add_argument("-o", "--output", help="save the result here, PNG or .svg (implies --wait)")
     gen.set_defaults(run=cmd_generate)
@@ -285,6 +352,10 @@ def parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=20)
     jobs.add_argument("--status", choices=["waiting", "active", "completed", "failed", "canceled"])
     jobs.set_defaults(run=cmd_jobs)
+    erase = sub.add_parser("erase", help="erase a job's data now (its record, input and results)")
+    erase.add_argument("job_id", nargs="?")
+    erase.add_argument("--user", metavar="USER_ID", help="admin: erase everything of this user")
+    erase.set_defaults(run=cmd_erase)
     sub.add_parser("credits", help="your credit balance").set_defaults(run=cmd_credits)
     for p in sub.choices.values():  # --json, --url and --token also after the command
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)

@@ -15,6 +15,7 @@ import pytest
 
 from tests import fakegemini as fg
 from tests.conftest import drawing, photo
+from tests.servers import wait_until
 
 INKQ = os.path.join(os.path.dirname(sys.executable), "inkq")
 
@@ -170,3 +171,110 @@ def test_download_sends_the_token_only_to_the_api(tmp_path):
     finally:
         for server in servers:
             server.shutdown()
+
+
+def test_progress_line_says_where_the_job_stands():
+    """The plain progress line (and `inkq status`, `inkq jobs`) with the status object's `queuePosition`
+    and `etaS`: the place in line and the estimate while waiting, the estimate while active."""
+    from api.client import _line, ordinal
+
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111, 112)] == \
+        ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th", "112th"]
+    waiting = {"jobId": "j1", "status": "waiting", "progress": 0, "stage": "queued", "queuePosition": 3, "etaS": 41.3}
+    assert _line(waiting) == "j1 waiting, 3rd in line, about 40 s"
+    assert _line(waiting | {"queuePosition": 1, "etaS": 6.4}) == "j1 waiting, next in line, about 6 s"
+    assert _line(waiting | {"queuePosition": 12, "etaS": None}) == "j1 waiting, 12th in line"
+    assert _line(waiting | {"queuePosition": None, "etaS": 0.2}) == "j1 waiting, about 1 s"
+    assert _line(waiting | {"queuePosition": 40, "etaS": 250}) == "j1 waiting, 40th in line, about 4 min"
+    assert _line(waiting | {"stage": "waiting to retry", "queuePosition": None, "etaS": 7}) == \
+        "j1 waiting, waiting to retry, about 7 s"
+    assert _line(waiting | {"queuePosition": None, "etaS": None}) == "j1 waiting 0% queued"
+    old = {k: v for k, v in waiting.items() if k not in ("queuePosition", "etaS")}  # a server without them
+    assert _line(old) == "j1 waiting 0% queued"
+    active = {"jobId": "j1", "status": "active", "progress": 40, "stage": "sending to Gemini", "queuePosition": None,
+              "etaS": 12.2}
+    assert _line(active) == "j1 active 40% sending to Gemini, about 10 s left"
+    assert _line(active | {"etaS": None}) == "j1 active 40% sending to Gemini"
+    done = {"jobId": "j1", "status": "completed", "progress": 100, "stage": "done", "queuePosition": None, "etaS": None}
+    assert _line(done) == "j1 completed 100% done"
+
+
+def test_plain_progress_prints_a_line_when_the_place_in_line_changes(capsys):
+    from api.client import Follower
+
+    base = {"jobId": "j1", "status": "waiting", "progress": 0, "stage": "queued"}
+    with Follower("lines") as follower:
+        for position, eta in ((3, 41), (3, 41.5), (2, 30), (1, 18), (1, 17.9)):
+            follower.show(base | {"queuePosition": position, "etaS": eta})
+        follower.show(base | {"status": "active", "progress": 10, "stage": "running", "queuePosition": None,
+                              "etaS": 6})
+    assert capsys.readouterr().out.splitlines() == [
+        "j1 waiting, 3rd in line, about 40 s", "j1 waiting, 2nd in line, about 30 s",
+        "j1 waiting, next in line, about 20 s", "j1 active 10% running, about 6 s left"]
+
+
+def test_wait_shows_the_place_in_line(gem_api, workers, fake_gemini):
+    """With the only ia-gen slot busy, `--wait` shows the next job's place in line (and its estimate, when
+    the server has one), then follows it to its end."""
+    api = gem_api
+    fake_gemini.push(fg.slow(3))
+    busy = json.loads(inkq(api, "--json", "generate", "--operation", "ia-gen", "--prompt", "a rose").stdout)
+    wait_until(lambda: api.get(f"/status/{busy['jobId']}").json()["status"] != "waiting", timeout=30,
+               what="the first job to start")
+    done = inkq(api, "generate", "--operation", "ia-gen", "--prompt", "a swallow", "--wait")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    placed = [line for line in lines if re.search(r" waiting, (next|\d+(st|nd|rd|th)) in line(, about \d+ (s|min))?$",
+                                                  line)]
+    assert placed, lines
+    assert lines[-1].split()[1] == "completed:", lines
+
+
+def test_erase_a_job_and_a_user(make_api, workers, tmp_path, user):
+    """`inkq erase ID` erases a job of one's own (then it is unknown); `inkq erase --user` is the admin's."""
+    import requests
+
+    from tests.conftest import ADMIN_TOKEN
+
+    api = make_api(API_KEYS=f"tok-{user}:{user}")
+    token = f"tok-{user}"
+    source = tmp_path / "d.png"
+    source.write_bytes(drawing())
+    final = json.loads(inkq(api, "--json", "generate", str(source), "--engine", "local", "--wait",
+                            token=token).stdout.splitlines()[-1])
+    job_id = final["jobId"]
+    assert requests.get(final["result"]["image"], timeout=10).status_code == 200
+    erased = inkq(api, "erase", job_id, token=token)
+    assert erased.returncode == 0 and erased.stdout.strip() == f"{job_id} erased", erased.stderr
+    assert requests.get(final["result"]["image"], timeout=10).status_code != 200
+    for args in (("status", job_id), ("erase", job_id), ("cancel", job_id)):
+        gone = inkq(api, *args, token=token)
+        assert gone.returncode == 2 and "not_found" in gone.stderr, (args, gone.stderr)
+
+    kept = json.loads(inkq(api, "--json", "generate", str(source), "--engine", "local", token=token).stdout)
+    refused = inkq(api, "erase", "--user", user, token=token)
+    assert refused.returncode == 3 and "forbidden" in refused.stderr
+    assert inkq(api, "status", kept["jobId"], token=token).returncode in (0, 1)
+    admin = inkq(api, "erase", "--user", user, token=ADMIN_TOKEN)
+    assert admin.returncode == 0, admin.stderr
+    assert re.fullmatch(rf"{user}: erased 1 job and \d+ objects?", admin.stdout.strip()), admin.stdout
+    assert inkq(api, "status", kept["jobId"], token=token).returncode == 2
+    for args in (("erase",), ("erase", job_id, "--user", user)):
+        usage = inkq(api, *args, token=token)
+        assert usage.returncode == 2 and "give a job id" in usage.stderr
+
+
+def test_max_wait_and_retention_on_submit(gem_api, workers, fake_gemini):
+    """`--max-wait` and `--retention` are sent as `maxWaitS` and `retentionS`: a job that cannot start
+    within its wait ends canceled (exit 1, with the reason); a value the server refuses is a usage error."""
+    api = gem_api
+    fake_gemini.push(fg.slow(4))
+    busy = json.loads(inkq(api, "--json", "generate", "--operation", "ia-gen", "--prompt", "a rose").stdout)
+    late = inkq(api, "generate", "--operation", "ia-gen", "--prompt", "a koi", "--max-wait", "1",
+                "--retention", "60", "--wait")
+    assert late.returncode == 1 and " canceled: " in late.stderr, (late.stdout, late.stderr)
+    for flag, value in (("--max-wait", "0"), ("--retention", "5")):
+        bad = inkq(api, "generate", "--operation", "ia-gen", "--prompt", "x", flag, value)
+        assert bad.returncode == 2 and "invalid_request" in bad.stderr, (flag, bad.stderr)
+    assert inkq(api, "generate", "--max-wait", "soon").returncode == 2
+    inkq(api, "cancel", busy["jobId"])
