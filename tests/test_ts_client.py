@@ -27,15 +27,15 @@ import pytest
 import redis as redis_lib
 from PIL import Image
 
-from tests.conftest import Api, base_config, photo
+from tests.conftest import ADMIN_TOKEN, Api, base_config, photo
 from tests.fakegemini import ok, slow
 from tests.servers import ApiServer, RedisServer, Workers, die_with_parent, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "clients", "typescript")
 NODE_TESTS = ["test/client.test.mjs", "test/resilience.test.mjs", "test/react.test.mjs"]
-NODE_TEST_COUNT = 18
-TEST_FILES = ("client", "net", "react", "s3")  # each node test file's own user (test/env.mjs: tokenFor)
+NODE_TEST_COUNT = 23
+TEST_FILES = ("client", "net", "react", "s3", "erase")  # each node test file's own user (test/env.mjs: tokenFor)
 GZIP_BUDGET = 10 * 1024  # dist/*.js together, gzipped, comments kept: no dependency, so it stays small
 
 pytestmark = pytest.mark.skipif(not (shutil.which("node") and shutil.which("npm")),
@@ -115,7 +115,8 @@ def test_node_suite_against_the_real_api(package, make_api, workers, fake_gemini
            "INKQ_URL_NO_STREAMS": make_api(**common, MAX_STREAMS_PER_USER=0).url,
            "INKQ_URL_SHORT_STREAMS": make_api(**common, EVENTS_MAX_S=1).url,
            "INKQ_URL_LOW_LIMITS": make_api(**common, RATE_LIMIT="1/second", READ_RATE_LIMIT="3/second").url,
-           "INKQ_TOKEN": f"tok-{user}", "INKQ_PHOTO": str(tmp_path / "photo.jpg"),
+           "INKQ_TOKEN": f"tok-{user}", "INKQ_USER": user, "INKQ_ADMIN_TOKEN": ADMIN_TOKEN,
+           "INKQ_PHOTO": str(tmp_path / "photo.jpg"),
            "INKQ_FLAT": str(tmp_path / "flat.png")}
     done = _node(package, NODE_TESTS, env)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-3000:]

@@ -1,7 +1,7 @@
 // A typed app that calls every function of @inkq/client and its hook as the README shows them.
 // tests/test_ts_client.py compiles it with `tsc --noEmit --strict` against the package `npm pack` builds,
 // as an app that installed it would, so a change of the API's schema that breaks callers fails the suite.
-import { createClient, type CreateJobInput, InkqError, type Job, type RetryEvent } from "@inkq/client";
+import { createClient, type CreateJobInput, InkqError, type Job, type RetryEvent, type UserErased } from "@inkq/client";
 import { type JobState, useJob } from "@inkq/client/react";
 
 const inkq = createClient({
@@ -20,13 +20,15 @@ export async function everything(file: File, dataUrl: string, bytes: Uint8Array,
   await inkq.createJob({ operation: "ia-gen", prompt: "a swallow with a banner" });
   await inkq.createJob({ operation: "ia-gen", prompt: "the same, in fine lines", image: bytes, engine: "gemini" });
   const input: CreateJobInput = { image: bytes.buffer as ArrayBuffer, format: "svg", transparent: true, lineWeight: 1.5,
-                                  engine: "local", webhookUrl: "https://example.com/hook", idempotencyKey: "order-42" };
+                                  engine: "local", webhookUrl: "https://example.com/hook", idempotencyKey: "order-42",
+                                  maxWaitS: 120, retentionS: 3600 };
   await inkq.createJob(input, { signal });
 
   const { uploadId, expiresAt } = await inkq.uploadImage(file, { signal });
   const accepted = await inkq.createJob({ operation: "enhance", upload: uploadId });
-  const position: number | null | undefined = accepted.queuePosition;
-  console.log(expiresAt, position, accepted.statusUrl);
+  const position: number | null = accepted.queuePosition;
+  const eta: number | null = accepted.etaS;
+  console.log(expiresAt, position, eta, accepted.statusUrl);
 
   const job: Job = await inkq.getJob(accepted.jobId, { signal });
   if (job.status === "completed") {
@@ -55,6 +57,9 @@ export async function everything(file: File, dataUrl: string, bytes: Uint8Array,
 
   const { jobs } = await inkq.listJobs({ limit: 10, status: "completed" }, { signal });
   const images: string[] = jobs.flatMap((j) => (j.status === "completed" ? [j.result.image] : []));
+  await inkq.deleteJobData(final.jobId, { signal });
+  const erased: UserErased = await inkq.deleteUserData("user-42", { signal });
+  console.log(`${erased.jobs} jobs, ${erased.objects} objects`);
   const { balance, enabled } = await inkq.getCredits({ signal });
   return { images, balance: enabled ? balance : null };
 }
@@ -66,6 +71,7 @@ export function JobCard({ jobId }: { jobId: string | null }) {
   if (status === "completed") return <img src={result.image} alt="stencil" />;
   if (status === "failed" || status === "canceled") return <p>{status}: {error}</p>;
   if (status === "waiting" && queuePosition !== null) return <p>#{queuePosition} in line, about {etaS ?? "?"} s</p>;
+  if (status === "active" && etaS !== null) return <progress value={progress} max={100}>{Math.round(etaS)} s left</progress>;
   return <progress value={progress} max={100}>{stage}</progress>;
 }
 

@@ -17,6 +17,9 @@
  *   then the presigned form POST) when the server offers it (S3 store; otherwise `/uploads` is 404 and
  *   the client remembers to send multipart).
  * - Every non-2xx answer becomes an `InkqError`; a failed or canceled job is not an error: it is a final status.
+ * - Every status object has `queuePosition` and `etaS`, null when the server leaves them out, so a caller
+ *   tests them against null only.
+ * - `deleteJobData` retried after a lost answer takes its 404 as done: the first try erased the job.
  */
 import { InkqError, networkError, toError } from "./errors.js";
 import { events } from "./events.js";
@@ -37,12 +40,12 @@ export type Credits = Schemas["Credits"];
 export type JobStatusWord = StatusBody["status"];
 export type ListJobsQuery = NonNullable<operations["listJobs"]["parameters"]["query"]>;
 
-/** Where a waiting job stands (API.md; absent from servers that do not report them). */
-interface QueueFields {
-  /** Waiting jobs: 1 = the next to start in its queue. */
-  queuePosition?: number | null;
-  /** Waiting and active jobs: estimated seconds until the result. */
-  etaS?: number | null;
+/** Where a job stands (null when the server does not know, or does not say: the client fills in null). */
+export interface QueueFields {
+  /** Waiting jobs: 1 = the next to start in its queue, in the fair order across users; otherwise null. */
+  queuePosition: number | null;
+  /** Waiting and active jobs: estimated seconds until the result; otherwise null, and null when unknown. */
+  etaS: number | null;
 }
 
 /** A completed job's result: the image's signed URL (usable in an `<img>` without a token) and more. */
@@ -53,6 +56,8 @@ export type CompletedJob = JobBase & { status: "completed"; result: JobResult };
 export type Job = CompletedJob | (JobBase & { status: Exclude<JobStatusWord, "completed">; result: null });
 export type JobAccepted = Schemas["JobAccepted"] & QueueFields;
 export type JobList = { jobs: Job[] };
+/** What `deleteUserData` erased: the user's jobs, and the objects (inputs, outputs, uploads) deleted with them. */
+export type UserErased = { jobs: number; objects: number };
 
 export const TERMINAL: readonly JobStatusWord[] = ["completed", "failed", "canceled"];
 export const POLL_INTERVAL_MS = 2000;
@@ -63,6 +68,12 @@ export const UPLOAD_THRESHOLD_BYTES = 1024 * 1024;
  * `ImageInput` (required except for `ia-gen`, which needs a `prompt`: the API answers 400 otherwise). */
 export type CreateJobInput = { [K in Exclude<keyof GenerateRequest, "image">]?: GenerateRequest[K] } & {
   image?: ImageInput;
+  /** A job not started within this many seconds of its submission (1..86400) ends `canceled`, with an
+   * `error` saying why: it never runs and is never charged. */
+  maxWaitS?: number;
+  /** The job, its inputs and outputs are deleted this many seconds after it ends (60 up to the server's
+   * `RESULT_TTL_S`). */
+  retentionS?: number;
   /** Sent as the `Idempotency-Key` header (one is made when absent): a retry answers the same job. */
   idempotencyKey?: string;
 };
@@ -115,6 +126,11 @@ export interface InkqClient {
   cancelJob(id: string, options?: RequestOptions): Promise<Canceled>;
   listJobs(query?: ListJobsQuery, options?: RequestOptions): Promise<JobList>;
   getCredits(options?: RequestOptions): Promise<Credits>;
+  /** Erase a job of one's own now: canceled first if it has not ended, then its record, input, outputs
+   * and links are deleted; every call about it answers 404 `not_found` after. */
+  deleteJobData(id: string, options?: RequestOptions): Promise<void>;
+  /** Admin: erase everything of a user (jobs, uploads, idempotency keys, counters, credit balance). */
+  deleteUserData(userId: string, options?: RequestOptions): Promise<UserErased>;
 }
 
 interface Send extends RequestOptions {
@@ -136,6 +152,11 @@ function hash(text: string): string {
   h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
   h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
   return (4294967296 * (2097151 & h2) + (h1 >>> 0)).toString(36);
+}
+
+/** A status object with `queuePosition` and `etaS` null where the server left them out. */
+function placed<T extends object>(body: T): T & QueueFields {
+  return { queuePosition: null, etaS: null, ...body };
 }
 
 /** A random Idempotency-Key (getRandomValues is there on plain-http pages too, unlike randomUUID). */
@@ -178,7 +199,8 @@ export function createClient(options: ClientOptions): InkqClient {
   function call<T>(method: string, path: string, init: Send = {}, counted?: () => void): Promise<T> {
     return retrying(`${method} ${path}`, async () => {
       counted?.();
-      return (await attempt(method, path, init)).json() as Promise<T>;
+      const response = await attempt(method, path, init);
+      return (response.status === 204 ? undefined : response.json()) as Promise<T>;
     }, policy, init.signal);
   }
 
@@ -230,9 +252,9 @@ export function createClient(options: ClientOptions): InkqClient {
   async function createJob(input: CreateJobInput | ImageInput, opts: RequestOptions = {}): Promise<JobAccepted> {
     const { image, idempotencyKey, ...fields } = isImage(input) ? { image: input } as CreateJobInput : input;
     const headers = { "Idempotency-Key": idempotencyKey ?? newKey() };
-    const send = (init: Send) => call<JobAccepted>("POST", "/generate",
+    const send = async (init: Send) => placed(await call<JobAccepted>("POST", "/generate",
                                                    { ...init, headers: { ...init.headers, ...headers },
-                                                     signal: opts.signal });
+                                                     signal: opts.signal }));
     const stored = image === undefined ? null : await uploaded(image, opts.signal);
     if (stored) return send(json({ ...fields, ...stored }));
     if (image === undefined || typeof image === "string") return send(json({ ...fields, image }));
@@ -245,8 +267,8 @@ export function createClient(options: ClientOptions): InkqClient {
     return send({ body: form });
   }
 
-  function getJob(id: string, opts: RequestOptions = {}): Promise<Job> {
-    return call<Job>("GET", `/status/${encodeURIComponent(id)}`, { signal: opts.signal });
+  async function getJob(id: string, opts: RequestOptions = {}): Promise<Job> {
+    return placed(await call<Job>("GET", `/status/${encodeURIComponent(id)}`, { signal: opts.signal }));
   }
 
   /** Read one event stream of the job: its final status, or null when the stream ended or went silent first. */
@@ -265,7 +287,8 @@ export function createClient(options: ClientOptions): InkqClient {
       arm();
       const response = await attempt("GET", `/status/${encodeURIComponent(id)}/events`,
                                      { headers: { Accept: "text/event-stream" }, signal: controller.signal });
-      for await (const job of events<Job>(response.body!, arm)) {
+      for await (const body of events<Job>(response.body!, arm)) {
+        const job = placed(body);
         if (seen(job)) return job;
       }
       return null;
@@ -333,11 +356,22 @@ export function createClient(options: ClientOptions): InkqClient {
     }
   }
 
-  function listJobs(query: ListJobsQuery = {}, opts: RequestOptions = {}): Promise<JobList> {
+  async function listJobs(query: ListJobsQuery = {}, opts: RequestOptions = {}): Promise<JobList> {
     const params = new URLSearchParams(Object.entries(query).filter(([, v]) => v !== undefined)
       .map(([k, v]) => [k, String(v)]));
     const search = params.toString();
-    return call<JobList>("GET", search ? `/jobs?${search}` : "/jobs", { signal: opts.signal });
+    const { jobs } = await call<JobList>("GET", search ? `/jobs?${search}` : "/jobs", { signal: opts.signal });
+    return { jobs: jobs.map(placed) };
+  }
+
+  async function deleteJobData(id: string, opts: RequestOptions = {}): Promise<void> {
+    let tries = 0;
+    try {
+      await call<void>("DELETE", `/jobs/${encodeURIComponent(id)}/data`, { signal: opts.signal }, () => tries++);
+    } catch (err) {
+      // a retry of an erasure whose answer was lost finds the job gone: erased by that first try
+      if (!(tries > 1 && err instanceof InkqError && err.code === "not_found")) throw err;
+    }
   }
 
   return {
@@ -350,5 +384,8 @@ export function createClient(options: ClientOptions): InkqClient {
     cancelJob,
     listJobs,
     getCredits: (opts = {}) => call<Credits>("GET", "/credits", { signal: opts.signal }),
+    deleteJobData,
+    deleteUserData: (userId, opts = {}) => call<UserErased>("DELETE", `/admin/users/${encodeURIComponent(userId)}/data`,
+                                                            { signal: opts.signal }),
   };
 }

@@ -1,9 +1,10 @@
-// The client's calls against the real API and workers: inputs, results, errors, cancel, signals, idempotency.
+// The client's calls against the real API and workers: inputs, results, errors, cancel, signals, idempotency,
+// the place in line, the start deadline and erasure.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { createClient, InkqError } from "../dist/index.js";
-import { baseUrl, photo, tokenFor } from "./env.mjs";
+import { baseUrl, need, photo, tokenFor, userFor } from "./env.mjs";
 
 const token = tokenFor("client");
 const client = createClient({ baseUrl, token });
@@ -113,4 +114,67 @@ test("the same Idempotency-Key answers the same job", async () => {
   const again = await client.createJob({ image: photo, engine: "local", idempotencyKey: key });
   assert.equal(again.jobId, first.jobId);
   await client.waitForJob(first.jobId);
+});
+
+/** Resolve once `check()` (async) is truthy, polled every 100 ms; reject after `timeoutMs`. */
+async function eventually(check, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+test("a job behind a busy slot says its place in line; maxWaitS cancels it at its deadline", async () => {
+  // ia-gen has one slot, and the fake provider answers after 2.5 s
+  const busy = await client.createJob({ operation: "ia-gen", prompt: "a koi, fine lines" });
+  assert.ok("queuePosition" in busy && "etaS" in busy);
+  await eventually(async () => (await client.getJob(busy.jobId)).status !== "waiting", 20_000, "the first to start");
+  const late = await client.createJob({ operation: "ia-gen", prompt: "a wave", maxWaitS: 1, retentionS: 60 });
+  assert.ok(Number.isInteger(late.queuePosition) && late.queuePosition >= 1, JSON.stringify(late));
+  assert.ok(late.etaS === null || late.etaS > 0, JSON.stringify(late));
+  const seen = [];
+  const final = await client.waitForJob(late.jobId, { onProgress: (j) => seen.push(j) });
+  assert.ok(seen.some((j) => j.status === "waiting" && j.queuePosition >= 1), JSON.stringify(seen));
+  assert.equal(final.status, "canceled");
+  assert.match(final.error, /\w/);
+  assert.equal(final.attempts, 0, "it never ran");
+  assert.deepEqual([final.queuePosition, final.etaS], [null, null]);
+  for (const bad of [{ maxWaitS: 0 }, { retentionS: 5 }]) {
+    await assert.rejects(client.createJob({ operation: "ia-gen", prompt: "x", ...bad }),
+                         { code: "invalid_request", status: 400 }, JSON.stringify(bad));
+  }
+  await client.cancelJob(busy.jobId).catch(() => undefined);
+});
+
+test("deleteJobData erases a job: every call about it answers 404 after, its image link stops working", async () => {
+  const { jobId } = await client.createJob({ image: photo, engine: "local" });
+  const done = await client.waitForJob(jobId);
+  assert.equal((await fetch(done.result.image)).status, 200);
+  assert.equal(await client.deleteJobData(jobId), undefined);
+  const calls = [() => client.getJob(jobId), () => client.waitForJob(jobId), () => client.cancelJob(jobId),
+                 () => client.deleteJobData(jobId)];
+  for (const call of calls) await assert.rejects(call(), { code: "not_found", status: 404 });
+  assert.notEqual((await fetch(done.result.image)).status, 200);
+  assert.ok(!(await client.listJobs({ limit: 100 })).jobs.some((j) => j.jobId === jobId));
+  const waiting = await client.createJob({ operation: "ia-gen", prompt: "a moth" });   // not ended: canceled first
+  await client.deleteJobData(waiting.jobId);
+  await assert.rejects(client.getJob(waiting.jobId), { code: "not_found" });
+});
+
+test("deleteUserData is the admin's: a user gets 403, the admin erases all of the user's jobs", async () => {
+  const user = createClient({ baseUrl, token: tokenFor("erase") });
+  const ids = [];
+  for (let i = 0; i < 2; i++) ids.push((await user.createJob({ image: photo, engine: "local" })).jobId);
+  await user.waitForJob(ids[1]);
+  await assert.rejects(user.deleteUserData(userFor("erase")), { code: "forbidden", status: 403 });
+  assert.equal((await user.getJob(ids[0])).jobId, ids[0], "nothing was erased");
+  const admin = createClient({ baseUrl, token: need("INKQ_ADMIN_TOKEN") });
+  const erased = await admin.deleteUserData(userFor("erase"));
+  assert.equal(erased.jobs, 2);
+  assert.ok(Number.isInteger(erased.objects) && erased.objects >= 2, JSON.stringify(erased));
+  for (const id of ids) await assert.rejects(user.getJob(id), { code: "not_found" });
+  assert.deepEqual((await user.listJobs()).jobs, []);
 });

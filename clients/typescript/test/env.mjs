@@ -10,6 +10,8 @@ export function need(name) {
 
 /** The API key of this test file's own user. */
 export const tokenFor = (file) => `${need("INKQ_TOKEN")}-${file}`;
+/** The user id of `tokenFor(file)`. */
+export const userFor = (file) => `${need("INKQ_USER")}${file}`;
 export const baseUrl = need("INKQ_URL");
 export const photo = readFileSync(need("INKQ_PHOTO"));
 /** A flat image: every operation fails on it (no colour, no lines). */

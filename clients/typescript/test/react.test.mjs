@@ -77,6 +77,22 @@ test("under StrictMode, useJob follows a job to completed with one live stream a
   assert.deepEqual(proxy.requests("GET", `/status/${jobId}`), []);
 });
 
+test("useJob shows a waiting job's place in line and estimate, null once it ends", async () => {
+  const { client } = await through();
+  const busy = (await slowJob(client)).jobId;   // ia-gen has one slot
+  const { jobId } = await slowJob(client);
+  const log = [];
+  mount(createElement(Probe, { client, jobId, log }));
+  await until(() => log.some((l) => l.status === "waiting" && l.queuePosition >= 1), 10_000, "a place in line");
+  const waiting = log.find((l) => l.status === "waiting" && l.queuePosition >= 1);
+  assert.ok(Number.isInteger(waiting.queuePosition));
+  assert.ok(waiting.etaS === null || waiting.etaS > 0, JSON.stringify(waiting.etaS));
+  await client.cancelJob(jobId);
+  await until(() => ended(log), 10_000, "the cancel to show");
+  assert.deepEqual([log.at(-1).status, log.at(-1).queuePosition, log.at(-1).etaS], ["canceled", null, null]);
+  await client.cancelJob(busy).catch(() => undefined);
+});
+
 test("a new jobId never shows the previous job's status, not even for one render", async () => {
   const { client } = await through();
   const first = (await client.createJob({ image: photo, engine: "local" })).jobId;

@@ -53,6 +53,16 @@ test("cancelJob whose answer is lost resolves with the cancel its first try made
   await assert.rejects(client.cancelJob(jobId), { code: "conflict", status: 409 }, "a real conflict stays one");
 });
 
+test("deleteJobData whose answer is lost resolves: the first try erased the job", async () => {
+  const { proxy, client, retries } = await through(baseUrl);
+  const { jobId } = await slowJob(client);
+  proxy.drop((r) => r.method === "DELETE");
+  assert.equal(await client.deleteJobData(jobId), undefined);
+  assert.deepEqual(proxy.requests("DELETE", `/jobs/${jobId}/data`).map((r) => r.status), [204, 404]);
+  assert.deepEqual(retries.map((r) => r.error.code), ["network_error"]);
+  await assert.rejects(client.deleteJobData(jobId), { code: "not_found", status: 404 }, "a real 404 stays one");
+});
+
 test("429 answers are retried after their Retry-After", async () => {
   // RATE_LIMIT=1/second, READ_RATE_LIMIT=3/second
   const { client, retries } = await through(need("INKQ_URL_LOW_LIMITS"));
