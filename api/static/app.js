@@ -38,11 +38,12 @@
     formError: $("form-error"), submit: $("submit"), submitText: $("submit-text"),
     jobCard: $("job-card"), jobTitle: $("job-title"), jobSub: $("job-sub"), jobStatus: $("job-status"),
     jobBody: $("job-body"), progress: $("progress"), progressFill: $("progress-fill"), progressPct: $("progress-pct"),
-    stage: $("job-stage"), jobError: $("job-error"),
+    stage: $("job-stage"), queue: $("job-queue"), jobError: $("job-error"), erased: $("job-erased"),
     figInput: $("fig-input"), inputImg: $("input-img"), figResult: $("fig-result"), resultImg: $("result-img"),
     resultCaption: $("result-caption"), resultPlaceholder: $("result-placeholder"), jobEmpty: $("job-empty"),
     paletteWrap: $("palette-wrap"), palette: $("palette"), paletteLegend: $("palette-legend"),
     download: $("download"), downloadSvg: $("download-svg"), cancel: $("cancel"), meta: $("job-meta"),
+    erase: $("erase"), eraseConfirm: $("erase-confirm"), eraseYes: $("erase-yes"), eraseNo: $("erase-no"),
     jobs: $("jobs"), jobsEmpty: $("jobs-empty"), refreshJobs: $("refresh-jobs")
   };
 
@@ -101,6 +102,34 @@
     if (s < 90) return s + " s";
     if (s < 3600) return Math.round(s / 60) + " min";
     return Math.round(s / 3600) + " h";
+  }
+
+  // Where a job stands, from the status object's queuePosition and etaS (numbers or null; anything
+  // else is ignored): "3rd in line · about 40 s" while waiting, "About 10 s left" while active.
+  function ordinal(n) {
+    var tens = n % 100, ones = n % 10;
+    return n + (tens >= 10 && tens <= 20 ? "th" : ones === 1 ? "st" : ones === 2 ? "nd" : ones === 3 ? "rd" : "th");
+  }
+
+  function about(s) {
+    if (s < 10) return "about " + Math.max(1, Math.round(s)) + " s";
+    if (s < 90) return "about " + 5 * Math.round(s / 5) + " s";
+    if (s < 5400) return "about " + Math.round(s / 60) + " min";
+    return "about " + Math.round(s / 3600) + " h";
+  }
+
+  function whereText(job) {
+    var position = job.queuePosition, eta = job.etaS;
+    position = typeof position === "number" && position >= 1 && position % 1 === 0 ? position : null;
+    eta = typeof eta === "number" && isFinite(eta) && eta >= 0 ? eta : null;
+    if (job.status === "waiting") {
+      var parts = [];
+      if (position !== null) parts.push(position === 1 ? "Next in line" : ordinal(position) + " in line");
+      if (eta !== null) parts.push(parts.length ? about(eta) : "About " + about(eta).slice(6) + " to go");
+      return parts.join(" · ");
+    }
+    if (job.status === "active" && eta !== null) return "About " + about(eta).slice(6) + " left";
+    return "";
   }
 
   function sleep(ms, signal) {
@@ -434,6 +463,10 @@
     ui.progressFill.style.width = progress + "%";
     ui.progressPct.textContent = progress + "%";
     ui.stage.textContent = job.stage || (status === "waiting" ? "queued" : "");
+    var where = whereText(job);
+    ui.queue.textContent = where;
+    ui.queue.hidden = !where;
+    ui.erased.hidden = true;
 
     ui.jobError.textContent = job.error || "";
     ui.jobError.hidden = !job.error || status === "completed";
@@ -486,6 +519,9 @@
 
     ui.cancel.hidden = terminal;
     ui.cancel.disabled = false;
+    ui.erase.hidden = !terminal;
+    ui.erase.disabled = false;
+    if (!sameJob || !terminal) showEraseConfirm(false);
     renderMeta(job);
     markCurrentInList();
   }
@@ -587,6 +623,63 @@
     });
   }
 
+  // ---------------------------------------------------------------- erasing a finished job's data
+
+  function showEraseConfirm(open) {
+    ui.eraseConfirm.hidden = !open;
+    ui.erase.setAttribute("aria-expanded", open ? "true" : "false");
+    ui.eraseYes.disabled = false;
+  }
+
+  function onErase() {
+    if (!state.job) return;
+    var id = state.job.jobId;
+    ui.eraseYes.disabled = true;
+    var path = "jobs/" + encodeURIComponent(id);
+    api("DELETE", path + "/data").then(function () { showErased(id); }, function (err) {
+      // A retry after a lost answer finds the job gone; a server without erasure also answers 404:
+      // only a job the server no longer knows is shown as erased.
+      var check = err.status === 404 ? api("GET", "status/" + encodeURIComponent(id)) : Promise.reject(err);
+      return check.then(function () {
+        throw new ApiError(404, "not_found", "This server cannot erase a job's data.");
+      }, function (again) {
+        if (again.status === 404) showErased(id); else throw again;
+      });
+    }).catch(function (err) {
+      if (!state.job || state.job.jobId !== id) return;
+      showEraseConfirm(false);
+      ui.jobError.className = "job-error";
+      ui.jobError.textContent = explain(err);
+      ui.jobError.hidden = false;
+    });
+  }
+
+  function showErased(id) {
+    if (state.follow && state.follow.id === id) stopFollowing();
+    var inputUrl = state.inputs[id];
+    delete state.inputs[id];
+    if (inputUrl && inputUrl !== state.fileUrl) URL.revokeObjectURL(inputUrl);
+    if (!state.job || state.job.jobId !== id) { loadJobs(false); return; }
+    state.job = null;
+    state.shownImage = null;
+    showEraseConfirm(false);
+    ui.resultImg.removeAttribute("src");
+    ui.inputImg.removeAttribute("src");
+    ui.download.removeAttribute("href");
+    ui.downloadSvg.removeAttribute("href");
+    ui.jobBody.hidden = true;
+    ui.jobStatus.hidden = true;
+    ui.jobCard.setAttribute("aria-busy", "false");
+    ui.jobTitle.textContent = "Erased";
+    ui.jobSub.textContent = "";
+    ui.jobSub.appendChild(document.createTextNode("Job "));
+    ui.jobSub.appendChild(el("code", null, id));
+    ui.erased.textContent = "The job's photo, result and record were deleted from the server. Its links no longer work.";
+    ui.erased.hidden = false;
+    loadJobs(false);
+    loadCredits();
+  }
+
   // ---------------------------------------------------------------- "Your jobs"
 
   function loadJobs(checkingKey) {
@@ -653,6 +746,7 @@
       main.appendChild(el("span", "job-item-title", opLabel(job.operation)));
       var sub = relativeTime(job.createdAt);
       if (status === "active") sub += " · " + (Number(job.progress) || 0) + "% " + (job.stage || "");
+      else if (status === "waiting" && whereText(job)) sub += " · " + whereText(job);
       else if (status === "failed" && job.error) sub += " · " + job.error;
       main.appendChild(el("span", "job-item-sub", sub));
       button.appendChild(main);
@@ -737,6 +831,9 @@
 
     ui.form.addEventListener("submit", onSubmit);
     ui.cancel.addEventListener("click", onCancel);
+    ui.erase.addEventListener("click", function () { showEraseConfirm(ui.eraseConfirm.hidden); });
+    ui.eraseNo.addEventListener("click", function () { showEraseConfirm(false); ui.erase.focus(); });
+    ui.eraseYes.addEventListener("click", onErase);
     ui.refreshJobs.addEventListener("click", function () { loadJobs(true); loadCredits(); });
     ui.resultImg.addEventListener("error", function () {
       if (state.job && state.job.status === "completed") {

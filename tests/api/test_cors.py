@@ -34,8 +34,8 @@ def cors_api(make_api):
 
 @pytest.mark.parametrize("path,method", [
     ("/generate", "POST"), ("/status/abc123", "GET"), ("/status/abc123/events", "GET"),
-    ("/result/abc123", "GET"), ("/jobs", "GET"), ("/jobs/abc123", "DELETE"), ("/credits", "GET"),
-    ("/uploads", "POST")])
+    ("/result/abc123", "GET"), ("/jobs", "GET"), ("/jobs/abc123", "DELETE"), ("/jobs/abc123/data", "DELETE"),
+    ("/credits", "GET"), ("/uploads", "POST")])
 def test_preflight_on_job_paths(cors_api, path, method):
     response = _preflight(cors_api, path, method=method)
     assert response.status_code == 204, response.text
@@ -66,7 +66,8 @@ def test_actual_requests_carry_the_headers_fast_path_included(cors_api, workers)
     cors_api.wait(job_id)
 
 
-@pytest.mark.parametrize("path", ["/admin/queue-stats", "/admin/rq/", "/metrics", "/healthz", "/openapi.json"])
+@pytest.mark.parametrize("path", ["/admin/queue-stats", "/admin/rq/", "/admin/users/abc/data", "/metrics", "/healthz",
+                                  "/openapi.json"])
 def test_no_cors_outside_the_job_paths(cors_api, path):
     preflight = _preflight(cors_api, path, method="GET")
     assert "Access-Control-Allow-Origin" not in preflight.headers

@@ -290,3 +290,57 @@ def test_web_page_shows_credits_only_when_they_are_on(make_api, browser):
         else:
             assert page.is_hidden("#credits")
         page.close()
+
+
+def test_web_page_shows_the_place_in_line_and_erases_a_finished_job(make_api, workers, fake_gemini, browser, tmp_path):
+    """Behind a busy slot the job card says the job's place in line (and the estimate when the server has
+    one); once the job has ended, "Erase data" asks first, then erases it: the card says so, the list drops
+    it, and the API and its result link answer as for an unknown job."""
+    import requests
+
+    from tests import fakegemini as fg
+    from tests.servers import wait_until
+
+    api = make_api(GEMINI_API_KEY="test-key")
+    fake_gemini.push(fg.slow(4))
+    busy = api.submit(operation="ia-gen", prompt="a rose").json()["jobId"]   # ia-gen has one slot
+    wait_until(lambda: api.get(f"/status/{busy}").json()["status"] != "waiting", timeout=30, what="the busy job")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems = _watch_console(page)
+    page.goto(api.url + "/")
+    page.fill("#api-key", "tok-alice")
+    page.wait_for_selector("#key-state.ok", timeout=5_000)
+    page.click("label[for=op-ia-gen]")
+    page.fill("#prompt", "a swallow")
+    page.click("#submit")
+    page.wait_for_selector("#job-queue:not([hidden])", timeout=5_000)
+    where = page.text_content("#job-queue")
+    assert re.fullmatch(r"(Next|\d+(st|nd|rd|th)) in line( · about \d+ (s|min))?", where), where
+    assert page.evaluate("document.querySelectorAll('#job-queue *').length") == 0
+    assert page.get_attribute("#job-status", "class") == "pill waiting"
+    job_id = page.text_content("#job-sub code")
+    page.wait_for_selector(f".job-item[data-job-id='{job_id}']", timeout=5_000)
+    page.screenshot(path=str(tmp_path / "waiting.png"), full_page=True)
+    assert page.is_hidden("#erase") and page.is_visible("#cancel")
+
+    _wait_done(page)
+    assert page.is_hidden("#job-queue") and page.is_hidden("#cancel")
+    image = page.get_attribute("#result-img", "src")
+    assert requests.get(image, timeout=10).status_code == 200
+    page.click("#erase")
+    assert page.is_visible("#erase-confirm") and page.get_attribute("#erase", "aria-expanded") == "true"
+    page.click("#erase-no")
+    assert page.is_hidden("#erase-confirm") and api.get(f"/status/{job_id}").status_code == 200
+    page.click("#erase")
+    page.screenshot(path=str(tmp_path / "erase-confirm.png"), full_page=True)
+    page.click("#erase-yes")
+    page.wait_for_selector("#job-erased:not([hidden])", timeout=10_000)
+    assert page.text_content("#job-title") == "Erased" and page.text_content("#job-sub code") == job_id
+    assert page.is_hidden("#job-body") and page.is_hidden("#job-status")
+    page.wait_for_function(f"() => !document.querySelector(\".job-item[data-job-id='{job_id}']\")", timeout=5_000)
+    page.screenshot(path=str(tmp_path / "erased.png"), full_page=True)
+    assert api.get(f"/status/{job_id}").status_code == 404
+    assert requests.get(image, timeout=10).status_code != 200
+    assert problems == [] and page.evaluate("window.__csp") == []
+    context.close()
