@@ -2,7 +2,7 @@
 
     inkq generate PHOTO [--operation stencil|enhance|color-match|ia-gen] [--style S] [--line-weight W]
                         [--colors N] [--prompt TEXT] [--engine E] [--webhook-url URL] [--format png|svg]
-                        [--max-wait S] [--retention S] [--wait] [-o OUT.png|OUT.svg]
+                        [--max-wait-s S] [--retention-s S] [--wait] [-o OUT.png|OUT.svg]
     inkq status ID | inkq jobs [--limit N] [--status WORD] | inkq cancel ID | inkq credits
     inkq erase ID | inkq erase --user USER_ID (admin)
 
@@ -10,8 +10,9 @@ It reads INKQ_URL and INKQ_TOKEN; `--url` and `--token` override them. `--wait` 
 event stream (`/status/<id>/events`), falling back to polling `/status/<id>` if the stream breaks;
 on a terminal it draws a progress bar with the stage (rich), otherwise it prints one plain line per
 change; while a job waits it shows its place in line and the estimated time to its result, and
-while it runs the estimate (`queuePosition`, `etaS`). `--json` prints the API's JSON instead. Exit codes: 0 done, 1 the job failed or was
-canceled, 2 usage or input error, 3 server or network error. It never shows a traceback.
+while it runs the estimate (`queuePosition`, `etaS`). `--json` prints the API's JSON instead.
+Exit codes: 0 done, 1 the job failed or was canceled, 2 usage or input error, 3 server or network
+error. It never shows a traceback.
 
 Only `requests` and `rich` are used: the client imports nothing of the server.
 """
@@ -242,7 +243,7 @@ def cmd_generate(client: Client, args) -> int:
     fmt = "svg" if svg_out else args.format
     for field, value in (("style", args.style), ("lineWeight", args.line_weight), ("colors", args.colors),
                          ("prompt", args.prompt), ("engine", args.engine), ("webhookUrl", args.webhook_url),
-                         ("format", fmt), ("maxWaitS", args.max_wait), ("retentionS", args.retention)):
+                         ("format", fmt), ("maxWaitS", args.max_wait_s), ("retentionS", args.retention_s)):
         if value is not None:
             body[field] = value
     accepted = client.call("POST", "/generate", json=body)
@@ -337,10 +338,10 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--engine", choices=["auto", "local", "gemini"])
     gen.add_argument("--webhook-url")
     gen.add_argument("--format", choices=["png", "svg"], help="stencil: also an SVG (implied by -o NAME.svg)")
-    gen.add_argument("--max-wait", type=int, metavar="S",
+    gen.add_argument("--max-wait-s", type=int, metavar="S",
                      help="cancel the job (never run, never charged) if it has not started S seconds after submission")
-    gen.add_argument("--retention", type=int, metavar="S",
-                     help="delete the job, its inputs and results S seconds after it ends (60 up to the server's limit)")
+    gen.add_argument("--retention-s", type=int, metavar="S",
+                     help="delete the job, its inputs and results S seconds after it ends (60 up to the server's max)")
     gen.add_argument("--wait", action="store_true", help="follow the job until it ends")
     gen.add_argument("-o", "--output", help="save the result here, PNG or .svg (implies --wait)")
     gen.set_defaults(run=cmd_generate)

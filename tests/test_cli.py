@@ -265,16 +265,16 @@ def test_erase_a_job_and_a_user(make_api, workers, tmp_path, user):
 
 
 def test_max_wait_and_retention_on_submit(gem_api, workers, fake_gemini):
-    """`--max-wait` and `--retention` are sent as `maxWaitS` and `retentionS`: a job that cannot start
+    """`--max-wait-s` and `--retention-s` are sent as `maxWaitS` and `retentionS`: a job that cannot start
     within its wait ends canceled (exit 1, with the reason); a value the server refuses is a usage error."""
     api = gem_api
     fake_gemini.push(fg.slow(4))
     busy = json.loads(inkq(api, "--json", "generate", "--operation", "ia-gen", "--prompt", "a rose").stdout)
-    late = inkq(api, "generate", "--operation", "ia-gen", "--prompt", "a koi", "--max-wait", "1",
-                "--retention", "60", "--wait")
+    late = inkq(api, "generate", "--operation", "ia-gen", "--prompt", "a koi", "--max-wait-s", "1",
+                "--retention-s", "60", "--wait")
     assert late.returncode == 1 and " canceled: " in late.stderr, (late.stdout, late.stderr)
-    for flag, value in (("--max-wait", "0"), ("--retention", "5")):
+    for flag, value in (("--max-wait-s", "0"), ("--retention-s", "5")):
         bad = inkq(api, "generate", "--operation", "ia-gen", "--prompt", "x", flag, value)
         assert bad.returncode == 2 and "invalid_request" in bad.stderr, (flag, bad.stderr)
-    assert inkq(api, "generate", "--max-wait", "soon").returncode == 2
+    assert inkq(api, "generate", "--max-wait-s", "soon").returncode == 2
     inkq(api, "cancel", busy["jobId"])
