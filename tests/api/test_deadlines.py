@@ -216,3 +216,17 @@ def test_max_wait_in_multipart_sets_the_deadline(api, redis):
     api.delete(f"/jobs/{job_id}")
     api.wait(job_id)
     assert redis.zscore("inkq:deadlines", job_id) is None  # any end removes the entry
+
+
+def test_an_event_stream_sends_canceled_at_the_deadline(api, redis):
+    """The stream of a waiting job with a deadline reads it again at its deadline (not only every
+    EVENTS_POLL_S, 10 s): no supervisor pass and no worker is there to end it and announce it."""
+    job = parked_job(redis, "alice", 1, due=False)
+    opened = time.monotonic()
+    response = api.get(f"/status/{job.id}/events", stream=True)
+    events = [json.loads(line[6:]) for line in response.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    took = time.monotonic() - opened
+    assert [e["status"] for e in events] == ["waiting", "canceled"], events
+    assert events[-1]["error"] == MESSAGE.format(1)
+    assert took < 5, took
+    redis.delete(f"rq:queue:{PARKED}")
