@@ -221,6 +221,7 @@ def list_jobs():
     store, retry_s = _ctx().store, _ctx().settings.webhook_retry_s
     views = [store.past_deadline(view, retry_s) or view
              for view in store.list(g.principal.user_id, query.limit, query.status)]
+    views = [view for view in views if query.status is None or view.word == query.status]  # ended just now
     result_url = _url_maker()
     bodies = [describe(view, result_url) for view in views]
     for view, body in zip(views, bodies):

@@ -230,3 +230,12 @@ def test_an_event_stream_sends_canceled_at_the_deadline(api, redis):
     assert events[-1]["error"] == MESSAGE.format(1)
     assert took < 5, took
     redis.delete(f"rq:queue:{PARKED}")
+
+
+def test_the_owners_job_list_ends_a_due_job(api, redis):
+    job = parked_job(redis, "alice", 1, due=True)
+    redis.zadd("inkq:user:alice:jobs", {job.id: time.time()})  # listed, as a submission lists it
+    assert job.id not in api.get("/jobs?status=waiting").text  # read, ended, and so no longer waiting
+    listed = {body["jobId"]: body for body in api.get("/jobs?limit=100").json()["jobs"]}
+    assert listed[job.id]["status"] == "canceled" and listed[job.id]["error"] == MESSAGE.format(1)
+    redis.delete(f"rq:queue:{PARKED}")
