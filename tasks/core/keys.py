@@ -96,3 +96,8 @@ def gemini_served_key(model: str) -> str:
 def gemini_waiting_key(model: str) -> str:
     """The calls to `model` waiting for a place, `<user> <call id>`, scored by when each tries next."""
     return f"inkq:gemini:waiting:{model}"
+
+
+def deadlines_key() -> str:
+    """Jobs with a start deadline (`maxWaitS`), scored by it (epoch seconds): `tasks/core/deadlines.py`."""
+    return "inkq:deadlines"

@@ -21,7 +21,7 @@ from .keys import claims_key, queue_key, workers_key
 from .queues import QUEUE_NAMES
 
 KEY = "inkq:metrics"
-OUTCOMES = ("completed", "failed", "retried", "canceled", "recovered", "late")  # late: refused ends (tasks/ending.py)
+OUTCOMES = ("completed", "failed", "retried", "canceled", "expired", "recovered", "late")  # late: refused ends, expired: not started by the deadline (tasks/ending.py)
 GEMINI_OUTCOMES = ("ok", "retryable", "final")
 BUCKETS = {
     "run": (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
