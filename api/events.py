@@ -8,6 +8,12 @@ changed. A stream also re-reads every `EVENTS_POLL_S`
 without an announcement, and sends a comment line then, so a lost announcement (a dropped
 listener connection, a writer that died between its write and its publish) only delays an event,
 and a client gone away is noticed.
+
+A waiting job's `queuePosition` and `etaS` change with nobody announcing it (another job is taken,
+canceled or queued ahead): its stream re-reads once a second (`PLACE_EVERY_S`), and a status object
+that differs from the last one sent only in those two fields goes out at most once a second. Every
+other change is sent as soon as it is read. For the same reason the status cache keeps a waiting
+job's view for at most `PLACE_EVERY_S`.
 """
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ from .status import TERMINAL, View, describe, read
 from .store import valid_job_id
 
 log = logging.getLogger("inkq.api")
+
+PLACE_EVERY_S = 1.0  # how often a waiting job's place is re-read, and sent at most
+PLACE_FIELDS = ("queuePosition", "etaS")
 
 
 class Hub:
@@ -66,6 +75,8 @@ class Hub:
         entry = self._cache.get(job_id)
         if entry is None:
             return None
+        if getattr(entry[1], "place", None) is not None and entry[1].place.position is not None:
+            max_age_s = min(max_age_s, PLACE_EVERY_S)  # a waiting job's position moves unannounced
         if time.monotonic() - entry[0] > max_age_s:
             with self._lock:
                 self._cache.pop(job_id, None)
@@ -194,6 +205,11 @@ class Hub:
                 delay = min(delay * 2, 5.0)
 
 
+def _only_place_changed(body: dict, last: dict) -> bool:
+    """Whether two status objects differ in queuePosition and etaS only."""
+    return all(body.get(k) == last.get(k) for k in body.keys() | last.keys() if k not in PLACE_FIELDS)
+
+
 class _Flight:
     """One read of a job in flight (`Hub.read`): the announcements seen when it began, then its outcome."""
 
@@ -223,9 +239,12 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
         woken = hub.watch(job_id)
     try:
         last = None
+        sent_at = 0.0  # when the last status object went out
         deadline = time.monotonic() + limit_s
-        renewed = time.monotonic()
+        renewed = spoke = time.monotonic()
         view = first
+        placed = False  # the job waits with a position: re-read every PLACE_EVERY_S
+        held = False  # a change of the place only, held back by the once-a-second limit
         while True:
             if renew is not None and time.monotonic() - renewed >= recheck_s:
                 renew()
@@ -242,16 +261,28 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
             if view is not None:
                 body = describe(view, result_url)
                 view = None
+                placed = body["queuePosition"] is not None
+                held = False
                 if body != last:
-                    yield f"{prefix}event: status\ndata: {json.dumps(body)}\n\n"
-                    prefix, last = "", body
+                    if (last is None or not _only_place_changed(body, last)
+                            or time.monotonic() - sent_at >= PLACE_EVERY_S):
+                        yield f"{prefix}event: status\ndata: {json.dumps(body)}\n\n"
+                        prefix, last, sent_at, spoke = "", body, time.monotonic(), time.monotonic()
+                    else:
+                        held = True
                 if body["status"] in TERMINAL:
                     return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if not woken.wait(min(recheck_s, remaining)):
+            wait = min(recheck_s, remaining)
+            if held:  # read again (and send) once the last status object is a second old
+                wait = min(wait, max(0.05, sent_at + PLACE_EVERY_S - time.monotonic()))
+            elif placed:
+                wait = min(wait, PLACE_EVERY_S)
+            if not woken.wait(wait) and time.monotonic() - spoke >= recheck_s:
                 yield ": still watching\n\n"
+                spoke = time.monotonic()
     finally:
         hub.unwatch(job_id, woken)
 

@@ -34,7 +34,7 @@ from rq.serializers import JSONSerializer
 
 from tasks import ending
 from tasks.core import blobs as blob_store
-from tasks.core import credits
+from tasks.core import credits, fairness
 from tasks.core.queues import QUEUES, QueueSpec
 
 from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
@@ -83,10 +83,12 @@ class JobStore:
 
     def enqueue(self, job_id: str, user_id: str, operation: str, params: dict,
                 image: bytes | None, mime_type: str | None, request_id: str | None = None,
-                input_stored: bool = False, also=None) -> Job:
+                input_stored: bool = False, also=None, weight: int = 1) -> Job:
         """Store the input bytes (unless `input_stored`: a direct upload already copied to the job's
         input key and checked there) and queue the job in one transaction; the job keeps the
-        submitting request's id.
+        submitting request's id. The same transaction enters the job in its queue's fair order with
+        its user's `weight` (`tasks.core.fairness`); the job's place then is `job.place`
+        (a `fairness.Place`).
 
         `also(pipeline)` adds writes that must land with the job (the Idempotency-Key's record)."""
         spec = QUEUES[operation]
@@ -94,7 +96,10 @@ class JobStore:
         input_key = blob_store.input_key(job_id) if image is not None or input_stored else None
         job_spec = {"jobId": job_id, "operation": operation, "userId": user_id, "inputKey": input_key,
                     "mimeType": mime_type, "params": params}
-        retry = Retry(max=spec.max_retries, interval=[2, 4, 8][: spec.max_retries]) if spec.max_retries else None
+        # a retry goes back at the head of the list: the turn its failed attempt took is given back at once, and
+        # an id at the head outside the fair order is the next taken (`tasks.core.fairness`)
+        retry = (Retry(max=spec.max_retries, interval=[2, 4, 8][: spec.max_retries], enqueue_at_front=True)
+                 if spec.max_retries else None)
         with self.redis.pipeline() as pipe:
             job = self._queues[spec.name].enqueue(
                 spec.function, job_spec, job_id=job_id, job_timeout=spec.timeout_s,
@@ -109,9 +114,11 @@ class JobStore:
             pipe.zremrangebyrank(index, 0, -INDEX_CAP - 1)
             pipe.expire(index, max(self.result_ttl_s, self.failure_ttl_s))
             pipe.delete(credits.admitting_key(job_id))
+            placed = fairness.enqueue_in(pipe, spec.name, job_id, user_id, weight)
             if also is not None:
                 also(pipe)
-            pipe.execute()
+            replies = pipe.execute()
+        job.place = fairness.Place.of(replies[placed])
         return job
 
     def fetch_any(self, job_id: str) -> Job | None:
