@@ -97,12 +97,18 @@ class Hub:
             while len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
 
-    def read(self, redis: Redis, job_id: str) -> View | None:
+    def read(self, redis: Redis, job_id: str, reuse_s: float = 0.0) -> View | None:
         """`status.read` of job_id for a stream, shared by the streams of this process: one announcement wakes
         every stream watching the job (50 per job in `make bench`), and they all need the same view. A
         reader joins a read of the job in flight when that read began after the last announcement the
         process has seen (and so after any change announced so far); else it starts one. Errors are
-        shared too."""
+        shared too. With `reuse_s`, a view in the status cache younger than that is taken as it is (the
+        cache never holds a view older than an announced change): the once-a-second re-reads of a
+        waiting job's streams cost one read between them."""
+        if reuse_s > 0:
+            cached = self.cached(job_id, reuse_s)
+            if cached is not None:
+                return cached
         with self._lock:
             flight = self._flights.get(job_id)
             lead = flight is None or flight.seq != self._seq
@@ -115,7 +121,10 @@ class Hub:
                 return flight.view
             return read(redis, job_id)  # the read in flight is stuck: read alone
         try:
+            mark = self.mark()
             flight.view = read(redis, job_id)
+            if flight.view is not None:
+                self.remember(job_id, flight.view, mark)
             return flight.view
         except Exception as exc:
             flight.error = exc
@@ -252,7 +261,7 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
             if view is None:
                 woken.clear()  # cleared before the read: an announcement during it wakes the next wait
                 try:
-                    view = hub.read(redis, job_id)
+                    view = hub.read(redis, job_id, PLACE_EVERY_S / 2 if placed else 0.0)
                 except RedisError as exc:  # the stream stays open and tries again at its next wake
                     log.warning("event stream could not read job %s: %s", job_id, exc)
                 else:

@@ -251,6 +251,9 @@ def test_light_users_go_ahead_of_a_heavy_one(make_api, workers, fake_gemini, red
     assert events[0]["etaS"] is not None and events[-1]["status"] == "completed"
     waiting = [e["queuePosition"] for e in events if e["status"] == "waiting"]
     assert waiting == sorted(waiting, reverse=True) and len(set(waiting)) == len(waiting)
+    for before, after in zip(events, events[1:]):  # a change of the place alone: at most once a second
+        if before["status"] == after["status"] == "waiting":
+            assert after["_at"] - before["_at"] >= 0.9, events
     assert all(e["queuePosition"] is None for e in events if e["status"] != "waiting")
     assert any(e["status"] == "active" and e["etaS"] is not None for e in events)
     stats = api.get("/admin/queue-stats", token="admin-secret-token").json()[QUEUE]
@@ -262,6 +265,6 @@ def _follow(url: str, job_id: str, user: str, events: list) -> None:
                       stream=True, timeout=60) as response:
         for line in response.iter_lines(decode_unicode=True):
             if line and line.startswith("data: "):
-                events.append(json.loads(line[6:]))
+                events.append({**json.loads(line[6:]), "_at": time.monotonic()})
                 if events[-1]["status"] in ("completed", "failed", "canceled"):
                     return
