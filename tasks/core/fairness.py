@@ -43,8 +43,9 @@ from . import keys, scripts
 from .queues import QUEUES
 
 RUNS_KEPT = 100
-# Run time assumed until a queue's first job completes: a Gemini call takes 5-8 s, a local stencil 1-3 s.
-PRIOR_RUN_S = {QUEUES["stencil"].name: 6.0, QUEUES["enhance"].name: 8.0, QUEUES["ia-gen"].name: 8.0,
+# Run time assumed until a queue's first job completes: a job with a Gemini call (5-8 s) and its image's
+# download and checks, many at once; a local stencil takes 1-3 s, a color-match about 1 s.
+PRIOR_RUN_S = {QUEUES["stencil"].name: 8.0, QUEUES["enhance"].name: 10.0, QUEUES["ia-gen"].name: 10.0,
                QUEUES["color-match"].name: 2.0}
 JOB_PREFIX = "rq:job:"
 
