@@ -202,8 +202,9 @@ def test_the_estimate():
     assert fairness.Place(1, None, 5, 5).eta_s(QUEUE, active=False) == 2 * fairness.PRIOR_RUN_S[QUEUE]
     assert fairness.Place(1, 6.0, 0, 0).eta_s(QUEUE, active=False) is None  # no live worker
     assert fairness.Place(None, 6.0, 5, 5).eta_s(QUEUE, active=False) is None  # not in the order
-    started = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 2))
-    assert fairness.Place(None, 6.0, 5, 5).eta_s(QUEUE, active=True, started_at=started) == 4
+    now = time.time()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(int(now) - 2))
+    assert fairness.Place(None, 6.0, 5, 5).eta_s(QUEUE, active=True, started_at=started, now=int(now) + 0.2) == 4
     assert fairness.Place(None, 6.0, 5, 5).eta_s(QUEUE, active=True, started_at="2000-01-01T00:00:00.000Z") == 0
 
 
