@@ -15,10 +15,13 @@ Start-time fair queueing (Goyal, Vin and Cheng, 1996), per queue, all in Lua (`l
   with 50 waiting jobs has tags V+1 ... V+50: every newcomer is placed after at most one of them.
 - **Take** (`take`, the worker's dequeue, `tasks/runtime/worker.py`): one script moves the id of the lowest
   tag from rq's list into the worker's claims list (LREM, RPUSH), as atomic as the BLMOVE it stands in
-  for. An id at the list's head that is not in the order (rq's own retry, a recovery or dashboard
-  requeue) is taken first, as rq would take it; one queued behind others (a retry rq's scheduler pushed
-  at the tail) is taken when it reaches the head, so no id is ever starved. With nothing queued, the
-  worker blocks in BLMOVE as before and then tells the order what it took (`taken`).
+  for. Ids that rq or inkq push at the list's head outside the order are looked at first: one that never
+  started (a worker lost between taking and starting it: its turn was already given) is taken at once,
+  as rq would; one that ran before (a retry, which goes back at the head, or a re-run after a dead
+  worker) enters the order as its user's next turn, so a user whose jobs fail and retry does not jump
+  the others. An id deeper in the list outside the order is looked at once it reaches the head, so
+  no id is ever starved. With nothing queued, the worker blocks in BLMOVE as before and then tells the
+  order what it took (`taken`).
 - **Leave** (`leave_in`, the `Fairness` hook of every end, `tasks/ending.py`): a job canceled, expired or
   erased while waiting leaves the order and its user's waiting count; a no-op for any other end.
 - **Place** (`Place`, read inside the status read, `lua/fair_place.lua`): queuePosition is the member's rank

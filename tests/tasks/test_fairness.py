@@ -168,6 +168,17 @@ def test_ids_rq_pushes_itself_are_served(quiet):
     assert quiet.take() is None
     assert sorted(taken) == sorted(ids[1:] + [first] + later)
     assert taken.index(first) == max(taken.index(i) for i in ids[1:]) + 1  # taken once it reached the head
+    # a job that ran before and is queued again at the head (a retry, a re-run after a dead worker) takes its
+    # user's next turn: it does not jump the others
+    again = quiet.submit("h", 3) + quiet.submit("a")
+    ran = quiet.take()
+    assert ran == again[0]
+    quiet.redis.hset(f"rq:job:{ran}", "started_at", "2030-01-01T00:00:00.000000Z")
+    quiet.redis.lrem(CLAIMS, 1, ran)
+    quiet.redis.lpush(keys.queue_key(QUEUE), ran)
+    assert quiet.take() == again[3]  # a's job, whose turn came first
+    assert quiet.status(ran)["queuePosition"] == 3 and quiet.status(ran)["status"] == "waiting"
+    assert [quiet.take() for _ in range(3)] == [again[1], again[2], ran] and quiet.take() is None
     # an id deleted from the list behind the order's back (rq-dashboard) is skipped
     stale = quiet.submit("c", 2)
     quiet.redis.lrem(keys.queue_key(QUEUE), 1, stale[0])
