@@ -119,7 +119,7 @@ class InkqQueue(Queue):
             return super().lmove(connection, queue_key, timeout)
         if cls._release_own is None:
             cls._release_own = connection.register_script(recovery.RELEASE_OWN)
-        cls._release_own(keys=[cls.claims_key, queue_key], client=connection)
+        cls._release_own(keys=[cls.claims_key, queue_key], args=recovery.RELEASE_OWN_ARGS, client=connection)
         if timeout is None:
             result = connection.lmove(queue_key, cls.claims_key)
             return None if result is None else (queue_key, result)
