@@ -35,7 +35,7 @@ from rq.serializers import JSONSerializer
 from tasks import ending
 from tasks.core import blobs as blob_store
 from tasks.core import credits, deadlines
-from tasks.core.keys import deadlines_key
+from tasks.core.keys import deadlines_key, user_index_key
 from tasks.core.queues import QUEUES, QueueSpec
 
 from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
@@ -43,11 +43,6 @@ from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, 
 _ID_CHARS = frozenset("0123456789abcdef")
 INDEX_CAP = 1000
 LIST_WINDOW = 200
-
-
-def user_index_key(user_id: str) -> str:
-    """Key of a user's job index."""
-    return f"inkq:user:{user_id}:jobs"
 
 
 def valid_job_id(job_id: str) -> bool:

@@ -31,7 +31,7 @@ from typing import Callable
 from redis.exceptions import WatchError
 
 from .core import blobs, changes, credits, deadlines, metrics
-from .core.keys import deadlines_key, executions_key
+from .core.keys import deadlines_key, executions_key, job_key
 
 log = logging.getLogger("inkq.ending")
 
@@ -126,14 +126,14 @@ HOOKS = [Credits(), Input(), Webhook(), Metrics(), Deadline(), Announcement()]
 def execution_fence(job_id: str, execution_id: str) -> Fence:
     """The fence of a worker's end: its execution still owns the job, and the job has not ended."""
     def owns(pipe) -> bool:
-        pipe.watch(executions_key(job_id), f"rq:job:{job_id}")
+        pipe.watch(executions_key(job_id), job_key(job_id))
         return pipe.zscore(executions_key(job_id), execution_id) is not None and not ended(pipe, job_id)
     return owns
 
 
 def ended(pipe, job_id: str) -> bool:
     """Whether the job's stored status is a final one (read on a watching pipeline)."""
-    return pipe.hget(f"rq:job:{job_id}", "status") in ENDED
+    return pipe.hget(job_key(job_id), "status") in ENDED
 
 
 def finish(connection, ending: Ending, writes: Writes | None, fence: Fence) -> bool:
