@@ -184,3 +184,39 @@ def gemini_waiting_key(model: str) -> str:
 def deadlines_key() -> str:
     """Jobs with a start deadline (`maxWaitS`), scored by it (epoch seconds): `tasks/core/deadlines.py`."""
     return "inkq:deadlines"
+
+
+FAIR_PREFIX = "inkq:fair:"
+
+
+def fair_key(queue: str) -> str:
+    """The queue's fair order (`tasks/core/fairness.py`): a zset of its waiting jobs, scored by virtual finish
+    tag, members `<seq>:<jobId>:<userId>`. The status read (`lua/fair_place.lua`) builds this name and the
+    `:state`, `:slots` names below from `FAIR_PREFIX` and the job's queue, so they are spelled once here."""
+    return f"{FAIR_PREFIX}{queue}"
+
+
+def fair_state_key(queue: str) -> str:
+    """The fair order's hash: `v` (virtual time: the tag of the last job taken), `seq` (arrivals), `run_s` (the
+    p50 of recent run times)."""
+    return f"{FAIR_PREFIX}{queue}:state"
+
+
+def fair_users_key(queue: str) -> str:
+    """Each user's last virtual finish tag in the queue (zset), trimmed to the users ahead of the virtual time."""
+    return f"{FAIR_PREFIX}{queue}:users"
+
+
+def fair_waiting_key(queue: str) -> str:
+    """Waiting jobs per user in the queue's fair order (hash user -> n; a user leaves at 0)."""
+    return f"{FAIR_PREFIX}{queue}:waiting"
+
+
+def fair_runs_key(queue: str) -> str:
+    """The queue's last run times in seconds (list, newest first, at most `fairness.RUNS_KEPT`)."""
+    return f"{FAIR_PREFIX}{queue}:runs"
+
+
+def fair_slots_key(queue: str) -> str:
+    """The slots of the queue's live workers, summed by their liveness beats; lapses with them."""
+    return f"{FAIR_PREFIX}{queue}:slots"

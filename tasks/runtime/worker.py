@@ -31,7 +31,7 @@ from rq.utils import now as utcnow
 from rq.worker import BaseWorker, WorkerStatus
 
 from .. import ending
-from ..core import blobs, keys, logs, metrics
+from ..core import blobs, fairness, keys, logs, metrics
 from ..core.settings import current
 from . import recovery
 from .orphans import die_with_parent
@@ -115,15 +115,22 @@ class InkqQueue(Queue):
 
     @classmethod
     def lmove(cls, connection, queue_key: str, timeout: int | None):
-        """Move the next id into this worker's claims, after giving back any id it holds but never got."""
+        """Move the next id into this worker's claims, after giving back any id it holds but never got.
+
+        The next id is the fair order's (`tasks.core.fairness.take`: one script, the id lands in the claims
+        list as BLMOVE would put it); only when nothing is queued does the worker block in BLMOVE, then
+        tell the order which id it took."""
         if cls.claims_key is None:
             return super().lmove(connection, queue_key, timeout)
         if cls._release_own is None:
             cls._release_own = connection.register_script(recovery.RELEASE_OWN)
         cls._release_own(keys=[cls.claims_key, queue_key], args=recovery.RELEASE_OWN_ARGS, client=connection)
+        queue = queue_key.removeprefix(keys.queue_key(""))
+        result = fairness.take(connection, queue, cls.claims_key)
+        if result is not None:
+            return queue_key, result
         if timeout is None:
-            result = connection.lmove(queue_key, cls.claims_key)
-            return None if result is None else (queue_key, result)
+            return None
         cls.blocking = True
         try:
             if cls.stop_requested:  # asked to stop just before the wait
@@ -133,6 +140,7 @@ class InkqQueue(Queue):
             cls.blocking = False
         if result is None:
             raise DequeueTimeout(timeout, queue_key)
+        fairness.taken(connection, queue, result.decode() if isinstance(result, bytes) else result)
         return queue_key, result
 
 
@@ -159,7 +167,8 @@ def bind_job(job) -> None:
 
 class Liveness(threading.Thread):
     """Keeps `inkq:alive:<worker>` alive, the worker listed under its queues and its slots published
-    (`tasks.core.metrics.publish_slots`, read by /admin/queue-stats), every second.
+    (`tasks.core.metrics.publish_slots`, read by /admin/queue-stats), with its queues' sums of live slots
+    (`tasks.core.fairness.publish_slots_in`, read by the wait estimates), every second.
 
     A thread of its own, with its own connection and a short socket timeout, so a long job, a slow
     maintenance run or a long `BLMOVE` never lets the key lapse while the process lives.
@@ -186,10 +195,13 @@ class Liveness(threading.Thread):
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.alive_key(self.worker), os.getpid(), px=keys.LIVENESS_TTL_MS)
             metrics.publish_slots(pipe, self.worker, self.slots)
+            listings = []  # where each SADD's answer is: 1 when the worker was missing from the set
             for queue in self.queue_names:
+                listings.append(len(pipe))
                 pipe.sadd(keys.workers_key(queue), self.worker)
+                fairness.publish_slots_in(pipe, queue, metrics.slots_key(""))
             answers = pipe.execute()
-        forgotten = self.listed and any(answers[len(answers) - len(self.queue_names):])
+        forgotten = self.listed and any(answers[i] for i in listings)
         self.listed = True
         if forgotten and self.rejoin is not None:
             self.rejoin(self.redis)

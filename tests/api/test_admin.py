@@ -29,8 +29,9 @@ def test_queue_stats(api, workers):
     assert sorted(stats) == sorted(QUEUES)
     for row in stats.values():
         assert set(row) == {"waiting", "active", "completed", "failed", "scheduled", "workers", "concurrency",
-                            "oldestWaitingS", "liveWorkers", "totals", "runTime", "queueWait"}
+                            "runS", "users", "oldestWaitingS", "liveWorkers", "totals", "runTime", "queueWait"}
     assert stats["stencil-generation"]["completed"] >= 1
+    assert stats["stencil-generation"]["runS"] > 0 and stats["stencil-generation"]["users"] >= 0
     # one process per queue (its CONCURRENCY_STENCIL=2 as threads); one that an earlier test SIGKILLed is
     # counted until the recovery sweep forgets it, a few seconds later
     assert stats["stencil-generation"]["workers"] >= 1
