@@ -29,9 +29,10 @@ from typing import Callable, Iterator
 from redis import Redis
 from redis.exceptions import RedisError
 
+from tasks.core import deadlines
 from tasks.core.changes import CHANNEL
 
-from .status import TERMINAL, View, describe, read
+from .status import TERMINAL, WAITING, View, describe, read
 from .store import valid_job_id
 
 log = logging.getLogger("inkq.api")
@@ -233,9 +234,13 @@ class _Flight:
 
 def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str],
            recheck_s: float, limit_s: float, renew: Callable[[], None] | None = None,
-           first: View | None = None, woken: threading.Event | None = None) -> Iterator[str]:
+           first: View | None = None, woken: threading.Event | None = None,
+           past_deadline: Callable[[View], View | None] | None = None) -> Iterator[str]:
     """The event-stream body: status objects as they change, ending after the terminal one; `renew`
     (the stream's lease, api/leases.py) is called at least every `recheck_s` while it runs.
+
+    `past_deadline` (`api.store.JobStore.past_deadline`): a view of a job waiting past its start deadline
+    becomes the view after its end; a waiting job with a deadline is read again at its deadline.
 
     `first`, `woken`: a view of the job read after `woken = hub.watch(job_id)` was registered (the
     read that opened the stream): it is the first event, sent with the retry line in one write, and
@@ -252,6 +257,7 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
         deadline = time.monotonic() + limit_s
         renewed = spoke = time.monotonic()
         view = first
+        wake_at = None  # a waiting job's deadline (monotonic), when it comes before the next re-read
         placed = False  # the job waits with a position: re-read every PLACE_EVERY_S
         held = False  # a change of the place only, held back by the once-a-second limit
         while True:
@@ -267,7 +273,17 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
                 else:
                     if view is None:  # expired while watched
                         return
+            if view is not None and past_deadline is not None:
+                try:
+                    view = past_deadline(view)
+                except RedisError as exc:  # shown as read; the supervisors end it, and announce that
+                    log.warning("event stream could not end job %s at its deadline: %s", job_id, exc)
+                if view is None:
+                    return
             if view is not None:
+                left = deadlines.seconds_left(view.meta) if view.word == WAITING else None
+                # due and still waiting (a worker is taking it): look again in a second
+                wake_at = None if left is None else time.monotonic() + (left + 0.05 if left > 0 else 1.0)
                 body = describe(view, result_url)
                 view = None
                 placed = body["queuePosition"] is not None
@@ -289,6 +305,8 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
                 wait = min(wait, max(0.05, sent_at + PLACE_EVERY_S - time.monotonic()))
             elif placed:
                 wait = min(wait, PLACE_EVERY_S)
+            if wake_at is not None:  # the deadline comes first: read then
+                wait = min(wait, max(wake_at - time.monotonic(), 0.0))
             if not woken.wait(wait) and time.monotonic() - spoke >= recheck_s:
                 yield ": still watching\n\n"
                 spoke = time.monotonic()
@@ -317,5 +335,6 @@ def open_stream(ctx, job_id: str, user_id: str, result_url: Callable[[str], str]
         return None
     view, lease = opened
     body = stream(ctx.hub, ctx.redis, job_id, result_url, ctx.settings.events_poll_s, ctx.settings.events_max_s,
-                  renew=lease.renew, first=view, woken=woken)
+                  renew=lease.renew, first=view, woken=woken,
+                  past_deadline=partial(ctx.store.past_deadline, webhook_retry_s=ctx.settings.webhook_retry_s))
     return body, (lease.release, partial(ctx.hub.unwatch, job_id, woken))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 Operation = Literal["stencil", "enhance", "ia-gen", "color-match"]
 StatusWord = Literal["waiting", "active", "completed", "failed", "canceled"]
@@ -34,6 +34,9 @@ class GenerateRequest(BaseModel):
     format: Optional[Literal["png", "svg"]] = Field(
         None, description="stencil: `png` (default) or `svg`; with `svg` the result also has `svg`, a signed URL "
         "of the same strokes as closed SVG outlines.")
+    maxWaitS: Optional[StrictInt] = Field(
+        None, ge=1, le=86400, description="A start deadline: a job not started within this many seconds of its "
+        "submission ends `canceled` (its `error` says why), is never run and is not charged. 1-86400.")
 
 
 class JobAccepted(BaseModel):

@@ -154,8 +154,8 @@ def _rq_time(raw) -> str | None:
 
 def error_text(view: View, word: str) -> str | None:
     """The human-readable reason a job failed, never a traceback."""
-    if word == CANCELED:
-        return CANCELED_MESSAGE
+    if word == CANCELED:  # by its owner, or by its start deadline (`tasks/core/deadlines.py`), which says why
+        return (view.meta.get("error") or CANCELED_MESSAGE) if view.meta.get("expired") else CANCELED_MESSAGE
     if word != FAILED:
         return None
     return view.meta.get("error") or (CRASH_FAILURE if view.meta.get("attempts") else GENERIC_FAILURE)

@@ -34,7 +34,8 @@ from rq.serializers import JSONSerializer
 
 from tasks import ending
 from tasks.core import blobs as blob_store
-from tasks.core import credits, fairness
+from tasks.core import credits, deadlines, fairness
+from tasks.core.keys import deadlines_key, user_index_key
 from tasks.core.queues import QUEUES, QueueSpec
 
 from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
@@ -42,11 +43,6 @@ from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, 
 _ID_CHARS = frozenset("0123456789abcdef")
 INDEX_CAP = 1000
 LIST_WINDOW = 200
-
-
-def user_index_key(user_id: str) -> str:
-    """Key of a user's job index."""
-    return f"inkq:user:{user_id}:jobs"
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -83,14 +79,17 @@ class JobStore:
 
     def enqueue(self, job_id: str, user_id: str, operation: str, params: dict,
                 image: bytes | None, mime_type: str | None, request_id: str | None = None,
-                input_stored: bool = False, also=None, weight: int = 1) -> Job:
+                input_stored: bool = False, also=None, weight: int = 1, max_wait_s: int | None = None) -> Job:
         """Store the input bytes (unless `input_stored`: a direct upload already copied to the job's
         input key and checked there) and queue the job in one transaction; the job keeps the
         submitting request's id. The same transaction enters the job in its queue's fair order with
         its user's `weight` (`tasks.core.fairness`); the job's place then is `job.place`
         (a `fairness.Place`).
 
-        `also(pipeline)` adds writes that must land with the job (the Idempotency-Key's record)."""
+        `also(pipeline)` adds writes that must land with the job (the Idempotency-Key's record). `weight`: the
+        user's plan's weight in the fair order (`api/plans.py`). `max_wait_s`: the start deadline
+        (`tasks/core/deadlines.py`), written into the job's meta and the deadlines set in the same transaction."""
+        deadline = deadlines.meta_of(max_wait_s) if max_wait_s else {}
         spec = QUEUES[operation]
         keep_s = self.input_ttl_s(operation)
         input_key = blob_store.input_key(job_id) if image is not None or input_stored else None
@@ -105,7 +104,8 @@ class JobStore:
                 spec.function, job_spec, job_id=job_id, job_timeout=spec.timeout_s,
                 result_ttl=self.result_ttl_s, failure_ttl=self.failure_ttl_s, retry=retry,
                 meta={"user": user_id, "operation": operation, "progress": 0, "attempts": 0, "requestId": request_id,
-                      **({"webhook": {"state": "waiting", "attempts": 0}} if params.get("webhookUrl") else {})},
+                      **({"webhook": {"state": "waiting", "attempts": 0}} if params.get("webhookUrl") else {}),
+                      **deadline},
                 description=f"{operation} for {user_id}", pipeline=pipe)
             if image is not None:
                 self.blobs.save(input_key, image, keep_s, mime_type, pipeline=pipe)
@@ -114,6 +114,8 @@ class JobStore:
             pipe.zremrangebyrank(index, 0, -INDEX_CAP - 1)
             pipe.expire(index, max(self.result_ttl_s, self.failure_ttl_s))
             pipe.delete(credits.admitting_key(job_id))
+            if deadline:
+                pipe.zadd(deadlines_key(), {job_id: deadline["deadline"]})
             placed = fairness.enqueue_in(pipe, spec.name, job_id, user_id, weight)
             if also is not None:
                 also(pipe)
@@ -166,6 +168,18 @@ class JobStore:
                     found.append(view)
             start += count
         return found[:limit]
+
+    def past_deadline(self, view: View | None, webhook_retry_s: tuple | None = None) -> View | None:
+        """`view`, or, when it shows a job waiting past its start deadline, the view after ending that job
+        (`tasks.ending.expire`: canceled, refunded). The caller has checked that the reader owns the job."""
+        if view is None or view.word != WAITING or not deadlines.is_due(view.meta):
+            return view
+        job = self.fetch_any(view.id)
+        if job is None:
+            return None
+        if ending.expire(self.redis, job, webhook_retry_s=webhook_retry_s):
+            ending.drop_input_now(self.blobs, job.id)
+        return read(self.redis, view.id)
 
     def expire_canceled(self, job: Job, pipe) -> None:
         """Let a canceled job expire after its failure TTL, scored so in the canceled registry (as the recovery

@@ -44,8 +44,8 @@ def test_every_key_a_user_causes_expires_or_is_bounded(stack):
     stack.workers(stencil=1, ia_gen=1)
     ids = []
     with webhook_receiver() as (hook, calls):
-        for _ in range(3):  # submit and complete, once with a webhook, once idempotently (twice)
-            ids.append(api.submit(image, engine="local").json()["jobId"])
+        for n in range(3):  # submit and complete (once with a start deadline), with a webhook, idempotently (twice)
+            ids.append(api.submit(image, engine="local", **({"maxWaitS": 600} if n == 0 else {})).json()["jobId"])
         ids.append(api.submit(image, engine="local", webhookUrl=hook).json()["jobId"])
         for _ in range(2):
             ids.append(api.post("/generate", headers={"Idempotency-Key": "k1"},
@@ -58,6 +58,10 @@ def test_every_key_a_user_causes_expires_or_is_bounded(stack):
         active = api.post("/generate", json={"operation": "ia-gen", "prompt": "a", "webhookUrl": hook}).json()["jobId"]
         waiting = [api.post("/generate", json={"operation": "ia-gen", "prompt": "b"}).json()["jobId"] for _ in range(3)]
         wait_until(lambda: api.get(f"/status/{active}").json()["status"] == "active", timeout=30)
+        expiring = api.post("/generate", json={"operation": "ia-gen", "prompt": "c", "maxWaitS": 1}).json()["jobId"]
+        wait_until(lambda: stack.redis.hget(f"rq:job:{expiring}", "status") == b"canceled", timeout=30,
+                   what="the start deadline's end")  # not started within 1 s: its slot is busy
+        ids.append(expiring)
         for job_id in waiting + [active]:
             assert api.delete(f"/jobs/{job_id}").status_code == 200
         ids += waiting + [active]
@@ -66,7 +70,7 @@ def test_every_key_a_user_causes_expires_or_is_bounded(stack):
         wait_until(lambda: calls.qsize() >= 3, timeout=30, what="three webhook deliveries")
         wait_until(lambda: all(stack.api.get(f"/status/{i}").json().get("webhook", {}).get("state") in
                                (None, "delivered") for i in ids), timeout=30, what="webhook states")
-    assert sorted(body["status"] for body in final.values()) == ["canceled"] * 4 + ["completed"] * 5 + ["failed"]
+    assert sorted(body["status"] for body in final.values()) == ["canceled"] * 5 + ["completed"] * 5 + ["failed"]
     time.sleep(1.5)  # let the workers' callbacks and a recovery sweep finish
 
     r = stack.redis

@@ -50,7 +50,8 @@ from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import now
 from rq.worker.base import format_exc_info
 
-from ..core import logs
+from .. import ending
+from ..core import blobs, deadlines, logs
 from ..core.changes import EXECUTION_ATTR
 from ..core.queues import WORKER_QUEUES
 from ..core.settings import current
@@ -129,8 +130,11 @@ class SlotWorker(InkqWorker):
         return SUPERVISE_EVERY_S if self.running else super().dequeue_timeout
 
     def execute_job(self, job, queue):
-        """Start the job in a slot thread; return once a slot is free for the next one."""
+        """Start the job in a slot thread; return once a slot is free for the next one. A job taken past its
+        start deadline is ended instead (`past_deadline`)."""
         try:
+            if self.past_deadline(job):
+                return
             execution = self.prepare_execution(job)
             setattr(job, EXECUTION_ATTR, execution.id)  # the job's own writes are fenced by it
             slot = Slot(job, queue, execution)
@@ -143,6 +147,18 @@ class SlotWorker(InkqWorker):
             InkqQueue.holding = False
             logs.clear()
         self.wait_for_slots(self.slots - 1)
+
+    def past_deadline(self, job) -> bool:
+        """Whether a job just taken is past its start deadline (`tasks/core/deadlines.py`) and this worker,
+        which holds it in its claims, has ended it instead of running it (canceled, refunded, out of its
+        claims). Its meta was read just now, as it was taken."""
+        if not InkqQueue.claims_key or not deadlines.is_due(job.meta or {}):
+            return False
+        with self._finish_lock:
+            done = ending.expire(self.connection, job, claims_key=InkqQueue.claims_key)
+        if done:
+            ending.drop_input_now(blobs.store(self.connection), job.id)
+        return done
 
     def wait_for_slots(self, at_most: int) -> None:
         """Supervise until at most `at_most` jobs run."""

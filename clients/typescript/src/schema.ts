@@ -345,6 +345,12 @@ export interface components {
              */
             lineWeight: number | null;
             /**
+             * Maxwaits
+             * @description A start deadline: a job not started within this many seconds of its submission ends `canceled` (its `error` says why), is never run and is not charged. 1-86400.
+             * @default null
+             */
+            maxWaitS: number | null;
+            /**
              * Operation
              * @description What to do; `stencil` when absent.
              * @default stencil
@@ -817,6 +823,12 @@ export interface operations {
                      * @default null
                      */
                     lineWeight?: number | null;
+                    /**
+                     * Maxwaits
+                     * @description A start deadline: a job not started within this many seconds of its submission ends `canceled` (its `error` says why), is never run and is not charged. 1-86400.
+                     * @default null
+                     */
+                    maxWaitS?: number | null;
                     /**
                      * Operation
                      * @description What to do; `stencil` when absent.
