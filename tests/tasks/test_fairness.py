@@ -157,7 +157,8 @@ def test_ids_rq_pushes_itself_are_served(quiet):
     first = quiet.take()
     assert first == ids[0]
     # the worker never got its reply: its release puts the id back at the head, outside the order
-    released = quiet.redis.register_script(recovery.RELEASE_OWN)(keys=[CLAIMS, keys.queue_key(QUEUE)])
+    released = quiet.redis.register_script(recovery.RELEASE_OWN)(keys=[CLAIMS, keys.queue_key(QUEUE)],
+                                                                 args=recovery.RELEASE_OWN_ARGS)
     assert released == 1 and quiet.status(first)["queuePosition"] is None
     assert quiet.status(first)["status"] == "waiting"
     assert quiet.take() == first  # the head outside the order goes first, as rq would take it
