@@ -88,16 +88,16 @@ def generate():
         fingerprint = submission.fingerprint()
         earlier = idempotency.claim(ctx.redis, user_id, key, fingerprint, answer)
         if earlier is not None:
-            return jsonify(earlier), 200, {"Location": earlier["statusUrl"]}
+            return jsonify(_placed(earlier, user_id)), 200, {"Location": earlier["statusUrl"]}
         confirm = partial(idempotency.confirm, user_id, key, fingerprint, answer)
     upload = None  # judged after the Idempotency-Key: a retry gets its original job, not "already used"
     try:
         upload = uploads.take(ctx, user_id, submission.fields.upload, job_id, ctx.store.input_ttl_s(operation))
         ctx.admission.admit(user_id, operation, job_id, plan)
-        ctx.store.enqueue(job_id, user_id, operation, params, submission.image,
-                          submission.mime_type or (upload and upload.mime_type), request.environ.get(ENVIRON_ID),
-                          input_stored=upload is not None, also=confirm, weight=plan.weight,
-                          max_wait_s=submission.fields.maxWaitS)
+        job = ctx.store.enqueue(job_id, user_id, operation, params, submission.image,
+                                submission.mime_type or (upload and upload.mime_type), request.environ.get(ENVIRON_ID),
+                                input_stored=upload is not None, also=confirm, weight=plan.weight,
+                                max_wait_s=submission.fields.maxWaitS)
     except Exception:
         uploads.release(ctx, upload, job_id)
         ctx.admission.release(user_id, job_id)
@@ -107,7 +107,17 @@ def generate():
     uploads.used(ctx, upload)
     ctx.metrics.submitted(operation)
     log.info("job queued", extra={"jobId": job_id, "queue": answer["queue"]})
+    place = job.place
+    answer = {**answer, "queuePosition": place.position if place else None,
+              "etaS": place.eta_s(answer["queue"], active=False) if place else None}
     return jsonify(answer), 202, {"Location": answer["statusUrl"]}
+
+
+def _placed(answer: dict, user_id: str) -> dict:
+    """A repeated submission's original answer, with the job's place now (as `GET /status` gives it)."""
+    view = _ctx().store.view(answer["jobId"], user_id)
+    body = describe(view) if view is not None else {}
+    return {**answer, "queuePosition": body.get("queuePosition"), "etaS": body.get("etaS")}
 
 
 @bp.get("/status/<job_id>")

@@ -47,6 +47,9 @@ class JobAccepted(BaseModel):
     operation: Operation
     status: StatusWord
     statusUrl: str
+    queuePosition: Optional[int] = Field(None, ge=1, description="1 = the next job to start in its queue, in the fair "
+                                         "order; null when not known.")
+    etaS: Optional[float] = Field(None, ge=0, description="Estimated seconds until the result; null when unknown.")
 
 
 class PaletteEntry(BaseModel):
@@ -95,6 +98,12 @@ class JobStatusBody(BaseModel):
     createdAt: Optional[str]
     startedAt: Optional[str]
     endedAt: Optional[str]
+    queuePosition: Optional[int] = Field(ge=1, description="Waiting jobs: 1 = the next to start in its queue, in the "
+                                         "fair order across users; null otherwise, or when not known (a job waiting "
+                                         "for a retry).")
+    etaS: Optional[float] = Field(ge=0, description="Waiting and active jobs: estimated seconds until the result "
+                                  "(from the queue's recent p50 run time, its live slots and the position); null "
+                                  "otherwise or when unknown.")
     webhook: Optional[WebhookState] = None
 
 
@@ -159,6 +168,8 @@ class QueueStats(BaseModel):
     scheduled: int
     workers: int
     concurrency: int
+    runS: Optional[float] = Field(description="p50 of the queue's last 100 completed runs, in seconds; null before any.")
+    users: int = Field(ge=0, description="Users with jobs waiting in the queue.")
 
 
 class UploadRequest(BaseModel):

@@ -34,8 +34,8 @@ from rq.serializers import JSONSerializer
 
 from tasks import ending
 from tasks.core import blobs as blob_store
-from tasks.core import credits, deadlines
-from tasks.core.keys import deadlines_key
+from tasks.core import credits, deadlines, fairness
+from tasks.core.keys import deadlines_key, user_index_key
 from tasks.core.queues import QUEUES, QueueSpec
 
 from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
@@ -43,11 +43,6 @@ from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, 
 _ID_CHARS = frozenset("0123456789abcdef")
 INDEX_CAP = 1000
 LIST_WINDOW = 200
-
-
-def user_index_key(user_id: str) -> str:
-    """Key of a user's job index."""
-    return f"inkq:user:{user_id}:jobs"
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -87,7 +82,9 @@ class JobStore:
                 input_stored: bool = False, also=None, weight: int = 1, max_wait_s: int | None = None) -> Job:
         """Store the input bytes (unless `input_stored`: a direct upload already copied to the job's
         input key and checked there) and queue the job in one transaction; the job keeps the
-        submitting request's id.
+        submitting request's id. The same transaction enters the job in its queue's fair order with
+        its user's `weight` (`tasks.core.fairness`); the job's place then is `job.place`
+        (a `fairness.Place`).
 
         `also(pipeline)` adds writes that must land with the job (the Idempotency-Key's record). `weight`: the
         user's plan's weight in the fair order (`api/plans.py`). `max_wait_s`: the start deadline
@@ -98,7 +95,10 @@ class JobStore:
         input_key = blob_store.input_key(job_id) if image is not None or input_stored else None
         job_spec = {"jobId": job_id, "operation": operation, "userId": user_id, "inputKey": input_key,
                     "mimeType": mime_type, "params": params}
-        retry = Retry(max=spec.max_retries, interval=[2, 4, 8][: spec.max_retries]) if spec.max_retries else None
+        # a retry goes back at the head of the list: the turn its failed attempt took is given back at once, and
+        # an id at the head outside the fair order is the next taken (`tasks.core.fairness`)
+        retry = (Retry(max=spec.max_retries, interval=[2, 4, 8][: spec.max_retries], enqueue_at_front=True)
+                 if spec.max_retries else None)
         with self.redis.pipeline() as pipe:
             job = self._queues[spec.name].enqueue(
                 spec.function, job_spec, job_id=job_id, job_timeout=spec.timeout_s,
@@ -116,9 +116,11 @@ class JobStore:
             pipe.delete(credits.admitting_key(job_id))
             if deadline:
                 pipe.zadd(deadlines_key(), {job_id: deadline["deadline"]})
+            placed = fairness.enqueue_in(pipe, spec.name, job_id, user_id, weight)
             if also is not None:
                 also(pipe)
-            pipe.execute()
+            replies = pipe.execute()
+        job.place = fairness.Place.of(replies[placed])
         return job
 
     def fetch_any(self, job_id: str) -> Job | None:

@@ -15,7 +15,7 @@ waiting by the API (`api/store.py`), not started by its deadline (`expire`: outc
    its liveness (SIGSTOP, a paused VM, a partition) whose job ran again elsewhere cannot overwrite
    the second run's status, result, meta, credits or webhook;
 2. the caller's rq writes for that outcome (status, result, registries, its execution's removal);
-3. every hook, in order: credits, input, webhook, metrics, deadline, announcement. A hook only adds commands to
+3. every hook, in order: fair order, credits, input, webhook, metrics, deadline, announcement. A hook only adds commands to
    the transaction: no round trips, no S3 call. So the end, its settlement, its input's deletion and
    its webhook delivery's enqueue happen together or not at all.
 
@@ -30,8 +30,8 @@ from typing import Callable
 
 from redis.exceptions import WatchError
 
-from .core import blobs, changes, credits, deadlines, metrics
-from .core.keys import deadlines_key, executions_key
+from .core import blobs, changes, credits, deadlines, fairness, metrics
+from .core.keys import deadlines_key, executions_key, job_key
 
 log = logging.getLogger("inkq.ending")
 
@@ -61,6 +61,20 @@ class Ending:
     def user(self) -> str | None:
         """The job's owner."""
         return (self.job.meta or {}).get("user")
+
+
+class Fairness:
+    """Every end takes the job out of its queue's fair order if it still waits there (a cancel, a deadline, an
+    erasure; a no-op otherwise), and a completed run adds its run time to the queue's p50
+    (`tasks/core/fairness.py`)."""
+
+    def on_end(self, ending: Ending, pipe) -> None:
+        queue = ending.job.origin
+        if not queue:
+            return
+        fairness.leave_in(pipe, queue, ending.job.id)
+        if ending.outcome == "completed" and ending.ran_s is not None:
+            fairness.record_run_in(pipe, queue, ending.ran_s)
 
 
 class Credits:
@@ -120,20 +134,20 @@ class Announcement:
         pipe.publish(changes.CHANNEL, ending.job.id)
 
 
-HOOKS = [Credits(), Input(), Webhook(), Metrics(), Deadline(), Announcement()]
+HOOKS = [Fairness(), Credits(), Input(), Webhook(), Metrics(), Deadline(), Announcement()]
 
 
 def execution_fence(job_id: str, execution_id: str) -> Fence:
     """The fence of a worker's end: its execution still owns the job, and the job has not ended."""
     def owns(pipe) -> bool:
-        pipe.watch(executions_key(job_id), f"rq:job:{job_id}")
+        pipe.watch(executions_key(job_id), job_key(job_id))
         return pipe.zscore(executions_key(job_id), execution_id) is not None and not ended(pipe, job_id)
     return owns
 
 
 def ended(pipe, job_id: str) -> bool:
     """Whether the job's stored status is a final one (read on a watching pipeline)."""
-    return pipe.hget(f"rq:job:{job_id}", "status") in ENDED
+    return pipe.hget(job_key(job_id), "status") in ENDED
 
 
 def finish(connection, ending: Ending, writes: Writes | None, fence: Fence) -> bool:

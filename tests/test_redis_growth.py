@@ -21,6 +21,7 @@ LONG_LIVED = [re.compile(p) for p in (
     r"rq:queues", rf"rq:queue:{QUEUE}", r"rq:workers", rf"rq:workers:{QUEUE}", r"rq:worker:.+",
     rf"rq:(wip|finished|failed|canceled|scheduled|deferred):{QUEUE}",  # registries: checked below
     rf"inkq:workers:{QUEUE}", r"inkq:metrics", r"inkq:recovery:stats",
+    rf"inkq:fair:{QUEUE}(:state|:runs|:users|:waiting)?",  # the fair order: checked below
     r"inkq:credits:[^:]+",  # a user's balance: one per user, never per job
 )]
 REGISTRY = re.compile(rf"rq:(wip|finished|failed|canceled|scheduled|deferred):{QUEUE}")
@@ -78,6 +79,14 @@ def test_every_key_a_user_causes_expires_or_is_bounded(stack):
         if r.ttl(key) == -1 and not any(p.fullmatch(key) for p in LONG_LIVED):
             forever.append(key)
     assert not forever, f"keys a user caused that never expire: {sorted(forever)}"
+
+    # the fair order holds waiting jobs only, and keeps a bounded list of run times per queue
+    from tasks.core import fairness, keys
+    from tasks.core.queues import QUEUE_NAMES
+    for queue in QUEUE_NAMES:
+        assert r.zcard(keys.fair_key(queue)) == 0 and r.hlen(keys.fair_waiting_key(queue)) == 0, queue
+        assert r.zcard(keys.fair_users_key(queue)) == 0 and r.llen(keys.fair_runs_key(queue)) <= fairness.RUNS_KEPT
+        assert set(r.hkeys(keys.fair_state_key(queue))) <= {b"v", b"seq", b"run_s"}
 
     now = time.time()
     for key in (k.decode() for k in r.scan_iter(count=1000)):

@@ -178,15 +178,6 @@ def test_each_plan_has_its_own_submission_rate(planned):
 # ---- the fair order's weights, measured -------------------------------------------------------------
 
 
-def _fairness_missing() -> bool:
-    try:
-        import tasks.core.fairness  # noqa: F401
-    except ImportError:
-        return True
-    return False
-
-
-@pytest.mark.skipif(_fairness_missing(), reason="needs the fair order (tasks.core.fairness), built on another branch")
 def test_pro_users_start_about_four_times_as_often_and_free_users_still_start(tmp_path):
     """5 pro users (weight 4) and 5 free users (weight 1) queue 6 jobs each before any worker runs, the free
     users first; of the first 25 starts 65-90% are pro, and every free user starts a job among the first 30."""

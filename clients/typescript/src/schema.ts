@@ -393,6 +393,12 @@ export interface components {
          * @description Answer to an accepted submission (202) or a repeated Idempotency-Key (200).
          */
         JobAccepted: {
+            /**
+             * Etas
+             * @description Estimated seconds until the result; null when unknown.
+             * @default null
+             */
+            etaS: number | null;
             /** Jobid */
             jobId: string;
             /**
@@ -402,6 +408,12 @@ export interface components {
             operation: "stencil" | "enhance" | "ia-gen" | "color-match";
             /** Queue */
             queue: string;
+            /**
+             * Queueposition
+             * @description 1 = the next job to start in its queue, in the fair order; null when not known.
+             * @default null
+             */
+            queuePosition: number | null;
             /**
              * Status
              * @enum {string}
@@ -456,6 +468,11 @@ export interface components {
             endedAt: string | null;
             /** Error */
             error: string | null;
+            /**
+             * Etas
+             * @description Waiting and active jobs: estimated seconds until the result (from the queue's recent p50 run time, its live slots and the position); null otherwise or when unknown.
+             */
+            etaS: number | null;
             /** Jobid */
             jobId: string;
             /** Operation */
@@ -464,6 +481,11 @@ export interface components {
             progress: number;
             /** Queue */
             queue: string;
+            /**
+             * Queueposition
+             * @description Waiting jobs: 1 = the next to start in its queue, in the fair order across users; null otherwise, or when not known (a job waiting for a retry).
+             */
+            queuePosition: number | null;
             result: components["schemas"]["JobResult"] | null;
             /** Stage */
             stage: string;
@@ -509,8 +531,18 @@ export interface components {
             concurrency: number;
             /** Failed */
             failed: number;
+            /**
+             * Runs
+             * @description p50 of the queue's last 100 completed runs, in seconds; null before any.
+             */
+            runS: number | null;
             /** Scheduled */
             scheduled: number;
+            /**
+             * Users
+             * @description Users with jobs waiting in the queue.
+             */
+            users: number;
             /** Waiting */
             waiting: number;
             /** Workers */
