@@ -50,7 +50,7 @@ RUNS_KEPT = 100
 # download and checks, many at once; a local stencil takes 1-3 s, a color-match about 1 s.
 PRIOR_RUN_S = {QUEUES["stencil"].name: 8.0, QUEUES["enhance"].name: 10.0, QUEUES["ia-gen"].name: 10.0,
                QUEUES["color-match"].name: 2.0}
-JOB_PREFIX = "rq:job:"
+JOB_PREFIX = keys.job_key("")  # rq's job hash prefix
 
 _ENQUEUE = scripts.load("fair_enqueue")
 _TAKE = scripts.load("fair_take")
