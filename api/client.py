@@ -3,7 +3,8 @@
     inkq generate PHOTO [--operation stencil|enhance|color-match|ia-gen] [--style S] [--line-weight W]
                         [--colors N] [--prompt TEXT] [--engine E] [--webhook-url URL] [--format png|svg]
                         [--wait] [-o OUT.png|OUT.svg]
-    inkq status ID | inkq jobs [--limit N] [--status WORD] | inkq cancel ID | inkq credits
+                        [--retention-s N]
+    inkq status ID | inkq jobs [--limit N] [--status WORD] | inkq cancel ID | inkq erase ID | inkq credits
 
 It reads INKQ_URL and INKQ_TOKEN; `--url` and `--token` override them. `--wait` follows the job's
 event stream (`/status/<id>/events`), falling back to polling `/status/<id>` if the stream breaks;
@@ -100,6 +101,8 @@ class Client:
 
 
 def _answer(response: requests.Response) -> dict:
+    if response.status_code == 204:  # done, nothing to say (an erasure)
+        return {}
     try:
         body = response.json()
     except ValueError:
@@ -195,7 +198,7 @@ def cmd_generate(client: Client, args) -> int:
     fmt = "svg" if svg_out else args.format
     for field, value in (("style", args.style), ("lineWeight", args.line_weight), ("colors", args.colors),
                          ("prompt", args.prompt), ("engine", args.engine), ("webhookUrl", args.webhook_url),
-                         ("format", fmt)):
+                         ("format", fmt), ("retentionS", args.retention_s)):
         if value is not None:
             body[field] = value
     accepted = client.call("POST", "/generate", json=body)
@@ -246,6 +249,12 @@ def cmd_cancel(client: Client, args) -> int:
     return DONE
 
 
+def cmd_erase(client: Client, args) -> int:
+    client.call("DELETE", f"/jobs/{args.job_id}/data")
+    _print(args, {"jobId": args.job_id, "erased": True}, f"{args.job_id} erased")
+    return DONE
+
+
 def cmd_credits(client: Client, args) -> int:
     body = client.call("GET", "/credits")
     _print(args, body, str(body["balance"]) if body.get("enabled", True) else "credits are off on this server")
@@ -274,10 +283,13 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--engine", choices=["auto", "local", "gemini"])
     gen.add_argument("--webhook-url")
     gen.add_argument("--format", choices=["png", "svg"], help="stencil: also an SVG (implied by -o NAME.svg)")
+    gen.add_argument("--retention-s", type=int, help="delete the job and its images this many seconds after it ends")
     gen.add_argument("--wait", action="store_true", help="follow the job until it ends")
     gen.add_argument("-o", "--output", help="save the result here, PNG or .svg (implies --wait)")
     gen.set_defaults(run=cmd_generate)
-    for name, helptext, run in (("status", "a job's status", cmd_status), ("cancel", "cancel a job", cmd_cancel)):
+    for name, helptext, run in (("status", "a job's status", cmd_status), ("cancel", "cancel a job", cmd_cancel),
+                                ("erase", "erase a job now: its record, input and outputs (canceled first)",
+                                 cmd_erase)):
         one = sub.add_parser(name, help=helptext)
         one.add_argument("job_id")
         one.set_defaults(run=run)

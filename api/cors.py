@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-JOB_PATHS = re.compile(r"^/(generate|status/[^/]+(/events)?|result/[^/]+|jobs(/[^/]+)?|credits|uploads)$")
+JOB_PATHS = re.compile(r"^/(generate|status/[^/]+(/events)?|result/[^/]+|jobs(/[^/]+(/data)?)?|credits|uploads)$")
 ALLOW_METHODS = "GET, POST, DELETE"
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
 EXPOSE_HEADERS = "X-Request-ID, Retry-After, Location"

@@ -4,7 +4,8 @@ of end-of-job concerns, `HOOKS`, that it runs.
 The ways a job ends: completed, failed or retried by its worker (`tasks.runtime.worker.InkqWorker.end`),
 timed out or stopped on request by its slot's supervisor (`tasks/runtime/slots.py`), ended after a dead
 worker by the recovery sweep (`tasks/runtime/recovery.py`, through its `inkq:ending` entries), canceled while
-waiting by the API (`api/store.py`).
+waiting by the API (`api/store.py`), and ended before an erasure when its worker did not stop it in time
+(`tasks/erasure.py`).
 
 `finish` runs one WATCH/MULTI/EXEC transaction:
 1. the **fence**: the caller's proof that it still owns the job (a worker: its rq execution id is still
@@ -14,7 +15,7 @@ waiting by the API (`api/store.py`).
    its liveness (SIGSTOP, a paused VM, a partition) whose job ran again elsewhere cannot overwrite
    the second run's status, result, meta, credits or webhook;
 2. the caller's rq writes for that outcome (status, result, registries, its execution's removal);
-3. every hook, in order: credits, input, webhook, metrics, announcement. A hook only adds commands to
+3. every hook, in order: credits, input, webhook, metrics, retention, announcement. A hook only adds commands to
    the transaction: no round trips, no S3 call. So the end, its settlement, its input's deletion and
    its webhook delivery's enqueue happen together or not at all.
 
@@ -24,13 +25,14 @@ transaction (a job that expired, or one ended by code from before this module).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from redis.exceptions import WatchError
 
 from .core import blobs, changes, credits, metrics
-from .core.keys import executions_key
+from .core.keys import RETENTION_KEY, executions_key
 
 log = logging.getLogger("inkq.ending")
 
@@ -47,7 +49,7 @@ class Ending:
 
     job: object
     outcome: str  # one of OUTCOMES
-    by: str  # worker | supervisor-timeout | supervisor-stop | sweep | api | deadline
+    by: str  # worker | supervisor-timeout | supervisor-stop | sweep | api | deadline | erasure (api, admin, retention)
     ran_s: float | None = None
     webhook_retry_s: tuple | None = None  # WEBHOOK_RETRY_S of a process other than a worker service (the API's)
 
@@ -104,6 +106,17 @@ class Metrics:
             metrics.observe(None, "run", queue, ending.ran_s, pipeline=pipe)
 
 
+class Retention:
+    """A final end of a job submitted with `retentionS` enters it in the retention set, due that long from now:
+    the retention sweep erases it then (`tasks/erasure.py`). Its rq records expire `RETENTION_GRACE_S` later
+    (its TTLs, set at submission), a backstop when no worker service sweeps."""
+
+    def on_end(self, ending: Ending, pipe) -> None:
+        keep = (ending.job.meta or {}).get("retentionS")
+        if ending.final and isinstance(keep, int) and keep > 0:
+            pipe.zadd(RETENTION_KEY, {ending.job.id: time.time() + keep})
+
+
 class Announcement:
     """Event streams hear of the change (`tasks/core/changes.py`), sent when the transaction commits."""
 
@@ -111,7 +124,7 @@ class Announcement:
         pipe.publish(changes.CHANNEL, ending.job.id)
 
 
-HOOKS = [Credits(), Input(), Webhook(), Metrics(), Announcement()]
+HOOKS = [Credits(), Input(), Webhook(), Metrics(), Retention(), Announcement()]
 
 
 def execution_fence(job_id: str, execution_id: str) -> Fence:

@@ -51,7 +51,7 @@ from rq.utils import now, utcformat
 from .. import ending
 from ..core import blobs, changes, logs, metrics
 from ..core.errors import CRASH_FAILURE
-from ..core.keys import TICK_KEY
+from ..core.keys import ENDING_KEY, TICK_KEY
 from ..core.queues import QUEUE_NAMES
 
 log = logging.getLogger("inkq.recovery")
@@ -60,7 +60,6 @@ LIVENESS_EVERY_S = 1.0
 SWEEP_EVERY_S = 1.0
 # rq's scheduler renews its per-queue lock to 61 s every second; one not renewed for 10 s is dead.
 SCHEDULER_STALE_MS = 51_000
-ENDING_KEY = "inkq:ending"  # job id -> the end the sweep decided ("failed" | "canceled"), until `drain` ends it
 FAILURE_TTL_S = 604800  # a swept job's record lives this long without a failure TTL of its own
 
 
@@ -100,10 +99,12 @@ return requeue_at_head(KEYS[2], back)
 
 # KEYS: none (the script walks rq's and inkq's keys for the queues given; a single Redis, not a cluster).
 # ARGV: now (Unix seconds, and in rq's timestamp format), the ending hash (`ENDING_KEY`), the scheduler lock's
-# stale threshold (ms), the change channel (tasks.core.changes), the metrics hash (tasks.core.metrics), then the queues.
+# stale threshold (ms), the change channel (tasks.core.changes), the metrics hash (tasks.core.metrics), the key
+# prefixes of an execution's outputs (PNG, SVG) and the blob expiry set (tasks.core.blobs), then the queues.
 SWEEP = _CLAIMS + """
 local now, now_utc, ending_key = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local stale_lock_ms, changes_channel, metrics_key = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local output_prefixes, expiry_key = {ARGV[7], ARGV[8]}, ARGV[9]
 local ended, changed, counts = {}, {}, {requeued = 0, recovered = 0, failed = 0, canceled = 0, released = 0, scheduled = 0}
 
 local function dead(worker)
@@ -127,7 +128,18 @@ local function to_end(job_id, word)
   counts[word] = counts[word] + 1
 end
 
-for qi = 7, #ARGV do
+local function drop_outputs(job_id, exec_id)
+  -- what a dead execution may have stored is never a result (its job runs again, or ends without one):
+  -- deleted in the Redis store, due now for the blob sweep in the S3 store
+  if exec_id == '' then return end
+  for _, prefix in ipairs(output_prefixes) do
+    local key = prefix .. job_id .. '/' .. exec_id
+    redis.call('DEL', key)
+    redis.call('ZADD', expiry_key, 'XX', 0, key)
+  end
+end
+
+for qi = 10, #ARGV do
   local queue = ARGV[qi]
   local back = {}
 
@@ -146,6 +158,7 @@ for qi = 7, #ARGV do
       redis.call('ZREM', 'rq:executions:' .. job_id, exec_id)
       redis.call('SREM', 'rq:worker:' .. worker .. ':executions', member)
       local status = redis.call('HGET', jkey, 'status')
+      if status ~= 'finished' then drop_outputs(job_id, exec_id) end
       if status == 'queued' or status == 'started' then
         local meta = meta_of(jkey)
         local retries_left = tonumber(redis.call('HGET', jkey, 'retries_left') or '0') or 0
@@ -240,7 +253,7 @@ class Recovery:
         """Run the sweep once, now, whatever the tick says."""
         raw = self._sweep(keys=[], args=[
             f"{time.time():.6f}", utcformat(now()), ENDING_KEY, SCHEDULER_STALE_MS, changes.CHANNEL, metrics.KEY,
-            *self.queues])
+            blobs.output_key(""), blobs.svg_key(""), blobs.EXPIRY_KEY, *self.queues])
         data = json.loads(raw)
         ended = [tuple(item) for item in (data.get("ended") or [])]
         return SweepResult(ended=ended, counts=data.get("counts") or {})

@@ -20,7 +20,7 @@ import threading
 from datetime import timedelta
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 from rq.connections import get_connection_kwargs
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
@@ -321,21 +321,36 @@ class InkqWorker(BaseWorker):
                 self.liveness.stop()
 
     def prepare_execution(self, job):
-        """rq's `prepare_execution`, plus taking the id out of this worker's claims in the same transaction.
+        """rq's `prepare_execution`, plus taking the id out of this worker's claims in the same transaction; None,
+        and only the id taken out of the claims, for a job that is gone or has ended meanwhile.
 
         So an id is always in exactly one owned place: the queue, a worker's claims, or the started
-        registry; the recovery sweep relies on it.
+        registry; the recovery sweep relies on it. The job's hash is watched: one erased or canceled between
+        this worker's dequeue and its start (`tasks/erasure.py`, `api/store.py`) gets no execution, whose
+        records would name an erased job again (rq would start it with the payload it had read).
         """
         with self.connection.pipeline() as pipeline:
-            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name)
-            self.executions[execution.id] = execution
-            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            if InkqQueue.claims_key:
-                pipeline.lrem(InkqQueue.claims_key, 1, job.id)
-            waited = metrics.seconds_between(job.enqueued_at, utcnow())
-            if waited is not None:
-                metrics.observe(self.connection, "wait", job.origin, waited, pipeline=pipeline)
-            pipeline.execute()
+            while True:
+                try:
+                    pipeline.watch(job.key)
+                    status = pipeline.hget(job.key, "status")
+                    pipeline.multi()
+                    if InkqQueue.claims_key:
+                        pipeline.lrem(InkqQueue.claims_key, 1, job.id)
+                    if status is None or status in ending.ENDED:
+                        pipeline.execute()
+                        return None
+                    execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline,
+                                                 worker_name=self.name)
+                    self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+                    waited = metrics.seconds_between(job.enqueued_at, utcnow())
+                    if waited is not None:
+                        metrics.observe(self.connection, "wait", job.origin, waited, pipeline=pipeline)
+                    pipeline.execute()
+                    break
+                except WatchError:
+                    continue
+        self.executions[execution.id] = execution
         return execution
 
     def end(self, job, queue, execution, by: str, result=None, exc_string: str | None = None,
@@ -382,6 +397,10 @@ class InkqWorker(BaseWorker):
                 job.set_status(JobStatus.STOPPED if stopped else JobStatus.FAILED, pipeline=pipe)
                 job._handle_failure(exc_string, pipeline=pipe, **meta)
                 self.increment_failed_job_count(pipe)
+            if outcome != "completed":  # what this execution stored is no result: a retry writes its own
+                outputs = blobs.outputs_of(job.id, execution.id)
+                pipe.delete(*outputs)
+                pipe.zadd(blobs.EXPIRY_KEY, {key: 0 for key in outputs}, xx=True)  # S3: the blob sweep's
             if job.started_at:
                 self.increment_total_working_time(job.ended_at - job.started_at, pipe)
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
