@@ -46,6 +46,7 @@ from datetime import timedelta
 
 from redis.exceptions import NoScriptError
 from rq.command import parse_payload
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import now, utcformat
@@ -224,7 +225,12 @@ class SlotWorker(InkqWorker):
             return
         _raise_in(slot.thread, Abandoned)
         self.detached.append(slot)
-        job = Job.fetch(slot.job.id, connection=self.connection, serializer=self.serializer)
+        try:
+            job = Job.fetch(slot.job.id, connection=self.connection, serializer=self.serializer)
+        except NoSuchJobError:  # erased meanwhile (tasks/erasure.py, which ended it): nothing left to end
+            log.info("job %s is gone; its slot is freed", slot.job.id)
+            self._release(slot)
+            return
         job.started_at = slot.job.started_at
         setattr(job, EXECUTION_ATTR, slot.execution.id)
         with logs.bound(**_fields(job)):

@@ -28,6 +28,7 @@ from rq.job import JobStatus
 from rq.queue import Queue
 from rq.utils import now as utcnow
 from rq.worker import BaseWorker, WorkerStatus
+from rq.job_lifecycle import call_exception_handlers, format_exc_info
 
 from .. import ending
 from ..core import blobs, keys, logs, metrics
@@ -416,6 +417,20 @@ class InkqWorker(BaseWorker):
             ending.refused(self.connection, job, execution.id, by)
             self.forget_execution(job, execution)
         return done
+
+    def handle_exception(self, job, *exc_info):
+        """rq's log line of a job's exception, without the job's arguments.
+
+        rq 3.0's `handle_exception` logs the traceback with `extra={'arguments': job.args, ...}`: under
+        LOG_FORMAT=json every extra is a field of the line, so each failed attempt logged the job's spec,
+        the user's prompt included, at ERROR. The line keeps the job, its function, queue and traceback."""
+        try:
+            func_name = job.func_name
+        except Exception:  # noqa: BLE001 - a payload that cannot be read (rq's DeserializationError)
+            func_name = "<unreadable>"
+        log.error("job %s: exception raised while executing (%s)\n%s", job.id, func_name, format_exc_info(exc_info),
+                  extra={"queue": job.origin})
+        call_exception_handlers(self._exc_handlers, job, *exc_info)
 
     def forget_execution(self, job, execution) -> None:
         """After a refused end: remove only this execution's own bookkeeping (a resumed heartbeat may have
