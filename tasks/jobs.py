@@ -1,7 +1,8 @@
 """Job functions, found by dotted name (`tasks.jobs.stencil`, ...). Each takes one JSON `spec`:
 
     {"jobId", "operation", "userId", "inputKey": str | None, "mimeType": str | None,
-     "params": {"style", "prompt", "engine", "lineWeight", "transparent", "colors"}}
+     "params": {"style", "prompt", "engine", "lineWeight", "transparent", "colors", "format", "upload",
+                "retentionS", "webhookUrl"}}
 
 A job reads its input from the blob store (`tasks/core/blobs.py`: Redis or S3), runs an engine, stores the
 PNG under its output key and returns `{"outputKey", ...operation-specific fields}`. A store that does

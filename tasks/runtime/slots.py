@@ -11,7 +11,10 @@ and changes only where a job runs:
 - **One place heartbeats every running execution.** rq 3.0 heartbeats an execution only from
   `Worker.monitor_work_horse`, which a thread never reaches: without `beat`, the started registry
   would drop a job running longer than its heartbeat TTL (about 90 s) as abandoned. `beat` renews the
-  worker, each execution and each job in one pipeline every `HEARTBEAT_EVERY_S`.
+  worker, each execution and each job in one pipeline every `HEARTBEAT_EVERY_S`. A job's start and its
+  heartbeats are fenced by the execution (`job_start.lua`, `heartbeat.lua`): rq's wrote the job's hash
+  whatever became of it, and so made a job erased meanwhile (`tasks/erasure.py`) exist again. The
+  outputs of a job ended here (stopped, timed out) are deleted once its detached thread is done.
 - **A per-job timeout without signals.** rq's `UnixSignalDeathPenalty` works only on the main thread,
   and `TimerDeathPenalty`'s asynchronous exception cannot interrupt a blocked socket read. A provider
   call is bounded by its HTTP timeout (`GEMINI_TIMEOUT_S`, below every job timeout); as the last resort,
