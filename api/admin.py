@@ -134,8 +134,11 @@ def erase_user(user_id: str):
         raise bad_request("Bad user id: an API key's user id, or jwt:<sub> for a JWT user.")
     ctx = current_app.extensions["inkq"]
     jobs, objects = ctx.store.erase_user(user_id, webhook_retry_s=ctx.settings.webhook_retry_s)
-    log.info("erased the data of user %s at an admin's request: %d jobs, %d image objects", user_id, jobs, objects)
-    return jsonify({"jobs": jobs, "objects": objects})
+    for job_id in jobs:
+        ctx.hub.changed(job_id)
+    log.info("erased the data of user %s at an admin's request: %d jobs, %d image objects", user_id, len(jobs),
+             objects)
+    return jsonify({"jobs": len(jobs), "objects": objects})
 
 
 def _origin(url: str) -> str | None:

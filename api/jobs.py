@@ -236,6 +236,7 @@ def erase(job_id: str):
     listing entry and leases deleted; every job endpoint answers 404 for it afterwards."""
     job = _owned(job_id)
     objects = _ctx().store.erase(job, "api", webhook_retry_s=_ctx().settings.webhook_retry_s)
+    _ctx().hub.changed(job_id)  # this process's cached status goes now (the others' with the announcement)
     log.info("job erased by its owner (%d image objects)", objects, extra={"jobId": job_id})
     return "", 204
 

@@ -233,14 +233,14 @@ class JobStore:
             self.cancel(job, webhook_retry_s=webhook_retry_s)
         return erasure.erase_job(self.redis, self.blobs, job.id, by)[1]
 
-    def erase_user(self, user_id: str, webhook_retry_s: tuple | None = None) -> tuple[int, int]:
+    def erase_user(self, user_id: str, webhook_retry_s: tuple | None = None) -> tuple[list[str], int]:
         """Erase everything of a user (`DELETE /admin/users/<userId>/data`): each of their jobs as `erase` (the
-        ones still running stopped together), then their own keys (`tasks.erasure.erase_user`). (jobs, image
-        objects) erased."""
+        ones still running stopped together), then their own keys (`tasks.erasure.erase_user`). (the ids of the
+        jobs erased, the image objects deleted)."""
         jobs = [job for job in (self.fetch(job_id, user_id) for job_id in erasure.jobs_of(self.redis, user_id)) if job]
         live = [job for job in jobs if word_of(job, refresh=True) not in TERMINAL]
         for job in live:
             self._ask_to_cancel(job, webhook_retry_s)
         self._await_stops(live, STOP_WAIT_S)
         objects = sum(erasure.erase_job(self.redis, self.blobs, job.id, "admin")[1] for job in jobs)
-        return len(jobs), objects + erasure.erase_user(self.redis, self.blobs, user_id)
+        return [job.id for job in jobs], objects + erasure.erase_user(self.redis, self.blobs, user_id)

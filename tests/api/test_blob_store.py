@@ -33,9 +33,27 @@ pytestmark = pytest.mark.usefixtures("s3_workers")
 
 
 @pytest.fixture(scope="module", autouse=True)
+def retained_in_redis(workers, redis_url):
+    """The same with the Redis store, on the suite's shared worker service (its result served behind a signed
+    `/files/` link)."""
+    from api import create_app
+
+    server = ApiServer(create_app(base_config(redis_url)))
+    api = Api(server.url)
+    job_id = api.submit(photo((160, 120)), engine="local", format="svg", retentionS=60).json()["jobId"]
+    status = api.wait(job_id)
+    assert status["status"] == "completed", status
+    try:
+        yield {"api": api, "jobId": job_id, "ended": time.time(),
+               "urls": [status["result"]["image"], status["result"]["svg"]], "redis": redis_url}
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
 def retained_in_the_store(s3_workers, s3_redis, seaweed):
-    """A job kept for 60 s after its end (`retentionS`), submitted as the module starts: its last test checks
-    that its objects are gone a minute after its end, while the others run meanwhile."""
+    """A job kept for 60 s after its end (`retentionS`) in the S3 store, submitted as the module starts: its last
+    test checks that it and its objects are gone a minute after its end; the module's other tests run meanwhile."""
     from api import create_app
 
     server = ApiServer(create_app(base_config(s3_redis.url, BLOB_STORE=S3_STORE, **seaweed.env)))
@@ -738,16 +756,22 @@ def test_erasing_a_user_deletes_their_objects_uploads_and_keys(make_s3_api, seaw
     assert kept["status"] == "completed" and requests.get(kept["result"]["image"], timeout=10).status_code == 200
 
 
-def test_a_job_kept_for_retention_s_leaves_the_store_a_minute_after_it_ends(retained_in_the_store, seaweed,
-                                                                               s3_redis):
-    """Last in the module: the job submitted as it started, with retentionS=60, is erased by the workers'
-    retention sweep: status 404, its objects deleted and its presigned URLs dead, nothing of it in Redis."""
-    api, job_id = retained_in_the_store["api"], retained_in_the_store["jobId"]
-    remaining = retained_in_the_store["ended"] + 60 - time.time()
+@pytest.mark.parametrize("store", ["redis", "s3"])
+def test_a_job_kept_for_retention_s_is_gone_a_minute_after_it_ends(store, retained_in_redis, retained_in_the_store,
+                                                                    seaweed, s3_redis):
+    """Last in the module: the jobs submitted as it started, with retentionS=60, are erased by the workers'
+    retention sweep a minute after their end: status 404, every link dead (a signed `/files/` link, presigned
+    URLs of objects deleted), nothing of them in Redis or the bucket."""
+    retained = retained_in_redis if store == "redis" else retained_in_the_store
+    api, job_id = retained["api"], retained["jobId"]
+    remaining = retained["ended"] + 60 - time.time()
+    if remaining > 5:  # still within its retention: all there
+        assert api.get(f"/status/{job_id}").json()["status"] == "completed"
+        assert all(requests.get(url, timeout=10).status_code == 200 for url in retained["urls"])
     wait_until(lambda: api.get(f"/status/{job_id}").status_code == 404, timeout=max(remaining, 0) + 30,
                interval=0.5, what="the retained job to be erased")
-    assert time.time() >= retained_in_the_store["ended"] + 60 - 2
-    for url in retained_in_the_store["urls"]:
+    assert time.time() >= retained["ended"] + 60 - 2  # not before its time (it ended before `ended`)
+    for url in retained["urls"]:
         assert requests.get(url, timeout=10).status_code == 404
     assert bucket_traces(seaweed, [job_id]) == []
-    assert erasure_leftovers(redis_lib.Redis.from_url(s3_redis.url), [job_id]) == []
+    assert erasure_leftovers(redis_lib.Redis.from_url(retained.get("redis") or s3_redis.url), [job_id]) == []
