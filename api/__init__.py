@@ -63,7 +63,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     from .store import JobStore
 
     settings = Settings.load(config)
-    auth = Authenticator.from_settings(settings.auth)
+    auth = Authenticator.from_settings(settings.auth, settings.plans)
     if not auth.configured and not settings.dev:
         raise ConfigError("no authentication is configured: set API_KEYS, JWT_SECRET or JWT_JWKS_URL "
                           "(INKQ_DEV=1 allows running without, for `make run` only)")
@@ -90,7 +90,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         settings=settings, redis=redis, blobs=blobs,
         store=JobStore(redis, settings.result_ttl_s, settings.failure_ttl_s, blobs),
         admission=Admission(redis, settings),
-        limiter=limits.submissions(settings.redis_url, settings.rate_limit, redis.connection_pool),
+        limiter=limits.submissions(settings.redis_url, settings.plans, redis.connection_pool),
         read_limiter=limits.reads(settings.redis_url, settings.read_rate_limit, redis.connection_pool),
         links=ResultLinks(settings.secret_key, settings.result_url_ttl_s, blobs),
         metrics=metrics, auth=auth, hub=Hub(settings.redis_url),

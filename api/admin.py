@@ -39,6 +39,7 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from tasks.core import fairness
 from tasks.core import metrics as job_metrics
 from tasks.core.queues import QUEUES
 
@@ -72,6 +73,8 @@ def queue_stats(redis) -> dict:
     `waiting` counts the queue and the ids workers have claimed but not yet started. `concurrency` is
     what the running worker services publish (`tasks.core.metrics.queue_gauges`: the slots of the queue's
     live workers, summed), never the API's own idea of CONCURRENCY_*: 0 while no worker runs the queue.
+    `runS` is the p50 of the queue's last 100 run times (null before any) and `users` the users with jobs
+    waiting in its fair order (`tasks.core.fairness.stats`).
     """
     workers = Worker.all(connection=redis, serializer=JSONSerializer)
     waiting = job_metrics.waiting_counts(redis, [spec.name for spec in QUEUES.values()])
@@ -82,6 +85,7 @@ def queue_stats(redis) -> dict:
             pipe.zcard(registry_class(spec.name, connection=redis, serializer=JSONSerializer).key)
     counts = pipe.execute()
     gauges = job_metrics.queue_gauges(redis, [spec.name for spec in QUEUES.values()])
+    fair = fairness.stats(redis, [spec.name for spec in QUEUES.values()])
     snapshot = job_metrics.read(redis)
     for i, spec in enumerate(QUEUES.values()):
         active, completed, failed, scheduled = counts[i * 4:(i + 1) * 4]
@@ -90,6 +94,7 @@ def queue_stats(redis) -> dict:
             "scheduled": scheduled,
             "workers": sum(1 for w in workers if spec.name in w.queue_names()),
             "concurrency": gauges[spec.name].pop("concurrency"),
+            **fair[spec.name],
             **gauges[spec.name],
             **job_metrics.summary(snapshot, spec.name),
         }
@@ -99,7 +104,7 @@ def queue_stats(redis) -> dict:
 @bp.get("/queue-stats")
 @require_admin
 def stats():
-    """Per queue: waiting, active, completed, failed, scheduled, workers, concurrency (API.md), then the oldest
+    """Per queue: waiting, active, completed, failed, scheduled, workers, concurrency, runS, users (API.md), then the oldest
     waiting job's age, live workers, outcome totals, and run and queue-wait times."""
     ctx = current_app.extensions["inkq"]
     return jsonify(queue_stats(ctx.redis))

@@ -1,6 +1,8 @@
-"""Admission of a submission: jobs in flight per user, queue depth and credits, in one atomic step.
+"""Admission of a submission: jobs in flight per user, queue depth and credits, in one atomic step
+(`tasks/core/lua/admit.lua`).
 
-Checked in this order, before anything is queued: in-flight jobs (429 `too_many_jobs`), the
+Checked in this order, before anything is queued: in-flight jobs (429 `too_many_jobs`; the limit is the
+user's plan's `inflight`, `api/plans.py`, which is MAX_INFLIGHT_PER_USER without PLANS), the
 queue's waiting depth (503 `queue_full`: ids in the queue plus ids a worker has claimed and not yet
 started, see `tasks/runtime/recovery.py`), then credits (403 `insufficient_credits`), which are
 reserved in the same Lua script. A refused submission is never charged. An admitted job is marked as
@@ -14,38 +16,13 @@ import logging
 
 from redis import Redis
 from tasks import ending
-from tasks.core import credits, keys
+from tasks.core import credits, keys, scripts
 from tasks.core.queues import QUEUES
 
 from .errors import ApiError
 from .status import TERMINAL, read_many
 
 log = logging.getLogger("inkq.api")
-
-_ADMIT = """
-local inflight, qkey, bkey, ckey, wkey, akey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local max_inflight, max_depth = tonumber(ARGV[1]), tonumber(ARGV[2])
-local use_credits, cost, initial = ARGV[3] == '1', tonumber(ARGV[4]), tonumber(ARGV[5])
-local job_id, user_id, ttl, claims_p = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
-if redis.call('SCARD', inflight) >= max_inflight then return {'too_many_jobs', 0} end
-local depth = redis.call('LLEN', qkey)
-for _, worker in ipairs(redis.call('SMEMBERS', wkey)) do
-  depth = depth + redis.call('LLEN', claims_p .. worker)  -- taken off the queue, not started yet
-end
-if depth >= max_depth then return {'queue_full', 0} end
-local balance = 0
-if use_credits then
-  redis.call('SET', bkey, initial, 'NX')
-  balance = tonumber(redis.call('GET', bkey))
-  if balance < cost then return {'insufficient_credits', balance} end
-  balance = redis.call('DECRBY', bkey, cost)
-  redis.call('SET', ckey, cjson.encode({user_id, cost}), 'EX', ttl)
-end
-redis.call('SET', akey, 1, 'EX', ARGV[10])
-redis.call('SADD', inflight, job_id)
-redis.call('EXPIRE', inflight, ttl)
-return {'ok', balance}
-"""
 
 
 class Admission:
@@ -54,7 +31,7 @@ class Admission:
     def __init__(self, redis: Redis, settings):
         self.redis = redis
         self.settings = settings
-        self._admit = redis.register_script(_ADMIT)
+        self._admit = redis.register_script(scripts.load("admit"))
 
     def prune(self, user_id: str) -> None:
         """Settle the user's in-flight jobs that have ended (refunding failures and cancellations)."""
@@ -67,30 +44,32 @@ class Admission:
             else:
                 self.settle(job_id, user_id, view.word)
 
-    def _try(self, user_id: str, spec, operation: str, job_id: str) -> tuple[str, int]:
+    def _try(self, user_id: str, spec, operation: str, job_id: str, inflight: int) -> tuple[str, int]:
         s = self.settings
         verdict, value = self._admit(
             keys=[credits.inflight_key(user_id), keys.queue_key(spec.name),
                   credits.balance_key(user_id), credits.charge_key(job_id), keys.workers_key(spec.name),
                   credits.admitting_key(job_id)],
-            args=[s.max_inflight_per_user, s.queue_max_depth, "1" if s.credits_enabled else "0",
+            args=[inflight, s.queue_max_depth, "1" if s.credits_enabled else "0",
                   s.credit_costs[operation], s.credits_initial, job_id, user_id, credits.CHARGE_TTL_S,
                   keys.claims_key(""), credits.ADMIT_GRACE_S])
         return (verdict.decode() if isinstance(verdict, bytes) else verdict), value
 
-    def admit(self, user_id: str, operation: str, job_id: str) -> None:
-        """Reserve a place (and credits) for a job, or raise the contract's refusal."""
+    def admit(self, user_id: str, operation: str, job_id: str, plan=None) -> None:
+        """Reserve a place (and credits) for a job, or raise the contract's refusal; `plan` (`api.plans.Plan`,
+        the default plan's when None) gives the user's limit of jobs in flight."""
         s = self.settings
         spec = QUEUES[operation]
-        verdict, value = self._try(user_id, spec, operation, job_id)
+        inflight = (plan or s.plans.of(None)).inflight
+        verdict, value = self._try(user_id, spec, operation, job_id, inflight)
         if verdict in ("too_many_jobs", "insufficient_credits"):
             # The in-flight set may still hold jobs that ended, and their refunds may be owed:
             # settle them, then look again once.
             self.prune(user_id)
-            verdict, value = self._try(user_id, spec, operation, job_id)
+            verdict, value = self._try(user_id, spec, operation, job_id, inflight)
         if verdict == "too_many_jobs":
             raise ApiError(429, "too_many_jobs",
-                           f"You already have {s.max_inflight_per_user} jobs waiting or running; "
+                           f"You already have {inflight} jobs waiting or running; "
                            "wait for one to finish.", retry_after=5)
         if verdict == "queue_full":
             log.warning("queue full: %s has %d waiting jobs; refusing a submission", spec.name, s.queue_max_depth)

@@ -38,6 +38,11 @@ Design decisions:
   picked up at once while a flood of random ``kid`` values costs one request per interval. After a
   failed fetch the URL is left alone for min(5 s, interval); requests needing a fetch get
   ``AuthUnavailable`` meanwhile, and cached keys stay in use until a fetch succeeds.
+- Plans (`api/plans.py`): an API key's plan is the third field of its ``API_KEYS`` entry
+  (``token:userId:plan``); a JWT's is its claim ``PLAN_CLAIM``, read only after its signature and
+  claims are verified. A plan name is 1-64 characters of ``A-Za-z0-9._-``; ``plan_of`` turns what a
+  credential names (None when it names none) into the plan in force (``DEFAULT_PLAN`` for
+  anything unknown). Nothing in a request but its credential names a plan.
 - JWT_JWKS_URL must be https; plain http is accepted only for loopback hosts (tests, local dev).
 - Error messages are fixed strings that never contain the presented credential or a secret.
 """
@@ -53,12 +58,16 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 from urllib.parse import urlsplit
 
 import jwt
 
+from .plans import NAME as PLAN_NAME
+from .plans import NAME_RULE as PLAN_NAME_RULE
+
 if TYPE_CHECKING:
+    from .plans import Plans
     from .settings import AuthSettings
 
 log = logging.getLogger(__name__)
@@ -87,11 +96,13 @@ _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 @dataclass(frozen=True)
 class Principal:
-    """Who made a request: the user id jobs and credits belong to, and how it was proven."""
+    """Who made a request: the user id jobs and credits belong to, how it was proven, and the user's plan
+    (`api/plans.py`; None: the default plan)."""
 
     user_id: str
     is_admin: bool = False
     method: str = "api_key"
+    plan: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -119,24 +130,31 @@ def valid_user_id(user_id: str) -> bool:
     return bool(USER_ID_TEXT.fullmatch(user_id.removeprefix(JWT_USER_PREFIX)))
 
 
-def parse_api_keys(value: str | None) -> dict[str, str]:
-    """Parse API_KEYS (``token:userId,token:userId``) into ``{token: userId}``."""
-    keys: dict[str, str] = {}
+def parse_api_keys(value: str | None, plans: frozenset[str] | None = None) -> dict[str, tuple[str, str | None]]:
+    """Parse API_KEYS (``token:userId[:plan],...``) into ``{token: (userId, plan or None)}``. With ``plans``
+    (the names PLANS defines), a plan it does not define is refused."""
+    keys: dict[str, tuple[str, str | None]] = {}
     for number, entry in enumerate((value or "").split(","), start=1):
         entry = entry.strip()
         if not entry:
             continue
-        token, sep, user_id = entry.partition(":")
-        token, user_id = token.strip(), user_id.strip()
-        if not sep or not token or not user_id:
-            raise ValueError(f"API_KEYS entry {number} is malformed: expected token:userId")
+        token, sep, owner = entry.partition(":")
+        user_id, has_plan, plan = owner.partition(":")
+        token, user_id, plan = token.strip(), user_id.strip(), plan.strip()
+        if not sep or not token or not user_id or (has_plan and not plan):
+            raise ValueError(f"API_KEYS entry {number} is malformed: expected token:userId or token:userId:plan")
         if not USER_ID_TEXT.fullmatch(user_id):
             raise ValueError(f"API_KEYS entry {number}: the user id must be {USER_ID_RULE}")
         if not _TOKEN_TEXT.fullmatch(token):
             raise ValueError(f"API_KEYS entry {number}: the token must be printable ASCII without spaces")
-        if keys.get(token, user_id) != user_id:
-            raise ValueError(f"API_KEYS entry {number}: the same token is given to two users")
-        keys[token] = user_id
+        if has_plan and not PLAN_NAME.fullmatch(plan):
+            raise ValueError(f"API_KEYS entry {number}: the plan must be {PLAN_NAME_RULE}")
+        if has_plan and plans is not None and plan not in plans:
+            raise ValueError(f"API_KEYS entry {number}: plan {plan!r} is not one of PLANS ({', '.join(sorted(plans))})")
+        found = (user_id, plan or None)
+        if keys.get(token, found) != found:
+            raise ValueError(f"API_KEYS entry {number}: the same token is given to two users or plans")
+        keys[token] = found
     return keys
 
 
@@ -266,7 +284,7 @@ class Authenticator:
     def __init__(
         self,
         *,
-        api_keys: Mapping[str, str] | None = None,
+        api_keys: Mapping[str, str | tuple[str, str | None]] | None = None,
         admin_token: str | None = None,
         jwt_secret: str | None = None,
         jwks_url: str | None = None,
@@ -276,8 +294,11 @@ class Authenticator:
         jwks_timeout_s: float = 5,
         jwks_refresh_interval_s: float = 30,
         jwks_cache_s: float = JWKS_CACHE_LIFESPAN_S,
+        plan_claim: str = "plan",
+        plan_of: Callable[[object], str | None] | None = None,
     ) -> None:
-        api_keys = dict(api_keys or {})
+        owners = {token: owner if isinstance(owner, tuple) else (owner, None) for token, owner in (api_keys or {}).items()}
+        api_keys = {token: owner[0] for token, owner in owners.items()}
         for token, user_id in api_keys.items():
             if not isinstance(token, str) or not _TOKEN_TEXT.fullmatch(token):
                 raise ValueError("API keys must be printable ASCII without spaces")
@@ -293,7 +314,9 @@ class Authenticator:
             log.warning("JWT_SECRET is shorter than 32 bytes; HS256 secrets should be longer")
 
         self._admin_digest = _digest(admin_token) if admin_token is not None else None
-        self._api_keys = {_digest(token): user_id for token, user_id in api_keys.items()}
+        self.plan_claim = plan_claim
+        self._plan_of = plan_of or (lambda claimed: claimed if isinstance(claimed, str) and claimed else None)
+        self._api_keys = {_digest(token): (user_id, self._plan_of(plan)) for token, (user_id, plan) in owners.items()}
         self._jwt_secret = jwt_secret or None
         self._jwks = _JWKSKeys(jwks_url, jwks_timeout_s, jwks_refresh_interval_s, jwks_cache_s) if jwks_url else None
         self.jwks_url = jwks_url or None
@@ -303,10 +326,13 @@ class Authenticator:
         self._decode_options = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
 
     @classmethod
-    def from_settings(cls, settings: "AuthSettings") -> "Authenticator":
-        """Build from the API's settings: API_KEYS, ADMIN_TOKEN, JWT_SECRET, JWT_JWKS_URL, JWT_ISSUER, JWT_AUDIENCE."""
+    def from_settings(cls, settings: "AuthSettings", plans: "Plans | None" = None) -> "Authenticator":
+        """Build from the API's settings: API_KEYS, ADMIN_TOKEN, JWT_SECRET, JWT_JWKS_URL, JWT_ISSUER, JWT_AUDIENCE,
+        PLAN_CLAIM, and the plans in force (`api/plans.py`)."""
         return cls(
-            api_keys=parse_api_keys(settings.api_keys),
+            api_keys=parse_api_keys(settings.api_keys, plans.names if plans is not None else None),
+            plan_claim=settings.plan_claim,
+            plan_of=plans.name_of if plans is not None else None,
             admin_token=settings.admin_token,
             jwt_secret=settings.jwt_secret,
             jwks_url=settings.jwks_url,
@@ -337,9 +363,10 @@ class Authenticator:
             return Principal(ADMIN_USER_ID, True, "admin")
         found = self._api_keys.get(digest)
         if found is not None:
-            return Principal(found, False, "api_key")
+            return Principal(found[0], False, "api_key", found[1])
         if (self._jwt_secret or self._jwks) and _JWT_SHAPE.fullmatch(token):
-            return Principal(JWT_USER_PREFIX + self._verify_jwt(token), False, "jwt")
+            sub, plan = self._verify_jwt(token)
+            return Principal(JWT_USER_PREFIX + sub, False, "jwt", plan)
         raise AuthError("invalid credentials")
 
     def _basic(self, credentials: str) -> Principal:
@@ -354,7 +381,8 @@ class Authenticator:
             return Principal(ADMIN_USER_ID, True, "admin")
         raise AuthError("invalid credentials")
 
-    def _verify_jwt(self, token: str) -> str:
+    def _verify_jwt(self, token: str) -> tuple[str, str | None]:
+        """The verified token's ``sub`` and the plan its ``PLAN_CLAIM`` names (through ``plan_of``)."""
         try:
             header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, ValueError, TypeError):
@@ -392,7 +420,10 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not USER_ID_TEXT.fullmatch(sub):
             raise AuthError("invalid token subject")
-        return sub
+        claimed = claims.get(self.plan_claim)
+        if claimed is not None and not (isinstance(claimed, str) and PLAN_NAME.fullmatch(claimed)):
+            claimed = ""  # present but not a plan name: the default plan (plan_of logs it once)
+        return sub, self._plan_of(claimed)
 
     def _jwks_key(self, kid: object, alg: str) -> jwt.PyJWK:
         if not isinstance(kid, str) or not kid:

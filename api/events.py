@@ -8,6 +8,12 @@ changed. A stream also re-reads every `EVENTS_POLL_S`
 without an announcement, and sends a comment line then, so a lost announcement (a dropped
 listener connection, a writer that died between its write and its publish) only delays an event,
 and a client gone away is noticed.
+
+A waiting job's `queuePosition` and `etaS` change with nobody announcing it (another job is taken,
+canceled or queued ahead): its stream re-reads once a second (`PLACE_EVERY_S`), and a status object
+that differs from the last one sent only in those two fields goes out at most once a second. Every
+other change is sent as soon as it is read. For the same reason the status cache keeps a waiting
+job's view for at most `PLACE_EVERY_S`.
 """
 from __future__ import annotations
 
@@ -23,12 +29,16 @@ from typing import Callable, Iterator
 from redis import Redis
 from redis.exceptions import RedisError
 
+from tasks.core import deadlines
 from tasks.core.changes import CHANNEL
 
-from .status import TERMINAL, View, describe, read
+from .status import TERMINAL, WAITING, View, describe, read
 from .store import valid_job_id
 
 log = logging.getLogger("inkq.api")
+
+PLACE_EVERY_S = 1.0  # how often a waiting job's place is re-read, and sent at most
+PLACE_FIELDS = ("queuePosition", "etaS")
 
 
 class Hub:
@@ -66,6 +76,8 @@ class Hub:
         entry = self._cache.get(job_id)
         if entry is None:
             return None
+        if getattr(entry[1], "place", None) is not None and entry[1].place.position is not None:
+            max_age_s = min(max_age_s, PLACE_EVERY_S)  # a waiting job's position moves unannounced
         if time.monotonic() - entry[0] > max_age_s:
             with self._lock:
                 self._cache.pop(job_id, None)
@@ -86,12 +98,18 @@ class Hub:
             while len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
 
-    def read(self, redis: Redis, job_id: str) -> View | None:
+    def read(self, redis: Redis, job_id: str, reuse_s: float = 0.0) -> View | None:
         """`status.read` of job_id for a stream, shared by the streams of this process: one announcement wakes
         every stream watching the job (50 per job in `make bench`), and they all need the same view. A
         reader joins a read of the job in flight when that read began after the last announcement the
         process has seen (and so after any change announced so far); else it starts one. Errors are
-        shared too."""
+        shared too. With `reuse_s`, a view in the status cache younger than that is taken as it is (the
+        cache never holds a view older than an announced change): the once-a-second re-reads of a
+        waiting job's streams cost one read between them."""
+        if reuse_s > 0:
+            cached = self.cached(job_id, reuse_s)
+            if cached is not None:
+                return cached
         with self._lock:
             flight = self._flights.get(job_id)
             lead = flight is None or flight.seq != self._seq
@@ -104,7 +122,10 @@ class Hub:
                 return flight.view
             return read(redis, job_id)  # the read in flight is stuck: read alone
         try:
+            mark = self.mark()
             flight.view = read(redis, job_id)
+            if flight.view is not None:
+                self.remember(job_id, flight.view, mark)
             return flight.view
         except Exception as exc:
             flight.error = exc
@@ -200,6 +221,11 @@ class Hub:
                 delay = min(delay * 2, 5.0)
 
 
+def _only_place_changed(body: dict, last: dict) -> bool:
+    """Whether two status objects differ in queuePosition and etaS only."""
+    return all(body.get(k) == last.get(k) for k in body.keys() | last.keys() if k not in PLACE_FIELDS)
+
+
 class _Flight:
     """One read of a job in flight (`Hub.read`): the announcements seen when it began, then its outcome."""
 
@@ -214,9 +240,13 @@ class _Flight:
 
 def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str],
            recheck_s: float, limit_s: float, renew: Callable[[], None] | None = None,
-           first: View | None = None, woken: threading.Event | None = None) -> Iterator[str]:
+           first: View | None = None, woken: threading.Event | None = None,
+           past_deadline: Callable[[View], View | None] | None = None) -> Iterator[str]:
     """The event-stream body: status objects as they change, ending after the terminal one; `renew`
     (the stream's lease, api/leases.py) is called at least every `recheck_s` while it runs.
+
+    `past_deadline` (`api.store.JobStore.past_deadline`): a view of a job waiting past its start deadline
+    becomes the view after its end; a waiting job with a deadline is read again at its deadline.
 
     `first`, `woken`: a view of the job read after `woken = hub.watch(job_id)` was registered (the
     read that opened the stream): it is the first event, sent with the retry line in one write, and
@@ -229,9 +259,13 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
         woken = hub.watch(job_id)
     try:
         last = None
+        sent_at = 0.0  # when the last status object went out
         deadline = time.monotonic() + limit_s
-        renewed = time.monotonic()
+        renewed = spoke = time.monotonic()
         view = first
+        wake_at = None  # a waiting job's deadline (monotonic), when it comes before the next re-read
+        placed = False  # the job waits with a position: re-read every PLACE_EVERY_S
+        held = False  # a change of the place only, held back by the once-a-second limit
         while True:
             if renew is not None and time.monotonic() - renewed >= recheck_s:
                 renew()
@@ -239,25 +273,49 @@ def stream(hub: Hub, redis: Redis, job_id: str, result_url: Callable[[str], str]
             if view is None:
                 woken.clear()  # cleared before the read: an announcement during it wakes the next wait
                 try:
-                    view = hub.read(redis, job_id)
+                    view = hub.read(redis, job_id, PLACE_EVERY_S / 2 if placed else 0.0)
                 except RedisError as exc:  # the stream stays open and tries again at its next wake
                     log.warning("event stream could not read job %s: %s", job_id, exc)
                 else:
                     if view is None:  # expired while watched
                         return
+            if view is not None and past_deadline is not None:
+                try:
+                    view = past_deadline(view)
+                except RedisError as exc:  # shown as read; the supervisors end it, and announce that
+                    log.warning("event stream could not end job %s at its deadline: %s", job_id, exc)
+                if view is None:
+                    return
             if view is not None:
+                left = deadlines.seconds_left(view.meta) if view.word == WAITING else None
+                # due and still waiting (a worker is taking it): look again in a second
+                wake_at = None if left is None else time.monotonic() + (left + 0.05 if left > 0 else 1.0)
                 body = describe(view, result_url)
                 view = None
+                placed = body["queuePosition"] is not None
+                held = False
                 if body != last:
-                    yield f"{prefix}event: status\ndata: {json.dumps(body)}\n\n"
-                    prefix, last = "", body
+                    if (last is None or not _only_place_changed(body, last)
+                            or time.monotonic() - sent_at >= PLACE_EVERY_S):
+                        yield f"{prefix}event: status\ndata: {json.dumps(body)}\n\n"
+                        prefix, last, sent_at, spoke = "", body, time.monotonic(), time.monotonic()
+                    else:
+                        held = True
                 if body["status"] in TERMINAL:
                     return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if not woken.wait(min(recheck_s, remaining)):
+            wait = min(recheck_s, remaining)
+            if held:  # read again (and send) once the last status object is a second old
+                wait = min(wait, max(0.05, sent_at + PLACE_EVERY_S - time.monotonic()))
+            elif placed:
+                wait = min(wait, PLACE_EVERY_S)
+            if wake_at is not None:  # the deadline comes first: read then
+                wait = min(wait, max(wake_at - time.monotonic(), 0.0))
+            if not woken.wait(wait) and time.monotonic() - spoke >= recheck_s:
                 yield ": still watching\n\n"
+                spoke = time.monotonic()
     finally:
         hub.unwatch(job_id, woken)
 
@@ -283,5 +341,6 @@ def open_stream(ctx, job_id: str, user_id: str, result_url: Callable[[str], str]
         return None
     view, lease = opened
     body = stream(ctx.hub, ctx.redis, job_id, result_url, ctx.settings.events_poll_s, ctx.settings.events_max_s,
-                  renew=lease.renew, first=view, woken=woken)
+                  renew=lease.renew, first=view, woken=woken,
+                  past_deadline=partial(ctx.store.past_deadline, webhook_retry_s=ctx.settings.webhook_retry_s))
     return body, (lease.release, partial(ctx.hub.unwatch, job_id, woken))

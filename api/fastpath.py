@@ -23,11 +23,13 @@ import json
 import logging
 import time
 
+from tasks.core import deadlines
+
 from .access import identify
 from .events import open_stream
 from .forwarding import origin
 from .limits import COUNTED, OverLimit
-from .status import describe, read
+from .status import WAITING, describe, read
 from .store import valid_job_id
 
 log = logging.getLogger("inkq.api")
@@ -114,6 +116,10 @@ class FastStatus:
                         ctx.admission.settle(view.id, view.user, view.word)
             if view is None or view.user != who.user_id:
                 return None
+            if view.word == WAITING and deadlines.is_due(view.meta):  # the owner's read ends it at its deadline
+                view = ctx.store.past_deadline(view, ctx.settings.webhook_retry_s)
+                if view is None:
+                    return None
             public = ctx.settings.public_url  # the origin is built only for a completed job's URLs
             body = describe(view, lambda name, value=None: ctx.links.url(origin(environ, public), name, value))
         except Exception:  # noqa: BLE001 - the Flask view answers, with the contract's error if any

@@ -66,7 +66,8 @@ def _engine_for(operation: str, asked: str | None) -> str:
 def generate():
     """Validate, store and queue a job; answer at once with its id."""
     ctx = _ctx()
-    ctx.limiter.hit(g.principal.user_id)
+    plan = ctx.settings.plans.of(g.principal.plan)  # only the verified credential names it (api/plans.py)
+    ctx.limiter.hit(g.principal.user_id, plan.name)
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
     submission = parse(request, ctx.settings.max_pixels, ctx.settings.max_upload_bytes)
     operation = submission.fields.operation
@@ -91,16 +92,17 @@ def generate():
         fingerprint = submission.fingerprint()
         earlier = idempotency.claim(ctx.redis, user_id, key, fingerprint, answer)
         if earlier is not None:
-            return jsonify(earlier), 200, {"Location": earlier["statusUrl"]}
+            return jsonify(_placed(earlier, user_id)), 200, {"Location": earlier["statusUrl"]}
         confirm = partial(idempotency.confirm, user_id, key, fingerprint, answer)
     upload = None  # judged after the Idempotency-Key: a retry gets its original job, not "already used"
     try:
         upload = uploads.take(ctx, user_id, submission.fields.upload, job_id, ctx.store.input_ttl_s(operation))
-        ctx.admission.admit(user_id, operation, job_id)
-        ctx.store.enqueue(job_id, user_id, operation, params, submission.image,
-                          submission.mime_type or (upload and upload.mime_type), request.environ.get(ENVIRON_ID),
-                          input_stored=upload is not None, also=confirm,
-                          idempotency=keys.idempotency_key(user_id, key) if key is not None else None)
+        ctx.admission.admit(user_id, operation, job_id, plan)
+        job = ctx.store.enqueue(job_id, user_id, operation, params, submission.image,
+                                submission.mime_type or (upload and upload.mime_type), request.environ.get(ENVIRON_ID),
+                                input_stored=upload is not None, also=confirm, weight=plan.weight,
+                                max_wait_s=submission.fields.maxWaitS,
+                                idempotency=keys.idempotency_key(user_id, key) if key is not None else None)
     except Exception:
         uploads.release(ctx, upload, job_id)
         ctx.admission.release(user_id, job_id)
@@ -110,15 +112,27 @@ def generate():
     uploads.used(ctx, upload)
     ctx.metrics.submitted(operation)
     log.info("job queued", extra={"jobId": job_id, "queue": answer["queue"]})
+    place = job.place
+    answer = {**answer, "queuePosition": place.position if place else None,
+              "etaS": place.eta_s(answer["queue"], active=False) if place else None}
     return jsonify(answer), 202, {"Location": answer["statusUrl"]}
+
+
+def _placed(answer: dict, user_id: str) -> dict:
+    """A repeated submission's original answer, with the job's place now (as `GET /status` gives it)."""
+    view = _ctx().store.view(answer["jobId"], user_id)
+    body = describe(view) if view is not None else {}
+    return {**answer, "queuePosition": body.get("queuePosition"), "etaS": body.get("etaS")}
 
 
 @bp.get("/status/<job_id>")
 @require_user
 @limit_reads
 def status(job_id: str):
-    """The job's status object; `?queue=` is accepted and ignored."""
-    view = _ctx().store.view(job_id, g.principal.user_id)
+    """The job's status object; `?queue=` is accepted and ignored. A job waiting past its start deadline is
+    ended first (`tasks/core/deadlines.py`)."""
+    ctx = _ctx()
+    view = ctx.store.past_deadline(ctx.store.view(job_id, g.principal.user_id), ctx.settings.webhook_retry_s)
     if view is None:
         raise not_found()
     body = describe(view, _url_maker())
@@ -219,7 +233,10 @@ def list_jobs():
         query = JobsQuery.model_validate(request.args.to_dict())
     except ValueError:
         raise bad_request("`limit` must be 1-100 and `status` one of waiting, active, completed, failed, canceled.")
-    views = _ctx().store.list(g.principal.user_id, query.limit, query.status)
+    store, retry_s = _ctx().store, _ctx().settings.webhook_retry_s
+    views = [store.past_deadline(view, retry_s) or view
+             for view in store.list(g.principal.user_id, query.limit, query.status)]
+    views = [view for view in views if query.status is None or view.word == query.status]  # ended just now
     result_url = _url_maker()
     bodies = [describe(view, result_url) for view in views]
     for view, body in zip(views, bodies):

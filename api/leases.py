@@ -24,7 +24,7 @@ from redis.exceptions import NoScriptError, RedisError
 from tasks.core import keys, scripts
 
 from .errors import ApiError
-from .status import View, read_keys, view_of
+from .status import View, read_args, read_keys, view_of
 from .store import valid_job_id
 
 log = logging.getLogger("inkq.api")
@@ -64,7 +64,7 @@ class StreamLeases:
         lease = Lease(self, user_id, uuid.uuid4().hex)
         calls = limiter.hits(user_id) if limiter is not None else []
         calls.append((None, self._open, [*read_keys(job_id), keys.stream_leases_key(user_id)],
-                      [user_id, self.cap, int(self.lease_s * 1000), lease.id]))
+                      [user_id, self.cap, int(self.lease_s * 1000), lease.id, *read_args()]))
         *counted, reply = self._send(calls)
         failed = next((r for r in (*counted, reply) if isinstance(r, Exception)), None)
         over = next((call[0] for call, r in zip(calls, counted) if not r), None)

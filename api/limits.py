@@ -1,5 +1,5 @@
-"""Request rates per user, counted in Redis across API processes: submissions (`RATE_LIMIT`, e.g.
-`120/minute`, a moving window) and every other authenticated request (`READ_RATE_LIMIT`, default
+"""Request rates per user, counted in Redis across API processes: submissions (the user's plan's `rate`,
+`api/plans.py`, which is `RATE_LIMIT`, e.g. `120/minute`, without PLANS; a moving window) and every other authenticated request (`READ_RATE_LIMIT`, default
 `3000/minute`, a sliding window counter: two counters per user, where a moving window would keep one
 list entry per request).
 
@@ -78,9 +78,25 @@ class UserLimiter:
         return calls
 
 
-def submissions(redis_url: str, limit: str, pool=None) -> UserLimiter:
-    """The limit on `POST /generate`."""
-    return UserLimiter(redis_url, limit, "inkq-submit", "submissions", pool=pool)
+class PlanLimiter:
+    """The limit on `POST /generate`: each plan's `rate`, one `UserLimiter` per distinct rate. A user's count
+    is kept per rate, so a user whose plan changes starts counting afresh against the new one."""
+
+    def __init__(self, redis_url: str, rates: dict[str, str], default: str, pool=None):
+        made: dict[str, UserLimiter] = {}
+        self.by_plan = {name: made.setdefault(rate, UserLimiter(redis_url, rate, "inkq-submit", "submissions",
+                                                                pool=pool))
+                        for name, rate in rates.items()}
+        self.default = default
+
+    def hit(self, user_id: str, plan: str | None = None) -> None:
+        """Count one submission against the plan's rate (DEFAULT_PLAN's for None or an unknown plan)."""
+        self.by_plan.get(plan or "", self.by_plan[self.default]).hit(user_id)
+
+
+def submissions(redis_url: str, plans, pool=None) -> PlanLimiter:
+    """The limit on `POST /generate`, per plan (`api.plans.Plans`)."""
+    return PlanLimiter(redis_url, plans.rates(), plans.default, pool=pool)
 
 
 def reads(redis_url: str, limit: str, pool=None) -> UserLimiter:

@@ -98,7 +98,7 @@ class JobCollector:
             snap = job_metrics.read(self.redis)
         except Exception:
             return
-        jobs = CounterMetricFamily("inkq_jobs", "job attempts by outcome (completed, failed, retried, canceled, "
+        jobs = CounterMetricFamily("inkq_jobs", "job attempts by outcome (completed, failed, retried, canceled, expired, "
                                    "recovered, late)", labels=["queue", "outcome"])
         for queue in QUEUE_NAMES:
             for outcome in job_metrics.OUTCOMES:

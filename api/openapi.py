@@ -8,6 +8,8 @@ none ships unnamed.
 """
 from __future__ import annotations
 
+from functools import cache
+
 from flask import Blueprint, Flask, jsonify
 from pydantic import BaseModel
 
@@ -98,8 +100,10 @@ def _multipart_schema() -> dict:
     return {"type": "object", "properties": props, "additionalProperties": False}
 
 
+@cache
 def build_spec() -> dict:
-    """The OpenAPI document."""
+    """The OpenAPI document, built once per process (it depends on no setting; every app serves the same
+    object, which nothing changes)."""
     models = [s.GenerateRequest, s.JobAccepted, s.JobStatusBody, s.JobList, s.Canceled, s.Error, s.Balance,
               s.Credits, s.CreditChange, s.QueueStats, s.UserErased, s.JobResult, s.PaletteEntry, s.UploadRequest, s.UploadCreated]
     components = {}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 Operation = Literal["stencil", "enhance", "ia-gen", "color-match"]
 StatusWord = Literal["waiting", "active", "completed", "failed", "canceled"]
@@ -37,6 +37,9 @@ class GenerateRequest(BaseModel):
     format: Optional[Literal["png", "svg"]] = Field(
         None, description="stencil: `png` (default) or `svg`; with `svg` the result also has `svg`, a signed URL "
         "of the same strokes as closed SVG outlines.")
+    maxWaitS: Optional[StrictInt] = Field(
+        None, ge=1, le=86400, description="A start deadline: a job not started within this many seconds of its "
+        "submission ends `canceled` (its `error` says why), is never run and is not charged. 1-86400.")
 
 
 class JobAccepted(BaseModel):
@@ -47,6 +50,9 @@ class JobAccepted(BaseModel):
     operation: Operation
     status: StatusWord
     statusUrl: str
+    queuePosition: Optional[int] = Field(None, ge=1, description="1 = the next job to start in its queue, in the fair "
+                                         "order; null when not known.")
+    etaS: Optional[float] = Field(None, ge=0, description="Estimated seconds until the result; null when unknown.")
 
 
 class PaletteEntry(BaseModel):
@@ -95,6 +101,12 @@ class JobStatusBody(BaseModel):
     createdAt: Optional[str]
     startedAt: Optional[str]
     endedAt: Optional[str]
+    queuePosition: Optional[int] = Field(ge=1, description="Waiting jobs: 1 = the next to start in its queue, in the "
+                                         "fair order across users; null otherwise, or when not known (a job waiting "
+                                         "for a retry).")
+    etaS: Optional[float] = Field(ge=0, description="Waiting and active jobs: estimated seconds until the result "
+                                  "(from the queue's recent p50 run time, its live slots and the position); null "
+                                  "otherwise or when unknown.")
     webhook: Optional[WebhookState] = None
 
 
@@ -166,6 +178,8 @@ class QueueStats(BaseModel):
     scheduled: int
     workers: int
     concurrency: int
+    runS: Optional[float] = Field(description="p50 of the queue's last 100 run times, in seconds; null before any.")
+    users: int = Field(ge=0, description="Users with jobs waiting in the queue.")
 
 
 class UploadRequest(BaseModel):

@@ -20,6 +20,7 @@ from tasks.core.settings import (
 
 from .cors import parse_origins
 from .forwarding import allowed_networks, public_url
+from .plans import Plans
 
 __all__ = ["AuthSettings", "ConfigError", "ServerSettings", "Settings", "parse_costs"]
 
@@ -58,6 +59,7 @@ class Settings:
     upload_ttl_s: int
     max_open_uploads_per_user: int
     rate_limit: str
+    plans: Plans = field(repr=False)
     read_rate_limit: str
     queue_max_depth: int
     credits_enabled: bool
@@ -98,6 +100,8 @@ class Settings:
             cors_origins = parse_origins(env.get("CORS_ORIGINS") or "")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        plans = Plans.load(env_str(env, "PLANS"), env_str(env, "DEFAULT_PLAN"), env_int(env, "MAX_INFLIGHT_PER_USER"),
+                           env_str(env, "RATE_LIMIT"))
         return cls(
             auth=AuthSettings.from_env(env),
             store=StoreSettings.from_env(env),
@@ -117,6 +121,7 @@ class Settings:
             upload_ttl_s=max(1, env_int(env, "UPLOAD_TTL_S")),
             max_open_uploads_per_user=max(1, env_int(env, "MAX_OPEN_UPLOADS_PER_USER")),
             rate_limit=env_str(env, "RATE_LIMIT"),
+            plans=plans,
             read_rate_limit=env_str(env, "READ_RATE_LIMIT"),
             queue_max_depth=env_int(env, "QUEUE_MAX_DEPTH"),
             credits_enabled=env_bool(env, "CREDITS_ENABLED"),
@@ -141,7 +146,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """Who may call (`api/auth.py`): API_KEYS as given, ADMIN_TOKEN and the JWT settings, blank ones None."""
+    """Who may call (`api/auth.py`): API_KEYS as given, ADMIN_TOKEN and the JWT settings, blank ones None;
+    PLAN_CLAIM, the JWT claim naming the user's plan (`api/plans.py`)."""
 
     api_keys: str = field(default="", repr=False)
     admin_token: str | None = field(default=None, repr=False)
@@ -149,13 +155,15 @@ class AuthSettings:
     jwks_url: str | None = None
     issuer: str | None = None
     audience: str | None = None
+    plan_claim: str = "plan"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "AuthSettings":
         """Read from a mapping (`Settings.env`)."""
         return cls(api_keys=env.get("API_KEYS") or "", admin_token=env_secret(env, "ADMIN_TOKEN"),
                    jwt_secret=env_secret(env, "JWT_SECRET"), jwks_url=env_secret(env, "JWT_JWKS_URL"),
-                   issuer=env_secret(env, "JWT_ISSUER"), audience=env_secret(env, "JWT_AUDIENCE"))
+                   issuer=env_secret(env, "JWT_ISSUER"), audience=env_secret(env, "JWT_AUDIENCE"),
+                   plan_claim=env_str(env, "PLAN_CLAIM").strip())
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The status object of API.md: the one place RQ states become status words.
 
-A status read is one round trip, one Lua call (`read`): the job hash's few fields, the latest result entry
-and whether a credit charge is still pending, parsed without building an RQ `Job`.
+A status read is one round trip, one Lua call (`read`): the job hash's few fields, the latest result entry,
+whether a credit charge is still pending and the job's place in its queue's fair order
+(`tasks.core.fairness.Place`: queuePosition and what etaS is estimated from, O(log n) in the queue's
+length), parsed without building an RQ `Job`.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from tasks.core import scripts
+from tasks.core import fairness, scripts
 from tasks.core.credits import charge_key
 from tasks.core.errors import CANCELED_MESSAGE, CRASH_FAILURE, GENERIC_FAILURE
 from tasks.core.links import SVG_SUFFIX
@@ -65,6 +67,7 @@ class View:
     ended_at: str | None
     value: dict | None  # the return value of a completed job
     charged: bool  # a credit charge is still pending settlement
+    place: fairness.Place | None = None  # a waiting or active job's place in its queue
 
     @property
     def word(self) -> str:
@@ -95,7 +98,7 @@ def _text(raw) -> str | None:
 
 
 def _view(job_id: str, reply) -> View | None:
-    (status, meta, origin, created_at, ended_at), results, charged = reply
+    (status, meta, origin, created_at, ended_at, _), results, charged, place = reply
     if status is None and meta is None:
         return None
     value = None
@@ -106,7 +109,8 @@ def _view(job_id: str, reply) -> View | None:
         if raw is not None and payload.get(b"type") == b"1":  # rq's Result.Type.SUCCESSFUL
             value = json.loads(b64decode(raw))
     return View(job_id, _text(status), json.loads(meta) if meta else {}, _text(origin),
-                _rq_time(created_at), _rq_time(ended_at), value if isinstance(value, dict) else None, bool(charged))
+                _rq_time(created_at), _rq_time(ended_at), value if isinstance(value, dict) else None, bool(charged),
+                fairness.Place.of(place))
 
 
 def read_keys(job_id: str) -> list[str]:
@@ -114,14 +118,20 @@ def read_keys(job_id: str) -> list[str]:
     return _keys(job_id)
 
 
+def read_args() -> list[str]:
+    """The ARGV of `read`'s script (for scripts that read a job as it does)."""
+    return fairness.read_args()
+
+
 def view_of(job_id: str, reply) -> View | None:
-    """The view from a reply shaped as `read`'s script answers: [hash fields, latest result, pending charge]."""
+    """The view from a reply shaped as `read`'s script answers: [hash fields, latest result, pending charge,
+    place]."""
     return _view(job_id, reply)
 
 
 def read(redis, job_id: str) -> View | None:
-    """A job's view in one command (job hash fields, latest result, pending charge); None if gone."""
-    return _view(job_id, _script(redis)(keys=_keys(job_id)))
+    """A job's view in one command (job hash fields, latest result, pending charge, place); None if gone."""
+    return _view(job_id, _script(redis)(keys=_keys(job_id), args=fairness.read_args()))
 
 
 def read_many(redis, job_ids: list[str]) -> list[View | None]:
@@ -129,7 +139,7 @@ def read_many(redis, job_ids: list[str]) -> list[View | None]:
     script = _script(redis)
     with redis.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            script(keys=_keys(job_id), client=pipe)
+            script(keys=_keys(job_id), args=fairness.read_args(), client=pipe)
         replies = pipe.execute()
     return [_view(job_id, reply) for job_id, reply in zip(job_ids, replies)]
 
@@ -144,8 +154,8 @@ def _rq_time(raw) -> str | None:
 
 def error_text(view: View, word: str) -> str | None:
     """The human-readable reason a job failed, never a traceback."""
-    if word == CANCELED:
-        return CANCELED_MESSAGE
+    if word == CANCELED:  # by its owner, or by its start deadline (`tasks/core/deadlines.py`), which says why
+        return (view.meta.get("error") or CANCELED_MESSAGE) if view.meta.get("expired") else CANCELED_MESSAGE
     if word != FAILED:
         return None
     return view.meta.get("error") or (CRASH_FAILURE if view.meta.get("attempts") else GENERIC_FAILURE)
@@ -183,5 +193,14 @@ def describe(view: View, result_url=None) -> dict:
         "createdAt": view.created_at,
         "startedAt": meta.get("startedAt"),
         "endedAt": ended,
+        "queuePosition": view.place.position if word == WAITING and view.place else None,
+        "etaS": eta_of(view, word),
         **({"webhook": meta["webhook"]} if meta.get("webhook") else {}),
     }
+
+
+def eta_of(view: View, word: str, now: float | None = None) -> int | None:
+    """etaS: estimated seconds until a waiting or active job's result (`fairness.Place.eta_s`); else None."""
+    if view.place is None or word not in (WAITING, ACTIVE):
+        return None
+    return view.place.eta_s(view.origin, word == ACTIVE, view.meta.get("startedAt"), now)

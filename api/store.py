@@ -34,8 +34,8 @@ from rq.serializers import JSONSerializer
 
 from tasks import ending, erasure
 from tasks.core import blobs as blob_store
-from tasks.core import credits
-from tasks.core.keys import INDEX_CAP, RETENTION_GRACE_S, user_index_key
+from tasks.core import credits, deadlines, fairness
+from tasks.core.keys import INDEX_CAP, RETENTION_GRACE_S, deadlines_key, user_index_key
 from tasks.core.queues import QUEUES, QueueSpec
 
 from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
@@ -79,15 +79,21 @@ class JobStore:
 
     def enqueue(self, job_id: str, user_id: str, operation: str, params: dict,
                 image: bytes | None, mime_type: str | None, request_id: str | None = None,
-                input_stored: bool = False, also=None, idempotency: str | None = None) -> Job:
+                input_stored: bool = False, also=None, weight: int = 1, max_wait_s: int | None = None,
+                idempotency: str | None = None) -> Job:
         """Store the input bytes (unless `input_stored`: a direct upload already copied to the job's
         input key and checked there) and queue the job in one transaction; the job keeps the
-        submitting request's id.
+        submitting request's id. The same transaction enters the job in its queue's fair order with
+        its user's `weight` (`tasks.core.fairness`); the job's place then is `job.place`
+        (a `fairness.Place`).
 
         `also(pipeline)` adds writes that must land with the job (the Idempotency-Key's record, whose key name
-        is `idempotency`: kept in the job's meta, so that erasing the job finds it). A job submitted with
+        is `idempotency`: kept in the job's meta, so that erasing the job finds it). `weight`: the user's plan's
+        weight in the fair order (`api/plans.py`). `max_wait_s`: the start deadline (`tasks/core/deadlines.py`),
+        written into the job's meta and the deadlines set in the same transaction. A job submitted with
         `retentionS` keeps it in its meta (its end enters it in the retention set, `tasks/ending.py`) and its rq
         records expire `RETENTION_GRACE_S` after that."""
+        deadline = deadlines.meta_of(max_wait_s) if max_wait_s else {}
         spec = QUEUES[operation]
         keep_for = params.get("retentionS")
         result_ttl = failure_ttl = keep_for + RETENTION_GRACE_S if keep_for else None
@@ -95,13 +101,17 @@ class JobStore:
         input_key = blob_store.input_key(job_id) if image is not None or input_stored else None
         job_spec = {"jobId": job_id, "operation": operation, "userId": user_id, "inputKey": input_key,
                     "mimeType": mime_type, "params": params}
-        retry = Retry(max=spec.max_retries, interval=[2, 4, 8][: spec.max_retries]) if spec.max_retries else None
+        # a retry goes back at the head of the list: the turn its failed attempt took is given back at once, and
+        # an id at the head outside the fair order is the next taken (`tasks.core.fairness`)
+        retry = (Retry(max=spec.max_retries, interval=[2, 4, 8][: spec.max_retries], enqueue_at_front=True)
+                 if spec.max_retries else None)
         with self.redis.pipeline() as pipe:
             job = self._queues[spec.name].enqueue(
                 spec.function, job_spec, job_id=job_id, job_timeout=spec.timeout_s,
                 result_ttl=result_ttl or self.result_ttl_s, failure_ttl=failure_ttl or self.failure_ttl_s, retry=retry,
                 meta={"user": user_id, "operation": operation, "progress": 0, "attempts": 0, "requestId": request_id,
                       **({"webhook": {"state": "waiting", "attempts": 0}} if params.get("webhookUrl") else {}),
+                      **deadline,
                       **({"retentionS": keep_for} if keep_for else {}),
                       **({"idempotency": idempotency} if idempotency else {})},
                 description=f"{operation} for {user_id}", pipeline=pipe)
@@ -112,9 +122,13 @@ class JobStore:
             pipe.zremrangebyrank(index, 0, -INDEX_CAP - 1)
             pipe.expire(index, max(self.result_ttl_s, self.failure_ttl_s))
             pipe.delete(credits.admitting_key(job_id))
+            if deadline:
+                pipe.zadd(deadlines_key(), {job_id: deadline["deadline"]})
+            placed = fairness.enqueue_in(pipe, spec.name, job_id, user_id, weight)
             if also is not None:
                 also(pipe)
-            pipe.execute()
+            replies = pipe.execute()
+        job.place = fairness.Place.of(replies[placed])
         return job
 
     def fetch_any(self, job_id: str) -> Job | None:
@@ -162,6 +176,18 @@ class JobStore:
                     found.append(view)
             start += count
         return found[:limit]
+
+    def past_deadline(self, view: View | None, webhook_retry_s: tuple | None = None) -> View | None:
+        """`view`, or, when it shows a job waiting past its start deadline, the view after ending that job
+        (`tasks.ending.expire`: canceled, refunded). The caller has checked that the reader owns the job."""
+        if view is None or view.word != WAITING or not deadlines.is_due(view.meta):
+            return view
+        job = self.fetch_any(view.id)
+        if job is None:
+            return None
+        if ending.expire(self.redis, job, webhook_retry_s=webhook_retry_s):
+            ending.drop_input_now(self.blobs, job.id)
+        return read(self.redis, view.id)
 
     def expire_canceled(self, job: Job, pipe) -> None:
         """Let a canceled job expire after its failure TTL, scored so in the canceled registry (as the recovery

@@ -106,12 +106,17 @@ def check_image(data: bytes, max_pixels: int, max_bytes: int) -> str:
     return ACCEPTED[kind]
 
 
+MAX_WAIT_RULE = "`maxWaitS` must be a whole number of seconds from 1 to 86400."
+
+
 def _validated(raw: dict) -> GenerateRequest:
     try:
         return GenerateRequest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        if where == "maxWaitS":
+            raise bad_request(MAX_WAIT_RULE) from None
         raise bad_request(f"`{where}`: {first.get('msg', 'invalid value')}.") from None
 
 
@@ -131,6 +136,9 @@ def _from_multipart(request: Request) -> tuple[dict, bytes | None]:
     for key in ("lineWeight", "colors", "transparent"):
         if key in raw:
             raw[key] = raw[key].strip() or None
+    if "maxWaitS" in raw:  # a form part is text: whole numbers only, as JSON's integer (StrictInt) takes them
+        text = raw["maxWaitS"].strip()
+        raw["maxWaitS"] = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else raw["maxWaitS"]
     extra_files = [k for k in request.files if k != "image"]
     if extra_files:
         raise bad_request(f"Unknown file part `{extra_files[0]}`.")

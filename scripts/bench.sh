@@ -6,7 +6,8 @@
 # beside the naive baseline scripts/naive_api.py, in the same run; (5) the image store: Redis memory per
 # finished 12 MP job with BLOB_STORE=redis and =s3 (SeaweedFS), and direct upload beside multipart; (6) the
 # 500-user burst of Gemini stencils beside the API alone, idle memory, and local jobs/s beside the engine
-# alone on the same cores, in the same run.
+# alone on the same cores, in the same run, with how close each submission's etaS came; (7) the fair order:
+# ten users beside one with 50 queued jobs, and a status read's cost with 10,000 waiting jobs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -37,3 +38,6 @@ fi
 echo
 echo "== jobs in threads (burst, memory, local jobs/s) =="
 "$VENV/bin/python" scripts/bench_burst.py
+echo
+echo "== fair order (light users beside a heavy one; a status read beside the queue's length) =="
+"$VENV/bin/python" scripts/bench_fair.py

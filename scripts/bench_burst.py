@@ -5,7 +5,8 @@ measured in the same run, on the same box.
    JPEG in flight), CONCURRENCY_STENCIL=100, the fake Gemini answering a ~1.2 MB PNG after 6 s. Reported:
    drain (first submission -> last result), time-to-result p50/p95, submit p50/p99 during the burst, and
    the worker service's PSS (the sum of /proc/<pid>/smaps_rollup over its process tree), peak and idle.
-   Also the CPU each part of the box used while the 500 submissions ran (the API, the worker service,
+   Also how close the etaS of each 202 came to the job's real time to result (the share within 25% or 5 s),
+   the CPU each part of the box used while the 500 submissions ran (the API, the worker service,
    Redis, the fake provider, the load client), and the same burst once more with the worker service
    made to yield the CPU (its autogroup and every thread at nice 19: a diagnostic, not a deploy
    setting): how much of the submit tail the worker path causes, beside the API alone.
@@ -106,8 +107,10 @@ class Box:
         self.redis.stop()
 
 
-def submit_all(url: str, tokens: list[str], body: dict, client: str = "") -> tuple[dict[str, float], list[float]]:
-    """POST `body` once per token, CLIENTS connections at once; ({jobId: submitted at}, latencies in s).
+def submit_all(url: str, tokens: list[str], body: dict,
+               client: str = "") -> tuple[dict[str, float], list[float], dict[str, float | None]]:
+    """POST `body` once per token, CLIENTS connections at once; ({jobId: submitted at}, latencies in s,
+    {jobId: the etaS its 202 gave}).
 
     With Node.js (`client` "node", the default when `node` is found), one event loop sends them
     (scripts/submit_load.mjs); with "python", CLIENTS threads of requests in this process."""
@@ -120,10 +123,12 @@ def submit_all(url: str, tokens: list[str], body: dict, client: str = "") -> tup
                                   str(Path(tmp, "body.json")), str(CLIENTS)], capture_output=True, text=True,
                                  timeout=600, check=True).stdout
         rows = json.loads(out)
-        return {job_id: at / 1000 for job_id, at, _ in rows}, [ms / 1000 for _, _, ms in rows]
+        return ({row[0]: row[1] / 1000 for row in rows}, [row[2] / 1000 for row in rows],
+                {row[0]: row[3] for row in rows})
     local = threading.local()
     submitted: dict[str, float] = {}
     latencies: list[float] = []
+    etas: dict[str, float | None] = {}
 
     def one(token):
         session = getattr(local, "session", None) or requests.Session()
@@ -134,10 +139,11 @@ def submit_all(url: str, tokens: list[str], body: dict, client: str = "") -> tup
         latencies.append(time.perf_counter() - started)
         assert response.status_code == 202, response.text
         submitted[response.json()["jobId"]] = at
+        etas[response.json()["jobId"]] = response.json().get("etaS")
 
     with ThreadPoolExecutor(CLIENTS) as pool:
         list(pool.map(one, tokens))
-    return submitted, latencies
+    return submitted, latencies, etas
 
 
 def wait_results(box: Box, submitted: dict[str, float], timeout: float, sample=None) -> dict[str, float]:
@@ -197,7 +203,7 @@ def burst(image: bytes, yielding: bool = False) -> dict:
             first = time.time()
             before = {name: cpu_seconds(pids, reaped_children=True) for name, pids in parts.items()}
             client = _client_cpu()
-            submitted, latencies = submit_all(box.api.url, [f"tok-{i}" for i in range(BURST_USERS)], body)
+            submitted, latencies, etas = submit_all(box.api.url, [f"tok-{i}" for i in range(BURST_USERS)], body)
             window = {name: cpu_seconds(pids, reaped_children=True) - before[name] for name, pids in parts.items()}
             window["client"] = _client_cpu() - client
             window["wall"] = time.time() - first
@@ -208,7 +214,10 @@ def burst(image: bytes, yielding: bool = False) -> dict:
             box.close()
     server = box.server_ms()
     ttr = [ended[job_id] - at for job_id, at in submitted.items() if job_id in ended]
-    return {"done": sum(s == b"finished" for s in statuses), "n": len(submitted),
+    # each 202's etaS beside the job's real time to result: |error| in s, and whether it is within 25% or 5 s
+    errors = [(abs(etas[job_id] - (ended[job_id] - at)) if etas.get(job_id) is not None else None, ended[job_id] - at)
+              for job_id, at in submitted.items() if job_id in ended]
+    return {"eta_errors": errors, "done": sum(s == b"finished" for s in statuses), "n": len(submitted),
             "drain": max(ended.values()) - first if ended else float("nan"),
             "p50": _p(ttr, 50), "p95": _p(ttr, 95), "submit_p50": _p(latencies, 50) * 1000,
             "submit_p99": _p(latencies, 99) * 1000, "pss_peak": max(peak), "pss_idle": idle,
@@ -230,7 +239,7 @@ def submit_alone(image: bytes, client: str = "") -> dict:
     box = Box(tmp, BURST_USERS, None)
     try:
         body = {"operation": "stencil", "engine": "gemini", "image": base64.b64encode(image).decode()}
-        _, latencies = submit_all(box.api.url, [f"tok-{i}" for i in range(BURST_USERS)], body, client)
+        _, latencies, _ = submit_all(box.api.url, [f"tok-{i}" for i in range(BURST_USERS)], body, client)
         server = box.server_ms()
     finally:
         box.close()
@@ -256,7 +265,7 @@ def local(image: bytes) -> dict:
     try:
         body = {"operation": "stencil", "engine": "local", "image": base64.b64encode(image).decode()}
         first = time.time()
-        submitted, _ = submit_all(box.api.url, [f"tok-{i}" for i in range(LOCAL_USERS)], body)
+        submitted, _, _ = submit_all(box.api.url, [f"tok-{i}" for i in range(LOCAL_USERS)], body)
         ended = wait_results(box, submitted, timeout=900)
         done = sum(box.client.hget(f"rq:job:{j}", "status") == b"finished" for j in submitted)
     finally:
@@ -348,7 +357,16 @@ def burst_part(upload: bytes, check) -> None:
         w = r["window"]
         print(f"  {name:24} {w['wall']:4.2f} s: API {w['api']:.2f}, workers {w['workers']:.2f}, Redis {w['redis']:.2f}, "
               f"provider {w['provider']:.2f}, client {w['client']:.2f}")
+    errors = [e for e, _ in t["eta_errors"] if e is not None]
+    close = sum(1 for e, real in t["eta_errors"] if e is not None and e <= max(5.0, 0.25 * real))
+    share = close / len(t["eta_errors"]) if t["eta_errors"] else 0.0
+    print(f"etaS of each 202 beside the real time to result: {len(errors)}/{len(t['eta_errors'])} given; |error| "
+          f"p50 {_p(errors, 50):.1f} s, p90 {_p(errors, 90):.1f} s, max {max(errors):.1f} s; within 25% or 5 s: "
+          f"{close}/{len(t['eta_errors'])}" if errors else "etaS: none given")
+    if errors:
+        print("  |error| s     " + "  ".join(f"<={b:g}: {sum(e <= b for e in errors)}" for b in (1, 2, 5, 10, 20)))
     check(t["done"] == t["n"], f"all {t['n']} complete")
+    check(share >= 0.8, f"etaS within 25% or 5 s of the real time to result for {share:.0%} of jobs (>= 80%)")
     check(t["drain"] <= 45, f"drain {t['drain']:.1f} s <= 45 s")
     check(t["p95"] <= 40, f"time-to-result p95 {t['p95']:.1f} s <= 40 s")
     check(t["submit_p99"] <= 100, f"submit p99 {t['submit_p99']:.0f} ms <= 100 ms")

@@ -1,5 +1,6 @@
 // The benchmarks' load client for submissions: one POST /generate per token, CONCURRENCY kept-alive
-// connections at once, the same JSON body each time. Prints a JSON array of [jobId, startedAtMs, ms].
+// connections at once, the same JSON body each time. Prints a JSON array of
+// [jobId, startedAtMs, ms, etaS, queuePosition] (the last two as the 202 gave them).
 //
 // Usage: node scripts/submit_load.mjs URL TOKENS_FILE BODY_FILE CONCURRENCY
 //
@@ -38,7 +39,8 @@ function submit(token) {
             reject(new Error(`POST /generate answered ${response.statusCode}: ${text}`));
             return;
           }
-          rows.push([JSON.parse(text).jobId, startedAt, ms]);
+          const answer = JSON.parse(text);
+          rows.push([answer.jobId, startedAt, ms, answer.etaS ?? null, answer.queuePosition ?? null]);
           resolve();
         });
       },

@@ -20,11 +20,10 @@ if [ "$#" -gt 0 ] && [ "${INKQ_TEST_PARTS:-}" != 1 ]; then  # a developer's own 
   exec "$VENV/bin/python" -m pytest "$@"
 fi
 # The whole suite (or INKQ_TEST_PARTS=1 with extra options), in two parts: the tests that do not measure
-# time, load or memory, then the `serial` ones (tests/conftest.py names them and why). INKQ_TEST_PROCESSES=2
-# runs the first part on two pytest-xdist processes (each with its own Redis, worker service and fake
-# provider): about 3 minutes faster, but it still meets races (two `npm ci` at once in a fresh clone, an
-# rq-dashboard delete of a job being run), so the default is one process.
-PROCS=${INKQ_TEST_PROCESSES:-1}
+# time, load or memory, on two pytest-xdist processes (each with its own Redis, worker service and fake
+# provider; the TypeScript client's npm pack is built once for both, under a file lock), then the `serial`
+# ones alone (tests/conftest.py names them and why). INKQ_TEST_PROCESSES=1 runs the first part without xdist.
+PROCS=${INKQ_TEST_PROCESSES:-2}
 status=0
 if [ "$PROCS" -gt 1 ]; then
   "$VENV/bin/python" -m pytest -n "$PROCS" -m "not serial" "$@" || status=$?

@@ -4,7 +4,8 @@ of end-of-job concerns, `HOOKS`, that it runs.
 The ways a job ends: completed, failed or retried by its worker (`tasks.runtime.worker.InkqWorker.end`),
 timed out or stopped on request by its slot's supervisor (`tasks/runtime/slots.py`), ended after a dead
 worker by the recovery sweep (`tasks/runtime/recovery.py`, through its `inkq:ending` entries), canceled while
-waiting by the API (`api/store.py`), and ended before an erasure when its worker did not stop it in time
+waiting by the API (`api/store.py`), not started by its deadline (`expire`: outcome `expired`, status word
+`canceled`; `tasks/core/deadlines.py`), and ended before an erasure when its worker did not stop it in time
 (`tasks/erasure.py`).
 
 `finish` runs one WATCH/MULTI/EXEC transaction:
@@ -15,8 +16,8 @@ waiting by the API (`api/store.py`), and ended before an erasure when its worker
    its liveness (SIGSTOP, a paused VM, a partition) whose job ran again elsewhere cannot overwrite
    the second run's status, result, meta, credits or webhook;
 2. the caller's rq writes for that outcome (status, result, registries, its execution's removal);
-3. every hook, in order: credits, input, webhook, metrics, retention, announcement. A hook only adds commands to
-   the transaction: no round trips, no S3 call. So the end, its settlement, its input's deletion and
+3. every hook, in order: fair order, credits, input, webhook, metrics, deadline, retention, announcement. A
+   hook only adds commands to the transaction: no round trips, no S3 call. So the end, its settlement, its input's deletion and
    its webhook delivery's enqueue happen together or not at all.
 
 `repair` is the one place where a read settles a charge left pending: an end interrupted before its
@@ -31,8 +32,8 @@ from typing import Callable
 
 from redis.exceptions import WatchError
 
-from .core import blobs, changes, credits, metrics
-from .core.keys import RETENTION_KEY, executions_key
+from .core import blobs, changes, credits, deadlines, fairness, metrics
+from .core.keys import RETENTION_KEY, deadlines_key, executions_key, job_key
 
 log = logging.getLogger("inkq.ending")
 
@@ -64,6 +65,20 @@ class Ending:
         return (self.job.meta or {}).get("user")
 
 
+class Fairness:
+    """Every end takes the job out of its queue's fair order if it still waits there (a cancel, a deadline, an
+    erasure; a no-op otherwise), and a completed run adds its run time to the queue's p50
+    (`tasks/core/fairness.py`)."""
+
+    def on_end(self, ending: Ending, pipe) -> None:
+        queue = ending.job.origin
+        if not queue:
+            return
+        fairness.leave_in(pipe, queue, ending.job.id)
+        if ending.outcome == "completed" and ending.ran_s is not None:
+            fairness.record_run_in(pipe, queue, ending.ran_s)
+
+
 class Credits:
     """A final end settles the charge: committed when completed, refunded otherwise (`tasks/core/credits.py`)."""
 
@@ -92,7 +107,7 @@ class Webhook:
         if ending.final:
             from . import webhooks
 
-            word = "failed" if ending.outcome == "expired" else ending.outcome
+            word = "canceled" if ending.outcome == "expired" else ending.outcome  # the status word
             webhooks.schedule(ending.job, word, pipe, ending.webhook_retry_s)
 
 
@@ -104,6 +119,14 @@ class Metrics:
         metrics.count(None, queue, ending.outcome, pipeline=pipe)
         if ending.ran_s is not None:
             metrics.observe(None, "run", queue, ending.ran_s, pipeline=pipe)
+
+
+class Deadline:
+    """Any end (a retried job has started) takes the job out of the start deadlines (`tasks/core/deadlines.py`);
+    a no-op for a job without one."""
+
+    def on_end(self, ending: Ending, pipe) -> None:
+        pipe.zrem(deadlines_key(), ending.job.id)
 
 
 class Retention:
@@ -124,20 +147,20 @@ class Announcement:
         pipe.publish(changes.CHANNEL, ending.job.id)
 
 
-HOOKS = [Credits(), Input(), Webhook(), Metrics(), Retention(), Announcement()]
+HOOKS = [Fairness(), Credits(), Input(), Webhook(), Metrics(), Deadline(), Retention(), Announcement()]
 
 
 def execution_fence(job_id: str, execution_id: str) -> Fence:
     """The fence of a worker's end: its execution still owns the job, and the job has not ended."""
     def owns(pipe) -> bool:
-        pipe.watch(executions_key(job_id), f"rq:job:{job_id}")
+        pipe.watch(executions_key(job_id), job_key(job_id))
         return pipe.zscore(executions_key(job_id), execution_id) is not None and not ended(pipe, job_id)
     return owns
 
 
 def ended(pipe, job_id: str) -> bool:
     """Whether the job's stored status is a final one (read on a watching pipeline)."""
-    return pipe.hget(f"rq:job:{job_id}", "status") in ENDED
+    return pipe.hget(job_key(job_id), "status") in ENDED
 
 
 def finish(connection, ending: Ending, writes: Writes | None, fence: Fence) -> bool:
@@ -182,3 +205,38 @@ def repair(connection, job_id: str, user_id: str | None, word: str) -> None:
     interrupted before its transaction. Idempotent (the charge is consumed once)."""
     if word in ("completed", "failed", "canceled"):
         credits.settle(connection, job_id, user_id, refund=word != "completed")
+
+
+def expire(connection, job, claims_key: str | None = None, webhook_retry_s: tuple | None = None) -> bool:
+    """End a job not started by its deadline (`tasks/core/deadlines.py`): canceled, refunded, never run. By a
+    supervisor or the API while it waits in its queue (`claims_key` None), or by the worker that took it
+    (its claims list). True if this call ended it."""
+    fence = deadlines.claimed_fence(job, claims_key) if claims_key else deadlines.waiting_fence(job)
+    done = finish(connection, Ending(job, "expired", "deadline", webhook_retry_s=webhook_retry_s),
+                  deadlines.writes(job, claims_key), fence)
+    if done:
+        log.info("job %s not started by its deadline (maxWaitS=%s): canceled", job.id, job.meta.get("maxWaitS"))
+    return done
+
+
+def expire_due(connection, now: float | None = None) -> list:
+    """A supervisor's pass over the start deadlines: end each due job still waiting in its queue; drop the
+    entries of jobs gone or started. The jobs ended (rq `Job`s, for the caller to drop their inputs)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    ended, gone = [], []
+    for job_id in deadlines.due_ids(connection, now):
+        try:
+            job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            gone.append(job_id)
+            continue
+        if job.get_status(refresh=False) in ("finished", "failed", "stopped", "canceled") \
+                or not deadlines.never_started(job.meta):
+            gone.append(job_id)  # started, or ended outside the end path (an operator in rq-dashboard)
+        elif expire(connection, job):
+            ended.append(job)
+    deadlines.forget(connection, *gone)
+    return ended

@@ -100,7 +100,7 @@ def rq_records(reader, gone: Gone) -> list[Drop]:
             drops += [("zrem", keys.registry_key(kind, job.queue), job.id) for kind in keys.RQ_REGISTRIES]
         for execution, worker in job.executions:
             member = f"{job.id}:{execution}"
-            drops.append(("del", keys.execution_key(job.id, execution)))
+            drops.append(("del", keys.execution_key(f"{job.id}:{execution}")))
             if job.queue:
                 drops.append(("zrem", keys.started_key(job.queue), member))
             if worker:
@@ -162,6 +162,11 @@ def retention(reader, gone: Gone) -> list[Drop]:
     return [("zrem", keys.RETENTION_KEY, gone.id)]
 
 
+def start_deadline(reader, gone: Gone) -> list[Drop]:
+    """Its start deadline (`maxWaitS`; its end removed it: `tasks/ending.py`'s `Deadline` hook)."""
+    return [("zrem", keys.deadlines_key(), gone.id)]
+
+
 JOB_DATA: list[Callable[[object, Gone], list[Drop]]] = [
     rq_records,
     claims,
@@ -171,6 +176,8 @@ JOB_DATA: list[Callable[[object, Gone], list[Drop]]] = [
     upload,
     pending_end,
     retention,
+    start_deadline,
+    # its place in its queue's fair order left with its end (`tasks/ending.py`'s `Fairness` hook)
 ]
 
 
@@ -191,7 +198,7 @@ def blob_prefixes(gone: Gone) -> list[str]:
 
 def user_records(reader, user_id: str) -> list[Drop]:
     """The user's job index, in-flight set, credit balance and stream leases."""
-    return [("del", keys.user_index_key(user_id)), ("del", credits.inflight_key(user_id)),
+    return [("del", keys.user_index_key(user_id)), ("del", keys.inflight_key(user_id)),
             ("del", credits.balance_key(user_id)), ("del", keys.stream_leases_key(user_id))]
 
 
@@ -205,6 +212,12 @@ def user_uploads(reader, user_id: str) -> list[Drop]:
     """The records of every upload of the user, used or not, and both indexes (their objects: `upload_keys`)."""
     return [("del", keys.upload_record_key(upload_id)) for upload_id in uploads_of(reader, user_id)] + [
         ("del", keys.open_uploads_key(user_id)), ("del", keys.user_uploads_key(user_id))]
+
+
+def user_fair_order(reader, user_id: str) -> list[Drop]:
+    """The user's last turn and waiting count in each queue's fair order (`tasks/core/fairness.py`)."""
+    return [drop for queue in QUEUE_NAMES for drop in (("zrem", keys.fair_users_key(queue), user_id),
+                                                         ("hdel", keys.fair_waiting_key(queue), user_id))]
 
 
 def user_quota(reader, user_id: str) -> list[Drop]:
@@ -223,6 +236,7 @@ USER_DATA: list[Callable[[object, str], list[Drop]]] = [
     user_records,
     user_idempotency,
     user_uploads,
+    user_fair_order,
     user_quota,
 ]
 
@@ -285,7 +299,7 @@ def _executions(reader, job_id: str, queue: str | None) -> list[tuple[str, str |
                 if raw.startswith(prefix)}
     found = []
     for execution in sorted(ids):
-        worker = reader.hget(keys.execution_key(job_id, execution), "worker_name")
+        worker = reader.hget(keys.execution_key(f"{job_id}:{execution}"), "worker_name")
         found.append((execution, worker.decode() if worker else None))
     return found
 

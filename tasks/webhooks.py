@@ -299,7 +299,7 @@ def payload(job, status: str, settings: WorkerSettings | None = None) -> dict:
             "error": meta.get("error") if status != "completed" else None,
             "attempts": int(meta.get("attempts", 0)), "createdAt": _iso(job.created_at),
             "startedAt": meta.get("startedAt"), "endedAt": _iso(job.ended_at) or meta.get("canceledAt"),
-            "statusUrl": f"/status/{job.id}"}
+            "queuePosition": None, "etaS": None, "statusUrl": f"/status/{job.id}"}
 
 
 def signing(settings: WorkerSettings) -> tuple[str, str] | None:

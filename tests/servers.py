@@ -384,17 +384,28 @@ class Stack:
             time.sleep(spacing_s)
         return ids
 
-    def wait_all(self, ids, timeout: float, token="tok-alice") -> dict[str, dict]:
-        """Wait until every job has ended; return their final status objects."""
+    def wait_all(self, ids, timeout: float, token="tok-alice", stall_s: float | None = None) -> dict[str, dict]:
+        """Wait until every job has ended; return their final status objects. With `stall_s`, `timeout` is
+        a ceiling and the wait fails as soon as no job has ended or started for `stall_s`: a box slowed by
+        other load only makes the wait longer, a stranded job still fails it."""
         pending = set(ids)
         final: dict[str, dict] = {}
+        seen = {"moves": -1, "at": time.monotonic()}
 
         def done():
+            moves = 0
             for job_id in list(pending):
                 body = self.api.get(f"/status/{job_id}", token=token).json()
                 if body["status"] in ("completed", "failed", "canceled"):
                     final[job_id] = body
                     pending.discard(job_id)
+                else:
+                    moves += body.get("attempts") or 0
+            moves += len(final)
+            if moves != seen["moves"]:
+                seen.update(moves=moves, at=time.monotonic())
+            elif stall_s is not None and time.monotonic() - seen["at"] > stall_s:
+                raise AssertionError(f"no job ended or started for {stall_s}s")
             return not pending
         try:
             wait_until(done, timeout=timeout, interval=0.2, what=f"{len(ids)} jobs to end")

@@ -166,7 +166,8 @@ def test_job_metrics_show_outcomes_times_and_gemini_calls(services, ran):
         assert _metric(text, "inkq_queue_oldest_waiting_seconds", queue=queue) == 0
     stats = _get(api, "/admin/queue-stats", token=ADMIN_TOKEN).json()
     ia = stats["ia-gen"]
-    assert ia["totals"] == {"completed": 1, "failed": 1, "retried": 1, "canceled": 1, "recovered": 0, "late": 0}
+    assert ia["totals"] == {"completed": 1, "failed": 1, "retried": 1, "canceled": 1, "expired": 0, "recovered": 0,
+                            "late": 0}
     assert ia["liveWorkers"] == 1 and ia["oldestWaitingS"] == 0
     assert ia["runTime"]["count"] >= 3 and ia["queueWait"]["count"] >= 4
     assert {"waiting", "active", "completed", "failed", "scheduled", "workers", "concurrency"} <= ia.keys()

@@ -153,8 +153,9 @@ def test_start_workers_warm_shutdown(fake_gemini, tmp_path):
         assert status["status"] == "completed", status
         def group_empty():
             return subprocess.run(["pgrep", "-g", str(workers.proc.pid)], capture_output=True).stdout == b""
-        if not group_empty():
-            time.sleep(10)  # a process may still be finishing its exit after its parent
+        deadline = time.monotonic() + 10  # a process may still be finishing its exit after its parent
+        while not group_empty() and time.monotonic() < deadline:
+            time.sleep(0.1)
         left = subprocess.run(["pgrep", "-g", str(workers.proc.pid)], capture_output=True, text=True).stdout.split()
         info = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,args", "-p", ",".join(left) or "1"],
                               capture_output=True, text=True).stdout

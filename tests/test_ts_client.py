@@ -52,21 +52,32 @@ def _npm(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def packed(tmp_path_factory):
     """`npm pack`'s report on the package it built (its prepack script runs tsc into dist/), after
-    `npm ci` when node_modules is older than the lock."""
+    `npm ci` when node_modules is older than the lock. Under pytest-xdist the run's processes share one
+    pack: the first builds it, holding a file lock (two `npm ci` in the same node_modules fail with
+    ENOTEMPTY, and a second pack would rewrite dist/ under the other process's node tests); the others
+    read its report."""
     import fcntl
     import hashlib
     import tempfile
 
     lock = os.path.join(PACKAGE, "package-lock.json")
     marker = os.path.join(PACKAGE, "node_modules", ".package-lock.json")
-    out = tmp_path_factory.mktemp("npm-pack")
-    # one pytest-xdist process at a time: two `npm ci` in the same node_modules fail (ENOTEMPTY)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.getbasetemp().parent / "npm-pack"  # the run's, shared by its processes
+    else:
+        out = tmp_path_factory.mktemp("npm-pack")
     where = os.path.join(tempfile.gettempdir(), f"inkq-npm-{hashlib.sha256(PACKAGE.encode()).hexdigest()[:12]}.lock")
     with open(where, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        if not os.path.exists(marker) or os.path.getmtime(marker) < os.path.getmtime(lock):
-            _npm("ci", "--no-audit", "--no-fund")
-        report = json.loads(_npm("pack", "--json", "--pack-destination", str(out)).stdout)[0]
+        saved = out / "report.json"
+        if saved.exists():
+            report = json.loads(saved.read_text())
+        else:
+            if not os.path.exists(marker) or os.path.getmtime(marker) < os.path.getmtime(lock):
+                _npm("ci", "--no-audit", "--no-fund")
+            out.mkdir(exist_ok=True)
+            report = json.loads(_npm("pack", "--json", "--pack-destination", str(out)).stdout)[0]
+            saved.write_text(json.dumps(report))
     report["tarball"] = out / report["filename"]
     return report
 

@@ -38,13 +38,12 @@ import os
 import time
 
 from .errors import TransientError
+from .keys import BLOB_PREFIX as PREFIX, BLOBS_EXPIRY_KEY as EXPIRY_KEY
+from .keys import BLOBS_TICK_KEY as SWEEP_TICK_KEY  # noqa: F401 (the worker service names it here)
 from .settings import StoreSettings, current
 
 log = logging.getLogger("inkq.blobs")
 
-PREFIX = "inkq:blob:"
-EXPIRY_KEY = "inkq:blobs:expiry"
-SWEEP_TICK_KEY = "inkq:blobs:tick"
 SWEEP_BATCH = 200
 MAX_PRESIGN_S = 7 * 86400  # SigV4 refuses presigned URLs valid longer
 UNAVAILABLE = "The image store is unavailable; the job will be retried."

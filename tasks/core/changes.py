@@ -13,9 +13,8 @@ import logging
 from redis.exceptions import RedisError
 
 from . import scripts
-from .keys import executions_key
+from .keys import CHANGES_CHANNEL as CHANNEL, executions_key
 
-CHANNEL = "inkq:changed"
 EXECUTION_ATTR = "inkq_execution_id"  # on an rq Job object: the execution running that copy
 
 log = logging.getLogger("inkq.changes")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from rq.job import Job
 
 from . import scripts
+from .keys import admitting_key, balance_key, charge_key, inflight_key  # noqa: F401 (callers name them here)
 
 CHARGE_TTL_S = 30 * 24 * 3600
 ADMIT_GRACE_S = 120  # far above an enqueue's worst case (10 s socket timeout on a 10 MB write)
@@ -24,26 +25,6 @@ ADMIT_GRACE_S = 120  # far above an enqueue's worst case (10 s socket timeout on
 SETTLE_FN = scripts.load("settle_charge")  # a function, joined into the recovery sweep's script
 _SETTLE = scripts.load("settle")
 _SETTLE_UNQUEUED = scripts.load("settle_unqueued")
-
-
-def balance_key(user_id: str) -> str:
-    """Key of a user's balance."""
-    return f"inkq:credits:{user_id}"
-
-
-def charge_key(job_id: str) -> str:
-    """Key of a job's pending charge: JSON [userId, cost]."""
-    return f"inkq:charge:{job_id}"
-
-
-def admitting_key(job_id: str) -> str:
-    """Key that exists while an admitted job is being written (see the module docstring)."""
-    return f"inkq:admitting:{job_id}"
-
-
-def inflight_key(user_id: str) -> str:
-    """Key of the set of a user's waiting and active job ids."""
-    return f"inkq:user:{user_id}:inflight"
 
 
 def settle(redis, job_id: str, user_id: str | None, refund: bool) -> int:

@@ -11,6 +11,13 @@ LIVENESS_TTL_MS = 5000
 TICK_KEY = "inkq:recovery:tick"
 STATS_KEY = "inkq:recovery:stats"
 ENDING_KEY = "inkq:ending"  # job id -> the end the recovery sweep decided, until its drain ends it
+METRICS_KEY = "inkq:metrics"  # the job metrics hash (`tasks/core/metrics.py`)
+CHANGES_CHANNEL = "inkq:changed"  # the channel of change announcements (`tasks/core/changes.py`)
+BLOB_PREFIX = "inkq:blob:"  # blobs of the Redis store, and the names of S3 objects (`tasks/core/blobs.py`)
+BLOBS_EXPIRY_KEY = "inkq:blobs:expiry"  # the blob store's objects scored by when they are due
+BLOBS_TICK_KEY = "inkq:blobs:tick"  # held while one worker service runs the blob sweep
+RQ_QUEUES_KEY = "rq:queues"  # rq's set of queue keys
+RQ_WORKERS_KEY = "rq:workers"  # rq's worker registry (set of worker keys)
 RETENTION_KEY = "inkq:retention"  # job id -> when its `retentionS` runs out (tasks/erasure.py)
 RETENTION_TICK_KEY = "inkq:retention:tick"
 RETENTION_GRACE_S = 300  # rq's TTLs of a job kept for `retentionS` run this much longer: a backstop to the sweep
@@ -33,6 +40,81 @@ def workers_key(queue: str) -> str:
     return f"inkq:workers:{queue}"
 
 
+def balance_key(user_id: str) -> str:
+    """Key of a user's balance (`tasks/core/credits.py`)."""
+    return f"inkq:credits:{user_id}"
+
+
+def charge_key(job_id: str) -> str:
+    """Key of a job's pending charge: JSON [userId, cost]."""
+    return f"inkq:charge:{job_id}"
+
+
+def admitting_key(job_id: str) -> str:
+    """Key that exists while an admitted job is being written (`tasks/core/credits.py`)."""
+    return f"inkq:admitting:{job_id}"
+
+
+def inflight_key(user_id: str) -> str:
+    """Key of the set of a user's waiting and active job ids."""
+    return f"inkq:user:{user_id}:inflight"
+
+
+def user_index_key(user_id: str) -> str:
+    """Key of a user's job index (`api/store.py`)."""
+    return f"inkq:user:{user_id}:jobs"
+
+
+def slots_key(worker: str) -> str:
+    """Where a worker publishes its slots: the jobs it runs at once (`tasks/core/metrics.py`)."""
+    return f"inkq:slots:{worker}"
+
+
+def job_key(job_id: str) -> str:
+    """RQ's hash of a job."""
+    return f"rq:job:{job_id}"
+
+
+def execution_key(member: str) -> str:
+    """RQ's hash of an execution, named by its started registry member `<jobId>:<executionId>`."""
+    return f"rq:execution:{member}"
+
+
+def rq_worker_key(worker: str) -> str:
+    """RQ's hash of a worker."""
+    return f"rq:worker:{worker}"
+
+
+def worker_executions_key(worker: str) -> str:
+    """RQ's set of a worker's executions."""
+    return f"rq:worker:{worker}:executions"
+
+
+def rq_queue_workers_key(queue: str) -> str:
+    """RQ's set of the worker keys of a queue."""
+    return f"rq:workers:{queue}"
+
+
+def scheduler_lock_key(queue: str) -> str:
+    """RQ's scheduler lock of a queue."""
+    return f"rq:scheduler-lock:{queue}"
+
+
+def scheduled_key(queue: str) -> str:
+    """RQ's scheduled registry of a queue (retries waiting for their time)."""
+    return f"rq:scheduled:{queue}"
+
+
+def failed_key(queue: str) -> str:
+    """RQ's failed registry of a queue."""
+    return f"rq:failed:{queue}"
+
+
+def canceled_key(queue: str) -> str:
+    """RQ's canceled registry of a queue."""
+    return f"rq:canceled:{queue}"
+
+
 def queue_key(queue: str) -> str:
     """RQ's list of waiting job ids."""
     return f"rq:queue:{queue}"
@@ -47,16 +129,6 @@ def registry_key(kind: str, queue: str) -> str:
     """One of RQ's registries of a queue (`RQ_REGISTRIES`: started, finished, failed, canceled, scheduled,
     deferred)."""
     return f"rq:{kind}:{queue}"
-
-
-def execution_key(job_id: str, execution_id: str) -> str:
-    """RQ's record of one execution of a job."""
-    return f"rq:execution:{job_id}:{execution_id}"
-
-
-def worker_executions_key(worker: str) -> str:
-    """RQ's set of a worker's executions (members `<jobId>:<executionId>`)."""
-    return f"rq:worker:{worker}:executions"
 
 
 def executions_key(job_id: str) -> str:
@@ -74,11 +146,6 @@ def idempotency_index_key(user_id: str) -> str:
     """The user's `Idempotency-Key` records (sorted set of their key names, scored by expiry), so that erasing
     the user finds them (`tasks/erasure.py`)."""
     return f"inkq:user:{user_id}:idem"
-
-
-def user_index_key(user_id: str) -> str:
-    """A user's job index (sorted set by creation time), which serves `GET /jobs` (`api/store.py`)."""
-    return f"inkq:user:{user_id}:jobs"
 
 
 def user_uploads_key(user_id: str) -> str:
@@ -135,3 +202,44 @@ def gemini_served_key(model: str) -> str:
 def gemini_waiting_key(model: str) -> str:
     """The calls to `model` waiting for a place, `<user> <call id>`, scored by when each tries next."""
     return f"inkq:gemini:waiting:{model}"
+
+
+def deadlines_key() -> str:
+    """Jobs with a start deadline (`maxWaitS`), scored by it (epoch seconds): `tasks/core/deadlines.py`."""
+    return "inkq:deadlines"
+
+
+FAIR_PREFIX = "inkq:fair:"
+
+
+def fair_key(queue: str) -> str:
+    """The queue's fair order (`tasks/core/fairness.py`): a zset of its waiting jobs, scored by virtual finish
+    tag, members `<seq>:<jobId>:<userId>`. The status read (`lua/fair_place.lua`) builds this name and the
+    `:state`, `:slots` names below from `FAIR_PREFIX` and the job's queue, so they are spelled once here."""
+    return f"{FAIR_PREFIX}{queue}"
+
+
+def fair_state_key(queue: str) -> str:
+    """The fair order's hash: `v` (virtual time: the tag of the last job taken), `seq` (arrivals), `run_s` (the
+    p50 of recent run times)."""
+    return f"{FAIR_PREFIX}{queue}:state"
+
+
+def fair_users_key(queue: str) -> str:
+    """Each user's last virtual finish tag in the queue (zset), trimmed to the users ahead of the virtual time."""
+    return f"{FAIR_PREFIX}{queue}:users"
+
+
+def fair_waiting_key(queue: str) -> str:
+    """Waiting jobs per user in the queue's fair order (hash user -> n; a user leaves at 0)."""
+    return f"{FAIR_PREFIX}{queue}:waiting"
+
+
+def fair_runs_key(queue: str) -> str:
+    """The queue's last run times in seconds (list, newest first, at most `fairness.RUNS_KEPT`)."""
+    return f"{FAIR_PREFIX}{queue}:runs"
+
+
+def fair_slots_key(queue: str) -> str:
+    """The slots of the queue's live workers, summed by their liveness beats; lapses with them."""
+    return f"{FAIR_PREFIX}{queue}:slots"

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from .keys import claims_key, queue_key, workers_key
+from .keys import METRICS_KEY as KEY, claims_key, job_key, queue_key, slots_key, workers_key
 from .queues import QUEUE_NAMES
 
-KEY = "inkq:metrics"
-OUTCOMES = ("completed", "failed", "retried", "canceled", "recovered", "late")  # late: refused ends (tasks/ending.py)
+OUTCOMES = ("completed", "failed", "retried", "canceled", "expired", "recovered", "late")  # late: refused ends, expired: not started by the deadline (tasks/ending.py)
 GEMINI_OUTCOMES = ("ok", "retryable", "final")
 BUCKETS = {
     "run": (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
@@ -131,11 +130,6 @@ def read(redis) -> Snapshot:
     return snap
 
 
-def slots_key(worker: str) -> str:
-    """Where a worker publishes its slots: the jobs it runs at once (its queue's CONCURRENCY_* in its service)."""
-    return f"inkq:slots:{worker}"
-
-
 def publish_slots(pipe, worker: str, slots: int) -> None:
     """Add to `pipe` the renewal of a worker's published slots, which lapse with its liveness key
     (`tasks/runtime/recovery.py`): the worker's liveness beat sends both."""
@@ -163,7 +157,7 @@ def queue_gauges(redis, queues) -> dict[str, dict]:
     pipe = redis.pipeline(transaction=False)
     for name in queues:
         if heads[name] is not None:
-            pipe.hget(b"rq:job:" + heads[name], "enqueued_at")
+            pipe.hget(job_key(heads[name].decode()), "enqueued_at")
         for worker in members[name]:
             pipe.exists(alive_key(worker.decode()))
             pipe.get(slots_key(worker.decode()))

@@ -66,6 +66,9 @@ DEFAULTS: dict[str, object] = {
     "MAX_OPEN_UPLOADS_PER_USER": 20,
     "RATE_LIMIT": "120/minute",
     "READ_RATE_LIMIT": "3000/minute",
+    "PLANS": "",  # none: every user on DEFAULT_PLAN with the global limits (api/plans.py)
+    "DEFAULT_PLAN": "free",
+    "PLAN_CLAIM": "plan",
     "QUEUE_MAX_DEPTH": 1000,
     "CREDITS_ENABLED": False,
     "CREDITS_INITIAL": 0,

@@ -13,9 +13,10 @@ times a minute stops the others and the exit status is non-zero so the platform 
 They die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed service leaves nothing running.
 
 The supervisor also runs the recovery sweep (`tasks/runtime/recovery.py`): about once a second across all
-worker services on one Redis, the jobs of dead workers are queued again or ended; beside it, with the
-S3 store, the blob sweep deletes a bounded batch of objects that are due (`tasks/core/blobs.py`), and the
-retention sweep erases the jobs whose `retentionS` has run out (`tasks/erasure.py`). At start it names
+worker services on one Redis, the jobs of dead workers are queued again or ended; then it ends the jobs
+waiting past their start deadline (`tasks/core/deadlines.py`); beside it, with the S3 store, the blob sweep
+deletes a bounded batch of objects that are due (`tasks/core/blobs.py`), and the retention sweep erases the
+jobs whose `retentionS` has run out (`tasks/erasure.py`). At start it names
 Redis settings that can lose jobs (`tasks/core/durability.py`).
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ import time  # noqa: E402
 from redis import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
+from .. import ending  # noqa: E402
 from ..core import blobs as blob_store  # noqa: E402
 from .. import erasure  # noqa: E402
 from ..core import durability, keys, links, logs  # noqa: E402
@@ -157,12 +159,19 @@ def fork_slot_worker(spec: QueueSpec, settings: WorkerSettings, url: str, pool) 
 
 def sweep(recovery: Recovery, me: str) -> None:
     """One recovery sweep if it is this service's turn, then the ends it (or any service's sweep) left to do
-    (`recovery.drain`); Redis trouble is logged and tried again."""
+    (`recovery.drain`), then the jobs waiting past their start deadline (`tasks.ending.expire_due`: every
+    service, each round, so a deadline is kept within half a second however busy the workers are); Redis
+    trouble is logged and tried again."""
     try:
         recovery.maybe_sweep(me)
         drain(recovery.redis)
     except RedisError as exc:
         log.warning("recovery sweep skipped: %s", exc)
+    try:
+        for job in ending.expire_due(recovery.redis):
+            ending.drop_input_now(blob_store.store(recovery.redis), job.id)
+    except RedisError as exc:
+        log.warning("deadline pass skipped: %s", exc)
 
 
 def sweep_blobs(blobs, me: str) -> None:

@@ -14,7 +14,7 @@ not run (rq#2079, rq#2061). inkq keeps RQ and adds three things:
    transaction that records the execution in RQ's started registry. So every id is always in exactly one
    place: the queue, one worker's claims, or the started registry, and each place has an owner whose
    death is visible.
-3. **The sweep** (`SWEEP`, below), run by the supervisor of every worker service (`tasks/runtime/cli.py`) at most
+3. **The sweep** (`SWEEP`, `tasks/core/lua/sweep.lua`), run by the supervisor of every worker service (`tasks/runtime/cli.py`) at most
    once a second across all of them (`inkq:recovery:tick`, SET NX PX). In one atomic step it:
    - puts the claimed ids of dead workers back at the head of their queue, oldest first (a job no longer
      queued, e.g. canceled meanwhile, is dropped instead);
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from rq.utils import now, utcformat
 
 from .. import ending
-from ..core import blobs, changes, logs, metrics
+from ..core import blobs, keys, logs, scripts
 from ..core.errors import CRASH_FAILURE
 from ..core.keys import ENDING_KEY, TICK_KEY
 from ..core.queues import QUEUE_NAMES
@@ -64,169 +64,28 @@ SCHEDULER_STALE_MS = 51_000
 FAILURE_TTL_S = 604800  # a swept job's record lives this long without a failure TTL of its own
 
 
-# Shared by both scripts: move a claims list's still-queued ids into `back`, and put `back` at a queue's head.
-_CLAIMS = """
-local function take_back_claims(ckey, back)
-  local n = 0
-  for _, job_id in ipairs(redis.call('LRANGE', ckey, 0, -1)) do
-    local jkey = 'rq:job:' .. job_id
-    if redis.call('HGET', jkey, 'status') == 'queued' then
-      table.insert(back, {job_id, redis.call('HGET', jkey, 'enqueued_at') or ''})
-      n = n + 1
-    end
-  end
-  redis.call('DEL', ckey)
-  return n
-end
+RELEASE_OWN = scripts.load("release_own")  # run by a worker before each dequeue, with RELEASE_OWN_ARGS
+RELEASE_OWN_ARGS = (keys.job_key(""), keys.RQ_QUEUES_KEY)
+SWEEP = scripts.load("sweep")
 
-local function requeue_at_head(qkey, ids)
-  -- ids: {{id, enqueued_at}, ...}; the oldest ends up first
-  table.sort(ids, function(a, b) return a[2] > b[2] end)
-  for _, item in ipairs(ids) do
-    redis.call('LPUSH', qkey, item[1])
-  end
-  if #ids > 0 then redis.call('SADD', 'rq:queues', qkey) end
-  return #ids
-end
-"""
 
-# Run by a worker before each dequeue. KEYS: its claims list, its queue. An id still in its own claims
-# here is one it never got: the reply to its BLMOVE was lost with its connection, or the job was deleted.
-RELEASE_OWN = _CLAIMS + """
-local back = {}
-take_back_claims(KEYS[1], back)
-return requeue_at_head(KEYS[2], back)
-"""
+def _name(fn) -> list[str]:
+    """A key name built around a job id, execution, worker or queue, as the sweep's [prefix, suffix]."""
+    return fn("\0").split("\0")
 
-# KEYS: none (the script walks rq's and inkq's keys for the queues given; a single Redis, not a cluster).
-# ARGV: now (Unix seconds, and in rq's timestamp format), the ending hash (`ENDING_KEY`), the scheduler lock's
-# stale threshold (ms), the change channel (tasks.core.changes), the metrics hash (tasks.core.metrics), the key
-# prefixes of an execution's outputs (PNG, SVG) and the blob expiry set (tasks.core.blobs), then the queues.
-SWEEP = _CLAIMS + """
-local now, now_utc, ending_key = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local stale_lock_ms, changes_channel, metrics_key = tonumber(ARGV[4]), ARGV[5], ARGV[6]
-local output_prefixes, expiry_key = {ARGV[7], ARGV[8]}, ARGV[9]
-local ended, changed, counts = {}, {}, {requeued = 0, recovered = 0, failed = 0, canceled = 0, released = 0, scheduled = 0}
 
-local function dead(worker)
-  return worker and worker ~= '' and redis.call('EXISTS', 'inkq:alive:' .. worker) == 0
-end
-
-local function meta_of(jkey)
-  local raw = redis.call('HGET', jkey, 'meta')
-  if raw then
-    local ok, meta = pcall(cjson.decode, raw)
-    if ok and type(meta) == 'table' then return meta end
-  end
-  return {}
-end
-
-local function to_end(job_id, word)
-  -- the job's end is left to `drain` (tasks/ending.py's one end path), as a durable entry written in
-  -- this same step as the removal of its dead execution: no end is lost with the supervisor
-  redis.call('HSET', ending_key, job_id, word)
-  table.insert(ended, {job_id, word})
-  counts[word] = counts[word] + 1
-end
-
-local function drop_outputs(job_id, exec_id)
-  -- what a dead execution may have stored is never a result (its job runs again, or ends without one):
-  -- deleted in the Redis store, due now for the blob sweep in the S3 store
-  if exec_id == '' then return end
-  for _, prefix in ipairs(output_prefixes) do
-    local key = prefix .. job_id .. '/' .. exec_id
-    redis.call('DEL', key)
-    redis.call('ZADD', expiry_key, 'XX', 0, key)
-  end
-end
-
-for qi = 10, #ARGV do
-  local queue = ARGV[qi]
-  local back = {}
-
-  -- 1. executions of dead workers in the started registry
-  local members = redis.call('ZRANGE', 'rq:wip:' .. queue, 0, -1)
-  for _, member in ipairs(members) do
-    local sep = string.find(member, ':', 1, true)
-    local job_id = sep and string.sub(member, 1, sep - 1) or member
-    local exec_id = sep and string.sub(member, sep + 1) or ''
-    local jkey = 'rq:job:' .. job_id
-    local ekey = 'rq:execution:' .. member
-    local worker = redis.call('HGET', ekey, 'worker_name') or redis.call('HGET', jkey, 'worker_name')
-    if worker and redis.call('SISMEMBER', 'inkq:workers:' .. queue, worker) == 1 and dead(worker) then
-      redis.call('ZREM', 'rq:wip:' .. queue, member)
-      redis.call('DEL', ekey)
-      redis.call('ZREM', 'rq:executions:' .. job_id, exec_id)
-      redis.call('SREM', 'rq:worker:' .. worker .. ':executions', member)
-      local status = redis.call('HGET', jkey, 'status')
-      if status ~= 'finished' then drop_outputs(job_id, exec_id) end
-      if status == 'queued' or status == 'started' then
-        local meta = meta_of(jkey)
-        local retries_left = tonumber(redis.call('HGET', jkey, 'retries_left') or '0') or 0
-        if meta['canceledAt'] then
-          to_end(job_id, 'canceled')
-        elseif status == 'queued' then
-          -- its job never started: not an attempt
-          meta['stage'] = 'queued again: its worker stopped before starting it'
-          meta['progress'] = 0
-          redis.call('HSET', jkey, 'meta', cjson.encode(meta))
-          table.insert(back, {job_id, redis.call('HGET', jkey, 'enqueued_at') or ''})
-          table.insert(changed, job_id)
-          counts.requeued = counts.requeued + 1
-          redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|recovered', 1)
-        elseif retries_left > 0 then
-          meta['stage'] = 'queued again: its worker stopped'
-          meta['progress'] = 0
-          meta['recovered'] = (tonumber(meta['recovered']) or 0) + 1
-          redis.call('HSET', jkey, 'status', 'queued', 'retries_left', retries_left - 1, 'meta', cjson.encode(meta))
-          table.insert(back, {job_id, redis.call('HGET', jkey, 'enqueued_at') or ''})
-          table.insert(changed, job_id)
-          counts.recovered = counts.recovered + 1
-          redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|recovered', 1)
-        else
-          to_end(job_id, 'failed')
-        end
-      end
-    end
-  end
-
-  -- 2. claims of dead workers go back; 3. dead workers that hold nothing are forgotten
-  for _, worker in ipairs(redis.call('SMEMBERS', 'inkq:workers:' .. queue)) do
-    if dead(worker) then
-      local released = take_back_claims('inkq:claims:' .. worker, back)
-      counts.released = counts.released + released
-      if released > 0 then redis.call('HINCRBY', metrics_key, 'c|' .. queue .. '|recovered', released) end
-      redis.call('SREM', 'inkq:workers:' .. queue, worker)
-      -- and from rq's registry, where a killed worker stayed listed until its TTL (7 minutes)
-      redis.call('SREM', 'rq:workers', 'rq:worker:' .. worker)
-      redis.call('SREM', 'rq:workers:' .. queue, 'rq:worker:' .. worker)
-      redis.call('DEL', 'rq:worker:' .. worker, 'rq:worker:' .. worker .. ':executions')
-    end
-  end
-  requeue_at_head('rq:queue:' .. queue, back)
-
-  -- 4. due retries of a queue whose rq scheduler is gone: its lock is missing or not renewed
-  local lock_ms = redis.call('PTTL', 'rq:scheduler-lock:' .. queue)
-  if lock_ms == -2 or (lock_ms >= 0 and lock_ms < stale_lock_ms) then
-    for _, job_id in ipairs(redis.call('ZRANGEBYSCORE', 'rq:scheduled:' .. queue, 0, now)) do
-      local jkey = 'rq:job:' .. job_id
-      redis.call('ZREM', 'rq:scheduled:' .. queue, job_id)
-      if redis.call('EXISTS', jkey) == 1 then
-        redis.call('HSET', jkey, 'status', 'queued', 'enqueued_at', now_utc)
-        redis.call('RPUSH', 'rq:queue:' .. queue, job_id)
-        redis.call('SADD', 'rq:queues', 'rq:queue:' .. queue)
-        counts.scheduled = counts.scheduled + 1
-      end
-    end
-  end
-end
-
-for name, n in pairs(counts) do
-  if n > 0 then redis.call('HINCRBY', 'inkq:recovery:stats', name, n) end
-end
-for _, job_id in ipairs(changed) do redis.call('PUBLISH', changes_channel, job_id) end
-return cjson.encode({ended = ended, counts = counts})
-"""
+# Every key name the sweep builds, as tasks/core/keys.py spells it.
+SWEEP_NAMES = json.dumps({
+    "ending": ENDING_KEY, "stats": keys.STATS_KEY, "metrics": keys.METRICS_KEY, "channel": keys.CHANGES_CHANNEL,
+    "rq_queues": keys.RQ_QUEUES_KEY, "rq_workers": keys.RQ_WORKERS_KEY,
+    **{name: _name(fn) for name, fn in {
+        "job": keys.job_key, "execution": keys.execution_key, "executions": keys.executions_key,
+        "alive": keys.alive_key, "claims": keys.claims_key, "workers": keys.workers_key,
+        "rq_worker": keys.rq_worker_key, "worker_executions": keys.worker_executions_key,
+        "rq_queue_workers": keys.rq_queue_workers_key, "started": keys.started_key, "queue": keys.queue_key,
+        "scheduler_lock": keys.scheduler_lock_key, "scheduled": keys.scheduled_key,
+        # an execution's outputs, named around `<jobId>/<executionId>` (tasks.core.blobs.outputs_of)
+        "output": blobs.output_key, "svg": blobs.svg_key}.items()}, "expiry": keys.BLOBS_EXPIRY_KEY})
 
 
 @dataclass
@@ -253,8 +112,7 @@ class Recovery:
     def sweep(self) -> SweepResult:
         """Run the sweep once, now, whatever the tick says."""
         raw = self._sweep(keys=[], args=[
-            f"{time.time():.6f}", utcformat(now()), ENDING_KEY, SCHEDULER_STALE_MS, changes.CHANNEL, metrics.KEY,
-            blobs.output_key(""), blobs.svg_key(""), blobs.EXPIRY_KEY, *self.queues])
+            f"{time.time():.6f}", utcformat(now()), SCHEDULER_STALE_MS, SWEEP_NAMES, *self.queues])
         data = json.loads(raw)
         ended = [tuple(item) for item in (data.get("ended") or [])]
         return SweepResult(ended=ended, counts=data.get("counts") or {})
@@ -309,10 +167,10 @@ def end_swept(redis, job, word: str) -> bool:
         job.meta["stage"] = word
         if word == "canceled":
             job.meta["canceled"] = True
-            status, registry = "stopped", f"rq:canceled:{job.origin}"
+            status, registry = "stopped", keys.canceled_key(job.origin)
         else:
             job.meta["error"] = CRASH_FAILURE
-            status, registry = "failed", f"rq:failed:{job.origin}"
+            status, registry = "failed", keys.failed_key(job.origin)
         pipe.hset(job.key, mapping={"status": status, "ended_at": utcformat(now()), "meta": job._serialize_meta()})
         pipe.zadd(registry, {job.id: time.time() + ttl})
         if ttl > 0:

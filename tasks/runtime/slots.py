@@ -55,7 +55,8 @@ from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import now, utcformat
 from rq.worker.base import format_exc_info
 
-from ..core import blobs, keys, logs, scripts
+from .. import ending
+from ..core import blobs, deadlines, keys, logs, scripts
 from ..core.changes import EXECUTION_ATTR
 from ..core.queues import WORKER_QUEUES
 from ..core.settings import current
@@ -137,8 +138,11 @@ class SlotWorker(InkqWorker):
         return SUPERVISE_EVERY_S if self.running else super().dequeue_timeout
 
     def execute_job(self, job, queue):
-        """Start the job in a slot thread; return once a slot is free for the next one."""
+        """Start the job in a slot thread; return once a slot is free for the next one. A job taken past its
+        start deadline is ended instead (`past_deadline`)."""
         try:
+            if self.past_deadline(job):
+                return
             execution = self.prepare_execution(job)
             if execution is None:  # erased or ended since it was dequeued: nothing to run
                 log.info("job %s is gone or has ended; not started", job.id)
@@ -154,6 +158,18 @@ class SlotWorker(InkqWorker):
             InkqQueue.holding = False
             logs.clear()
         self.wait_for_slots(self.slots - 1)
+
+    def past_deadline(self, job) -> bool:
+        """Whether a job just taken is past its start deadline (`tasks/core/deadlines.py`) and this worker,
+        which holds it in its claims, has ended it instead of running it (canceled, refunded, out of its
+        claims). Its meta was read just now, as it was taken."""
+        if not InkqQueue.claims_key or not deadlines.is_due(job.meta or {}):
+            return False
+        with self._finish_lock:
+            done = ending.expire(self.connection, job, claims_key=InkqQueue.claims_key)
+        if done:
+            ending.drop_input_now(blobs.store(self.connection), job.id)
+        return done
 
     def wait_for_slots(self, at_most: int) -> None:
         """Supervise until at most `at_most` jobs run."""
@@ -213,7 +229,7 @@ class SlotWorker(InkqWorker):
                 ttl = int(self.get_heartbeat_ttl(slot.job, working_time=working))
                 beat_at = now()
                 job_id, execution_id = slot.job.id, slot.execution.id
-                self._heartbeat(keys=[slot.job.key, keys.executions_key(job_id), keys.execution_key(job_id, execution_id),
+                self._heartbeat(keys=[slot.job.key, keys.executions_key(job_id), keys.execution_key(f"{job_id}:{execution_id}"),
                                       keys.started_key(slot.job.origin)],
                                 args=[execution_id, f"{job_id}:{execution_id}", ttl, beat_at.timestamp(),
                                       utcformat(beat_at)], client=pipe)

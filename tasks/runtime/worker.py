@@ -21,6 +21,7 @@ from datetime import timedelta
 
 from redis import Redis
 from redis.exceptions import RedisError, WatchError
+from rq import worker_registration
 from rq.connections import get_connection_kwargs
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
@@ -31,7 +32,7 @@ from rq.worker import BaseWorker, WorkerStatus
 from rq.job_lifecycle import call_exception_handlers, format_exc_info
 
 from .. import ending
-from ..core import blobs, keys, logs, metrics
+from ..core import blobs, fairness, keys, logs, metrics
 from ..core.settings import current
 from . import recovery
 from .orphans import die_with_parent
@@ -115,15 +116,22 @@ class InkqQueue(Queue):
 
     @classmethod
     def lmove(cls, connection, queue_key: str, timeout: int | None):
-        """Move the next id into this worker's claims, after giving back any id it holds but never got."""
+        """Move the next id into this worker's claims, after giving back any id it holds but never got.
+
+        The next id is the fair order's (`tasks.core.fairness.take`: one script, the id lands in the claims
+        list as BLMOVE would put it); only when nothing is queued does the worker block in BLMOVE, then
+        tell the order which id it took."""
         if cls.claims_key is None:
             return super().lmove(connection, queue_key, timeout)
         if cls._release_own is None:
             cls._release_own = connection.register_script(recovery.RELEASE_OWN)
-        cls._release_own(keys=[cls.claims_key, queue_key], client=connection)
+        cls._release_own(keys=[cls.claims_key, queue_key], args=recovery.RELEASE_OWN_ARGS, client=connection)
+        queue = queue_key.removeprefix(keys.queue_key(""))
+        result = fairness.take(connection, queue, cls.claims_key)
+        if result is not None:
+            return queue_key, result
         if timeout is None:
-            result = connection.lmove(queue_key, cls.claims_key)
-            return None if result is None else (queue_key, result)
+            return None
         cls.blocking = True
         try:
             if cls.stop_requested:  # asked to stop just before the wait
@@ -133,6 +141,7 @@ class InkqQueue(Queue):
             cls.blocking = False
         if result is None:
             raise DequeueTimeout(timeout, queue_key)
+        fairness.taken(connection, queue, result.decode() if isinstance(result, bytes) else result)
         return queue_key, result
 
 
@@ -159,13 +168,18 @@ def bind_job(job) -> None:
 
 class Liveness(threading.Thread):
     """Keeps `inkq:alive:<worker>` alive, the worker listed under its queues and its slots published
-    (`tasks.core.metrics.publish_slots`, read by /admin/queue-stats), every second.
+    (`tasks.core.metrics.publish_slots`, read by /admin/queue-stats), with its queues' sums of live slots
+    (`tasks.core.fairness.publish_slots_in`, read by the wait estimates), every second.
 
     A thread of its own, with its own connection and a short socket timeout, so a long job, a slow
     maintenance run or a long `BLMOVE` never lets the key lapse while the process lives.
+
+    A worker frozen past its liveness (SIGSTOP, a paused VM) is forgotten by the recovery sweep, in rq's
+    worker registry too. When a later beat finds it no longer listed under its queues, it calls `rejoin`
+    (with its connection), which puts the worker back where rq and rq-dashboard look for it.
     """
 
-    def __init__(self, connection: Redis, name: str, queue_names: list[str], slots: int = 1):
+    def __init__(self, connection: Redis, name: str, queue_names: list[str], slots: int = 1, rejoin=None):
         super().__init__(name="inkq-liveness", daemon=True)
         kwargs = {**get_connection_kwargs(connection), "socket_timeout": 2, "socket_connect_timeout": 2}
         self.redis = Redis(connection_pool=connection.connection_pool.__class__(
@@ -173,6 +187,8 @@ class Liveness(threading.Thread):
         self.worker = name
         self.queue_names = queue_names
         self.slots = slots
+        self.rejoin = rejoin
+        self.listed = False  # a beat has listed the worker under its queues
         self.stopped = threading.Event()
 
     def beat(self) -> None:
@@ -180,9 +196,16 @@ class Liveness(threading.Thread):
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.alive_key(self.worker), os.getpid(), px=keys.LIVENESS_TTL_MS)
             metrics.publish_slots(pipe, self.worker, self.slots)
+            listings = []  # where each SADD's answer is: 1 when the worker was missing from the set
             for queue in self.queue_names:
+                listings.append(len(pipe))
                 pipe.sadd(keys.workers_key(queue), self.worker)
-            pipe.execute()
+                fairness.publish_slots_in(pipe, queue, metrics.slots_key(""))
+            answers = pipe.execute()
+        forgotten = self.listed and any(answers[i] for i in listings)
+        self.listed = True
+        if forgotten and self.rejoin is not None:
+            self.rejoin(self.redis)
 
     def run(self) -> None:
         while not self.stopped.wait(recovery.LIVENESS_EVERY_S):
@@ -290,11 +313,24 @@ class InkqWorker(BaseWorker):
     def start_liveness(self) -> None:
         """Prove this worker alive before its first dequeue, and keep proving it; dequeue into its claims."""
         die_with_parent(signal.SIGTERM)  # a worker whose supervisor is gone shuts down warmly
-        self.liveness = Liveness(self.connection, self.name, self.queue_names(), self.slots)
+        self.liveness = Liveness(self.connection, self.name, self.queue_names(), self.slots, rejoin=self.rejoin)
         self.liveness.beat()
         with signals_for_main_thread_only():
             self.liveness.start()
         InkqQueue.claims_key = keys.claims_key(self.name)
+
+    def rejoin(self, connection: Redis) -> None:
+        """Back in rq's worker registry (`Worker.all`, rq-dashboard) after the
+        recovery sweep forgot this worker as dead: frozen past its liveness, then resumed. Called by the
+        liveness thread, on its own connection."""
+        if self.birth_date is None:  # not registered yet: rq's own registration lists it
+            return
+        with connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping={**self.serialize(), "state": self.get_state()})
+            worker_registration.register(self, pipe)
+            pipe.expire(self.key, self.worker_ttl + 60)
+            pipe.execute()
+        log.warning("worker %s had been forgotten as dead (frozen past its liveness); listed again", self.name)
 
     def subscribe(self):
         """rq's command listener thread, started with SIGINT and SIGTERM blocked (see

@@ -550,16 +550,19 @@ def test_jwt_shaped_tokens_without_jwt_config_are_plain_bad_credentials():
         ("tok1:alice,,tok2:bob,", {"tok1": "alice", "tok2": "bob"}),
         ("tok:alice,tok:alice", {"tok": "alice"}),
         ("tok:google-oauth2|1234,tok2:a.b+c@example.com", {"tok": "google-oauth2|1234", "tok2": "a.b+c@example.com"}),
+        ("tok:alice:pro, tok2:bob", {"tok": ("alice", "pro"), "tok2": "bob"}),
+        ("tok:jwt:alice", {"tok": ("jwt", "alice")}),  # user `jwt` on plan `alice`: never a JWT user (`jwt:<sub>`)
     ],
 )
 def test_parse_api_keys(value, expected):
-    assert parse_api_keys(value) == expected
+    assert parse_api_keys(value) == {token: owner if isinstance(owner, tuple) else (owner, None)
+                                     for token, owner in expected.items()}
 
 
 @pytest.mark.parametrize(
     "value",
     ["tok", "tok:", ":alice", " : ", "tok:alice,bad", "to k:alice", "tök:alice", "tok:alice,tok:bob",
-     "tok:user:with:colons", "tok:jwt:alice", "tok:John Doe", "tok:@admin", "tok:<img src=x onerror=alert(1)>",
+     "tok:user:with:colons", "tok:alice:", "tok:alice:pro plan", "tok:alice:pro,tok:alice:free", "tok:John Doe", "tok:@admin", "tok:<img src=x onerror=alert(1)>",
      "tok:al'ice", "tok:" + "a" * 256],
 )
 def test_parse_api_keys_rejects_malformed_entries(value):

@@ -26,14 +26,14 @@ def running(redis):
     job.save()
     redis.hset(Job.key_for(job_id), "status", "queued")
     redis.zadd(keys.executions_key(job_id), {execution: time.time() + 100})
-    redis.hset(keys.execution_key(job_id, execution), mapping={"worker_name": "w", "last_heartbeat": 0})
+    redis.hset(keys.execution_key(f"{job_id}:{execution}"), mapping={"worker_name": "w", "last_heartbeat": 0})
     redis.zadd(keys.started_key(queue), {f"{job_id}:{execution}": time.time() + 100})
     return job_id, execution, queue
 
 
 def erase(redis, job_id: str, execution: str, queue: str) -> None:
     """What an erasure deletes of these records."""
-    redis.delete(Job.key_for(job_id), keys.executions_key(job_id), keys.execution_key(job_id, execution))
+    redis.delete(Job.key_for(job_id), keys.executions_key(job_id), keys.execution_key(f"{job_id}:{execution}"))
     redis.zrem(keys.started_key(queue), f"{job_id}:{execution}")
 
 
@@ -48,7 +48,7 @@ def start(redis, job_id: str, execution: str) -> int:
 
 def beat(redis, job_id: str, execution: str, queue: str) -> int:
     return redis.eval(scripts.load("heartbeat"), 4, Job.key_for(job_id), keys.executions_key(job_id),
-                      keys.execution_key(job_id, execution), keys.started_key(queue), execution,
+                      keys.execution_key(f"{job_id}:{execution}"), keys.started_key(queue), execution,
                       f"{job_id}:{execution}", 90, time.time(), "2026-01-01T00:00:00.000000Z")
 
 
@@ -59,7 +59,7 @@ def test_an_owned_start_and_heartbeat_are_written(redis, running):
     assert redis.hget(Job.key_for(job_id), "status") == b"started" and redis.ttl(Job.key_for(job_id)) == -1
     assert beat(redis, job_id, execution, queue) == 1
     assert redis.hget(Job.key_for(job_id), "last_heartbeat") == b"2026-01-01T00:00:00.000000Z"
-    assert 0 < redis.ttl(keys.execution_key(job_id, execution)) <= 90
+    assert 0 < redis.ttl(keys.execution_key(f"{job_id}:{execution}")) <= 90
     assert redis.zscore(keys.started_key(queue), f"{job_id}:{execution}") >= int(time.time()) + 89
 
 

@@ -314,7 +314,7 @@ def test_malformed_images_through_the_real_workers(make_api, workers, redis):
         return not pending
 
     try:
-        wait_until(all_ended, timeout=150, interval=1.0, what="every fuzzed job to end")
+        wait_until(all_ended, timeout=150, interval=0.25, what="every fuzzed job to end")
     except AssertionError:
         stuck = {j: api.get(f"/status/{j}").json()["status"] for j in sorted(pending)}
         raise AssertionError(f"{len(stuck)} of {len(accepted)} jobs never ended: {list(stuck.items())[:20]}")

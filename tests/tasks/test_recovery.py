@@ -232,7 +232,7 @@ def test_soak_with_restarts_and_kills(credit_stack):
     finally:
         stop.set()
         feeder.join(10)
-    final = stack.wait_all(ids, timeout=90)
+    final = stack.wait_all(ids, timeout=600, stall_s=60)  # a loaded box only slows the drain
     failed = {job_id: body for job_id, body in final.items() if body["status"] != "completed"}
     assert not failed, _explained(stack, failed)
     assert stack.api.get("/credits").json()["balance"] == 1000 - len(ids)
@@ -417,7 +417,8 @@ def test_a_frozen_workers_late_result_changes_nothing(credit_stack, gemini):
     """Two worker services; the one running a 10 s provider job is frozen (SIGSTOP, every process) for
     25 s; the other runs the job again and completes it. Once the frozen one resumes and finishes its
     copy, nothing changes: status, endedAt, result bytes, attempts, balance; the late end is logged and
-    counted (`inkq_jobs_total{outcome="late"}`)."""
+    counted (`inkq_jobs_total{outcome="late"}`). The frozen service's workers, forgotten as dead by the
+    sweep meanwhile, are back in rq's worker registry (rq-dashboard's workers page) once resumed."""
     stack = credit_stack
     stack.workers(stencil=1)
     stack.workers(stencil=1)
@@ -425,6 +426,9 @@ def test_a_frozen_workers_late_result_changes_nothing(credit_stack, gemini):
     job_id = stack.api.post("/generate", json={"operation": "ia-gen", "prompt": "a fox"}).json()["jobId"]
     _wait_in_call(stack, job_id, gemini)
     frozen = _processes_of(_holder(stack, job_id))
+    names = {w.decode() for q in QUEUE_NAMES for w in stack.redis.smembers(keys.workers_key(q))
+             if int(stack.redis.get(keys.alive_key(w.decode())) or 0) in frozen}
+    assert len(names) >= 4, names  # one per queue at least
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
@@ -434,6 +438,7 @@ def test_a_frozen_workers_late_result_changes_nothing(credit_stack, gemini):
         result = stack.api.get(f"/result/{job_id}").content
         balance = stack.api.get("/credits").json()["balance"]
         assert balance == 1000 - 2
+        assert not names & _dashboard_workers(stack), "the sweep forgot the frozen workers"
         time.sleep(max(0.0, 25 - (time.monotonic() - stopped_at)))
     finally:
         for pid in frozen:
@@ -449,6 +454,14 @@ def test_a_frozen_workers_late_result_changes_nothing(credit_stack, gemini):
     assert stack.api.get("/credits").json()["balance"] == balance
     assert stack.redis.hget("inkq:metrics", "c|ia-gen|completed") == b"1"
     assert len(list(stack.redis.scan_iter(blobs.output_key(job_id) + "/*"))) == 1  # the late copy's went
+    wait_until(lambda: names <= _dashboard_workers(stack), timeout=10, what="the resumed workers to be listed again")
+
+
+def _dashboard_workers(stack: Stack) -> set[str]:
+    """The workers rq-dashboard lists."""
+    response = stack.api.get("/admin/rq/0/data/workers.json", token=ADMIN_TOKEN)
+    assert response.status_code == 200, response.text
+    return {w["name"] for w in response.json()["workers"]}
 
 
 def test_a_supervisor_lost_right_after_the_sweep_loses_no_webhook(credit_stack, gemini, receiver):

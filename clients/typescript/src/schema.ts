@@ -382,6 +382,12 @@ export interface components {
              */
             lineWeight: number | null;
             /**
+             * Maxwaits
+             * @description A start deadline: a job not started within this many seconds of its submission ends `canceled` (its `error` says why), is never run and is not charged. 1-86400.
+             * @default null
+             */
+            maxWaitS: number | null;
+            /**
              * Operation
              * @description What to do; `stencil` when absent.
              * @default stencil
@@ -430,6 +436,12 @@ export interface components {
          * @description Answer to an accepted submission (202) or a repeated Idempotency-Key (200).
          */
         JobAccepted: {
+            /**
+             * Etas
+             * @description Estimated seconds until the result; null when unknown.
+             * @default null
+             */
+            etaS: number | null;
             /** Jobid */
             jobId: string;
             /**
@@ -439,6 +451,12 @@ export interface components {
             operation: "stencil" | "enhance" | "ia-gen" | "color-match";
             /** Queue */
             queue: string;
+            /**
+             * Queueposition
+             * @description 1 = the next job to start in its queue, in the fair order; null when not known.
+             * @default null
+             */
+            queuePosition: number | null;
             /**
              * Status
              * @enum {string}
@@ -493,6 +511,11 @@ export interface components {
             endedAt: string | null;
             /** Error */
             error: string | null;
+            /**
+             * Etas
+             * @description Waiting and active jobs: estimated seconds until the result (from the queue's recent p50 run time, its live slots and the position); null otherwise or when unknown.
+             */
+            etaS: number | null;
             /** Jobid */
             jobId: string;
             /** Operation */
@@ -501,6 +524,11 @@ export interface components {
             progress: number;
             /** Queue */
             queue: string;
+            /**
+             * Queueposition
+             * @description Waiting jobs: 1 = the next to start in its queue, in the fair order across users; null otherwise, or when not known (a job waiting for a retry).
+             */
+            queuePosition: number | null;
             result: components["schemas"]["JobResult"] | null;
             /** Stage */
             stage: string;
@@ -546,8 +574,18 @@ export interface components {
             concurrency: number;
             /** Failed */
             failed: number;
+            /**
+             * Runs
+             * @description p50 of the queue's last 100 run times, in seconds; null before any.
+             */
+            runS: number | null;
             /** Scheduled */
             scheduled: number;
+            /**
+             * Users
+             * @description Users with jobs waiting in the queue.
+             */
+            users: number;
             /** Waiting */
             waiting: number;
             /** Workers */
@@ -903,6 +941,12 @@ export interface operations {
                      * @default null
                      */
                     lineWeight?: number | null;
+                    /**
+                     * Maxwaits
+                     * @description A start deadline: a job not started within this many seconds of its submission ends `canceled` (its `error` says why), is never run and is not charged. 1-86400.
+                     * @default null
+                     */
+                    maxWaitS?: number | null;
                     /**
                      * Operation
                      * @description What to do; `stencil` when absent.
