@@ -100,7 +100,7 @@ def rq_records(reader, gone: Gone) -> list[Drop]:
             drops += [("zrem", keys.registry_key(kind, job.queue), job.id) for kind in keys.RQ_REGISTRIES]
         for execution, worker in job.executions:
             member = f"{job.id}:{execution}"
-            drops.append(("del", keys.execution_key(f"{job.id}:{execution}")))
+            drops.append(("del", keys.execution_key(member)))
             if job.queue:
                 drops.append(("zrem", keys.started_key(job.queue), member))
             if worker:
@@ -209,7 +209,7 @@ def user_idempotency(reader, user_id: str) -> list[Drop]:
 
 
 def user_uploads(reader, user_id: str) -> list[Drop]:
-    """The records of every upload of the user, used or not, and both indexes (their objects: `upload_keys`)."""
+    """The records of every upload of the user, used or not, and both indexes (their objects: `erase_user`)."""
     return [("del", keys.upload_record_key(upload_id)) for upload_id in uploads_of(reader, user_id)] + [
         ("del", keys.open_uploads_key(user_id)), ("del", keys.user_uploads_key(user_id))]
 
