@@ -73,7 +73,7 @@ def queue_stats(redis) -> dict:
     `waiting` counts the queue and the ids workers have claimed but not yet started. `concurrency` is
     what the running worker services publish (`tasks.core.metrics.queue_gauges`: the slots of the queue's
     live workers, summed), never the API's own idea of CONCURRENCY_*: 0 while no worker runs the queue.
-    `runS` is the p50 of the queue's last 100 run times (null before any) and `users` the users with jobs
+    `runS` is the p50 of the queue's last 100 completed runs (null before any) and `users` the users with jobs
     waiting in its fair order (`tasks.core.fairness.stats`).
     """
     workers = Worker.all(connection=redis, serializer=JSONSerializer)

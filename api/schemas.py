@@ -178,7 +178,7 @@ class QueueStats(BaseModel):
     scheduled: int
     workers: int
     concurrency: int
-    runS: Optional[float] = Field(description="p50 of the queue's last 100 run times, in seconds; null before any.")
+    runS: Optional[float] = Field(description="p50 of the queue's last 100 completed runs, in seconds; null before any.")
     users: int = Field(ge=0, description="Users with jobs waiting in the queue.")
 
 

@@ -50,7 +50,6 @@ RUNS_KEPT = 100
 # download and checks, many at once; a local stencil takes 1-3 s, a color-match about 1 s.
 PRIOR_RUN_S = {QUEUES["stencil"].name: 8.0, QUEUES["enhance"].name: 10.0, QUEUES["ia-gen"].name: 10.0,
                QUEUES["color-match"].name: 2.0}
-JOB_PREFIX = keys.job_key("")
 
 _ENQUEUE = scripts.load("fair_enqueue")
 _TAKE = scripts.load("fair_take")
@@ -73,7 +72,7 @@ def enqueue_in(pipe, queue: str, job_id: str, user_id: str, weight: int = 1) -> 
     """Add the job's entry in its queue's order to `pipe` (the transaction that queues it); the index of its
     reply, which `Place.of` reads."""
     index = len(pipe)
-    pipe.eval(_ENQUEUE, 5, *_order_keys(queue), JOB_PREFIX + job_id,
+    pipe.eval(_ENQUEUE, 5, *_order_keys(queue), keys.job_key(job_id),
               user_id, max(1, int(weight)), job_id, queue, *read_args())
     return index
 
@@ -81,18 +80,18 @@ def enqueue_in(pipe, queue: str, job_id: str, user_id: str, weight: int = 1) -> 
 def take(connection, queue: str, claims_key: str):
     """Move the next job id of `queue`, in the fair order, into `claims_key`; None when nothing waits."""
     script = _script(connection, _TAKE)
-    return script(keys=[keys.queue_key(queue), claims_key, *_order_keys(queue)], args=[JOB_PREFIX], client=connection) or None
+    return script(keys=[keys.queue_key(queue), claims_key, *_order_keys(queue)], args=[keys.job_key("")], client=connection) or None
 
 
 def taken(connection, queue: str, job_id: str) -> None:
     """After a BLMOVE took `job_id` off the list: it leaves the order, and V moves to its tag."""
     script = _script(connection, _LEAVE)
-    script(keys=[*_order_keys(queue), JOB_PREFIX + job_id], args=["take"], client=connection)
+    script(keys=[*_order_keys(queue), keys.job_key(job_id)], args=["take"], client=connection)
 
 
 def leave_in(pipe, queue: str, job_id: str) -> None:
     """Add to `pipe` (a job's end) its removal from the order, if it is still there."""
-    pipe.eval(_LEAVE, 5, *_order_keys(queue), JOB_PREFIX + job_id, "end")
+    pipe.eval(_LEAVE, 5, *_order_keys(queue), keys.job_key(job_id), "end")
 
 
 def record_run_in(pipe, queue: str, seconds: float) -> None:

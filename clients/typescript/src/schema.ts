@@ -576,7 +576,7 @@ export interface components {
             failed: number;
             /**
              * Runs
-             * @description p50 of the queue's last 100 run times, in seconds; null before any.
+             * @description p50 of the queue's last 100 completed runs, in seconds; null before any.
              */
             runS: number | null;
             /** Scheduled */
