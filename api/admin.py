@@ -1,4 +1,4 @@
-"""Admin surfaces: queue statistics, credits, and rq-dashboard mounted at /admin/rq/.
+"""Admin surfaces: queue statistics, credits, a user's erasure, and rq-dashboard mounted at /admin/rq/.
 
 rq-dashboard leaves authentication to its host app (its own docstring says so): every request
 under /admin/rq/ needs the admin token, as a Bearer token or as the HTTP Basic password
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import secrets
 from urllib.parse import urlsplit
 
@@ -48,6 +49,7 @@ from .guard import check_admin, require_admin
 from .schemas import CreditChange
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+log = logging.getLogger("inkq.api")
 DASHBOARD_PREFIX = "/admin/rq"
 ADMIN_PREFIX = "/admin/"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -126,6 +128,22 @@ def change_credits(user_id: str):
         raise bad_request("Send exactly one of `add` or `set`.")
     balance = current_app.extensions["inkq"].admission.change(user_id, add=change.add, set_to=change.set)
     return jsonify({"balance": balance})
+
+
+@bp.delete("/users/<user_id>/data")
+@require_admin
+def erase_user(user_id: str):
+    """Erase everything of a user: their jobs (canceled first if running), uploads, idempotency keys, stream leases,
+    counters and credit balance; `{"jobs", "objects"}`. One log line names the user and the counts."""
+    if not valid_user_id(user_id):
+        raise bad_request("Bad user id: an API key's user id, or jwt:<sub> for a JWT user.")
+    ctx = current_app.extensions["inkq"]
+    jobs, objects = ctx.store.erase_user(user_id, webhook_retry_s=ctx.settings.webhook_retry_s)
+    for job_id in jobs:
+        ctx.hub.changed(job_id)
+    log.info("erased the data of user %s at an admin's request: %d jobs, %d image objects", user_id, len(jobs),
+             objects)
+    return jsonify({"jobs": len(jobs), "objects": objects})
 
 
 def _origin(url: str) -> str | None:

@@ -104,12 +104,12 @@ class Client:
 
 
 def _answer(response: requests.Response) -> dict:
+    if response.status_code == 204:  # done, nothing to say (an erasure)
+        return {}
     try:
         body = response.json()
     except ValueError:
         body = None
-    if response.status_code == 204:
-        return {}
     if response.status_code < 400 and isinstance(body, dict):
         return body
     if isinstance(body, dict) and "error" in body:
@@ -353,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=20)
     jobs.add_argument("--status", choices=["waiting", "active", "completed", "failed", "canceled"])
     jobs.set_defaults(run=cmd_jobs)
-    erase = sub.add_parser("erase", help="erase a job's data now (its record, input and results)")
+    erase = sub.add_parser("erase", help="erase a job now: its record, input and outputs (canceled first)")
     erase.add_argument("job_id", nargs="?")
     erase.add_argument("--user", metavar="USER_ID", help="admin: erase everything of this user")
     erase.set_defaults(run=cmd_erase)

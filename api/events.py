@@ -152,6 +152,12 @@ class Hub:
                 if not watchers:
                     del self._watchers[job_id]
 
+    def changed(self, job_id: str) -> None:
+        """What an announcement of job_id does, now, in this process: for a change this process made and
+        announced (an erasure), whose announcement the listener may not have heard yet when the next
+        request of the same client arrives."""
+        self._wake(job_id)
+
     def stop(self) -> None:
         """Stop listening (tests that build many apps); open streams fall back to their re-reads."""
         self._stopped = True

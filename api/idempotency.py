@@ -58,9 +58,14 @@ def claim(redis: Redis, user_id: str, key: str, fingerprint: str, answer: dict) 
 
 
 def confirm(user_id: str, key: str, fingerprint: str, answer: dict, pipe) -> None:
-    """Mark the claim done for 24 h, in the pipeline (transaction) that stores the job."""
+    """Mark the claim done for 24 h, in the pipeline (transaction) that stores the job, and list it in the
+    user's index of records (for an erasure of the user, `tasks/erasure.py`)."""
     record = {"fingerprint": fingerprint, "answer": answer, "state": "done"}
-    pipe.set(keys.idempotency_key(user_id, key), json.dumps(record), ex=TTL_S)
+    name, index, expires = keys.idempotency_key(user_id, key), keys.idempotency_index_key(user_id), time.time() + TTL_S
+    pipe.set(name, json.dumps(record), ex=TTL_S)
+    pipe.zremrangebyscore(index, "-inf", time.time())
+    pipe.zadd(index, {name: expires})
+    pipe.expire(index, TTL_S)
 
 
 def release(redis: Redis, user_id: str, key: str) -> None:

@@ -1,4 +1,4 @@
-"""Job endpoints: submit, status (polling and server-sent events), result, list, cancel."""
+"""Job endpoints: submit, status (polling and server-sent events), result, list, cancel, erase."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ from functools import partial
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
 from tasks import webhooks
+from tasks.core import keys
 from tasks.core.queues import QUEUES
 
 from . import idempotency, uploads
@@ -74,6 +75,9 @@ def generate():
     params["engine"] = _engine_for(operation, submission.fields.engine)
     if submission.fields.format == "svg" and operation != "stencil":
         raise bad_request("format svg is only for stencil jobs.")
+    keep_for = submission.fields.retentionS
+    if keep_for is not None and keep_for > ctx.settings.result_ttl_s:
+        raise bad_request(f"`retentionS` must be 60-{ctx.settings.result_ttl_s} (RESULT_TTL_S).")
     if submission.fields.webhookUrl:
         try:
             webhooks.check_url(submission.fields.webhookUrl, ctx.settings.webhook_allow_private)
@@ -97,7 +101,8 @@ def generate():
         job = ctx.store.enqueue(job_id, user_id, operation, params, submission.image,
                                 submission.mime_type or (upload and upload.mime_type), request.environ.get(ENVIRON_ID),
                                 input_stored=upload is not None, also=confirm, weight=plan.weight,
-                                max_wait_s=submission.fields.maxWaitS)
+                                max_wait_s=submission.fields.maxWaitS,
+                                idempotency=keys.idempotency_key(user_id, key) if key is not None else None)
     except Exception:
         uploads.release(ctx, upload, job_id)
         ctx.admission.release(user_id, job_id)
@@ -238,6 +243,19 @@ def list_jobs():
         if view.charged:
             _ctx().admission.settle(view.id, view.user, body["status"])
     return jsonify({"jobs": bodies})
+
+
+@bp.delete("/jobs/<job_id>/data")
+@require_user
+@limit_reads
+def erase(job_id: str):
+    """Erase a job now: canceled first if it has not ended, then its record, input, outputs, idempotency entry,
+    listing entry and leases deleted; every job endpoint answers 404 for it afterwards."""
+    job = _owned(job_id)
+    objects = _ctx().store.erase(job, "api", webhook_retry_s=_ctx().settings.webhook_retry_s)
+    _ctx().hub.changed(job_id)  # this process's cached status goes now (the others' with the announcement)
+    log.info("job erased by its owner (%d image objects)", objects, extra={"jobId": job_id})
+    return "", 204
 
 
 @bp.delete("/jobs/<job_id>")

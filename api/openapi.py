@@ -15,7 +15,9 @@ from pydantic import BaseModel
 
 from . import schemas as s
 from .auth import JWT_USER_PREFIX, USER_ID_TEXT
-from .store import INDEX_CAP, LIST_WINDOW
+from tasks.core.keys import INDEX_CAP
+
+from .store import LIST_WINDOW
 
 bp = Blueprint("openapi", __name__)
 REF = "#/components/schemas/{model}"
@@ -37,7 +39,7 @@ ERRORS = {
 TAGS = [
     {"name": "jobs", "description": "Submit jobs, follow them, fetch their results, list and cancel them."},
     {"name": "account", "description": "The caller's credit balance."},
-    {"name": "admin", "description": "Operators: queue counts and balances (admin token)."},
+    {"name": "admin", "description": "Operators: queue counts, balances and a user's erasure (admin token)."},
     {"name": "operations", "description": "Liveness, readiness and metrics for the platform."},
 ]
 
@@ -50,10 +52,12 @@ OPERATIONS = {
     ("get", "/files/{token}"): ("getResultFile", "jobs"),
     ("get", "/jobs"): ("listJobs", "jobs"),
     ("delete", "/jobs/{jobId}"): ("cancelJob", "jobs"),
+    ("delete", "/jobs/{jobId}/data"): ("deleteJobData", "jobs"),
     ("post", "/uploads"): ("createUpload", "jobs"),
     ("get", "/credits"): ("getCredits", "account"),
     ("get", "/admin/queue-stats"): ("getQueueStats", "admin"),
     ("post", "/admin/credits/{userId}"): ("setCredits", "admin"),
+    ("delete", "/admin/users/{userId}/data"): ("deleteUserData", "admin"),
     ("get", "/healthz"): ("getHealth", "operations"),
     ("get", "/readyz"): ("getReadiness", "operations"),
     ("get", "/metrics"): ("getMetrics", "operations"),
@@ -101,7 +105,7 @@ def build_spec() -> dict:
     """The OpenAPI document, built once per process (it depends on no setting; every app serves the same
     object, which nothing changes)."""
     models = [s.GenerateRequest, s.JobAccepted, s.JobStatusBody, s.JobList, s.Canceled, s.Error, s.Balance,
-              s.Credits, s.CreditChange, s.QueueStats, s.JobResult, s.PaletteEntry, s.UploadRequest, s.UploadCreated]
+              s.Credits, s.CreditChange, s.QueueStats, s.UserErased, s.JobResult, s.PaletteEntry, s.UploadRequest, s.UploadCreated]
     components = {}
     for model in models:
         schema = model.model_json_schema(ref_template=REF)
@@ -165,6 +169,13 @@ def build_spec() -> dict:
             "summary": "Cancel a waiting job or stop an active one", "security": user, "parameters": [_job_id()],
             "responses": _responses({"200": {"description": "Canceled", "content": _json(s.Canceled)}},
                                     (401, 404, 409, 429))}},
+        "/jobs/{jobId}/data": {"delete": {
+            "summary": "Erase a job now: canceled first if it has not ended, then its record, input and outputs",
+            "description": "Deletes the job's record, input, outputs (in Redis or the object store), idempotency entry, "
+                           "listing entry and leases; afterwards every job endpoint answers 404 for it and every URL "
+                           "handed out for it stops working. A running job is stopped first.",
+            "security": user, "parameters": [_job_id()],
+            "responses": _responses({"204": {"description": "Erased"}}, (401, 404, 429, 503))}},
         "/credits": {"get": {
             "summary": "The caller's credit balance", "security": user,
             "responses": _responses({"200": {"description": "Balance", "content": _json(s.Credits)}}, (401, 429))}},
@@ -180,6 +191,14 @@ def build_spec() -> dict:
             "requestBody": {"required": True, "content": _json(s.CreditChange)},
             "responses": _responses({"200": {"description": "Balance", "content": _json(s.Balance)}},
                                     (400, 401, 403))}},
+        "/admin/users/{userId}/data": {"delete": {
+            "summary": "Erase everything of a user (admin): jobs, uploads, idempotency keys, leases, counters, balance",
+            "security": user,
+            "parameters": [{"name": "userId", "in": "path", "required": True, "description":
+                            "An API key's user id, or jwt:<sub> for a JWT's user", "schema": {
+                                "type": "string", "pattern": f"^({JWT_USER_PREFIX})?{USER_ID_TEXT.pattern}$"}}],
+            "responses": _responses({"200": {"description": "Erased", "content": _json(s.UserErased)}},
+                                    (400, 401, 403, 503))}},
         "/healthz": {"get": {"summary": "Liveness", "security": [],
                              "responses": {"200": {"description": "Running"}}}},
         "/readyz": {"get": {"summary": "Readiness (Redis answers)", "security": [],

@@ -31,6 +31,9 @@ class GenerateRequest(BaseModel):
     upload: Optional[str] = Field(
         None, min_length=1, max_length=64, description="An uploadId from POST /uploads, in place of `image` "
         "(S3 image store only); the caller must own it, and it serves one job.")
+    retentionS: Optional[int] = Field(
+        None, ge=60, description="Delete the job, its input and its outputs this many seconds after it ends "
+        "(60 up to the operator's RESULT_TTL_S); without it they are kept RESULT_TTL_S (FAILURE_TTL_S for failures).")
     format: Optional[Literal["png", "svg"]] = Field(
         None, description="stencil: `png` (default) or `svg`; with `svg` the result also has `svg`, a signed URL "
         "of the same strokes as closed SVG outlines.")
@@ -127,6 +130,13 @@ class Canceled(BaseModel):
 
     jobId: str
     status: Literal["canceled"]
+
+
+class UserErased(BaseModel):
+    """Body of `DELETE /admin/users/<userId>/data`."""
+
+    jobs: int = Field(ge=0, description="The user's jobs erased.")
+    objects: int = Field(ge=0, description="Image objects deleted (inputs, outputs, unused uploads).")
 
 
 class Error(BaseModel):

@@ -32,17 +32,17 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from tasks import ending
+from tasks import ending, erasure
 from tasks.core import blobs as blob_store
 from tasks.core import credits, deadlines, fairness
-from tasks.core.keys import deadlines_key, user_index_key
+from tasks.core.keys import INDEX_CAP, RETENTION_GRACE_S, deadlines_key, user_index_key
 from tasks.core.queues import QUEUES, QueueSpec
 
 from .status import ACTIVE, CANCELED, TERMINAL, WAITING, View, read, read_many, word_of
 
 _ID_CHARS = frozenset("0123456789abcdef")
-INDEX_CAP = 1000
 LIST_WINDOW = 200
+STOP_WAIT_S = 5.0  # how long a cancel (or an erasure) waits for an active job's worker to stop it
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -79,18 +79,24 @@ class JobStore:
 
     def enqueue(self, job_id: str, user_id: str, operation: str, params: dict,
                 image: bytes | None, mime_type: str | None, request_id: str | None = None,
-                input_stored: bool = False, also=None, weight: int = 1, max_wait_s: int | None = None) -> Job:
+                input_stored: bool = False, also=None, weight: int = 1, max_wait_s: int | None = None,
+                idempotency: str | None = None) -> Job:
         """Store the input bytes (unless `input_stored`: a direct upload already copied to the job's
         input key and checked there) and queue the job in one transaction; the job keeps the
         submitting request's id. The same transaction enters the job in its queue's fair order with
         its user's `weight` (`tasks.core.fairness`); the job's place then is `job.place`
         (a `fairness.Place`).
 
-        `also(pipeline)` adds writes that must land with the job (the Idempotency-Key's record). `weight`: the
-        user's plan's weight in the fair order (`api/plans.py`). `max_wait_s`: the start deadline
-        (`tasks/core/deadlines.py`), written into the job's meta and the deadlines set in the same transaction."""
+        `also(pipeline)` adds writes that must land with the job (the Idempotency-Key's record, whose key name
+        is `idempotency`: kept in the job's meta, so that erasing the job finds it). `weight`: the user's plan's
+        weight in the fair order (`api/plans.py`). `max_wait_s`: the start deadline (`tasks/core/deadlines.py`),
+        written into the job's meta and the deadlines set in the same transaction. A job submitted with
+        `retentionS` keeps it in its meta (its end enters it in the retention set, `tasks/ending.py`) and its rq
+        records expire `RETENTION_GRACE_S` after that."""
         deadline = deadlines.meta_of(max_wait_s) if max_wait_s else {}
         spec = QUEUES[operation]
+        keep_for = params.get("retentionS")
+        result_ttl = failure_ttl = keep_for + RETENTION_GRACE_S if keep_for else None
         keep_s = self.input_ttl_s(operation)
         input_key = blob_store.input_key(job_id) if image is not None or input_stored else None
         job_spec = {"jobId": job_id, "operation": operation, "userId": user_id, "inputKey": input_key,
@@ -102,10 +108,12 @@ class JobStore:
         with self.redis.pipeline() as pipe:
             job = self._queues[spec.name].enqueue(
                 spec.function, job_spec, job_id=job_id, job_timeout=spec.timeout_s,
-                result_ttl=self.result_ttl_s, failure_ttl=self.failure_ttl_s, retry=retry,
+                result_ttl=result_ttl or self.result_ttl_s, failure_ttl=failure_ttl or self.failure_ttl_s, retry=retry,
                 meta={"user": user_id, "operation": operation, "progress": 0, "attempts": 0, "requestId": request_id,
                       **({"webhook": {"state": "waiting", "attempts": 0}} if params.get("webhookUrl") else {}),
-                      **deadline},
+                      **deadline,
+                      **({"retentionS": keep_for} if keep_for else {}),
+                      **({"idempotency": idempotency} if idempotency else {})},
                 description=f"{operation} for {user_id}", pipeline=pipe)
             if image is not None:
                 self.blobs.save(input_key, image, keep_s, mime_type, pipeline=pipe)
@@ -209,24 +217,56 @@ class JobStore:
             ending.drop_input_now(self.blobs, job.id)
         return done
 
-    def cancel(self, job: Job, wait_s: float = 5.0, webhook_retry_s: tuple | None = None) -> str | None:
+    def cancel(self, job: Job, wait_s: float = STOP_WAIT_S, webhook_retry_s: tuple | None = None) -> str | None:
         """Cancel a waiting job ("canceled") or stop an active one ("stopped", ended by its worker); None if
         it had ended."""
         if word_of(job, refresh=True) in TERMINAL:
             return None
+        how = self._ask_to_cancel(job, webhook_retry_s)
+        self._await_stops([job], wait_s)
+        return how if word_of(job, refresh=True) == CANCELED else None
+
+    def _ask_to_cancel(self, job: Job, webhook_retry_s: tuple | None) -> str:
+        """Mark the job canceled; end it now if it waits ("canceled"), else its worker stops it ("stopped")."""
         job.meta["canceledAt"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         job.save_meta()
-        how = "stopped"
         if word_of(job, refresh=True) == WAITING and self.cancel_waiting(job, webhook_retry_s):
-            how = "canceled"
+            return "canceled"
+        return "stopped"
+
+    def _await_stops(self, jobs: list[Job], wait_s: float) -> None:
+        """Ask the workers of the active jobs to stop them (once a second) until none is active, or wait_s."""
         deadline = time.monotonic() + wait_s
         next_stop = 0.0
-        while word_of(job, refresh=True) == ACTIVE and time.monotonic() < deadline:
-            if time.monotonic() >= next_stop:  # once, then again only if it is still running a second later
-                try:
-                    send_stop_job_command(self.redis, job.id, serializer=JSONSerializer)
-                except (InvalidJobOperation, NoSuchJobError):
-                    pass
+        while time.monotonic() < deadline:
+            active = [job for job in jobs if word_of(job, refresh=True) == ACTIVE]
+            if not active:
+                return
+            if time.monotonic() >= next_stop:  # once, then again only if still running a second later
+                for job in active:
+                    try:
+                        send_stop_job_command(self.redis, job.id, serializer=JSONSerializer)
+                    except (InvalidJobOperation, NoSuchJobError):
+                        pass
                 next_stop = time.monotonic() + 1.0
             time.sleep(0.05)
-        return how if word_of(job, refresh=True) == CANCELED else None
+
+    def erase(self, job: Job, by: str, webhook_retry_s: tuple | None = None) -> int:
+        """Erase a job now (`DELETE /jobs/<jobId>/data`): canceled first if it has not ended, as by `cancel` (an
+        active one stopped by its worker, or ended by `tasks.erasure` when its worker does not answer in
+        time), then every record and image of it deleted (`tasks/erasure.py`); the image objects deleted."""
+        if word_of(job, refresh=True) not in TERMINAL:
+            self.cancel(job, webhook_retry_s=webhook_retry_s)
+        return erasure.erase_job(self.redis, self.blobs, job.id, by)[1]
+
+    def erase_user(self, user_id: str, webhook_retry_s: tuple | None = None) -> tuple[list[str], int]:
+        """Erase everything of a user (`DELETE /admin/users/<userId>/data`): each of their jobs as `erase` (the
+        ones still running stopped together), then their own keys (`tasks.erasure.erase_user`). (the ids of the
+        jobs erased, the image objects deleted)."""
+        jobs = [job for job in (self.fetch(job_id, user_id) for job_id in erasure.jobs_of(self.redis, user_id)) if job]
+        live = [job for job in jobs if word_of(job, refresh=True) not in TERMINAL]
+        for job in live:
+            self._ask_to_cancel(job, webhook_retry_s)
+        self._await_stops(live, STOP_WAIT_S)
+        objects = sum(erasure.erase_job(self.redis, self.blobs, job.id, "admin")[1] for job in jobs)
+        return [job.id for job in jobs], objects + erasure.erase_user(self.redis, self.blobs, user_id)

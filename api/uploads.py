@@ -110,7 +110,8 @@ def create_upload():
     key = blob_store.upload_key(upload_id)
     now = time.time()
     created = ctx.redis.register_script(OPEN_UPLOAD)(
-        keys=[keys.open_uploads_key(g.principal.user_id), keys.upload_record_key(upload_id), blob_store.EXPIRY_KEY],
+        keys=[keys.open_uploads_key(g.principal.user_id), keys.upload_record_key(upload_id), blob_store.EXPIRY_KEY,
+              keys.user_uploads_key(g.principal.user_id)],
         args=[now, now + ttl_s, ctx.settings.max_open_uploads_per_user, upload_id, g.principal.user_id,
               content_type, ttl_s, key, now + closes_s, now + max(ttl_s, closes_s)])
     if not int(created[0]):

@@ -5,7 +5,8 @@ The ways a job ends: completed, failed or retried by its worker (`tasks.runtime.
 timed out or stopped on request by its slot's supervisor (`tasks/runtime/slots.py`), ended after a dead
 worker by the recovery sweep (`tasks/runtime/recovery.py`, through its `inkq:ending` entries), canceled while
 waiting by the API (`api/store.py`), not started by its deadline (`expire`: outcome `expired`, status word
-`canceled`; `tasks/core/deadlines.py`).
+`canceled`; `tasks/core/deadlines.py`), and ended before an erasure when its worker did not stop it in time
+(`tasks/erasure.py`).
 
 `finish` runs one WATCH/MULTI/EXEC transaction:
 1. the **fence**: the caller's proof that it still owns the job (a worker: its rq execution id is still
@@ -15,8 +16,8 @@ waiting by the API (`api/store.py`), not started by its deadline (`expire`: outc
    its liveness (SIGSTOP, a paused VM, a partition) whose job ran again elsewhere cannot overwrite
    the second run's status, result, meta, credits or webhook;
 2. the caller's rq writes for that outcome (status, result, registries, its execution's removal);
-3. every hook, in order: fair order, credits, input, webhook, metrics, deadline, announcement. A hook only adds commands to
-   the transaction: no round trips, no S3 call. So the end, its settlement, its input's deletion and
+3. every hook, in order: fair order, credits, input, webhook, metrics, deadline, retention, announcement. A
+   hook only adds commands to the transaction: no round trips, no S3 call. So the end, its settlement, its input's deletion and
    its webhook delivery's enqueue happen together or not at all.
 
 `repair` is the one place where a read settles a charge left pending: an end interrupted before its
@@ -25,13 +26,14 @@ transaction (a job that expired, or one ended by code from before this module).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from redis.exceptions import WatchError
 
 from .core import blobs, changes, credits, deadlines, fairness, metrics
-from .core.keys import deadlines_key, executions_key, job_key
+from .core.keys import RETENTION_KEY, deadlines_key, executions_key, job_key
 
 log = logging.getLogger("inkq.ending")
 
@@ -48,7 +50,7 @@ class Ending:
 
     job: object
     outcome: str  # one of OUTCOMES
-    by: str  # worker | supervisor-timeout | supervisor-stop | sweep | api | deadline
+    by: str  # worker | supervisor-timeout | supervisor-stop | sweep | api | deadline | erasure (api, admin, retention)
     ran_s: float | None = None
     webhook_retry_s: tuple | None = None  # WEBHOOK_RETRY_S of a process other than a worker service (the API's)
 
@@ -127,6 +129,17 @@ class Deadline:
         pipe.zrem(deadlines_key(), ending.job.id)
 
 
+class Retention:
+    """A final end of a job submitted with `retentionS` enters it in the retention set, due that long from now:
+    the retention sweep erases it then (`tasks/erasure.py`). Its rq records expire `RETENTION_GRACE_S` later
+    (its TTLs, set at submission), a backstop when no worker service sweeps."""
+
+    def on_end(self, ending: Ending, pipe) -> None:
+        keep = (ending.job.meta or {}).get("retentionS")
+        if ending.final and isinstance(keep, int) and keep > 0:
+            pipe.zadd(RETENTION_KEY, {ending.job.id: time.time() + keep})
+
+
 class Announcement:
     """Event streams hear of the change (`tasks/core/changes.py`), sent when the transaction commits."""
 
@@ -134,7 +147,7 @@ class Announcement:
         pipe.publish(changes.CHANNEL, ending.job.id)
 
 
-HOOKS = [Fairness(), Credits(), Input(), Webhook(), Metrics(), Deadline(), Announcement()]
+HOOKS = [Fairness(), Credits(), Input(), Webhook(), Metrics(), Deadline(), Retention(), Announcement()]
 
 
 def execution_fence(job_id: str, execution_id: str) -> Fence:

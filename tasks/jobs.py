@@ -1,7 +1,8 @@
 """Job functions, found by dotted name (`tasks.jobs.stencil`, ...). Each takes one JSON `spec`:
 
     {"jobId", "operation", "userId", "inputKey": str | None, "mimeType": str | None,
-     "params": {"style", "prompt", "engine", "lineWeight", "transparent", "colors"}}
+     "params": {"style", "prompt", "engine", "lineWeight", "transparent", "colors", "format", "upload",
+                "retentionS", "webhookUrl"}}
 
 A job reads its input from the blob store (`tasks/core/blobs.py`: Redis or S3), runs an engine, stores the
 PNG under its output key and returns `{"outputKey", ...operation-specific fields}`. A store that does
@@ -18,6 +19,7 @@ from rq import get_current_job
 from .core import blobs
 from .core.changes import execution_of, save_meta_and_announce
 from .core.errors import CANCELED_MESSAGE, FinalError, decide
+from .core.keys import RETENTION_GRACE_S
 from .core.progress import job_reporter
 from .core.settings import WorkerSettings, current
 
@@ -71,12 +73,20 @@ def run(spec: dict, work) -> dict:
                 raise FinalError("The input image expired before the job could run; submit it again.")
         png, extras = work(spec, data, settings, report)
         report(92, "storing result")
-        key = store.save(blobs.output_key(job.id, execution_of(job)), png, settings.result_ttl_s, "image/png")
+        key = store.save(blobs.output_key(job.id, execution_of(job)), png, result_ttl_s(spec, settings), "image/png")
         report(100, "done")
         return {"outputKey": key, **extras}
     except Exception as exc:
         record_failure(job, exc)
         raise
+
+
+def result_ttl_s(spec: dict, settings: WorkerSettings) -> int:
+    """How long a result image is kept: `RESULT_TTL_S`, or for a job submitted with `retentionS` that long
+    plus `RETENTION_GRACE_S` (the retention sweep, `tasks/erasure.py`, deletes it `retentionS` after the
+    job's end; this expiry is the backstop)."""
+    keep = (spec.get("params") or {}).get("retentionS")
+    return int(keep) + RETENTION_GRACE_S if isinstance(keep, int) and keep > 0 else settings.result_ttl_s
 
 
 def _engine(spec: dict, settings: WorkerSettings) -> str:
@@ -142,9 +152,9 @@ def _stencil_work(spec, data, settings, report):
         from .vector import from_image
 
         report(86, "tracing the SVG")
-        return png, {**extras, **_stored_svg({"svg": from_image(Image.open(io.BytesIO(png)))}, settings)}
+        return png, {**extras, **_stored_svg({"svg": from_image(Image.open(io.BytesIO(png)))}, spec, settings)}
     png, extras, vector = _on_cpu("local_stencil", spec, data, settings, report)
-    return png, {**extras, **_stored_svg(vector, settings)}
+    return png, {**extras, **_stored_svg(vector, spec, settings)}
 
 
 def _on_cpu(name: str, spec: dict, data, settings: WorkerSettings, report):
@@ -170,13 +180,13 @@ def local_stencil(spec, data, settings, report):
     return _encoded(out, report), extras, vector
 
 
-def _stored_svg(vector: dict | None, settings: WorkerSettings) -> dict:
+def _stored_svg(vector: dict | None, spec: dict, settings: WorkerSettings) -> dict:
     """Store the stencil's SVG beside its PNG; the key for the result, or nothing without one."""
     if not vector or not vector.get("svg"):
         return {}
     job = get_current_job()
     key = blobs.store(job.connection).save(blobs.svg_key(job.id, execution_of(job)), vector["svg"].encode(),
-                                           settings.result_ttl_s, "image/svg+xml")
+                                           result_ttl_s(spec, settings), "image/svg+xml")
     return {"svgKey": key}
 
 

@@ -315,6 +315,12 @@ def _iso(value) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def delivery_id(job_id: str) -> str:
+    """The rq job id of the delivery of a job's final status (one per job: its end is fenced), so that erasing
+    the job finds it (`tasks/erasure.py`)."""
+    return f"webhook-{job_id}"
+
+
 def schedule(job, status: str, pipeline, retry_s: tuple | None = None) -> bool:
     """Add to `pipeline` (the job's end transaction, `tasks/ending.py`) the queueing of the delivery of this
     job's final status and its `pending` state; False when it has no webhook. The end is fenced, so it
@@ -334,7 +340,8 @@ def schedule(job, status: str, pipeline, retry_s: tuple | None = None) -> bool:
     job.meta["webhook"] = {"state": "pending", "attempts": 0, "eventId": msg_id}
     pipeline.hset(job.key, "meta", job._serialize_meta())
     Queue(QUEUE, connection=job.connection, serializer=JSONSerializer).enqueue(
-        "tasks.webhooks.send", job.id, status, msg_id, job_timeout=TIMEOUT_S * 3, result_ttl=3600,
+        "tasks.webhooks.send", job.id, status, msg_id, job_id=delivery_id(job.id), job_timeout=TIMEOUT_S * 3,
+        result_ttl=3600,
         failure_ttl=86400, retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
         description=f"webhook {msg_id}", meta={"source": job.id, "retries": len(intervals)}, pipeline=pipeline)
     return True

@@ -45,6 +45,58 @@ def wait_until(check, timeout: float = 10.0, interval: float = 0.05, what: str =
         time.sleep(interval)
 
 
+RATE_LIMIT_PREFIX = "LIMITS:"  # the `limits` library's keys (api/limits.py): counters that expire within minutes
+
+
+def traces(client, needles) -> list[tuple[str, int]]:
+    """Every Redis key whose name or any value holds one of `needles` (job ids, a user id), whatever its type:
+    a string, a hash's fields and values, a set's, sorted set's or list's members, a stream's entries; a
+    zlib-compressed value (rq's job payloads) is searched decompressed too. As (key, TTL in seconds)."""
+    import zlib
+
+    wanted = [needle.encode() for needle in needles]
+
+    def holds(blob) -> bool:
+        if isinstance(blob, str):
+            blob = blob.encode()
+        if not isinstance(blob, bytes):
+            blob = str(blob).encode()
+        if blob[:1] == b"x":
+            try:
+                blob += zlib.decompress(blob)
+            except zlib.error:
+                pass
+        return any(needle in blob for needle in wanted)
+
+    found = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        if kind == b"string":
+            values = [client.get(key) or b""]
+        elif kind == b"hash":
+            values = [part for item in client.hgetall(key).items() for part in item]
+        elif kind == b"set":
+            values = list(client.smembers(key))
+        elif kind == b"zset":
+            values = client.zrange(key, 0, -1)
+        elif kind == b"list":
+            values = client.lrange(key, 0, -1)
+        elif kind == b"stream":
+            values = [part for _, fields in client.xrange(key) for item in fields.items() for part in item]
+        else:
+            values = []
+        if holds(key) or any(holds(value) for value in values):
+            found.append((key.decode(), client.ttl(key)))
+    return found
+
+
+def erasure_leftovers(client, needles) -> list[tuple[str, int]]:
+    """`traces` of the needles but the rate-limit counters that expire within 10 minutes (what an erasure may
+    leave): empty when the erasure left nothing."""
+    return [(key, ttl) for key, ttl in traces(client, needles)
+            if not (key.startswith(RATE_LIMIT_PREFIX) and 0 < ttl <= 600)]
+
+
 def stop_group(proc, log, timeout: float) -> int:
     """SIGTERM a service started in its own session, SIGKILL its whole group if it hangs; close its
     log; its exit status."""

@@ -66,6 +66,14 @@ def test_json_output_and_the_other_commands(api, workers, tmp_path):
     assert inkq(api, "credits").returncode == 0
     again = inkq(api, "cancel", job_id)
     assert again.returncode == 2 and "conflict" in again.stderr  # already ended
+    erased = inkq(api, "erase", job_id)
+    assert erased.returncode == 0 and erased.stdout.strip() == f"{job_id} erased", erased.stderr
+    assert inkq(api, "status", job_id).returncode == 2  # 404 now, as an unknown id
+    assert inkq(api, "erase", job_id).returncode == 2
+    kept = inkq(api, "generate", str(source), "--engine", "local", "--retention-s", "60", "--wait", "--json")
+    assert kept.returncode == 0, kept.stderr
+    short = inkq(api, "generate", str(source), "--retention-s", "59")
+    assert short.returncode == 2 and "retentionS" in short.stderr
 
 
 def test_credits_says_when_they_are_off(make_api):

@@ -120,6 +120,11 @@ class RedisBlobs:
         if keys:
             self.redis.delete(*keys)
 
+    def erase(self, keys: list[str], prefixes: list[str]) -> int:
+        """Delete keys now (an erasure, `tasks/erasure.py`); how many held bytes. The prefixes are for the S3
+        store's listing: here every key a job writes is named by its end (`outputs_of`)."""
+        return int(self.redis.delete(*keys)) if keys else 0
+
     def url(self, key: str, filename: str, content_type: str, ttl_s: int) -> str | None:
         """None: the API serves Redis-held bytes itself."""
         return None
@@ -210,6 +215,35 @@ class S3Blobs:
             return
         if settled:
             self.redis.zrem(EXPIRY_KEY, *settled)
+
+    def erase(self, keys: list[str], prefixes: list[str]) -> int:
+        """Delete now every object under the prefixes (listed: the outputs of every execution of a job) and the
+        keys named, with their expiry entries (but those a form may still write, `form_writable`): an erasure
+        (`tasks/erasure.py`). How many objects there were. Raises `StorageUnavailable` with nothing
+        forgotten: the caller asks again."""
+        found: list[str] = []
+        for prefix in prefixes:
+            found += self._listed(prefix)
+        every = list(dict.fromkeys([*keys, *found]))
+        for start in range(0, len(every), 1000):  # S3's limit per DeleteObjects
+            self._delete_objects(every[start:start + 1000])
+        settled = [key for key in every if not form_writable(key)]
+        if settled:
+            self.redis.zrem(EXPIRY_KEY, *settled)
+        return len(set(found))
+
+    def _listed(self, prefix: str) -> list[str]:
+        """The keys (`inkq:blob:...`) of the objects whose key starts with `prefix`'s object key."""
+        found, token = [], None
+        while True:
+            with _unavailable_on_error("list"):
+                answer = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.object_key(prefix),
+                                                     **({"ContinuationToken": token} if token else {}))
+            found += [PREFIX + item["Key"][len(self.prefix):].replace("/", ":", 1)
+                      for item in answer.get("Contents", [])]
+            token = answer.get("NextContinuationToken")
+            if not answer.get("IsTruncated") or not token:
+                return found
 
     def _delete_objects(self, keys) -> None:
         with _unavailable_on_error("delete"):

@@ -18,6 +18,11 @@ BLOBS_EXPIRY_KEY = "inkq:blobs:expiry"  # the blob store's objects scored by whe
 BLOBS_TICK_KEY = "inkq:blobs:tick"  # held while one worker service runs the blob sweep
 RQ_QUEUES_KEY = "rq:queues"  # rq's set of queue keys
 RQ_WORKERS_KEY = "rq:workers"  # rq's worker registry (set of worker keys)
+RETENTION_KEY = "inkq:retention"  # job id -> when its `retentionS` runs out (tasks/erasure.py)
+RETENTION_TICK_KEY = "inkq:retention:tick"
+RETENTION_GRACE_S = 300  # rq's TTLs of a job kept for `retentionS` run this much longer: a backstop to the sweep
+INDEX_CAP = 1000  # a user's job index keeps their newest this many jobs
+RQ_REGISTRIES = ("wip", "finished", "failed", "canceled", "scheduled", "deferred")
 
 
 def alive_key(worker: str) -> str:
@@ -120,6 +125,12 @@ def started_key(queue: str) -> str:
     return f"rq:wip:{queue}"
 
 
+def registry_key(kind: str, queue: str) -> str:
+    """One of RQ's registries of a queue (`RQ_REGISTRIES`: started, finished, failed, canceled, scheduled,
+    deferred)."""
+    return f"rq:{kind}:{queue}"
+
+
 def executions_key(job_id: str) -> str:
     """RQ's registry of a job's executions (zset of execution ids): the fencing token's home
     (`tasks/ending.py`)."""
@@ -129,6 +140,18 @@ def executions_key(job_id: str) -> str:
 def idempotency_key(user_id: str, key: str) -> str:
     """A user's `Idempotency-Key` record (`api/idempotency.py`), named by a hash so that any key fits."""
     return "inkq:idem:" + hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
+
+
+def idempotency_index_key(user_id: str) -> str:
+    """The user's `Idempotency-Key` records (sorted set of their key names, scored by expiry), so that erasing
+    the user finds them (`tasks/erasure.py`)."""
+    return f"inkq:user:{user_id}:idem"
+
+
+def user_uploads_key(user_id: str) -> str:
+    """Every upload of a user still on record, used or not (sorted set of ids, scored by the record's expiry),
+    so that erasing the user finds them; `open_uploads_key` holds only the unused ones."""
+    return f"inkq:user:{user_id}:uploads"
 
 
 def stream_leases_key(user_id: str) -> str:

@@ -34,6 +34,11 @@ from pythonjsonlogger.json import JsonFormatter
 from .settings import LogSettings
 
 FIELDS = ("jobId", "queue", "userId", "attempt", "requestId", "durationMs")
+# Libraries whose DEBUG lines carry what goes over the wire: botocore logs an S3 PUT's body (an image),
+# google-genai an undecodable answer chunk, httpcore/httpx and urllib3 connection traffic, Pillow an image's
+# chunks. At LOG_LEVEL=DEBUG they stay at INFO: no image byte or prompt reaches a log line.
+WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "requests", "httpcore", "httpx", "google_genai",
+                "google.genai", "hpack", "PIL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _context: contextvars.ContextVar[dict] = contextvars.ContextVar("inkq_log_context", default={})
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -152,6 +157,8 @@ def configure(log_format: str | None = None, level: str | None = None) -> None:
     root.setLevel(level.upper())
     inkq = logging.getLogger("inkq")
     inkq.setLevel(logging.INFO)  # inkq's own lines (jobs, recovery, access) stay on at LOG_LEVEL=WARNING
+    for name in WIRE_LOGGERS:  # never their DEBUG lines: they carry request and answer bodies
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
     threading.excepthook = lambda args: _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback,

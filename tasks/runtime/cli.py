@@ -14,8 +14,9 @@ They die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed service leaves n
 
 The supervisor also runs the recovery sweep (`tasks/runtime/recovery.py`): about once a second across all
 worker services on one Redis, the jobs of dead workers are queued again or ended; then it ends the jobs
-waiting past their start deadline (`tasks/core/deadlines.py`); beside it, with the
-S3 store, the blob sweep deletes a bounded batch of objects that are due (`tasks/core/blobs.py`). At start it names
+waiting past their start deadline (`tasks/core/deadlines.py`); beside it, with the S3 store, the blob sweep
+deletes a bounded batch of objects that are due (`tasks/core/blobs.py`), and the retention sweep erases the
+jobs whose `retentionS` has run out (`tasks/erasure.py`). At start it names
 Redis settings that can lose jobs (`tasks/core/durability.py`).
 """
 from __future__ import annotations
@@ -47,7 +48,8 @@ from redis.exceptions import RedisError  # noqa: E402
 
 from .. import ending  # noqa: E402
 from ..core import blobs as blob_store  # noqa: E402
-from ..core import durability, links, logs  # noqa: E402
+from .. import erasure  # noqa: E402
+from ..core import durability, keys, links, logs  # noqa: E402
 from ..core.queues import WORKER_QUEUES, QueueSpec  # noqa: E402
 from ..core.settings import WorkerSettings, use  # noqa: E402
 from .malloc import tune_malloc  # noqa: E402
@@ -190,6 +192,23 @@ def _blob_sweeps(blobs, me: str) -> None:
         time.sleep(SWEEP_EVERY_S / 2)
 
 
+def sweep_retention(blobs, me: str) -> None:
+    """Erase a bounded batch of jobs whose `retentionS` has run out if it is this service's turn
+    (`tasks.erasure.sweep_retention`); Redis or store trouble is logged, and the jobs are erased at a later turn."""
+    try:
+        if not blobs.redis.set(keys.RETENTION_TICK_KEY, me, nx=True, px=int(SWEEP_EVERY_S * 1000) - 50):
+            return
+        erasure.sweep_retention(blobs.redis, blobs)
+    except (RedisError, blob_store.StorageUnavailable) as exc:
+        log.warning("retention sweep skipped: %s", getattr(exc, "detail", exc))
+
+
+def _retention_sweeps(blobs, me: str) -> None:
+    while True:
+        sweep_retention(blobs, me)
+        time.sleep(SWEEP_EVERY_S / 2)
+
+
 def check_store(blobs) -> None:
     """Log, naming the setting, when the image store does not work (wrong credentials, no bucket)."""
     problem = blobs.check()
@@ -251,6 +270,7 @@ def main() -> int:
     check_store(blobs)
     if blobs.kind == "s3":  # in a thread of its own: a slow store must not hold up the recovery sweep
         threading.Thread(target=_blob_sweeps, args=(blobs, me), daemon=True, name="blob-sweep").start()
+    threading.Thread(target=_retention_sweeps, args=(blobs, me), daemon=True, name="retention-sweep").start()
     next_sweep = 0.0
     restarts = Restarts()
     while any(proc.poll() is None for proc in procs):

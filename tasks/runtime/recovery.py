@@ -18,7 +18,8 @@ not run (rq#2079, rq#2061). inkq keeps RQ and adds three things:
    once a second across all of them (`inkq:recovery:tick`, SET NX PX). In one atomic step it:
    - puts the claimed ids of dead workers back at the head of their queue, oldest first (a job no longer
      queued, e.g. canceled meanwhile, is dropped instead);
-   - for each execution in a started registry whose worker is dead: removes the execution; a job that
+   - for each execution in a started registry whose worker is dead: removes the execution and what it stored
+     (its outputs are never a result: deleted in the Redis store, made due for the blob sweep in S3); a job that
      never started is queued again at the head without using a retry; a started job with retries left is
      queued again at the head as a new attempt (its retry counter goes down by one); a job with none left
      is to be failed with `CRASH_FAILURE`, and a job its owner had asked to stop to be canceled: the
@@ -82,7 +83,9 @@ SWEEP_NAMES = json.dumps({
         "alive": keys.alive_key, "claims": keys.claims_key, "workers": keys.workers_key,
         "rq_worker": keys.rq_worker_key, "worker_executions": keys.worker_executions_key,
         "rq_queue_workers": keys.rq_queue_workers_key, "started": keys.started_key, "queue": keys.queue_key,
-        "scheduler_lock": keys.scheduler_lock_key, "scheduled": keys.scheduled_key}.items()}})
+        "scheduler_lock": keys.scheduler_lock_key, "scheduled": keys.scheduled_key,
+        # an execution's outputs, named around `<jobId>/<executionId>` (tasks.core.blobs.outputs_of)
+        "output": blobs.output_key, "svg": blobs.svg_key}.items()}, "expiry": keys.BLOBS_EXPIRY_KEY})
 
 
 @dataclass

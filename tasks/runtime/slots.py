@@ -11,7 +11,10 @@ and changes only where a job runs:
 - **One place heartbeats every running execution.** rq 3.0 heartbeats an execution only from
   `Worker.monitor_work_horse`, which a thread never reaches: without `beat`, the started registry
   would drop a job running longer than its heartbeat TTL (about 90 s) as abandoned. `beat` renews the
-  worker, each execution and each job in one pipeline every `HEARTBEAT_EVERY_S`.
+  worker, each execution and each job in one pipeline every `HEARTBEAT_EVERY_S`. A job's start and its
+  heartbeats are fenced by the execution (`job_start.lua`, `heartbeat.lua`): rq's wrote the job's hash
+  whatever became of it, and so made a job erased meanwhile (`tasks/erasure.py`) exist again. The
+  outputs of a job ended here (stopped, timed out) are deleted once its detached thread is done.
 - **A per-job timeout without signals.** rq's `UnixSignalDeathPenalty` works only on the main thread,
   and `TimerDeathPenalty`'s asynchronous exception cannot interrupt a blocked socket read. A provider
   call is bounded by its HTTP timeout (`GEMINI_TIMEOUT_S`, below every job timeout); as the last resort,
@@ -44,14 +47,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from redis.exceptions import NoScriptError
 from rq.command import parse_payload
-from rq.job import Job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
-from rq.utils import now
+from rq.utils import now, utcformat
 from rq.worker.base import format_exc_info
 
 from .. import ending
-from ..core import blobs, deadlines, logs
+from ..core import blobs, deadlines, keys, logs, scripts
 from ..core.changes import EXECUTION_ATTR
 from ..core.queues import WORKER_QUEUES
 from ..core.settings import current
@@ -115,12 +120,15 @@ class SlotWorker(InkqWorker):
 
     def __init__(self, *args, slots: int | None = None, **kwargs):
         self.running: dict[str, Slot] = {}  # execution id -> slot
+        self.detached: list[Slot] = []  # slots the supervisor ended whose thread may still run
         self._changed = threading.Condition()
         self._finish_lock = threading.Lock()
         self._next_beat = 0.0
         self._cold = False
         super().__init__(*args, **kwargs)
         self.slots = slots or slots_for(self.queue_names())
+        self._start = self.connection.register_script(scripts.load("job_start"))
+        self._heartbeat = self.connection.register_script(scripts.load("heartbeat"))
 
     # --- the main thread: dequeue, hand off, supervise ------------------------------------------
 
@@ -136,6 +144,9 @@ class SlotWorker(InkqWorker):
             if self.past_deadline(job):
                 return
             execution = self.prepare_execution(job)
+            if execution is None:  # erased or ended since it was dequeued: nothing to run
+                log.info("job %s is gone or has ended; not started", job.id)
+                return
             setattr(job, EXECUTION_ATTR, execution.id)  # the job's own writes are fenced by it
             slot = Slot(job, queue, execution)
             slot.thread = threading.Thread(target=self._run, args=(slot,), name=f"slot-{job.id[:8]}", daemon=True)
@@ -179,7 +190,8 @@ class SlotWorker(InkqWorker):
         return super().heartbeat(timeout, pipeline)
 
     def supervise(self) -> None:
-        """End the jobs past their timeout or asked to stop; heartbeat the others when due."""
+        """End the jobs past their timeout or asked to stop; heartbeat the others when due; delete what the
+        threads of jobs ended so stored once they are done."""
         for slot in list(self.running.values()):
             if slot.stop_requested:
                 self._end_by_supervisor(slot, stopped=True)
@@ -187,6 +199,19 @@ class SlotWorker(InkqWorker):
                 self._end_by_supervisor(slot, stopped=False)
         if self.running and time.monotonic() >= self._next_beat:
             self.beat()
+        if self.detached:
+            self.drop_detached_outputs()
+
+    def drop_detached_outputs(self) -> None:
+        """The thread of a job the supervisor ended (stopped, timed out) runs on until its blocking call returns,
+        and may store its output before its `Abandoned` arrives: never a result (a retry writes its own), and
+        after an erasure, an image of an erased job. Once such a thread is done, its execution's outputs go."""
+        for slot in [slot for slot in self.detached if slot.thread is None or not slot.thread.is_alive()]:
+            self.detached.remove(slot)
+            try:
+                blobs.store(self.connection).delete(*blobs.outputs_of(slot.job.id, slot.execution.id))
+            except Exception as exc:  # noqa: BLE001 - they expire with the result TTL
+                log.warning("could not delete the outputs of ended execution %s: %s", slot.execution.id, exc)
 
     @staticmethod
     def _timeout_of(job) -> float:
@@ -202,8 +227,12 @@ class SlotWorker(InkqWorker):
             for slot in slots:
                 working = time.monotonic() - slot.started
                 ttl = int(self.get_heartbeat_ttl(slot.job, working_time=working))
-                slot.execution.heartbeat(slot.job.started_job_registry, ttl, pipeline=pipe)
-                slot.job.heartbeat(now(), ttl, pipeline=pipe, xx=True)
+                beat_at = now()
+                job_id, execution_id = slot.job.id, slot.execution.id
+                self._heartbeat(keys=[slot.job.key, keys.executions_key(job_id), keys.execution_key(f"{job_id}:{execution_id}"),
+                                      keys.started_key(slot.job.origin)],
+                                args=[execution_id, f"{job_id}:{execution_id}", ttl, beat_at.timestamp(),
+                                      utcformat(beat_at)], client=pipe)
             try:
                 pipe.execute()
             except Exception as exc:  # the next round tries again; liveness is kept by its own thread
@@ -214,7 +243,13 @@ class SlotWorker(InkqWorker):
         if not slot.claim("supervisor"):
             return
         _raise_in(slot.thread, Abandoned)
-        job = Job.fetch(slot.job.id, connection=self.connection, serializer=self.serializer)
+        self.detached.append(slot)
+        try:
+            job = Job.fetch(slot.job.id, connection=self.connection, serializer=self.serializer)
+        except NoSuchJobError:  # erased meanwhile (tasks/erasure.py, which ended it): nothing left to end
+            log.info("job %s is gone; its slot is freed", slot.job.id)
+            self._release(slot)
+            return
         job.started_at = slot.job.started_at
         setattr(job, EXECUTION_ATTR, slot.execution.id)
         with logs.bound(**_fields(job)):
@@ -241,6 +276,28 @@ class SlotWorker(InkqWorker):
             self.running.pop(slot.execution.id, None)
             self._changed.notify_all()
 
+    def start_execution(self, job, execution) -> bool:
+        """rq's `prepare_job_execution` (the worker's heartbeat, the job marked started), the job's writes fenced
+        by its execution (`job_start.lua`); False when the execution no longer owns the job, or the job is
+        gone (erased) or has ended meanwhile: it is not run."""
+        ttl = self.get_heartbeat_ttl(job)
+        started = now()
+        with self.connection.pipeline(transaction=False) as pipe:
+            super(InkqWorker, self).heartbeat(ttl, pipeline=pipe)
+            pipe.evalsha(self._start.sha, 2, job.key, keys.executions_key(job.id), execution.id, utcformat(started),
+                         self.name)
+            replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[-1], NoScriptError):
+            replies[-1] = self._start(keys=[job.key, keys.executions_key(job.id)], client=self.connection,
+                                 args=[execution.id, utcformat(started), self.name])
+        elif isinstance(replies[-1], Exception):
+            raise replies[-1]
+        if not replies[-1]:
+            return False
+        job.worker_name, job.last_heartbeat, job.started_at = self.name, started, started
+        job._status = JobStatus.STARTED
+        return True
+
     # --- a slot thread ----------------------------------------------------------------------------
 
     def _run(self, slot: Slot) -> None:
@@ -249,8 +306,12 @@ class SlotWorker(InkqWorker):
         bind_job(job)
         try:
             try:
-                self.prepare_job_execution(job)
-                job.started_at = now()
+                if not self.start_execution(job, execution):
+                    if slot.claim("thread"):
+                        with self._finish_lock:
+                            self.forget_execution(job, execution)
+                    log.info("job %s is gone or has ended; not started", job.id)
+                    return
                 result, exc_info = job.perform(), None
             except Abandoned:
                 return

@@ -20,7 +20,7 @@ import threading
 from datetime import timedelta
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 from rq import worker_registration
 from rq.connections import get_connection_kwargs
 from rq.exceptions import DequeueTimeout, StopRequested
@@ -29,6 +29,7 @@ from rq.job import JobStatus
 from rq.queue import Queue
 from rq.utils import now as utcnow
 from rq.worker import BaseWorker, WorkerStatus
+from rq.job_lifecycle import call_exception_handlers, format_exc_info
 
 from .. import ending
 from ..core import blobs, fairness, keys, logs, metrics
@@ -357,21 +358,36 @@ class InkqWorker(BaseWorker):
                 self.liveness.stop()
 
     def prepare_execution(self, job):
-        """rq's `prepare_execution`, plus taking the id out of this worker's claims in the same transaction.
+        """rq's `prepare_execution`, plus taking the id out of this worker's claims in the same transaction; None,
+        and only the id taken out of the claims, for a job that is gone or has ended meanwhile.
 
         So an id is always in exactly one owned place: the queue, a worker's claims, or the started
-        registry; the recovery sweep relies on it.
+        registry; the recovery sweep relies on it. The job's hash is watched: one erased or canceled between
+        this worker's dequeue and its start (`tasks/erasure.py`, `api/store.py`) gets no execution, whose
+        records would name an erased job again (rq would start it with the payload it had read).
         """
         with self.connection.pipeline() as pipeline:
-            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name)
-            self.executions[execution.id] = execution
-            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            if InkqQueue.claims_key:
-                pipeline.lrem(InkqQueue.claims_key, 1, job.id)
-            waited = metrics.seconds_between(job.enqueued_at, utcnow())
-            if waited is not None:
-                metrics.observe(self.connection, "wait", job.origin, waited, pipeline=pipeline)
-            pipeline.execute()
+            while True:
+                try:
+                    pipeline.watch(job.key)
+                    status = pipeline.hget(job.key, "status")
+                    pipeline.multi()
+                    if InkqQueue.claims_key:
+                        pipeline.lrem(InkqQueue.claims_key, 1, job.id)
+                    if status is None or status in ending.ENDED:
+                        pipeline.execute()
+                        return None
+                    execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline,
+                                                 worker_name=self.name)
+                    self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+                    waited = metrics.seconds_between(job.enqueued_at, utcnow())
+                    if waited is not None:
+                        metrics.observe(self.connection, "wait", job.origin, waited, pipeline=pipeline)
+                    pipeline.execute()
+                    break
+                except WatchError:
+                    continue
+        self.executions[execution.id] = execution
         return execution
 
     def end(self, job, queue, execution, by: str, result=None, exc_string: str | None = None,
@@ -418,6 +434,10 @@ class InkqWorker(BaseWorker):
                 job.set_status(JobStatus.STOPPED if stopped else JobStatus.FAILED, pipeline=pipe)
                 job._handle_failure(exc_string, pipeline=pipe, **meta)
                 self.increment_failed_job_count(pipe)
+            if outcome != "completed":  # what this execution stored is no result: a retry writes its own
+                outputs = blobs.outputs_of(job.id, execution.id)
+                pipe.delete(*outputs)
+                pipe.zadd(blobs.EXPIRY_KEY, {key: 0 for key in outputs}, xx=True)  # S3: the blob sweep's
             if job.started_at:
                 self.increment_total_working_time(job.ended_at - job.started_at, pipe)
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
@@ -433,6 +453,20 @@ class InkqWorker(BaseWorker):
             ending.refused(self.connection, job, execution.id, by)
             self.forget_execution(job, execution)
         return done
+
+    def handle_exception(self, job, *exc_info):
+        """rq's log line of a job's exception, without the job's arguments.
+
+        rq 3.0's `handle_exception` logs the traceback with `extra={'arguments': job.args, ...}`: under
+        LOG_FORMAT=json every extra is a field of the line, so each failed attempt logged the job's spec,
+        the user's prompt included, at ERROR. The line keeps the job, its function, queue and traceback."""
+        try:
+            func_name = job.func_name
+        except Exception:  # noqa: BLE001 - a payload that cannot be read (rq's DeserializationError)
+            func_name = "<unreadable>"
+        log.error("job %s: exception raised while executing (%s)\n%s", job.id, func_name, format_exc_info(exc_info),
+                  extra={"queue": job.origin})
+        call_exception_handlers(self._exc_handlers, job, *exc_info)
 
     def forget_execution(self, job, execution) -> None:
         """After a refused end: remove only this execution's own bookkeeping (a resumed heartbeat may have

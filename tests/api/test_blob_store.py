@@ -26,10 +26,46 @@ from PIL import Image
 
 from tasks.core.settings import StoreSettings
 from tests import fakegemini as fg
-from tests.conftest import S3_BUCKET, drawing, photo
-from tests.servers import wait_until
+from tests.conftest import ADMIN_TOKEN, S3_BUCKET, S3_STORE, Api, base_config, drawing, photo
+from tests.servers import ApiServer, erasure_leftovers, wait_until
 
 pytestmark = pytest.mark.usefixtures("s3_workers")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def retained_in_redis(workers, redis_url):
+    """The same with the Redis store, on the suite's shared worker service (its result served behind a signed
+    `/files/` link)."""
+    from api import create_app
+
+    server = ApiServer(create_app(base_config(redis_url)))
+    api = Api(server.url)
+    job_id = api.submit(photo((160, 120)), engine="local", format="svg", retentionS=60).json()["jobId"]
+    status = api.wait(job_id)
+    assert status["status"] == "completed", status
+    try:
+        yield {"api": api, "jobId": job_id, "ended": time.time(),
+               "urls": [status["result"]["image"], status["result"]["svg"]], "redis": redis_url}
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def retained_in_the_store(s3_workers, s3_redis, seaweed):
+    """A job kept for 60 s after its end (`retentionS`) in the S3 store, submitted as the module starts: its last
+    test checks that it and its objects are gone a minute after its end; the module's other tests run meanwhile."""
+    from api import create_app
+
+    server = ApiServer(create_app(base_config(s3_redis.url, BLOB_STORE=S3_STORE, **seaweed.env)))
+    api = Api(server.url)
+    job_id = api.submit(photo((160, 120)), engine="local", format="svg", retentionS=60).json()["jobId"]
+    status = api.wait(job_id)
+    assert status["status"] == "completed", status
+    try:
+        yield {"api": api, "jobId": job_id, "ended": time.time(),
+               "urls": [status["result"]["image"], status["result"]["svg"]]}
+    finally:
+        server.stop()
 
 
 def fetch_png(url: str) -> bytes:
@@ -651,3 +687,91 @@ def test_seed_polling_client_works_unchanged_with_the_store(make_s3_api, seaweed
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "RESULT 200 image/png" in proc.stdout
     assert f"URL {seaweed.url}/{S3_BUCKET}/jobs/out/" in proc.stdout
+
+
+# Erasure ------------------------------------------------------------------------------------------------
+
+
+def bucket_traces(seaweed, needles) -> list[str]:
+    """Every object of the bucket whose key names one of the needles (a job's objects are keyed by its id,
+    an upload's by its id)."""
+    client, found, token = seaweed.client(), [], None
+    while True:
+        answer = client.list_objects_v2(Bucket=S3_BUCKET, **({"ContinuationToken": token} if token else {}))
+        found += [item["Key"] for item in answer.get("Contents", []) if any(n in item["Key"] for n in needles)]
+        token = answer.get("NextContinuationToken")
+        if not answer.get("IsTruncated"):
+            return found
+
+
+def test_erasing_a_job_deletes_its_objects_and_its_urls_stop_working(make_s3_api, seaweed, s3_redis):
+    api = make_s3_api(CREDITS_ENABLED="true", CREDITS_INITIAL="10")
+    upload_id, _ = upload(api, drawing())
+    from_upload = api.post("/generate", json={"upload": upload_id, "engine": "local"}).json()["jobId"]
+    inline = api.submit(photo((160, 120)), engine="local", format="svg").json()["jobId"]
+    theirs = api.submit(drawing(), token="tok-bob", engine="local").json()["jobId"]
+    urls = []
+    for job_id in (from_upload, inline):
+        status = api.wait(job_id)
+        assert status["status"] == "completed", status
+        urls += [url for url in (status["result"]["image"], status["result"].get("svg")) if url]
+    assert len(urls) == 3 and all(requests.get(url, timeout=10).status_code == 200 for url in urls)
+    assert len(bucket_traces(seaweed, [from_upload, inline])) == 3
+    assert api.delete(f"/jobs/{inline}/data", token="tok-bob").status_code == 404  # not bob's: nothing erased
+
+    for job_id in (from_upload, inline):
+        assert api.delete(f"/jobs/{job_id}/data").status_code == 204
+        assert api.get(f"/status/{job_id}").status_code == 404
+    for url in urls:  # presigned URLs of objects that no longer exist
+        assert requests.get(url, timeout=10).status_code == 404
+    assert bucket_traces(seaweed, [from_upload, inline]) == []
+    assert erasure_leftovers(redis_lib.Redis.from_url(s3_redis.url), [from_upload, inline]) == []
+    assert api.post("/generate", json={"upload": upload_id}).json()["code"] == "not_found"  # its record went too
+    kept = api.wait(theirs, token="tok-bob")
+    assert kept["status"] == "completed" and requests.get(kept["result"]["image"], timeout=10).status_code == 200
+
+
+def test_erasing_a_user_deletes_their_objects_uploads_and_keys(make_s3_api, seaweed, s3_redis):
+    api, user = _own_user(make_s3_api, CREDITS_ENABLED="true", CREDITS_INITIAL="10")
+    unused, _ = upload(api, drawing(), token="tok-own")
+    dead, _ = upload(api, b"not an image at all" * 20, token="tok-own")
+    assert api.post("/generate", token="tok-own", json={"upload": dead}).status_code == 400  # refused for good
+    used, _ = upload(api, drawing(), token="tok-own")
+    jobs = [api.post("/generate", token="tok-own", json={"upload": used, "engine": "local"}).json()["jobId"],
+            api.submit(photo((160, 120)), token="tok-own", engine="local", format="svg").json()["jobId"]]
+    for job_id in jobs:
+        assert api.wait(job_id, token="tok-own")["status"] == "completed"
+    theirs = api.submit(drawing(), engine="local").json()["jobId"]
+    path = f"/admin/users/{user}/data"
+    assert api.delete(path, token="tok-own").status_code == 403 and api.delete(path, token=None).status_code == 401
+    assert len(bucket_traces(seaweed, [*jobs, unused])) == 4
+
+    answer = api.delete(path, token=ADMIN_TOKEN)
+    assert answer.status_code == 200 and answer.json() == {"jobs": 2, "objects": 4}, answer.text
+    assert bucket_traces(seaweed, [*jobs, unused]) == []
+    assert erasure_leftovers(redis_lib.Redis.from_url(s3_redis.url), [user, *jobs]) == []
+    for upload_id in (unused, dead, used):
+        assert api.post("/generate", token="tok-own", json={"upload": upload_id}).json()["code"] == "not_found"
+    kept = api.wait(theirs)
+    assert kept["status"] == "completed" and requests.get(kept["result"]["image"], timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("store", ["redis", "s3"])
+def test_a_job_kept_for_retention_s_is_gone_a_minute_after_it_ends(store, retained_in_redis, retained_in_the_store,
+                                                                    seaweed, s3_redis):
+    """Last in the module: the jobs submitted as it started, with retentionS=60, are erased by the workers'
+    retention sweep a minute after their end: status 404, every link dead (a signed `/files/` link, presigned
+    URLs of objects deleted), nothing of them in Redis or the bucket."""
+    retained = retained_in_redis if store == "redis" else retained_in_the_store
+    api, job_id = retained["api"], retained["jobId"]
+    remaining = retained["ended"] + 60 - time.time()
+    if remaining > 5:  # still within its retention: all there
+        assert api.get(f"/status/{job_id}").json()["status"] == "completed"
+        assert all(requests.get(url, timeout=10).status_code == 200 for url in retained["urls"])
+    wait_until(lambda: api.get(f"/status/{job_id}").status_code == 404, timeout=max(remaining, 0) + 30,
+               interval=0.5, what="the retained job to be erased")
+    assert time.time() >= retained["ended"] + 60 - 2  # not before its time (it ended before `ended`)
+    for url in retained["urls"]:
+        assert requests.get(url, timeout=10).status_code == 404
+    assert bucket_traces(seaweed, [job_id]) == []
+    assert erasure_leftovers(redis_lib.Redis.from_url(retained.get("redis") or s3_redis.url), [job_id]) == []

@@ -38,6 +38,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/admin/users/{userId}/data": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Erase everything of a user (admin): jobs, uploads, idempotency keys, leases, counters, balance */
+        delete: operations["deleteUserData"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/credits": {
         parameters: {
             query?: never;
@@ -138,6 +155,26 @@ export interface paths {
         post?: never;
         /** Cancel a waiting job or stop an active one */
         delete: operations["cancelJob"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/jobs/{jobId}/data": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Erase a job now: canceled first if it has not ended, then its record, input and outputs
+         * @description Deletes the job's record, input, outputs (in Redis or the object store), idempotency entry, listing entry and leases; afterwards every job endpoint answers 404 for it and every URL handed out for it stops working. A running job is stopped first.
+         */
+        delete: operations["deleteJobData"];
         options?: never;
         head?: never;
         patch?: never;
@@ -364,6 +401,12 @@ export interface components {
              */
             prompt: string | null;
             /**
+             * Retentions
+             * @description Delete the job, its input and its outputs this many seconds after it ends (60 up to the operator's RESULT_TTL_S); without it they are kept RESULT_TTL_S (FAILURE_TTL_S for failures).
+             * @default null
+             */
+            retentionS: number | null;
+            /**
              * Style
              * @description Stencil style: `standard` (default), `fine`/`bold` line weights, `topographic` contour lines.
              * @default null
@@ -579,6 +622,22 @@ export interface components {
             contentType: string;
         };
         /**
+         * UserErased
+         * @description Body of `DELETE /admin/users/<userId>/data`.
+         */
+        UserErased: {
+            /**
+             * Jobs
+             * @description The user's jobs erased.
+             */
+            jobs: number;
+            /**
+             * Objects
+             * @description Image objects deleted (inputs, outputs, unused uploads).
+             */
+            objects: number;
+        };
+        /**
          * WebhookState
          * @description Delivery of a job's webhook (Standard Webhooks v1), present only when `webhookUrl` was given.
          */
@@ -702,6 +761,65 @@ export interface operations {
             };
             /** @description Forbidden or insufficient credits */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    deleteUserData: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description An API key's user id, or jwt:<sub> for a JWT's user */
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Erased */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserErased"];
+                };
+            };
+            /** @description Invalid request (missing or unknown field, bad value, undecodable image) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No or bad credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden or insufficient credits */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Redis down, queue full, no provider, or the image store unreachable (Retry-After) */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -842,6 +960,12 @@ export interface operations {
                      * @default null
                      */
                     prompt?: string | null;
+                    /**
+                     * Retentions
+                     * @description Delete the job, its input and its outputs this many seconds after it ends (60 up to the operator's RESULT_TTL_S); without it they are kept RESULT_TTL_S (FAILURE_TTL_S for failures).
+                     * @default null
+                     */
+                    retentionS?: number | null;
                     /**
                      * Style
                      * @description Stencil style: `standard` (default), `fine`/`bold` line weights, `topographic` contour lines.
@@ -1088,6 +1212,62 @@ export interface operations {
             };
             /** @description Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    deleteJobData: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                jobId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Erased */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No or bad credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unknown job or upload, or another user's (and /uploads without the S3 store) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited, too many jobs in flight, open event streams or unused uploads (Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Redis down, queue full, no provider, or the image store unreachable (Retry-After) */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -30,6 +30,17 @@ local function meta_of(jkey)
   return {}
 end
 
+local function drop_outputs(job_id, exec_id)
+  -- what a dead execution may have stored is never a result (its job runs again, or ends without one):
+  -- deleted in the Redis store, due now for the blob sweep in the S3 store
+  if exec_id == '' then return end
+  for _, name in ipairs({N.output, N.svg}) do
+    local okey = key(name, job_id .. '/' .. exec_id)
+    redis.call('DEL', okey)
+    redis.call('ZADD', N.expiry, 'XX', 0, okey)
+  end
+end
+
 local function to_end(job_id, word)
   -- the job's end is left to `drain` (tasks/ending.py's one end path), as a durable entry written in
   -- this same step as the removal of its dead execution: no end is lost with the supervisor
@@ -58,6 +69,7 @@ for qi = 5, #ARGV do
       redis.call('ZREM', key(N.executions, job_id), exec_id)
       redis.call('SREM', key(N.worker_executions, worker), member)
       local status = redis.call('HGET', jkey, 'status')
+      if status ~= 'finished' then drop_outputs(job_id, exec_id) end
       if status == 'queued' or status == 'started' then
         local meta = meta_of(jkey)
         local retries_left = tonumber(redis.call('HGET', jkey, 'retries_left') or '0') or 0
