@@ -15,7 +15,6 @@ import pytest
 
 from tests import fakegemini as fg
 from tests.conftest import drawing, photo
-from tests.servers import wait_until
 
 INKQ = os.path.join(os.path.dirname(sys.executable), "inkq")
 
@@ -225,10 +224,8 @@ def test_wait_shows_the_place_in_line(gem_api, workers, fake_gemini):
     """With the only ia-gen slot busy, `--wait` shows the next job's place in line (and its estimate, when
     the server has one), then follows it to its end."""
     api = gem_api
-    fake_gemini.push(fg.slow(3))
-    busy = json.loads(inkq(api, "--json", "generate", "--operation", "ia-gen", "--prompt", "a rose").stdout)
-    wait_until(lambda: api.get(f"/status/{busy['jobId']}").json()["status"] != "waiting", timeout=30,
-               what="the first job to start")
+    fake_gemini.push(fg.slow(2.5))   # below the workers' GEMINI_TIMEOUT_S
+    inkq(api, "generate", "--operation", "ia-gen", "--prompt", "a rose")
     done = inkq(api, "generate", "--operation", "ia-gen", "--prompt", "a swallow", "--wait")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -276,8 +273,9 @@ def test_max_wait_and_retention_on_submit(gem_api, workers, fake_gemini):
     """`--max-wait-s` and `--retention-s` are sent as `maxWaitS` and `retentionS`: a job that cannot start
     within its wait ends canceled (exit 1, with the reason); a value the server refuses is a usage error."""
     api = gem_api
-    fake_gemini.push(fg.slow(4))
-    busy = json.loads(inkq(api, "--json", "generate", "--operation", "ia-gen", "--prompt", "a rose").stdout)
+    fake_gemini.push(fg.slow(2.5), fg.slow(2.5))   # the one slot busy for 5 s
+    busy = [json.loads(inkq(api, "--json", "generate", "--operation", "ia-gen", "--prompt", p).stdout)["jobId"]
+            for p in ("a rose", "a moth")]
     late = inkq(api, "generate", "--operation", "ia-gen", "--prompt", "a koi", "--max-wait-s", "1",
                 "--retention-s", "60", "--wait")
     assert late.returncode == 1 and " canceled: " in late.stderr, (late.stdout, late.stderr)
@@ -285,4 +283,5 @@ def test_max_wait_and_retention_on_submit(gem_api, workers, fake_gemini):
         bad = inkq(api, "generate", "--operation", "ia-gen", "--prompt", "x", flag, value)
         assert bad.returncode == 2 and "invalid_request" in bad.stderr, (flag, bad.stderr)
     assert inkq(api, "generate", "--max-wait-s", "soon").returncode == 2
-    inkq(api, "cancel", busy["jobId"])
+    for job_id in busy:
+        inkq(api, "cancel", job_id)
