@@ -251,22 +251,18 @@ def test_erase_a_job_and_a_user(make_api, workers, tmp_path, user):
     assert requests.get(final["result"]["image"], timeout=10).status_code == 200
     erased = inkq(api, "erase", job_id, token=token)
     assert erased.returncode == 0 and erased.stdout.strip() == f"{job_id} erased", erased.stderr
-    assert requests.get(final["result"]["image"], timeout=10).status_code != 200
-    for args in (("status", job_id), ("erase", job_id), ("cancel", job_id)):
-        gone = inkq(api, *args, token=token)
-        assert gone.returncode == 2 and "not_found" in gone.stderr, (args, gone.stderr)
+    assert requests.get(final["result"]["image"], timeout=10).status_code != 200   # 404s: test_json_output...
 
     kept = json.loads(inkq(api, "--json", "generate", str(source), "--engine", "local", token=token).stdout)
     refused = inkq(api, "erase", "--user", user, token=token)
     assert refused.returncode == 3 and "forbidden" in refused.stderr
-    assert inkq(api, "status", kept["jobId"], token=token).returncode in (0, 1)
+    assert api.get(f"/status/{kept['jobId']}", token=token).status_code == 200   # nothing erased
     admin = inkq(api, "erase", "--user", user, token=ADMIN_TOKEN)
     assert admin.returncode == 0, admin.stderr
     assert re.fullmatch(rf"{user}: erased 1 job and \d+ objects?", admin.stdout.strip()), admin.stdout
-    assert inkq(api, "status", kept["jobId"], token=token).returncode == 2
-    for args in (("erase",), ("erase", job_id, "--user", user)):
-        usage = inkq(api, *args, token=token)
-        assert usage.returncode == 2 and "give a job id" in usage.stderr
+    assert api.get(f"/status/{kept['jobId']}", token=token).status_code == 404
+    usage = inkq(api, "erase", job_id, "--user", user, token=token)
+    assert usage.returncode == 2 and "give a job id" in usage.stderr
 
 
 def test_max_wait_and_retention_on_submit(gem_api, workers, fake_gemini):
