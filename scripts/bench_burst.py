@@ -217,6 +217,12 @@ def burst(image: bytes, yielding: bool = False) -> dict:
     # each 202's etaS beside the job's real time to result: |error| in s, and whether it is within 25% or 5 s
     errors = [(abs(etas[job_id] - (ended[job_id] - at)) if etas.get(job_id) is not None else None, ended[job_id] - at)
               for job_id, at in submitted.items() if job_id in ended]
+    if os.environ.get("BENCH_BURST_ETA_FILE"):  # each job's submission offset, etaS and real time to result
+        dump = Path(os.environ["BENCH_BURST_ETA_FILE"])
+        while dump.exists():  # one file per burst of the run (the first is the measured one)
+            dump = dump.with_name(dump.name + "+")
+        dump.write_text(json.dumps(
+            [[at - first, etas.get(job_id), ended[job_id] - at] for job_id, at in submitted.items() if job_id in ended]))
     return {"eta_errors": errors, "done": sum(s == b"finished" for s in statuses), "n": len(submitted),
             "drain": max(ended.values()) - first if ended else float("nan"),
             "p50": _p(ttr, 50), "p95": _p(ttr, 95), "submit_p50": _p(latencies, 50) * 1000,

@@ -37,7 +37,6 @@ with fewer jobs waiting, or a greater weight).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -151,8 +150,9 @@ class Place:
 
     def eta_s(self, queue: str | None, active: bool, started_at: str | None = None, now: float | None = None) -> int | None:
         """Estimated seconds until the result. Waiting at position p, with s slots of which f are free: p <= f
-        starts at once, else after ceil((p - f) / s) rounds of the p50 run time, then runs one; active: the
-        p50 run time less the time run so far. None when unknown (no run time and no prior, no live slot,
+        starts at once, else once the p - f jobs ahead of it beyond the free slots have started, s of them
+        per p50 run time (the slots end their jobs at staggered times, not in rounds), then runs one;
+        active: the p50 run time less the time run so far. None when unknown (no run time and no prior, no live slot,
         not in the order)."""
         run = self.run_s or PRIOR_RUN_S.get(queue or "")
         if not run:
@@ -163,8 +163,8 @@ class Place:
         if self.position is None or self.slots <= 0:
             return None
         free = max(self.slots - self.active, 0)
-        rounds = 0 if self.position <= free else math.ceil((self.position - free) / self.slots)
-        return round(run * (rounds + 1))
+        ahead = max(self.position - free, 0) / self.slots
+        return round(run * (ahead + 1))
 
 
 def _elapsed(started_at: str | None, now: float | None) -> float | None:
