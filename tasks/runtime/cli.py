@@ -186,9 +186,10 @@ def sweep_blobs(blobs, me: str) -> None:
         log.warning("blob sweep skipped: %s", getattr(exc, "detail", exc))
 
 
-def _blob_sweeps(blobs, me: str) -> None:
+def _every_half_sweep(sweep, blobs, me: str) -> None:
+    """Run `sweep(blobs, me)` for ever, twice per `SWEEP_EVERY_S`: its tick key picks one service per turn."""
     while True:
-        sweep_blobs(blobs, me)
+        sweep(blobs, me)
         time.sleep(SWEEP_EVERY_S / 2)
 
 
@@ -201,12 +202,6 @@ def sweep_retention(blobs, me: str) -> None:
         erasure.sweep_retention(blobs.redis, blobs)
     except (RedisError, blob_store.StorageUnavailable) as exc:
         log.warning("retention sweep skipped: %s", getattr(exc, "detail", exc))
-
-
-def _retention_sweeps(blobs, me: str) -> None:
-    while True:
-        sweep_retention(blobs, me)
-        time.sleep(SWEEP_EVERY_S / 2)
 
 
 def check_store(blobs) -> None:
@@ -269,8 +264,8 @@ def main() -> int:
     blobs = blob_store.store(redis, settings.store)
     check_store(blobs)
     if blobs.kind == "s3":  # in a thread of its own: a slow store must not hold up the recovery sweep
-        threading.Thread(target=_blob_sweeps, args=(blobs, me), daemon=True, name="blob-sweep").start()
-    threading.Thread(target=_retention_sweeps, args=(blobs, me), daemon=True, name="retention-sweep").start()
+        threading.Thread(target=_every_half_sweep, args=(sweep_blobs, blobs, me), daemon=True, name="blob-sweep").start()
+    threading.Thread(target=_every_half_sweep, args=(sweep_retention, blobs, me), daemon=True, name="retention-sweep").start()
     next_sweep = 0.0
     restarts = Restarts()
     while any(proc.poll() is None for proc in procs):
